@@ -1,0 +1,14 @@
+# The two commands (README.md): `make demo` and `make test`.
+# Both install everything they need first (deploy/setup.sh is idempotent).
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench
+setup:
+	@bash deploy/setup.sh
+
+demo: setup
+	$(VENV)/bin/audiostream demo
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

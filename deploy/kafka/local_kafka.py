@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""A real single-node Apache Kafka broker (KRaft) on loopback, from Kafka's own jars.
+
+No Docker engine is needed: the jars come from Maven Central through Maven
+(``pom.xml`` beside this file), are cached, and the broker runs as a plain
+``java`` process with its storage in a temporary directory.
+
+Standard library only, so it can run before the project is installed::
+
+    python deploy/kafka/local_kafka.py fetch            # download the jars once
+    python deploy/kafka/local_kafka.py run --port 9092  # foreground broker, Ctrl-C stops it
+    python deploy/kafka/local_kafka.py start --port 9092 --dir /tmp/kafka  # background
+    python deploy/kafka/local_kafka.py stop --dir /tmp/kafka
+
+From Python (the test fixture and ``audiostream demo`` do this)::
+
+    with LocalKafka() as broker:
+        print(broker.bootstrap_servers)
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+POM = HERE / "pom.xml"
+LOG4J = HERE / "log4j2.properties"
+
+
+def kafka_version() -> str:
+    text = POM.read_text()
+    start = text.index("<kafka.version>") + len("<kafka.version>")
+    return text[start:text.index("</kafka.version>")]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("AUDIOSTREAM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "audiostream")
+    return Path(root) / f"kafka-{kafka_version()}"
+
+
+def libs_dir() -> Path:
+    return cache_dir() / "libs"
+
+
+def fetch(quiet: bool = False) -> Path:
+    """Download Kafka's broker jars with Maven into the cache (once)."""
+    libs = libs_dir()
+    marker = libs / f"kafka_2.13-{kafka_version()}.jar"
+    if marker.exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise RuntimeError("Maven ('mvn') is not on PATH; install it (Debian: apt-get install maven)")
+    tmp = libs.with_name("libs.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not quiet:
+        print(f"fetching Apache Kafka {kafka_version()} jars with Maven into {libs} ...", file=sys.stderr)
+    cmd = [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
+           f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not (tmp / marker.name).exists():
+        raise RuntimeError(f"Maven could not fetch the Kafka jars (exit {proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    return libs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def java_bin() -> str:
+    home = os.environ.get("JAVA_HOME")
+    if home and Path(home, "bin", "java").exists():
+        return str(Path(home, "bin", "java"))
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError("no 'java' on PATH: Kafka 4 needs Java 17+ (Debian: openjdk-17-jre-headless)")
+    return java
+
+
+class LocalKafka:
+    """One KRaft broker+controller process on 127.0.0.1.
+
+    ``extra_properties`` are appended to server.properties (e.g. a SASL listener).
+    """
+
+    def __init__(self, port: int = 0, workdir: str | os.PathLike | None = None,
+                 extra_properties: dict[str, str] | None = None, heap: str = "512m"):
+        self.port = port or free_port()
+        self.controller_port = free_port()
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="audiostream-kafka-"))
+        self.extra_properties = dict(extra_properties or {})
+        self.heap = heap
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "broker.log"
+
+    def _classpath(self) -> str:
+        return str(fetch(quiet=True)) + os.sep + "*"
+
+    def _write_config(self) -> Path:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.workdir / "data"),
+            "num.partitions": "1",
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "log.flush.interval.messages": "9223372036854775807",
+        }
+        props.update(self.extra_properties)
+        path = self.workdir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def start(self, timeout: float = 90.0) -> "LocalKafka":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        java, cp = java_bin(), self._classpath()
+        base = [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={LOG4J}", "-cp", cp]
+        if not (self.workdir / "data" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            fmt = subprocess.run(base + ["kafka.tools.StorageTool", "format", "-t", cluster_id,
+                                         "-c", str(config)], capture_output=True, text=True)
+            if fmt.returncode != 0:
+                raise RuntimeError(f"formatting KRaft storage failed:\n{fmt.stdout}\n{fmt.stderr}")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(base + ["kafka.Kafka", str(config)], stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        (self.workdir / "broker.pid").write_text(str(self.proc.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Kafka exited with code {self.proc.returncode}; log:\n{self._log_tail()}")
+            if b"Kafka Server started" in self.log_path.read_bytes() and _port_open(self.port):
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"Kafka did not start within {timeout:.0f}s; log:\n{self._log_tail()}")
+
+    def _log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 30.0, remove: bool | None = None) -> None:
+        """SIGTERM (controlled shutdown), SIGKILL if it does not exit in time."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if remove if remove is not None else self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL the broker, keeping its data (for outage tests: start() again later)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> "LocalKafka":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("fetch", help="download the Kafka jars with Maven (cached)")
+    for name in ("run", "start"):
+        p = sub.add_parser(name, help="foreground broker" if name == "run" else "background broker")
+        p.add_argument("--port", type=int, default=9092)
+        p.add_argument("--dir", default=None, help="storage/work directory (kept)")
+    p = sub.add_parser("stop", help="stop a broker started with 'start'")
+    p.add_argument("--dir", required=True)
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "fetch":
+            print(fetch())
+        elif args.cmd == "stop":
+            pid_file = Path(args.dir) / "broker.pid"
+            if not pid_file.exists():
+                print(f"no broker.pid in {args.dir}", file=sys.stderr)
+                return 1
+            pid = int(pid_file.read_text())
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            for _ in range(300):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            pid_file.unlink()
+        else:
+            broker = LocalKafka(port=args.port, workdir=args.dir or None)
+            broker.start()
+            print(f"Kafka {kafka_version()} ready on {broker.bootstrap_servers} (dir {broker.workdir})", flush=True)
+            if args.cmd == "run":
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                try:
+                    signal.sigwait({signal.SIGINT, signal.SIGTERM})
+                finally:
+                    broker.stop()
+            else:
+                broker.proc = None  # leave it running; 'stop --dir' ends it
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian machine: Debian packages, a Python venv
+# with the project installed (all extras), and Apache Kafka's jars.
+# Called by `make demo` and `make test`; safe to re-run (fast when done).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+# Debian packages the product and its tests use for real:
+#   libportaudio2 (sounddevice), libsndfile1 (soundfile), sox/espeak-ng/fluidsynth
+#   + GM soundfont (dataset maker), prometheus (promtool, live scrape tests),
+#   alsa-utils (fake ALSA microphone), maven + a JRE (local Kafka broker).
+DEB_PACKAGES=(libportaudio2 libsndfile1 sox libsox-fmt-all espeak-ng fluidsynth fluid-soundfont-gm
+              prometheus alsa-utils maven)
+command -v java >/dev/null 2>&1 || DEB_PACKAGES+=(default-jre-headless)
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Python venv with the project (editable) and every extra.
+stamp="$VENV/.audiostream-installed"
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: creating $VENV and installing audiostream[all,test] ..." >&2
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$VENV/bin/python" -m pip install -q -e '.[all,test]'
+  echo "$want" > "$stamp"
+fi
+
+# Apache Kafka broker jars from Maven Central (cached under ~/.cache/audiostream).
+"$VENV/bin/python" deploy/kafka/local_kafka.py fetch >/dev/null
+echo "setup: ready ($("$VENV/bin/python" --version), Kafka $(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' deploy/kafka/pom.xml))" >&2

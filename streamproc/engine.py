@@ -1,0 +1,237 @@
+"""Rolling per-stream state and the batched window engine.
+
+``Engine.accept(stream_id, frame)`` files a decoded frame into its stream's
+state (checking session, sequence and sample offset); ``Engine.step()`` then
+computes every STFT frame that became complete in any stream in ONE batch,
+stores the per-frame features, and returns every window that became complete,
+with its feature vector (also one batch). Each STFT frame is computed once:
+overlapping windows reuse the stored per-frame rows.
+
+Sequence handling (never silent):
+- same session, ``sequence`` below the next expected one: duplicate, dropped;
+- ``sample_offset`` ahead of what we hold: a gap. Up to ``max_gap_fill``
+  samples are zero-filled and every window touching them carries
+  ``gap=True``; a longer gap re-synchronises the stream onto the next window
+  boundary after the gap (no window spans it);
+- a new ``session_id``: the producer restarted; the stream starts afresh
+  (its windows restart at the new session's sample 0).
+
+Memory per stream is bounded: raw samples only until their STFT frames are
+computed (< n_fft + one frame's worth), per-frame rows only for one window
+plus one hop.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .features import FeatureExtractor
+from .wire import AudioFrame
+from .windowing import WindowSpec
+
+
+@dataclass
+class Window:
+    """A complete window of one stream, ready for inference."""
+
+    stream_id: str
+    session_id: bytes
+    index: int            # k: window k covers [k*hop, k*hop + window_length)
+    start: int            # first sample (stream sample time of this session)
+    end: int              # one past the last sample
+    sample_rate: int
+    vector: np.ndarray    # (spec.n_features,) float32
+    metrics: dict
+    gap: bool             # some samples in it were zero-filled after a gap
+    arrival: float        # time.monotonic() when its last frame was accepted
+    capture_time_ns: int  # capture time of the frame that completed it
+
+    @property
+    def window_id(self) -> str:
+        """Deterministic id: the same window always has the same id (dedupe key)."""
+        return f"{self.stream_id}/{self.session_id.hex()}/{self.start}"
+
+
+@dataclass
+class AcceptResult:
+    status: str              # "ok", "duplicate", "new_session"
+    gap_samples: int = 0     # samples missing before this frame (0 = contiguous)
+    resynced: bool = False   # gap too long to fill: windows restart after it
+    missing_frames: int = 0  # sequence numbers skipped
+
+
+class StreamState:
+    __slots__ = ("stream_id", "session_id", "sample_rate", "next_seq", "next_sample", "buf", "buf_start",
+                 "next_frame", "feats", "feats_start", "next_window", "gaps", "last_seen", "last_capture_ns",
+                 "ended", "windows_emitted")
+
+    def __init__(self, stream_id: str, frame: AudioFrame, now: float, spec: WindowSpec):
+        self.stream_id = stream_id
+        self.session_id = frame.session_id
+        self.sample_rate = frame.sample_rate
+        self.next_seq = frame.sequence
+        self.ended = False
+        self.windows_emitted = 0
+        self.last_seen = now
+        self.last_capture_ns = frame.capture_time_ns
+        self.gaps: list[tuple[int, int]] = []  # zero-filled sample ranges still in view
+        self.restart_at(frame.sample_offset, spec)
+
+    def restart_at(self, sample: int, spec: WindowSpec) -> None:
+        """Drop buffered audio; windows start at the first window boundary >= ``sample``."""
+        self.next_window = -(-sample // spec.hop)
+        self.buf_start = self.next_window * spec.hop
+        self.next_frame = self.buf_start // spec.hop_length
+        self.buf = np.empty(0, dtype=np.float32)
+        self.feats: np.ndarray | None = None
+        self.feats_start = self.next_frame
+        self.next_sample = sample
+
+    def nbytes(self) -> int:
+        return self.buf.nbytes + (self.feats.nbytes if self.feats is not None else 0)
+
+
+class Engine:
+    """Windows and features for many streams at once (see module doc)."""
+
+    def __init__(self, spec: WindowSpec, *, max_gap_fill: int | None = None, idle_timeout_s: float = 60.0,
+                 extractor: FeatureExtractor | None = None):
+        self.spec = spec
+        self.fx = extractor or FeatureExtractor(spec)
+        self.max_gap_fill = spec.window_length if max_gap_fill is None else max_gap_fill
+        self.idle_timeout_s = idle_timeout_s
+        self.streams: dict[str, StreamState] = {}
+        self._dirty: set[str] = set()
+
+    # -- input ------------------------------------------------------------------
+    def accept(self, stream_id: str, frame: AudioFrame, now: float | None = None) -> AcceptResult:
+        """File one frame (already decoded and validated, at ``spec.sr``)."""
+        now = time.monotonic() if now is None else now
+        spec = self.spec
+        st = self.streams.get(stream_id)
+        result = AcceptResult("ok")
+        if st is None or st.session_id != frame.session_id:
+            if st is not None:
+                result.status = "new_session"
+            st = StreamState(stream_id, frame, now, spec)  # a session may start at any sample offset
+            self.streams[stream_id] = st
+        elif frame.sequence < st.next_seq:
+            st.last_seen = now
+            return AcceptResult("duplicate")
+        else:
+            result.missing_frames = frame.sequence - st.next_seq
+        st.next_seq = frame.sequence + 1
+        st.last_seen = now
+        st.last_capture_ns = frame.capture_time_ns
+
+        y = frame.mono_float32()
+        offset = frame.sample_offset
+        if offset > st.next_sample:
+            gap = offset - st.next_sample
+            result.gap_samples = gap
+            if gap <= self.max_gap_fill:
+                st.gaps.append((st.next_sample, offset))
+                self._append(st, np.zeros(gap, dtype=np.float32), st.next_sample)
+            else:
+                result.resynced = True
+                st.restart_at(offset, spec)
+        elif offset < st.next_sample:  # overlaps samples we already have: keep only the new part
+            y = y[st.next_sample - offset:]
+            offset = st.next_sample
+        self._append(st, y, offset)
+        if frame.end_of_stream:
+            st.ended = True
+        self._dirty.add(stream_id)
+        return result
+
+    def _append(self, st: StreamState, y: np.ndarray, offset: int) -> None:
+        if offset < st.buf_start:  # samples before the first window boundary after a (re)start
+            y = y[st.buf_start - offset:]
+            offset = st.buf_start
+        if y.size:
+            st.buf = np.concatenate((st.buf, y)) if st.buf.size else y.astype(np.float32, copy=True)
+        st.next_sample = max(st.next_sample, offset + y.size)
+
+    # -- processing -------------------------------------------------------------
+    def step(self, now: float | None = None) -> list[Window]:
+        """Featurise all new STFT frames of all streams; return completed windows."""
+        now = time.monotonic() if now is None else now
+        spec, fx = self.spec, self.fx
+        n_fft, hl = spec.n_fft, spec.hop_length
+        pending: list[tuple[StreamState, int]] = []
+        chunks = []
+        for sid in self._dirty:
+            st = self.streams.get(sid)
+            if st is None:
+                continue
+            start_rel = st.next_frame * hl - st.buf_start
+            avail = st.buf.size - start_rel
+            n_new = 0 if avail < n_fft else 1 + (avail - n_fft) // hl
+            if n_new:
+                chunks.append(fx.frames_of(st.buf[start_rel:start_rel + (n_new - 1) * hl + n_fft]))
+                pending.append((st, n_new))
+        self._dirty.clear()
+        if not pending:
+            return []
+        rows = fx.frame_features(np.concatenate(chunks) if len(chunks) > 1 else chunks[0])
+
+        F, fph = spec.frames_per_window, spec.frames_per_hop
+        ready: list[tuple[StreamState, int, int]] = []  # (state, k, first row in st.feats)
+        pos = 0
+        for st, n_new in pending:
+            new = rows[pos:pos + n_new]
+            pos += n_new
+            st.feats = new if st.feats is None or st.feats.shape[0] == 0 else np.concatenate((st.feats, new))
+            st.next_frame += n_new
+            # drop raw samples no longer needed by any future STFT frame
+            keep_from = st.next_frame * hl
+            if keep_from > st.buf_start:
+                st.buf = st.buf[keep_from - st.buf_start:].copy()
+                st.buf_start = keep_from
+            while (st.next_window * fph + F) <= st.feats_start + st.feats.shape[0]:
+                ready.append((st, st.next_window, st.next_window * fph - st.feats_start))
+                st.next_window += 1
+
+        if not ready:
+            return []
+        stacked = np.stack([st.feats[r:r + F] for st, _, r in ready])
+        vectors = fx.window_vectors(stacked)
+        metrics = fx.window_metrics(stacked)
+        out = []
+        for i, (st, k, _) in enumerate(ready):
+            start = k * spec.hop
+            end = start + spec.window_length
+            gap = any(a < end and b > start for a, b in st.gaps)
+            out.append(Window(st.stream_id, st.session_id, k, start, end, st.sample_rate, vectors[i],
+                              metrics[i], gap, now, st.last_capture_ns))
+            st.windows_emitted += 1
+        # trim per-frame rows and gap records no future window needs
+        for st in {id(s): s for s, _, _ in ready}.values():
+            first_needed = st.next_window * fph
+            drop = first_needed - st.feats_start
+            if drop > 0:
+                st.feats = st.feats[drop:].copy()
+                st.feats_start = first_needed
+            st.gaps = [(a, b) for a, b in st.gaps if b > st.next_window * spec.hop]
+        return out
+
+    # -- lifecycle --------------------------------------------------------------
+    def finished(self) -> list[str]:
+        """Remove and return streams whose end-of-stream frame was processed."""
+        done = [sid for sid, st in self.streams.items() if st.ended and sid not in self._dirty]
+        for sid in done:
+            del self.streams[sid]
+        return done
+
+    def evict_idle(self, now: float | None = None) -> list[str]:
+        """Remove streams silent for longer than ``idle_timeout_s``."""
+        now = time.monotonic() if now is None else now
+        idle = [sid for sid, st in self.streams.items() if now - st.last_seen > self.idle_timeout_s]
+        for sid in idle:
+            del self.streams[sid]
+        return idle
+
+    def state_bytes(self) -> int:
+        return sum(st.nbytes() for st in self.streams.values())

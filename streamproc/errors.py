@@ -1,0 +1,35 @@
+"""One exception root for the project, one subclass per subsystem."""
+from __future__ import annotations
+
+
+class AudiostreamError(Exception):
+    """Root of every error audiostream raises on purpose."""
+
+
+class FrameError(AudiostreamError):
+    """A frame on the wire could not be accepted.
+
+    ``reason`` is a short, fixed, low-cardinality token (used as a Prometheus
+    label and as the dead-letter ``reason`` header); the message says what
+    exactly was wrong, with the bad value.
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class WindowSpecError(AudiostreamError, ValueError):
+    """A window spec value is invalid or two specs disagree."""
+
+
+class BundleError(AudiostreamError):
+    """A model bundle is missing, corrupt, or does not match what we can compute."""
+
+
+class ConfigError(AudiostreamError, ValueError):
+    """Invalid configuration: the message names the key and the bad value."""
+
+
+class AudioInputError(AudiostreamError):
+    """An audio file could not be read or converted."""
