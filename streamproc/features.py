@@ -141,7 +141,7 @@ class FeatureExtractor:
         """Human-facing per-window audio metrics for ``audio.features`` (not model input).
 
         rms_dbfs: 10*log10 of the mean frame power (dB re full scale, a full-scale
-        square wave = 0 dBFS); peak_dbfs: largest |sample| in the window's frames;
+        square wave = 0 dBFS, floor -120); peak_dbfs: largest |sample| in the window's frames;
         spectral_centroid_hz, zero_crossing_rate: frame means; spectral_flux: mean
         positive change of the mel dB spectrum between consecutive frames (onset strength).
         """
@@ -156,8 +156,8 @@ class FeatureExtractor:
         out = []
         for i in range(ff.shape[0]):
             out.append({
-                "rms_dbfs": round(float(10.0 * np.log10(max(power[i], 1e-20))), 2),
-                "peak_dbfs": round(float(20.0 * np.log10(max(peak[i], 1e-10))), 2),
+                "rms_dbfs": round(float(10.0 * np.log10(max(power[i], 1e-12))), 2),  # floor -120 dBFS
+                "peak_dbfs": round(float(20.0 * np.log10(max(peak[i], 1e-6))), 2),
                 "spectral_centroid_hz": round(float(centroid[i]), 1),
                 "zero_crossing_rate": round(float(zcr[i]), 5),
                 "spectral_flux": round(float(flux[i]), 4),

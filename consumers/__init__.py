@@ -1,0 +1,1 @@
+"""Services that read Kafka: the analyzer, the predictions subscriber (watch), the demo."""

@@ -1,0 +1,364 @@
+"""``audiostream analyze``: the analyzer service.
+
+A consumer-group member that reads ``audio.frames``, keeps a rolling state per
+stream (streamproc.engine), featurises and infers every window that becomes
+complete in one batch per poll, and publishes:
+
+- ``audio.predictions``: one JSON prediction per window (docs/predictions.md);
+- ``audio.features``: per-window audio metrics and the model's feature vector;
+- ``audio.deadletter``: every frame it cannot accept, original bytes + reason.
+
+At-least-once: offsets are stored only after every output record produced for
+the consumed batch was acknowledged by Kafka; if an output cannot be delivered
+the analyzer exits non-zero without storing, so a restart re-reads the input.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from producers.kafka import check_reachable, client_logging, ensure_topics, produce, producer_config
+from streamproc import wire
+from streamproc.engine import Engine, Window
+from streamproc.errors import AudiostreamError, FrameError
+from streamproc.inference import ModelBundle
+from streamproc.settings import (TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
+                                 add_kafka_arguments, kafka_config_from_args, masked)
+
+from .metrics import AnalyzerMetrics
+
+log = logging.getLogger("audiostream.analyzer")
+
+PREDICTION_SCHEMA = 1
+FEATURES_SCHEMA = 1
+DEFAULT_MODEL = "starter"
+
+
+class OutputDeliveryError(AudiostreamError):
+    """Kafka did not acknowledge output records: input offsets were not stored."""
+
+
+@dataclass
+class AnalyzerConfig:
+    kafka: dict
+    model: str = DEFAULT_MODEL
+    group_id: str = "audiostream-analyzer"
+    frames_topic: str = TOPIC_FRAMES
+    predictions_topic: str = TOPIC_PREDICTIONS
+    features_topic: str = TOPIC_FEATURES
+    deadletter_topic: str = TOPIC_DEADLETTER
+    metrics_port: int | None = 9400   # None = no HTTP endpoint; 0 = any free port
+    metrics_addr: str = "127.0.0.1"
+    max_frame_bytes: int = wire.DEFAULT_MAX_PAYLOAD_BYTES
+    batch_size: int = 1000
+    poll_timeout: float = 0.02
+    idle_timeout_s: float = 60.0
+    create_topics: bool = True
+    partitions: int = 6
+    auto_offset_reset: str = "earliest"
+    delivery_timeout_s: float = 30.0
+    consumer_overrides: dict = field(default_factory=dict)
+
+
+def _iso(ns: int) -> str:
+    t = ns / 1e9
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(ns % 1_000_000_000) // 1_000_000:03d}Z"
+
+
+class Analyzer:
+    """Build with a config, then ``run()`` until ``stop()`` (or SIGTERM in the CLI)."""
+
+    def __init__(self, config: AnalyzerConfig, registry=None):
+        self.config = config
+        # Fail fast, before consuming anything: a bad bundle never moves an offset.
+        self.bundle = ModelBundle.load(config.model)
+        self.spec = self.bundle.spec
+        self.engine = Engine(self.spec, idle_timeout_s=config.idle_timeout_s)
+        self.metrics = AnalyzerMetrics(registry, model_task=self.bundle.task, model_version=self.bundle.version,
+                                       labels=self.bundle.labels, frames_topic=config.frames_topic)
+        self.instance = uuid.uuid4().hex[:8]
+        self._stop = threading.Event()
+        self._stream_partition: dict[str, tuple[str, int]] = {}
+        self._http = None
+        self.metrics_port: int | None = None
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self._fatal: str | None = None
+        self._delivery_failures = 0
+        self._delivery_lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def start_metrics_server(self) -> int | None:
+        if self.config.metrics_port is None:
+            return None
+        from prometheus_client import start_http_server
+        server, _thread = start_http_server(self.config.metrics_port, addr=self.config.metrics_addr,
+                                            registry=self.metrics.registry)
+        self._http = server
+        self.metrics_port = server.server_port
+        return self.metrics_port
+
+    def _connect(self) -> None:
+        c = self.config
+        check_reachable(c.kafka)
+        if c.create_topics:
+            ensure_topics(c.kafka, {c.frames_topic: c.partitions, c.predictions_topic: c.partitions,
+                                    c.features_topic: c.partitions, c.deadletter_topic: c.partitions})
+        cconf = dict(c.kafka)
+        cconf.update({"group.id": c.group_id, "enable.auto.commit": True, "enable.auto.offset.store": False,
+                      "auto.offset.reset": c.auto_offset_reset, "allow.auto.create.topics": False,
+                      "session.timeout.ms": 45000, "max.poll.interval.ms": 300000,
+                      "fetch.wait.max.ms": 20, "client.id": f"audiostream-analyzer-{self.instance}"})
+        cconf.update(c.consumer_overrides)
+        self.consumer = Consumer(client_logging(cconf))
+        self.producer = Producer(producer_config(c.kafka, **{"linger.ms": 2,
+                                                             "client.id": f"audiostream-analyzer-{self.instance}"}))
+        self.consumer.subscribe([c.frames_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _on_assign(self, consumer, partitions) -> None:
+        log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        lost = {(p.topic, p.partition) for p in partitions}
+        log.info("revoked %s", sorted(lost))
+        self.producer.flush(self.config.delivery_timeout_s)
+        for sid in [s for s, tp in self._stream_partition.items() if tp in lost]:
+            self.engine.streams.pop(sid, None)
+            del self._stream_partition[sid]
+
+    def run(self) -> None:
+        """Consume until stop(); raises on unrecoverable errors (after closing cleanly)."""
+        self._connect()
+        self.metrics.up.set(1)
+        last_evict = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                msgs = self.consumer.consume(num_messages=self.config.batch_size, timeout=self.config.poll_timeout)
+                if msgs:
+                    self.process_batch(msgs)
+                now = time.monotonic()
+                if now - last_evict > 1.0:
+                    self.engine.evict_idle(now)
+                    for sid in [s for s in self._stream_partition if s not in self.engine.streams]:
+                        del self._stream_partition[sid]
+                    self.metrics.active_streams.set(len(self.engine.streams))
+                    self.metrics.state_bytes.set(self.engine.state_bytes())
+                    last_evict = now
+        finally:
+            self.metrics.up.set(0)
+            self._close()
+        if self._fatal:
+            raise OutputDeliveryError(self._fatal)
+
+    def _close(self) -> None:
+        if self.producer is not None:
+            self.producer.flush(self.config.delivery_timeout_s)
+        if self.consumer is not None:
+            self.consumer.close()  # commits stored offsets
+            self.consumer = None
+        if self._http is not None:
+            self._http.shutdown()
+            self._http = None
+
+    # -- the work -------------------------------------------------------------------
+    def process_batch(self, msgs) -> None:
+        c, m = self.config, self.metrics
+        now = time.monotonic()
+        high: dict[tuple[str, int], int] = {}
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", err.str())
+                continue
+            tp = (msg.topic(), msg.partition())
+            high[tp] = max(high.get(tp, -1), msg.offset())
+            value = msg.value()
+            m.frames.labels(msg.topic()).inc()
+            m.frame_bytes.labels(msg.topic()).inc(len(value) if value else 0)
+            try:
+                sid = wire.decode_stream_id(msg.key())
+                frame = wire.decode(value, max_payload_bytes=c.max_frame_bytes)
+                if frame.sample_rate != self.spec.sr:
+                    raise FrameError("sample_rate_mismatch",
+                                     f"stream {sid!r} sends {frame.sample_rate} Hz; model "
+                                     f"{self.bundle.ref} needs {self.spec.sr} Hz (resample in the producer)")
+            except FrameError as exc:
+                self._deadletter(msg, exc)
+                continue
+            res = self.engine.accept(sid, frame, now)
+            self._stream_partition[sid] = tp
+            if res.status == "duplicate":
+                m.sequence.labels("duplicate").inc()
+                continue
+            if res.status == "new_session":
+                m.sequence.labels("new_session").inc()
+            if res.gap_samples:
+                m.sequence.labels("gap").inc()
+                m.gap_seconds.inc(res.gap_samples / frame.sample_rate)
+                log.info("stream %r: gap of %.3f s before sequence %d%s", sid, res.gap_samples / frame.sample_rate,
+                         frame.sequence, " (resynchronised)" if res.resynced else " (zero-filled, windows flagged)")
+            if res.resynced:
+                m.sequence.labels("resync").inc()
+            m.audio_seconds.inc(frame.n_frames / frame.sample_rate)
+
+        t0 = time.perf_counter()
+        windows = self.engine.step(now)
+        if windows:
+            t1 = time.perf_counter()
+            m.feature_seconds.observe(t1 - t0)
+            self._publish(windows)
+        for sid in self.engine.finished():
+            self._stream_partition.pop(sid, None)
+        m.active_streams.set(len(self.engine.streams))
+
+        # at-least-once: store offsets only once every output of this batch is acknowledged
+        remaining = self.producer.flush(c.delivery_timeout_s)
+        failed = self._take_delivery_failures()
+        if remaining or failed:
+            self._fatal = (f"{failed + remaining} output record(s) not acknowledged by Kafka within "
+                           f"{c.delivery_timeout_s:.0f}s; input offsets not stored, exiting so they are re-read")
+            self._stop.set()
+            return
+        if high:
+            self.consumer.store_offsets(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in high.items()])
+
+    def _take_delivery_failures(self) -> int:
+        with self._delivery_lock:
+            n, self._delivery_failures = self._delivery_failures, 0
+        return n
+
+    def _on_output(self, err, msg) -> None:
+        if err is not None:
+            with self._delivery_lock:
+                self._delivery_failures += 1
+            self.metrics.delivery_errors.labels(msg.topic()).inc()
+            log.error("output to %s not delivered: %s", msg.topic(), err.str())
+
+    def _publish(self, windows: list[Window]) -> None:
+        c, m, b = self.config, self.metrics, self.bundle
+        t0 = time.perf_counter()
+        scores = b.predict(np.stack([w.vector for w in windows]))
+        m.inference_seconds.labels(m.model).observe(time.perf_counter() - t0)
+        m.batch_windows.observe(len(windows))
+        m.windows.labels(m.model).inc(len(windows))
+        labels = b.labels
+        model = {"task": b.task, "version": b.version}
+        finite = np.isfinite(scores).all(axis=1)
+        for w, s, ok in zip(windows, scores, finite):
+            key = w.stream_id.encode()
+            common = {
+                "id": w.window_id, "stream_id": w.stream_id, "session_id": w.session_id.hex(),
+                "window_index": w.index, "window_start_s": round(w.start / w.sample_rate, 6),
+                "window_end_s": round(w.end / w.sample_rate, 6), "start_sample": w.start, "end_sample": w.end,
+                "sample_rate": w.sample_rate, "gap": w.gap,
+            }
+            feats = {"schema": FEATURES_SCHEMA, **common, "metrics": w.metrics,
+                     "features": self._named_features(w.vector)}
+            produce(self.producer, c.features_topic, json.dumps(feats).encode(), key, on_delivery=self._on_output)
+            if not ok:
+                m.invalid_outputs.labels(m.model).inc()
+                log.error("model %s returned non-finite scores for window %s; not published", b.ref, w.window_id)
+                continue
+            best = int(np.argmax(s))
+            pred = {"schema": PREDICTION_SCHEMA, **common, "label": labels[best],
+                    "confidence": round(float(s[best]), 6),
+                    "scores": {lab: round(float(v), 6) for lab, v in zip(labels, s)},
+                    "model": model, "rms_dbfs": w.metrics["rms_dbfs"],
+                    "capture_time": _iso(w.capture_time_ns),
+                    "latency_ms": round((time.monotonic() - w.arrival) * 1000, 3),
+                    "analyzer": self.instance}
+            produce(self.producer, c.predictions_topic, json.dumps(pred).encode(), key,
+                    on_delivery=self._prediction_ack(w, labels[best]))
+
+    def _prediction_ack(self, w: Window, label: str):
+        m = self.metrics
+
+        def ack(err, msg):
+            if err is not None:
+                self._on_output(err, msg)
+                return
+            m.predictions.labels(m.model, label).inc()
+            m.window_latency.observe(time.monotonic() - w.arrival)
+            m.e2e_latency.observe(max(0.0, (time.time_ns() - w.capture_time_ns) / 1e9))
+        return ack
+
+    def _named_features(self, vec: np.ndarray) -> dict:
+        out, i = {}, 0
+        for name in self.spec.features:
+            width = self.spec.feature_width(name)
+            for stat in ("mean", "std"):
+                vals = [round(float(v), 5) for v in vec[i:i + width]]
+                out[f"{name}_{stat}"] = vals if width > 1 else vals[0]
+                i += width
+        return out
+
+    def _deadletter(self, msg, exc: FrameError) -> None:
+        self.metrics.deadletter.labels(exc.reason).inc()
+        log.warning("dead-letter %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(), exc.reason, exc)
+        headers = list(msg.headers() or []) + [
+            ("audiostream.reason", exc.reason.encode()), ("audiostream.error", str(exc).encode()[:1000]),
+            ("audiostream.source", f"{msg.topic()}[{msg.partition()}]@{msg.offset()}".encode()),
+            ("audiostream.analyzer", self.instance.encode())]
+        produce(self.producer, self.config.deadletter_topic, msg.value() or b"", msg.key(), headers=headers,
+                on_delivery=self._on_output)
+
+
+# -- CLI ---------------------------------------------------------------------------
+def add_parser(sub):
+    p = sub.add_parser("analyze", help="run the analyzer service (consumer group member)", description=__doc__)
+    add_kafka_arguments(p)
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="model bundle: a directory, or task[:version] under models/ (latest version by default)")
+    p.add_argument("--group-id", default="audiostream-analyzer")
+    p.add_argument("--frames-topic", default=TOPIC_FRAMES)
+    p.add_argument("--predictions-topic", default=TOPIC_PREDICTIONS)
+    p.add_argument("--features-topic", default=TOPIC_FEATURES)
+    p.add_argument("--deadletter-topic", default=TOPIC_DEADLETTER)
+    p.add_argument("--metrics-port", type=int, default=9400, help="Prometheus /metrics port (0 = any free port)")
+    p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    p.add_argument("--metrics-addr", default="127.0.0.1",
+                   help="address /metrics binds to; loopback by default, 0.0.0.0 to expose it")
+    p.add_argument("--max-frame-bytes", type=int, default=wire.DEFAULT_MAX_PAYLOAD_BYTES)
+    p.add_argument("--idle-timeout", type=float, default=60.0, help="seconds before a silent stream is evicted")
+    p.add_argument("--partitions", type=int, default=6, help="partitions for topics the analyzer creates")
+    p.add_argument("--no-create-topics", action="store_true")
+    p.add_argument("--from", dest="offset_reset", choices=("earliest", "latest"), default="earliest",
+                   help="where a new consumer group starts reading")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args) -> AnalyzerConfig:
+    return AnalyzerConfig(kafka=kafka_config_from_args(args), model=args.model, group_id=args.group_id,
+                          frames_topic=args.frames_topic, predictions_topic=args.predictions_topic,
+                          features_topic=args.features_topic, deadletter_topic=args.deadletter_topic,
+                          metrics_port=None if args.no_metrics else args.metrics_port,
+                          metrics_addr=args.metrics_addr, max_frame_bytes=args.max_frame_bytes,
+                          idle_timeout_s=args.idle_timeout, create_topics=not args.no_create_topics,
+                          partitions=args.partitions, auto_offset_reset=args.offset_reset)
+
+
+def run(args) -> int:
+    config = config_from_args(args)
+    analyzer = Analyzer(config)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: analyzer.stop())
+    port = analyzer.start_metrics_server()
+    print(f"analyzer {analyzer.instance}: model {analyzer.bundle.ref} ({', '.join(analyzer.bundle.labels)}), "
+          f"{config.frames_topic} -> {config.predictions_topic}, {config.features_topic}; "
+          f"kafka {masked(config.kafka).get('bootstrap.servers')}"
+          + (f"; metrics http://{config.metrics_addr}:{port}/metrics" if port else ""), file=sys.stderr, flush=True)
+    analyzer.run()
+    return 0

@@ -1,0 +1,81 @@
+"""The analyzer's Prometheus metrics (catalog: docs/metrics.md).
+
+Names follow DESIGN.md: ``audiostream_`` prefix, base units, counters end in
+``_total``; labels are bounded (topic, model, label, reason). A stream id is
+never a label: per-stream detail goes to the ``audio.features`` topic.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+import streamproc
+
+# Every reason the analyzer can dead-letter or drop a frame for (pre-initialised at 0).
+DEADLETTER_REASONS = ("empty", "too_short", "bad_magic", "unsupported_version", "bad_header",
+                      "unsupported_encoding", "bad_channels", "bad_sample_rate", "length_mismatch",
+                      "checksum_mismatch", "oversized", "non_finite", "bad_stream_id", "sample_rate_mismatch")
+SEQUENCE_EVENTS = ("duplicate", "gap", "resync", "new_session")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class AnalyzerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None, *, model_task: str = "", model_version: str = "",
+                 labels=(), frames_topic: str = "audio.frames"):
+        r = self.registry = registry or CollectorRegistry()
+        self.frames = Counter("audiostream_frames_consumed_total", "Frame records consumed", ["topic"], registry=r)
+        self.frame_bytes = Counter("audiostream_frames_consumed_bytes_total", "Bytes of frame records consumed",
+                                   ["topic"], registry=r)
+        self.audio_seconds = Counter("audiostream_audio_consumed_seconds_total",
+                                     "Seconds of audio accepted into stream buffers", registry=r)
+        self.deadletter = Counter("audiostream_deadletter_frames_total",
+                                  "Frames sent to the dead-letter topic, by reason", ["reason"], registry=r)
+        self.sequence = Counter("audiostream_stream_sequence_events_total",
+                                "Stream sequence anomalies: duplicate frames dropped, gaps, resyncs, new sessions",
+                                ["event"], registry=r)
+        self.gap_seconds = Counter("audiostream_stream_gap_seconds_total", "Seconds of audio missing in gaps",
+                                   registry=r)
+        self.windows = Counter("audiostream_windows_analyzed_total", "Windows featurised and inferred", ["model"],
+                               registry=r)
+        self.predictions = Counter("audiostream_predictions_total", "Predictions published, by label",
+                                   ["model", "label"], registry=r)
+        self.invalid_outputs = Counter("audiostream_model_invalid_outputs_total",
+                                       "Windows whose model scores were NaN/Inf (not published)", ["model"], registry=r)
+        self.delivery_errors = Counter("audiostream_output_delivery_errors_total",
+                                       "Output records Kafka did not acknowledge", ["topic"], registry=r)
+        self.active_streams = Gauge("audiostream_active_streams", "Streams with state in this analyzer", registry=r)
+        self.state_bytes = Gauge("audiostream_stream_state_bytes", "Bytes held in per-stream buffers", registry=r)
+        self.window_latency = Histogram(
+            "audiostream_window_processing_seconds",
+            "From a window's last frame arriving at the analyzer to its prediction acknowledged by Kafka",
+            registry=r, buckets=LATENCY_BUCKETS)
+        self.e2e_latency = Histogram(
+            "audiostream_end_to_end_latency_seconds",
+            "From capture of a window's last frame (producer clock) to its prediction acknowledged by Kafka",
+            registry=r, buckets=LATENCY_BUCKETS + (30.0, 60.0))
+        self.feature_seconds = Histogram("audiostream_feature_batch_seconds", "Feature extraction time per batch",
+                                         registry=r, buckets=LATENCY_BUCKETS)
+        self.inference_seconds = Histogram("audiostream_inference_batch_seconds", "ONNX inference time per batch",
+                                           ["model"], registry=r, buckets=LATENCY_BUCKETS)
+        self.batch_windows = Histogram("audiostream_inference_batch_windows", "Windows per inference batch",
+                                       registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+        self.model_info = Gauge("audiostream_model_info", "The model bundle being served", ["task", "version"],
+                                registry=r)
+        self.build = Info("audiostream_build", "audiostream build", registry=r)
+        self.up = Gauge("audiostream_analyzer_ready", "1 while the analyzer is consuming", registry=r)
+
+        model = f"{model_task}:{model_version}"
+        self.model = model
+        self.frames.labels(frames_topic)
+        self.frame_bytes.labels(frames_topic)
+        for reason in DEADLETTER_REASONS:
+            self.deadletter.labels(reason)
+        for event in SEQUENCE_EVENTS:
+            self.sequence.labels(event)
+        self.windows.labels(model)
+        self.invalid_outputs.labels(model)
+        self.inference_seconds.labels(model)
+        for label in labels:
+            self.predictions.labels(model, label)
+        self.model_info.labels(model_task, model_version).set(1)
+        self.build.info({"version": streamproc.__version__})

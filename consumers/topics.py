@@ -1,0 +1,31 @@
+"""``audiostream topics``: create the project's topics with explicit partition counts."""
+from __future__ import annotations
+
+from producers.kafka import admin_client, ensure_topics
+from streamproc.settings import (TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
+                                 add_kafka_arguments, kafka_config_from_args)
+
+ALL_TOPICS = (TOPIC_FRAMES, TOPIC_PREDICTIONS, TOPIC_FEATURES, TOPIC_DEADLETTER)
+
+
+def add_parser(sub):
+    p = sub.add_parser("topics", help="create or list audiostream's topics")
+    p.add_argument("action", choices=("create", "list"))
+    add_kafka_arguments(p)
+    p.add_argument("--partitions", type=int, default=6,
+                   help="partitions per topic: the unit of scale-out (analyzer replicas <= partitions)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    conf = kafka_config_from_args(args)
+    if args.action == "create":
+        created = ensure_topics(conf, {t: args.partitions for t in ALL_TOPICS})
+        for t in ALL_TOPICS:
+            print(f"{t}: {'created' if t in created else 'exists'}")
+        return 0
+    md = admin_client(conf).list_topics(timeout=10)
+    for name in ALL_TOPICS:
+        t = md.topics.get(name)
+        print(f"{name}: {len(t.partitions)} partitions" if t else f"{name}: missing")
+    return 0

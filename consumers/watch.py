@@ -1,0 +1,186 @@
+"""``audiostream watch``: a live view of predictions per stream, and the Python API under it.
+
+Python::
+
+    from consumers.watch import subscribe
+    for p in subscribe(bootstrap_servers="localhost:9092"):
+        print(p.stream_id, p.label, p.confidence)
+
+The terminal view redraws one row per stream (label, confidence, level meter,
+windows, gaps) when attached to a terminal; otherwise (or with ``--lines``) it
+prints one line per prediction.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from confluent_kafka import Consumer, KafkaError
+
+from producers.kafka import client_logging
+from streamproc.settings import TOPIC_PREDICTIONS, add_kafka_arguments, kafka_config, kafka_config_from_args
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One record of ``audio.predictions`` (schema: docs/predictions.md)."""
+
+    id: str
+    stream_id: str
+    session_id: str
+    window_index: int
+    window_start_s: float
+    window_end_s: float
+    label: str
+    confidence: float
+    scores: dict
+    model: dict
+    gap: bool = False
+    rms_dbfs: float | None = None
+    latency_ms: float | None = None
+    capture_time: str | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> "Prediction":
+        d = json.loads(data)
+        return cls(id=d["id"], stream_id=d["stream_id"], session_id=d["session_id"],
+                   window_index=d["window_index"], window_start_s=d["window_start_s"],
+                   window_end_s=d["window_end_s"], label=d["label"], confidence=d["confidence"],
+                   scores=d["scores"], model=d["model"], gap=d.get("gap", False), rms_dbfs=d.get("rms_dbfs"),
+                   latency_ms=d.get("latency_ms"), capture_time=d.get("capture_time"), raw=d)
+
+
+def subscribe(bootstrap_servers: str | None = None, *, topic: str = TOPIC_PREDICTIONS, from_beginning: bool = False,
+              group_id: str | None = None, kafka: dict | None = None, stop: threading.Event | None = None,
+              poll_timeout: float = 0.2, idle_timeout: float | None = None) -> Iterator[Prediction]:
+    """Yield predictions as they arrive. Undecodable records are skipped (and reported on stderr).
+
+    ``group_id=None`` uses a throwaway group that commits nothing (a pure viewer);
+    give a group id to share work and resume where the group left off.
+    ``idle_timeout``: stop after that many seconds without a prediction.
+    """
+    conf = dict(kafka) if kafka else kafka_config(bootstrap_servers)
+    if bootstrap_servers:
+        conf["bootstrap.servers"] = bootstrap_servers
+    conf.update({"group.id": group_id or f"audiostream-watch-{uuid.uuid4().hex[:8]}",
+                 "enable.auto.commit": group_id is not None, "allow.auto.create.topics": False,
+                 "auto.offset.reset": "earliest" if from_beginning else "latest",
+                 "isolation.level": "read_committed"})
+    consumer = Consumer(client_logging(conf))
+    consumer.subscribe([topic])
+    stop = stop or threading.Event()
+    last = time.monotonic()
+    try:
+        while not stop.is_set():
+            msg = consumer.poll(poll_timeout)
+            if msg is None:
+                if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                    return
+                continue
+            if msg.error():
+                if msg.error().code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                    print(f"watch: {msg.error().str()}", file=sys.stderr)
+                continue
+            last = time.monotonic()
+            try:
+                yield Prediction.from_json(msg.value())
+            except (ValueError, KeyError, TypeError) as exc:
+                print(f"watch: skipping undecodable record at {msg.topic()}[{msg.partition()}]@{msg.offset()}: "
+                      f"{exc!r}", file=sys.stderr)
+    finally:
+        consumer.close()
+
+
+def level_meter(dbfs: float | None, width: int = 12) -> str:
+    """A bar for -60..0 dBFS."""
+    if dbfs is None:
+        return " " * width
+    filled = max(0, min(width, round((dbfs + 60) / 60 * width)))
+    return "#" * filled + "." * (width - filled)
+
+
+def format_line(p: Prediction) -> str:
+    gap = " GAP" if p.gap else ""
+    level = f"{p.rms_dbfs:6.1f} dBFS" if p.rms_dbfs is not None else ""
+    return (f"{p.stream_id:<20} {p.window_start_s:8.2f}-{p.window_end_s:<8.2f} {p.label:<12} "
+            f"{p.confidence:5.2f}  {level}{gap}")
+
+
+class Table:
+    """Latest prediction per stream, redrawn in place."""
+
+    def __init__(self, out=sys.stdout):
+        self.out = out
+        self.rows: dict[str, Prediction] = {}
+        self.windows: dict[str, int] = {}
+        self.gaps: dict[str, int] = {}
+        self._drawn = 0
+
+    def add(self, p: Prediction) -> None:
+        self.rows[p.stream_id] = p
+        self.windows[p.stream_id] = self.windows.get(p.stream_id, 0) + 1
+        self.gaps[p.stream_id] = self.gaps.get(p.stream_id, 0) + int(p.gap)
+
+    def render(self) -> str:
+        head = f"{'STREAM':<20} {'LABEL':<12} {'CONF':>5}  {'LEVEL':<12} {'dBFS':>6} {'WINDOWS':>7} {'GAPS':>4}  {'AT (s)':>8}"
+        lines = [head]
+        for sid in sorted(self.rows):
+            p = self.rows[sid]
+            db = f"{p.rms_dbfs:6.1f}" if p.rms_dbfs is not None else "     -"
+            lines.append(f"{sid[:20]:<20} {p.label[:12]:<12} {p.confidence:5.2f}  {level_meter(p.rms_dbfs)} {db} "
+                         f"{self.windows[sid]:>7} {self.gaps[sid]:>4}  {p.window_end_s:8.1f}")
+        return "\n".join(lines)
+
+    def draw(self) -> None:
+        text = self.render()
+        if self._drawn:
+            self.out.write(f"\033[{self._drawn}F\033[J")
+        self.out.write(text + "\n")
+        self.out.flush()
+        self._drawn = text.count("\n") + 1
+
+
+def add_parser(sub):
+    p = sub.add_parser("watch", help="live table of predictions per stream", description=__doc__)
+    add_kafka_arguments(p)
+    p.add_argument("--topic", default=TOPIC_PREDICTIONS)
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest retained prediction")
+    p.add_argument("--lines", action="store_true", help="one line per prediction instead of a table")
+    p.add_argument("--json", action="store_true", help="print each prediction as its JSON record")
+    p.add_argument("--max", type=int, default=None, help="exit after this many predictions")
+    p.add_argument("--idle-timeout", type=float, default=None, help="exit after this many seconds without predictions")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    table_mode = sys.stdout.isatty() and not (args.lines or args.json)
+    table = Table()
+    n = 0
+    last_draw = 0.0
+    for p in subscribe(topic=args.topic, from_beginning=args.from_beginning, kafka=kafka_config_from_args(args),
+                       stop=stop, idle_timeout=args.idle_timeout):
+        n += 1
+        if args.json:
+            print(json.dumps(p.raw), flush=True)
+        elif table_mode:
+            table.add(p)
+            if time.monotonic() - last_draw > 0.25:
+                table.draw()
+                last_draw = time.monotonic()
+        else:
+            print(format_line(p), flush=True)
+        if args.max is not None and n >= args.max:
+            break
+    if table_mode and table.rows:
+        table.draw()
+    return 0

@@ -1,0 +1,48 @@
+"""Reading audio files the same way everywhere (file replay, offline analysis, training).
+
+float32 mono at the requested rate. Decoding: soundfile (libsndfile: wav, flac,
+ogg, mp3 ...) first, librosa/audioread as fallback. Resampling: soxr's "HQ"
+quality (what librosa.resample uses by default), deterministic.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AudioInputError
+
+
+def load(path: str | Path, sr: int) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise AudioInputError(f"{path}: no such file")
+    try:
+        import soundfile as sf
+        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+        y = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    except Exception as first:  # libsndfile does not know the format: try librosa/audioread
+        try:
+            import librosa
+            y, file_sr = librosa.load(str(path), sr=None, mono=True)
+        except Exception as exc:
+            raise AudioInputError(f"{path}: cannot decode audio ({type(first).__name__}: {first}; "
+                                  f"fallback: {type(exc).__name__}: {exc})") from None
+    if y.size == 0:
+        raise AudioInputError(f"{path}: contains no audio samples")
+    if not np.isfinite(y).all():
+        raise AudioInputError(f"{path}: contains NaN or infinite samples")
+    if file_sr != sr:
+        import soxr
+        y = soxr.resample(y, file_sr, sr, quality="HQ").astype(np.float32)
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def to_s16(y: np.ndarray) -> np.ndarray:
+    """float [-1, 1] -> int16, rounding and clipping (what goes on the wire)."""
+    return np.clip(np.round(np.asarray(y, dtype=np.float32) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def from_s16(x: np.ndarray) -> np.ndarray:
+    """int16 -> float32 exactly as the analyzer decodes it."""
+    return np.asarray(x, dtype=np.int16).astype(np.float32) * np.float32(1.0 / 32768.0)

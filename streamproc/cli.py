@@ -1,0 +1,62 @@
+"""The ``audiostream`` command. Each subcommand lives next to the code it runs.
+
+Subcommand modules are imported only when needed by name, so
+``audiostream produce-file`` on an edge device never imports librosa through
+another subcommand.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from . import __version__
+from .errors import AudiostreamError
+
+# name -> (module with add_parser(sub) and a func default, one-line help)
+COMMANDS = {
+    "demo": ("consumers.demo", "local broker + analyzer + replayed clip, printing live predictions"),
+    "produce-file": ("producers.file", "replay an audio file as a live stream"),
+    "analyze": ("consumers.analyzer", "run the analyzer service"),
+    "watch": ("consumers.watch", "live table of predictions per stream"),
+    "topics": ("consumers.topics", "create or list audiostream's topics"),
+    "train-starter": ("streamproc.training.starter", "train the small starter model bundle"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="audiostream", description="Kafka real-time audio streaming analyzer")
+    ap.add_argument("--version", action="version", version=f"audiostream {__version__}")
+    ap.add_argument("--log-level", default=os.environ.get("AUDIOSTREAM_LOG_LEVEL", "INFO"))
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        if name == only:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in COMMANDS), None)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except AudiostreamError as exc:
+        print(f"audiostream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

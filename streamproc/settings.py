@@ -1,0 +1,92 @@
+"""Kafka connection settings shared by every command (pure data, no client import).
+
+Precedence: ``-X key=value`` flags > ``--kafka-config FILE`` > environment.
+Any librdkafka key passes through untouched (SASL, TLS, timeouts, ...).
+
+Environment: ``AUDIOSTREAM_BOOTSTRAP_SERVERS`` and ``AUDIOSTREAM_KAFKA_<KEY>``
+where KEY is the librdkafka key upper-cased with dots as underscores, e.g.
+``AUDIOSTREAM_KAFKA_SASL_MECHANISM=SCRAM-SHA-512``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_BOOTSTRAP = "localhost:9092"
+
+TOPIC_FRAMES = "audio.frames"
+TOPIC_PREDICTIONS = "audio.predictions"
+TOPIC_FEATURES = "audio.features"
+TOPIC_DEADLETTER = "audio.deadletter"
+
+SECRET_MARKERS = ("password", "secret", "jaas", "ssl.key.pem", "ssl_key", "ssl.keystore", "token")
+
+
+def is_secret(key: str) -> bool:
+    k = key.lower()
+    return any(m in k for m in SECRET_MARKERS)
+
+
+def masked(conf: dict) -> dict:
+    """A copy safe to print or log: secret values replaced by '***'."""
+    return {k: ("***" if is_secret(k) else v) for k, v in conf.items()}
+
+
+def parse_kv(items, source: str) -> dict:
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{source}: {item!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_properties(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--kafka-config {path!r}: no such file")
+    lines = [ln.strip() for ln in p.read_text().splitlines()]
+    return parse_kv([ln for ln in lines if ln and not ln.startswith("#")], f"--kafka-config {path}")
+
+
+def from_env(environ=None) -> dict:
+    env = os.environ if environ is None else environ
+    conf = {}
+    for name, value in env.items():
+        if name.startswith("AUDIOSTREAM_KAFKA_"):
+            conf[name[len("AUDIOSTREAM_KAFKA_"):].lower().replace("_", ".")] = value
+    if env.get("AUDIOSTREAM_BOOTSTRAP_SERVERS"):
+        conf["bootstrap.servers"] = env["AUDIOSTREAM_BOOTSTRAP_SERVERS"]
+    return conf
+
+
+def kafka_config(bootstrap_servers: str | None = None, overrides=None, config_file: str | None = None,
+                 environ=None) -> dict:
+    """Base librdkafka config (bootstrap + security) for producers, consumers and admin clients."""
+    conf = {"bootstrap.servers": DEFAULT_BOOTSTRAP}
+    conf.update(from_env(environ))
+    if config_file:
+        conf.update(read_properties(config_file))
+    if bootstrap_servers:
+        conf["bootstrap.servers"] = bootstrap_servers
+    conf.update(parse_kv(overrides, "-X"))
+    if not conf["bootstrap.servers"].strip():
+        raise ConfigError("bootstrap.servers is empty: pass --bootstrap-servers HOST:PORT")
+    return conf
+
+
+def add_kafka_arguments(parser) -> None:
+    """The connection flags every Kafka command takes."""
+    parser.add_argument("--bootstrap-servers", "-b", default=None,
+                        help=f"Kafka bootstrap servers (env AUDIOSTREAM_BOOTSTRAP_SERVERS; default {DEFAULT_BOOTSTRAP})")
+    parser.add_argument("-X", dest="kafka_overrides", action="append", metavar="KEY=VALUE", default=[],
+                        help="any librdkafka setting, e.g. -X security.protocol=SASL_SSL (repeatable)")
+    parser.add_argument("--kafka-config", default=None, metavar="FILE",
+                        help="librdkafka settings file (key=value lines)")
+
+
+def kafka_config_from_args(args) -> dict:
+    return kafka_config(args.bootstrap_servers, args.kafka_overrides, args.kafka_config)
