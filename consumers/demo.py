@@ -20,7 +20,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from producers.file import replay
+from producers.file import parse_speed, replay
 from producers.kafka import ensure_topics, producer_config
 from streamproc import audio
 from streamproc.settings import TOPIC_FRAMES, kafka_config
@@ -68,7 +68,7 @@ def add_parser(sub):
     p.add_argument("--bootstrap-servers", "-b", default=None, help="use this cluster instead of a local broker")
     p.add_argument("--clip", default=None, help="audio file to replay (default: the generated demo clip)")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--speed", type=float, default=1.0, help="replay speed (1.0 = real time)")
+    p.add_argument("--speed", type=parse_speed, default=1.0, help="replay speed (1.0 = real time, 'max' = unpaced)")
     p.add_argument("--duration", type=float, default=None, help="stop the replay after this many seconds of audio")
     p.add_argument("--metrics-port", type=int, default=9400, help="analyzer /metrics port (0 = any free)")
     p.set_defaults(func=run)

@@ -10,6 +10,7 @@ carries the end-of-stream flag. Exit code 1 if any frame was not acknowledged.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -41,14 +42,15 @@ class ReplayResult:
 
 
 def parse_speed(text: str) -> float:
-    if str(text).lower() in ("max", "inf", "0"):
+    """'1.0', '4', 'max' -> replay speed factor (inf = unpaced)."""
+    if str(text).lower() in ("max", "inf"):
         return float("inf")
     try:
         speed = float(text)
     except ValueError:
-        raise ConfigError(f"--speed {text!r} must be a number (1.0 = real time) or 'max'") from None
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number (1.0 = real time) or 'max'") from None
     if not speed > 0:
-        raise ConfigError(f"--speed {text!r} must be > 0")
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
     return speed
 
 
@@ -119,7 +121,8 @@ def add_parser(sub):
     p.add_argument("--topic", default=TOPIC_FRAMES)
     p.add_argument("--rate", type=int, default=16000, help="stream sample rate in Hz (the file is resampled)")
     p.add_argument("--frame-ms", type=float, default=100.0, help="audio per Kafka record, in milliseconds")
-    p.add_argument("--speed", default="1.0", help="1.0 = real time, 4 = four times faster, 'max' = unpaced")
+    p.add_argument("--speed", type=parse_speed, default=1.0,
+                   help="1.0 = real time, 4 = four times faster, 'max' = unpaced")
     p.add_argument("--loop", action="store_true", help="repeat the file until interrupted")
     p.add_argument("--encoding", choices=sorted(wire.ENCODING_IDS), default="pcm_s16le")
     p.add_argument("--partitions", type=int, default=6, help="partitions if the frames topic must be created")
@@ -129,7 +132,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     from pathlib import Path
-    speed = parse_speed(args.speed)
+    speed = args.speed
     if args.rate <= 0:
         raise ConfigError(f"--rate {args.rate} must be a positive sample rate in Hz")
     frame_samples = round(args.frame_ms * args.rate / 1000)

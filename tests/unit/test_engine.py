@@ -1,0 +1,184 @@
+"""Rolling stream state: windows on sample time, each STFT frame once, sequence faults never silent."""
+import itertools
+
+import numpy as np
+import pytest
+
+from streamproc import wire
+from streamproc.audio import from_s16, to_s16
+from streamproc.engine import Engine
+from streamproc.features import FeatureExtractor
+from streamproc.windowing import WindowSpec
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return WindowSpec()
+
+
+@pytest.fixture(scope="module")
+def fx(spec):
+    return FeatureExtractor(spec)
+
+
+def frames(pcm, sizes, session=b"S" * 16, start_offset=0, start_seq=0):
+    off, seq, i = 0, start_seq, 0
+    while off < len(pcm):
+        n = sizes[i % len(sizes)]
+        chunk = pcm[off:off + n]
+        yield wire.decode(wire.encode(wire.AudioFrame(SR, seq, start_offset + off, 0, session, chunk[:, None])))
+        off += n
+        seq += 1
+        i += 1
+
+
+def run(engine, sid, frame_iter):
+    out = []
+    for f in frame_iter:
+        engine.accept(sid, f)
+        out += engine.step()
+    return out
+
+
+@pytest.mark.parametrize("sizes", [[1600], [1234, 777, 3001], [160], [16000 * 3]])
+def test_streaming_equals_offline_for_any_frame_size(rng, spec, fx, sizes):
+    pcm = to_s16(0.2 * rng.standard_normal(5 * SR))
+    wins = run(Engine(spec, extractor=fx), "s", frames(pcm, sizes))
+    bounds, V = fx.vectors_for_signal(from_s16(pcm))
+    assert [(w.start, w.end) for w in wins] == bounds
+    assert [w.index for w in wins] == list(range(len(bounds)))
+    np.testing.assert_allclose(np.stack([w.vector for w in wins]), V, rtol=1e-5, atol=1e-4)
+    assert not any(w.gap for w in wins)
+
+
+def test_each_stft_frame_computed_once(rng, spec, fx):
+    calls = []
+
+    class Counting(FeatureExtractor):
+        def frame_features(self, frames):
+            calls.append(len(frames))
+            return super().frame_features(frames)
+
+    eng = Engine(spec, extractor=Counting(spec))
+    pcm = to_s16(0.1 * rng.standard_normal(4 * SR))
+    run(eng, "s", frames(pcm, [1600]))
+    assert sum(calls) == 1 + (4 * SR - spec.n_fft) // spec.hop_length  # every frame exactly once
+
+
+def test_session_starting_mid_stream_aligns_to_window_grid(rng, spec, fx):
+    pcm = to_s16(0.1 * rng.standard_normal(3 * SR))
+    wins = run(Engine(spec, extractor=fx), "s", frames(pcm, [1600], start_offset=5000))
+    # samples 5000..53000: first boundary >= 5000 is 8000
+    assert [(w.start, w.end) for w in wins] == [(8000, 24000), (16000, 32000), (24000, 40000), (32000, 48000)]
+    _, V = fx.vectors_for_signal(from_s16(pcm)[3000:3000 + 16000])
+    np.testing.assert_allclose(wins[0].vector, V[0], rtol=1e-5, atol=1e-4)
+
+
+def test_two_interleaved_streams_keep_separate_state(rng, spec, fx):
+    a = to_s16(0.3 * np.sin(2 * np.pi * 440 * np.arange(3 * SR) / SR))
+    b = to_s16(0.2 * rng.standard_normal(3 * SR))
+    eng = Engine(spec, extractor=fx)
+    out = []
+    for fa, fb in itertools.zip_longest(frames(a, [1600], session=b"A" * 16), frames(b, [1000], session=b"B" * 16)):
+        for sid, f in (("a", fa), ("b", fb)):
+            if f is not None:
+                eng.accept(sid, f)
+        out += eng.step()
+    for sid, pcm in (("a", a), ("b", b)):
+        mine = [w for w in out if w.stream_id == sid]
+        _, V = fx.vectors_for_signal(from_s16(pcm))
+        np.testing.assert_allclose(np.stack([w.vector for w in mine]), V[:len(mine)], rtol=1e-5, atol=1e-4)
+        assert len(mine) == len(V) == 5
+
+
+def test_duplicates_dropped(rng, spec, fx):
+    pcm = to_s16(0.1 * rng.standard_normal(2 * SR))
+    fs = list(frames(pcm, [1600]))
+    eng = Engine(spec, extractor=fx)
+    statuses = []
+    wins = []
+    for f in fs[:5] + fs[3:5] + fs[5:]:
+        statuses.append(eng.accept("s", f).status)
+        wins += eng.step()
+    assert statuses.count("duplicate") == 2
+    assert [(w.start, w.end) for w in wins] == spec.window_bounds(2 * SR)
+
+
+def test_short_gap_zero_filled_and_flagged(rng, spec, fx):
+    pcm = to_s16(0.1 * rng.standard_normal(4 * SR))
+    fs = list(frames(pcm, [1600]))
+    eng = Engine(spec, extractor=fx)
+    results, wins = [], []
+    for i, f in enumerate(fs):
+        if i in (12, 13):  # 200 ms lost at samples 19200..22400
+            continue
+        results.append(eng.accept("s", f))
+        wins += eng.step()
+    gaps = [r for r in results if r.gap_samples]
+    assert len(gaps) == 1 and gaps[0].gap_samples == 3200 and gaps[0].missing_frames == 2 and not gaps[0].resynced
+    assert [(w.start, w.end) for w in wins] == spec.window_bounds(4 * SR)  # no window lost
+    flagged = [(w.start, w.end) for w in wins if w.gap]
+    assert flagged == [(8000, 24000), (16000, 32000)]  # exactly the windows overlapping 19200..22400
+
+
+def test_long_gap_resyncs_to_next_boundary(rng, spec, fx):
+    pcm = to_s16(0.1 * rng.standard_normal(6 * SR))
+    fs = list(frames(pcm, [1600]))
+    eng = Engine(spec, extractor=fx)
+    wins, results = [], []
+    for i, f in enumerate(fs):
+        if 15 <= i < 28:  # 1.3 s lost: samples 24000..44800 (> max_gap_fill of one window)
+            continue
+        results.append(eng.accept("s", f))
+        wins += eng.step()
+    assert any(r.resynced for r in results)
+    # audio up to 24000 completes [0,16000) and [8000,24000); after the gap, windows restart at the
+    # first boundary >= 44800, i.e. 48000, and run to the end (96000)
+    assert [w.start for w in wins] == [0, 8000, 48000, 56000, 64000, 72000, 80000]
+    assert not any(w.gap for w in wins)  # nothing zero-filled: no window spans the gap
+
+
+def test_new_session_restarts_stream(rng, spec, fx):
+    pcm = to_s16(0.1 * rng.standard_normal(2 * SR))
+    eng = Engine(spec, extractor=fx)
+    run(eng, "s", frames(pcm, [1600], session=b"1" * 16))
+    f = next(frames(pcm, [1600], session=b"2" * 16))
+    assert eng.accept("s", f).status == "new_session"
+    wins = run(eng, "s", frames(pcm, [1600], session=b"2" * 16))
+    assert [w.session_id for w in wins] == [b"2" * 16] * 3 and wins[0].start == 0
+
+
+def test_end_of_stream_and_idle_eviction(spec, fx):
+    eng = Engine(spec, extractor=fx, idle_timeout_s=5)
+    f = wire.AudioFrame(SR, 0, 0, 0, b"x" * 16, np.zeros((1600, 1), np.int16), flags=wire.FLAG_END_OF_STREAM)
+    eng.accept("ended", f, now=100.0)
+    eng.accept("idle", wire.AudioFrame(SR, 0, 0, 0, b"y" * 16, np.zeros((1600, 1), np.int16)), now=100.0)
+    eng.step(now=100.0)
+    assert eng.finished() == ["ended"]
+    assert eng.evict_idle(now=104.0) == []
+    assert eng.evict_idle(now=106.0) == ["idle"]
+    assert eng.streams == {}
+
+
+def test_memory_per_stream_is_bounded(rng, spec, fx):
+    eng = Engine(spec, extractor=fx)
+    pcm = to_s16(0.1 * rng.standard_normal(30 * SR))
+    sizes = []
+    for f in frames(pcm, [1600]):
+        eng.accept("s", f)
+        eng.step()
+        sizes.append(eng.state_bytes())
+    # raw samples < n_fft + a frame; per-frame rows <= one window + one hop
+    bound = 4 * (spec.n_fft + 1600) + 4 * fx.n_columns * (spec.frames_per_window + spec.frames_per_hop)
+    assert max(sizes) <= bound
+    assert max(sizes[-50:]) <= max(sizes[50:100]) * 1.01  # does not grow with stream length
+
+
+def test_window_ids_are_deterministic(rng, spec, fx):
+    pcm = to_s16(0.1 * rng.standard_normal(2 * SR))
+    a = run(Engine(spec, extractor=fx), "k", frames(pcm, [1600]))
+    b = run(Engine(spec, extractor=fx), "k", frames(pcm, [777]))
+    assert [w.window_id for w in a] == [w.window_id for w in b] == \
+           [f"k/{(b'S' * 16).hex()}/{s}" for s in (0, 8000, 16000)]

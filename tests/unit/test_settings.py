@@ -1,0 +1,31 @@
+import pytest
+
+from streamproc.errors import ConfigError
+from streamproc.settings import kafka_config, masked
+
+
+def test_precedence_flags_over_file_over_env(tmp_path):
+    f = tmp_path / "k.properties"
+    f.write_text("# comment\nsasl.mechanism=PLAIN\nclient.id=from-file\n")
+    env = {"AUDIOSTREAM_BOOTSTRAP_SERVERS": "env:9092", "AUDIOSTREAM_KAFKA_CLIENT_ID": "from-env",
+           "AUDIOSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+    conf = kafka_config(None, ["client.id=from-flag"], str(f), environ=env)
+    assert conf == {"bootstrap.servers": "env:9092", "client.id": "from-flag", "sasl.mechanism": "PLAIN",
+                    "security.protocol": "sasl.ssl".upper().replace(".", "_")}
+    assert kafka_config("flag:1", environ=env)["bootstrap.servers"] == "flag:1"
+    assert kafka_config(environ={})["bootstrap.servers"] == "localhost:9092"
+
+
+def test_bad_values_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="'oops' is not key=value"):
+        kafka_config("h:1", ["oops"], environ={})
+    with pytest.raises(ConfigError, match="no such file"):
+        kafka_config("h:1", [], str(tmp_path / "missing"), environ={})
+
+
+def test_secrets_are_masked():
+    conf = {"sasl.password": "hunter2", "sasl.jaas.config": "x password=y", "ssl.key.password": "k",
+            "sasl.username": "alice", "bootstrap.servers": "h:1"}
+    m = masked(conf)
+    assert "hunter2" not in str(m) and "password=y" not in str(m) and m["ssl.key.password"] == "***"
+    assert m["sasl.username"] == "alice" and m["bootstrap.servers"] == "h:1"
