@@ -300,7 +300,7 @@ class Analyzer:
         for name in self.spec.features:
             width = self.spec.feature_width(name)
             for stat in ("mean", "std"):
-                vals = [round(float(v), 5) for v in vec[i:i + width]]
+                vals = [float(f"{v:.7g}") for v in vec[i:i + width]]  # float32 precision
                 out[f"{name}_{stat}"] = vals if width > 1 else vals[0]
                 i += width
         return out

@@ -156,8 +156,9 @@ class LocalKafka:
                 f"-Dlog4j2.configurationFile={LOG4J}", "-cp", cp]
         if not (self.workdir / "data" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            fmt = subprocess.run(base + ["kafka.tools.StorageTool", "format", "-t", cluster_id,
-                                         "-c", str(config)], capture_output=True, text=True)
+            # '=' form: a base64 id may start with '-', which would otherwise parse as an option
+            fmt = subprocess.run(base + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                                         f"--config={config}"], capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise RuntimeError(f"formatting KRaft storage failed:\n{fmt.stdout}\n{fmt.stderr}")
         log = open(self.log_path, "ab")

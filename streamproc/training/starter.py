@@ -8,7 +8,7 @@ trained. Rebuild the committed bundle with::
 
 Classes:
 - ``silence``: digital silence, or noise / hum between -100 and -65 dBFS;
-- ``tonal``: harmonic tones, chords, vibrato, glides and beeps, with low noise;
+- ``tonal``: pure sines, harmonic tones, chords, vibrato, glides and beeps, clean or with low noise;
 - ``noise``: white, pink, brown and band-limited noise, crackle, at -50..-6 dBFS.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from ..audio import from_s16, to_s16
 from ..features import FeatureExtractor
 from ..progress import Progress
 from ..windowing import WindowSpec
@@ -56,8 +57,8 @@ def synth_clip(label: str, rng: np.random.Generator, sr: int, seconds: float) ->
             hum = sum(np.sin(2 * np.pi * rng.choice([50, 60]) * h * t) / h for h in (1, 2, 3))
             x = _normalise(hum, _db(rng, -95, -65)) + _colored_noise(rng, n, 1) * _db(rng, -110, -80)
     elif label == "tonal":
-        kind = rng.integers(4)
-        f0 = rng.uniform(80, 1500)
+        kind = rng.choice(5, p=[0.175, 0.175, 0.175, 0.175, 0.3])
+        f0 = np.exp(rng.uniform(np.log(60), np.log(2000)))
         if kind == 0:    # harmonic note with vibrato
             phase = 2 * np.pi * f0 * t + rng.uniform(0.5, 8) * np.sin(2 * np.pi * rng.uniform(3, 7) * t)
             x = sum(np.sin(h * phase) * rng.uniform(0.1, 1) / h for h in range(1, rng.integers(2, 9)))
@@ -67,11 +68,14 @@ def synth_clip(label: str, rng: np.random.Generator, sr: int, seconds: float) ->
         elif kind == 2:  # glide
             f1 = rng.uniform(80, 2000)
             x = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * seconds)))
-        else:            # beeps
+        elif kind == 3:  # beeps
             period = rng.uniform(0.15, 0.6)
             gate = ((t % period) < period * rng.uniform(0.3, 0.8)).astype(float)
             x = np.sin(2 * np.pi * f0 * t) * gate + 0.05 * np.sin(2 * np.pi * f0 * t)
-        x = _normalise(x, _db(rng, -40, -6)) + _colored_noise(rng, n, rng.uniform(0, 2)) * _db(rng, -80, -55)
+        else:            # a pure sine anywhere in the band (test tones, whistles)
+            x = np.sin(2 * np.pi * np.exp(rng.uniform(np.log(50), np.log(7000))) * t + rng.uniform(0, 6))
+        floor = _db(rng, -80, -55) if rng.random() < 0.5 else 0.0  # clean tones exist too
+        x = _normalise(x, _db(rng, -45, -1)) + _colored_noise(rng, n, rng.uniform(0, 2)) * floor
     elif label == "noise":
         kind = rng.integers(3)
         if kind == 0:
@@ -101,7 +105,7 @@ def build_dataset(spec: WindowSpec, clips_per_class: int, seconds: float, seed: 
         for i in range(clips_per_class):
             clip = synth_clip(label, rng, spec.sr, seconds)
             # quantise like the wire format does, so training sees what the analyzer sees
-            clip = np.round(clip * 32767).astype(np.int16).astype(np.float32) / 32768
+            clip = from_s16(to_s16(clip))
             _, V = fx.vectors_for_signal(clip)
             X.append(V)
             y += [label] * len(V)
@@ -112,8 +116,8 @@ def build_dataset(spec: WindowSpec, clips_per_class: int, seconds: float, seed: 
     return np.concatenate(X), np.array(y), np.array(groups)
 
 
-def train(out: str, seed: int = 7, clips_per_class: int = 60, seconds: float = 3.0, quiet: bool = False) -> dict:
-    from sklearn.linear_model import LogisticRegression
+def train(out: str, seed: int = 7, clips_per_class: int = 120, seconds: float = 3.0, quiet: bool = False) -> dict:
+    from sklearn.neural_network import MLPClassifier
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -127,7 +131,8 @@ def train(out: str, seed: int = 7, clips_per_class: int = 60, seconds: float = 3
     # held-out split by clip: every 5th clip of each class is test
     clip_idx = np.array([int(g.rsplit("-", 1)[1]) for g in groups])
     test = clip_idx % 5 == 0
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    model = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, max_iter=600,
+                                                          random_state=seed))
     model.fit(X[~test], y[~test])
     pred = model.predict(X[test])
     evaluation = {"split": "by clip, every 5th clip held out", "windows_test": int(test.sum()),
@@ -136,7 +141,7 @@ def train(out: str, seed: int = 7, clips_per_class: int = 60, seconds: float = 3
     model.fit(X, y)  # ship the model fitted on all clips
     training = {"data": "synthetic (streamproc/training/starter.py)", "seed": seed,
                 "clips_per_class": clips_per_class, "clip_seconds": seconds, "windows": int(len(y)),
-                "classifier": "StandardScaler + LogisticRegression(C=1.0)",
+                "classifier": "StandardScaler + MLPClassifier(64 hidden, alpha=1e-3)",
                 "command": f"audiostream train-starter --out {out} --seed {seed}"}
     export_sklearn(model, spec, out, task="starter", version=out.rstrip("/").rsplit("/", 1)[-1],
                    description="Starter model: silence / tonal / noise from synthetic signals",
@@ -151,7 +156,7 @@ def add_parser(sub):
     p = sub.add_parser("train-starter", help="train the small starter bundle (silence/tonal/noise) from synthetic audio")
     p.add_argument("--out", default="models/starter/1")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--clips-per-class", type=int, default=60)
+    p.add_argument("--clips-per-class", type=int, default=120)
     p.set_defaults(func=lambda a: (train(a.out, a.seed, a.clips_per_class), 0)[1])
 
 

@@ -1,0 +1,39 @@
+"""Helpers for the integration tests (imported by the tests; fixtures live in conftest.py)."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer
+
+
+def consume(kafka_conf, topic: str, *, until=None, count: int | None = None, timeout: float = 60.0) -> list:
+    """All records of ``topic`` from the beginning until ``count`` records, ``until(records)``, or timeout."""
+    c = Consumer({**kafka_conf, "group.id": f"test-reader-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    c.subscribe([topic])
+    out = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for m in c.consume(num_messages=500, timeout=0.2):
+                if m.error() is None:
+                    out.append(m)
+            if (count is not None and len(out) >= count) or (until is not None and until(out)):
+                break
+    finally:
+        c.close()
+    return out
+
+
+def values(msgs) -> list[dict]:
+    return [json.loads(m.value()) for m in msgs]
+
+
+def cli(*args: str) -> list[str]:
+    """The installed console script when present, else the same entry point via -m."""
+    script = Path(sys.executable).parent / "audiostream"
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "streamproc.cli", *args]
