@@ -1,0 +1,142 @@
+"""The product's commands, run as a user runs them (subprocesses against the real broker)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streamproc.windowing import WindowSpec
+
+from .helpers import cli, consume, values
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_runs_and_prints_live_predictions():
+    """`audiostream demo` starts its own broker, replays the demo clip and prints every window."""
+    proc = subprocess.run(cli("demo", "--speed", "max", "--metrics-port", "0"), capture_output=True, text=True,
+                          timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("demo-")]
+    assert len(lines) == 27, proc.stdout
+    assert "27/27 windows predicted" in proc.stderr
+    labels = [ln.split()[2] for ln in lines]
+    assert {"tonal", "noise", "silence"} <= set(labels)  # the clip has all three, in that order
+    assert labels[0] == "tonal" and labels.index("noise") < labels.index("silence")
+
+
+def committed(kafka_conf, group: str, topic: str, partitions: int) -> list[int]:
+    c = Consumer({**kafka_conf, "group.id": group, "enable.auto.commit": False})
+    try:
+        return [tp.offset for tp in c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)]
+    finally:
+        c.close()
+
+
+def end_offsets(kafka_conf, topic: str, partitions: int) -> list[int]:
+    c = Consumer({**kafka_conf, "group.id": f"probe-{uuid.uuid4().hex[:6]}"})
+    try:
+        return [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
+    finally:
+        c.close()
+
+
+def test_analyze_cli_commits_after_delivery_and_stops_on_sigterm(kafka_conf, topics, tmp_path):
+    t = topics(partitions=2)
+    boot = kafka_conf["bootstrap.servers"]
+    wav = tmp_path / "hum.wav"
+    sf.write(wav, (0.2 * np.sin(2 * np.pi * 300 * np.arange(3 * 16000) / 16000)).astype(np.float32), 16000)
+    group = f"cli-{uuid.uuid4().hex[:6]}"
+    analyzer = subprocess.Popen(cli("analyze", "-b", boot, "--frames-topic", t["frames"], "--predictions-topic",
+                                    t["predictions"], "--features-topic", t["features"], "--deadletter-topic",
+                                    t["deadletter"], "--group-id", group, "--metrics-port", "0"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        p = subprocess.run(cli("produce-file", str(wav), "--stream-id", "hum", "-b", boot, "--topic", t["frames"],
+                               "--speed", "max", "-q"), capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        expected = len(WindowSpec().window_bounds(3 * 16000))
+        preds = values(consume(kafka_conf, t["predictions"], count=expected))
+        assert [x["window_index"] for x in preds] == list(range(expected))
+        time.sleep(1.0)
+        analyzer.send_signal(signal.SIGTERM)
+        out, err = analyzer.communicate(timeout=30)
+    finally:
+        if analyzer.poll() is None:
+            analyzer.kill()
+    assert analyzer.returncode == 0, err[-3000:]
+    assert "metrics http://127.0.0.1:" in err
+    # every frame was processed and its outputs acknowledged, so the group's offsets are at the end
+    ends = end_offsets(kafka_conf, t["frames"], 2)
+    assert sorted(ends) == [0, 30]  # one stream -> one partition; 3 s in 100 ms frames
+    assert [c for c, e in zip(committed(kafka_conf, group, t["frames"], 2), ends) if e] == [30]
+
+
+def test_bad_model_fails_fast_without_consuming(kafka_conf, topics, tmp_path):
+    t = topics()
+    bundle = tmp_path / "broken"
+    shutil.copytree(REPO / "models" / "starter" / "1", bundle)
+    (bundle / "model.onnx").write_bytes(b"not an onnx model")
+    group = f"bad-{uuid.uuid4().hex[:6]}"
+    p = subprocess.run(cli("analyze", "-b", kafka_conf["bootstrap.servers"], "--model", str(bundle),
+                           "--frames-topic", t["frames"], "--group-id", group, "--no-metrics"),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert "model.onnx: onnxruntime cannot load it" in p.stderr
+    groups = AdminClient(kafka_conf).list_consumer_groups(request_timeout=10).result()
+    assert group not in {g.group_id for g in groups.valid}  # never joined, so never committed
+
+    p = subprocess.run(cli("analyze", "-b", kafka_conf["bootstrap.servers"], "--model", "nosuchtask", "--no-metrics"),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "no model task 'nosuchtask'" in p.stderr
+
+
+def test_unreachable_broker_is_a_clear_error(tmp_path):
+    wav = tmp_path / "x.wav"
+    sf.write(wav, np.zeros(1600, np.float32), 16000)
+    p = subprocess.run(cli("produce-file", str(wav), "-b", "127.0.0.1:1", "-q"), capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert p.returncode == 2
+    assert "cannot reach Kafka at '127.0.0.1:1'" in p.stderr
+
+
+def test_produce_file_rejects_bad_input(tmp_path):
+    bad = tmp_path / "notaudio.wav"
+    bad.write_bytes(b"RIFF....this is not audio")
+    p = subprocess.run(cli("produce-file", str(bad), "-b", "127.0.0.1:1"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "cannot decode audio" in p.stderr
+    p = subprocess.run(cli("produce-file", str(bad), "--speed", "-2"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "must be > 0" in p.stderr
+
+
+def test_watch_prints_predictions(kafka_conf, topics, start_analyzer, tmp_path):
+    t = topics()
+    start_analyzer(t)
+    wav = tmp_path / "beep.wav"
+    sf.write(wav, (0.3 * np.sin(2 * np.pi * 880 * np.arange(2 * 16000) / 16000)).astype(np.float32), 16000)
+    p = subprocess.run(cli("produce-file", str(wav), "--stream-id", "beeper", "-b", kafka_conf["bootstrap.servers"],
+                           "--topic", t["frames"], "--speed", "max", "-q"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    w = subprocess.run(cli("watch", "-b", kafka_conf["bootstrap.servers"], "--topic", t["predictions"],
+                           "--from-beginning", "--max", "3", "--idle-timeout", "30"),
+                       capture_output=True, text=True, timeout=60)
+    assert w.returncode == 0, w.stderr
+    rows = [ln.split() for ln in w.stdout.splitlines()]
+    assert len(rows) == 3 and all(r[0] == "beeper" and r[2] == "tonal" for r in rows), w.stdout
+    j = subprocess.run(cli("watch", "-b", kafka_conf["bootstrap.servers"], "--topic", t["predictions"],
+                           "--from-beginning", "--json", "--max", "1", "--idle-timeout", "30"),
+                       capture_output=True, text=True, timeout=60)
+    rec = json.loads(j.stdout)
+    assert rec["stream_id"] == "beeper" and rec["window_start_s"] == 0.0
