@@ -29,8 +29,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from producers.kafka import check_reachable, client_logging, ensure_topics, produce, producer_config
 from streamproc import wire
 from streamproc.engine import Engine, Window
-from streamproc.errors import AudiostreamError, FrameError
+from streamproc.errors import AudiostreamError, ConfigError, FrameError, WindowSpecError
 from streamproc.inference import ModelBundle
+from streamproc.windowing import WindowSpec
 from streamproc.settings import (TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
                                  add_kafka_arguments, kafka_config_from_args, masked)
 
@@ -67,6 +68,7 @@ class AnalyzerConfig:
     auto_offset_reset: str = "earliest"
     delivery_timeout_s: float = 30.0
     consumer_overrides: dict = field(default_factory=dict)
+    expect_spec: WindowSpec | None = None  # refuse a bundle trained with any other window/feature spec
 
 
 def _iso(ns: int) -> str:
@@ -80,7 +82,7 @@ class Analyzer:
     def __init__(self, config: AnalyzerConfig, registry=None):
         self.config = config
         # Fail fast, before consuming anything: a bad bundle never moves an offset.
-        self.bundle = ModelBundle.load(config.model)
+        self.bundle = ModelBundle.load(config.model, expect_spec=config.expect_spec)
         self.spec = self.bundle.spec
         self.engine = Engine(self.spec, idle_timeout_s=config.idle_timeout_s)
         self.metrics = AnalyzerMetrics(registry, model_task=self.bundle.task, model_version=self.bundle.version,
@@ -322,6 +324,8 @@ def add_parser(sub):
     add_kafka_arguments(p)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="model bundle: a directory, or task[:version] under models/ (latest version by default)")
+    p.add_argument("--window-spec", default=None, metavar="FILE",
+                   help="YAML window/feature spec this deployment expects; a bundle trained otherwise is refused")
     p.add_argument("--group-id", default="audiostream-analyzer")
     p.add_argument("--frames-topic", default=TOPIC_FRAMES)
     p.add_argument("--predictions-topic", default=TOPIC_PREDICTIONS)
@@ -340,6 +344,20 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
+def read_window_spec(path: str) -> WindowSpec:
+    import yaml
+    try:
+        data = yaml.safe_load(open(path))
+    except OSError as exc:
+        raise ConfigError(f"--window-spec {path!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--window-spec {path!r}: not valid YAML: {exc}") from None
+    try:
+        return WindowSpec.from_dict(data.get("window_spec", data) if isinstance(data, dict) else data)
+    except (WindowSpecError, TypeError) as exc:
+        raise ConfigError(f"--window-spec {path!r}: {exc}") from None
+
+
 def config_from_args(args) -> AnalyzerConfig:
     return AnalyzerConfig(kafka=kafka_config_from_args(args), model=args.model, group_id=args.group_id,
                           frames_topic=args.frames_topic, predictions_topic=args.predictions_topic,
@@ -347,7 +365,8 @@ def config_from_args(args) -> AnalyzerConfig:
                           metrics_port=None if args.no_metrics else args.metrics_port,
                           metrics_addr=args.metrics_addr, max_frame_bytes=args.max_frame_bytes,
                           idle_timeout_s=args.idle_timeout, create_topics=not args.no_create_topics,
-                          partitions=args.partitions, auto_offset_reset=args.offset_reset)
+                          partitions=args.partitions, auto_offset_reset=args.offset_reset,
+                          expect_spec=read_window_spec(args.window_spec) if args.window_spec else None)
 
 
 def run(args) -> int:

@@ -143,7 +143,8 @@ class FeatureExtractor:
         rms_dbfs: 10*log10 of the mean frame power (dB re full scale, a full-scale
         square wave = 0 dBFS, floor -120); peak_dbfs: largest |sample| in the window's frames;
         spectral_centroid_hz, zero_crossing_rate: frame means; spectral_flux: mean
-        positive change of the mel dB spectrum between consecutive frames (onset strength).
+        positive change of the mel dB spectrum between consecutive frames (onset strength);
+        onset_rate_hz: peaks of that onset strength per second (see _count_onsets).
         """
         ff = np.asarray(frame_feats, dtype=np.float32)
         c = self.columns
@@ -152,7 +153,10 @@ class FeatureExtractor:
         centroid = ff[:, :, c["spectral_centroid"]][..., 0].mean(axis=1)
         zcr = ff[:, :, c["zero_crossing_rate"]][..., 0].mean(axis=1)
         db = ff[:, :, c["mel_db"]]
-        flux = np.maximum(np.diff(db, axis=1), 0.0).mean(axis=(1, 2))
+        frame_flux = np.maximum(np.diff(db, axis=1), 0.0).mean(axis=2)       # (W, F-1) onset strength
+        flux = frame_flux.mean(axis=1)
+        onsets = self._count_onsets(frame_flux)
+        seconds = ff.shape[1] * self.spec.hop_length / self.spec.sr
         out = []
         for i in range(ff.shape[0]):
             out.append({
@@ -161,8 +165,21 @@ class FeatureExtractor:
                 "spectral_centroid_hz": round(float(centroid[i]), 1),
                 "zero_crossing_rate": round(float(zcr[i]), 5),
                 "spectral_flux": round(float(flux[i]), 4),
+                "onset_rate_hz": round(float(onsets[i] / seconds), 3),
             })
         return out
+
+    @staticmethod
+    def _count_onsets(flux: np.ndarray, radius: int = 3, delta_db: float = 3.0) -> np.ndarray:
+        """Onsets per window: frames whose flux is the maximum within +-radius frames (30 ms)
+        and exceeds the window's median flux by ``delta_db`` (mean dB rise over mel bands)."""
+        W, T = flux.shape
+        padded = np.pad(flux, ((0, 0), (radius, radius)), constant_values=-np.inf)
+        local_max = np.max(np.stack([padded[:, k:k + T] for k in range(2 * radius + 1)]), axis=0)
+        # ties: only the first frame of a plateau counts
+        first = np.concatenate([np.ones((W, 1), bool), flux[:, 1:] != flux[:, :-1]], axis=1)
+        peaks = (flux >= local_max) & first & (flux > np.median(flux, axis=1, keepdims=True) + delta_db)
+        return peaks.sum(axis=1)
 
     def frames_of(self, y: np.ndarray) -> np.ndarray:
         """STFT frames (center=False) of a 1-D signal, as a strided (N, n_fft) view."""

@@ -103,6 +103,25 @@ def test_bad_model_fails_fast_without_consuming(kafka_conf, topics, tmp_path):
     assert p.returncode == 2 and "no model task 'nosuchtask'" in p.stderr
 
 
+def test_window_spec_mismatch_is_refused_naming_it(tmp_path):
+    import yaml
+    spec = WindowSpec(n_mels=128).to_dict()
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    p = subprocess.run(cli("analyze", "-b", "127.0.0.1:1", "--window-spec", str(tmp_path / "spec.yaml"),
+                           "--no-metrics"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert "different window/feature spec" in p.stderr and "n_mels: 64 != 128" in p.stderr
+    (tmp_path / "bad.yaml").write_text("hop_length: 0\n")
+    p = subprocess.run(cli("analyze", "--window-spec", str(tmp_path / "bad.yaml"), "--no-metrics"),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "hop_length=0 must be a positive integer" in p.stderr
+    # the bundle's own spec is accepted (then the unreachable broker is what stops it)
+    (tmp_path / "same.yaml").write_text(yaml.safe_dump(WindowSpec().to_dict()))
+    p = subprocess.run(cli("analyze", "-b", "127.0.0.1:1", "--window-spec", str(tmp_path / "same.yaml"),
+                           "--no-metrics"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "cannot reach Kafka" in p.stderr
+
+
 def test_unreachable_broker_is_a_clear_error(tmp_path):
     wav = tmp_path / "x.wav"
     sf.write(wav, np.zeros(1600, np.float32), 16000)

@@ -106,3 +106,20 @@ def test_feature_subset_and_order_follow_the_spec(rng):
     names = full.feature_names()
     picked = [names.index(n) for n in sub.feature_names()]
     np.testing.assert_allclose(vs[0], vf[0][picked], rtol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [2, 4, 8])
+def test_onset_rate_counts_clicks(rate):
+    spec = WindowSpec()
+    fx = FeatureExtractor(spec)
+    y = np.zeros(3 * SR, np.float32)
+    y[SR // (2 * rate)::SR // rate] = 0.8  # clicks at a known rate, none on a window edge
+    y += (1e-3 * np.random.default_rng(0).standard_normal(y.size)).astype(np.float32)
+    ff = fx.frame_features(fx.frames_of(y))
+    F, fph = spec.frames_per_window, spec.frames_per_hop
+    windows = np.stack([ff[k * fph:k * fph + F] for k in range(len(spec.window_bounds(y.size)))])
+    rates = [m["onset_rate_hz"] for m in fx.window_metrics(windows)]
+    # the window's frames span 0.97 s: rate clicks per second, give or take one at the edge
+    assert all(abs(r - rate) <= 1.05 for r in rates), rates
+    noise = fx.frame_features(fx.frames_of((0.2 * np.random.default_rng(1).standard_normal(SR)).astype(np.float32)))
+    assert fx.window_metrics(noise[None, :F])[0]["onset_rate_hz"] == 0.0  # steady noise has no onsets
