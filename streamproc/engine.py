@@ -17,8 +17,8 @@ Sequence handling (never silent):
   (its windows restart at the new session's sample 0).
 
 Memory per stream is bounded: raw samples only until their STFT frames are
-computed (< n_fft + one frame's worth), per-frame rows only for one window
-plus one hop.
+computed (at most one window + n_fft + one Kafka frame), per-frame rows only for
+one window plus one hop; both buffers are preallocated.
 """
 from __future__ import annotations
 
@@ -63,11 +63,11 @@ class AcceptResult:
 
 
 class StreamState:
-    __slots__ = ("stream_id", "session_id", "sample_rate", "next_seq", "next_sample", "buf", "buf_start",
-                 "next_frame", "feats", "feats_start", "next_window", "gaps", "last_seen", "last_capture_ns",
-                 "ended", "windows_emitted")
+    __slots__ = ("stream_id", "session_id", "sample_rate", "next_seq", "next_sample", "buf", "buf_len", "buf_start",
+                 "next_frame", "feats", "feats_len", "feats_start", "next_window", "gaps", "last_seen",
+                 "last_capture_ns", "ended", "windows_emitted")
 
-    def __init__(self, stream_id: str, frame: AudioFrame, now: float, spec: WindowSpec):
+    def __init__(self, stream_id: str, frame: AudioFrame, now: float, spec: WindowSpec, n_columns: int):
         self.stream_id = stream_id
         self.session_id = frame.session_id
         self.sample_rate = frame.sample_rate
@@ -77,20 +77,42 @@ class StreamState:
         self.last_seen = now
         self.last_capture_ns = frame.capture_time_ns
         self.gaps: list[tuple[int, int]] = []  # zero-filled sample ranges still in view
+        # preallocated: raw samples for a window (the first one is computed in one go) + an FFT + a Kafka
+        # frame of slack; per-frame rows for a window + a hop
+        self.buf = np.empty(spec.window_length + spec.n_fft + 4096, dtype=np.float32)
+        self.feats = np.empty((spec.frames_per_window + spec.frames_per_hop + 8, n_columns), dtype=np.float32)
         self.restart_at(frame.sample_offset, spec)
 
     def restart_at(self, sample: int, spec: WindowSpec) -> None:
         """Drop buffered audio; windows start at the first window boundary >= ``sample``."""
         self.next_window = -(-sample // spec.hop)
         self.buf_start = self.next_window * spec.hop
+        self.buf_len = 0
         self.next_frame = self.buf_start // spec.hop_length
-        self.buf = np.empty(0, dtype=np.float32)
-        self.feats: np.ndarray | None = None
         self.feats_start = self.next_frame
+        self.feats_len = 0
         self.next_sample = sample
 
+    def append(self, y: np.ndarray) -> None:
+        n = y.shape[0]
+        if self.buf_len + n > self.buf.shape[0]:
+            grown = np.empty(max(2 * self.buf.shape[0], self.buf_len + n), dtype=np.float32)
+            grown[: self.buf_len] = self.buf[: self.buf_len]
+            self.buf = grown
+        self.buf[self.buf_len: self.buf_len + n] = y
+        self.buf_len += n
+
+    def add_rows(self, rows: np.ndarray) -> None:
+        n = rows.shape[0]
+        if self.feats_len + n > self.feats.shape[0]:
+            grown = np.empty((self.feats_len + n, self.feats.shape[1]), dtype=np.float32)
+            grown[: self.feats_len] = self.feats[: self.feats_len]
+            self.feats = grown
+        self.feats[self.feats_len: self.feats_len + n] = rows
+        self.feats_len += n
+
     def nbytes(self) -> int:
-        return self.buf.nbytes + (self.feats.nbytes if self.feats is not None else 0)
+        return self.buf.nbytes + self.feats.nbytes
 
 
 class Engine:
@@ -115,7 +137,7 @@ class Engine:
         if st is None or st.session_id != frame.session_id:
             if st is not None:
                 result.status = "new_session"
-            st = StreamState(stream_id, frame, now, spec)  # a session may start at any sample offset
+            st = StreamState(stream_id, frame, now, spec, self.fx.n_columns)  # a session may start anywhere
             self.streams[stream_id] = st
         elif frame.sequence < st.next_seq:
             st.last_seen = now
@@ -151,15 +173,22 @@ class Engine:
             y = y[st.buf_start - offset:]
             offset = st.buf_start
         if y.size:
-            st.buf = np.concatenate((st.buf, y)) if st.buf.size else y.astype(np.float32, copy=True)
+            st.append(y)
         st.next_sample = max(st.next_sample, offset + y.size)
 
     # -- processing -------------------------------------------------------------
     def step(self, now: float | None = None) -> list[Window]:
-        """Featurise all new STFT frames of all streams; return completed windows."""
+        """Return every window completed by the frames accepted since the last step.
+
+        STFT frames are computed lazily, when a stream has enough samples to
+        complete its next window, for all such streams in one batch (the total
+        work is the same; the per-stream overhead is paid once per hop instead
+        of once per Kafka frame).
+        """
         now = time.monotonic() if now is None else now
         spec, fx = self.spec, self.fx
         n_fft, hl = spec.n_fft, spec.hop_length
+        F, fph = spec.frames_per_window, spec.frames_per_hop
         pending: list[tuple[StreamState, int]] = []
         chunks = []
         for sid in self._dirty:
@@ -167,35 +196,35 @@ class Engine:
             if st is None:
                 continue
             start_rel = st.next_frame * hl - st.buf_start
-            avail = st.buf.size - start_rel
+            avail = st.buf_len - start_rel
             n_new = 0 if avail < n_fft else 1 + (avail - n_fft) // hl
-            if n_new:
-                chunks.append(fx.frames_of(st.buf[start_rel:start_rel + (n_new - 1) * hl + n_fft]))
-                pending.append((st, n_new))
+            if st.next_frame + n_new < st.next_window * fph + F:
+                continue  # the next window is not complete yet: compute its frames later, in one go
+            # a strided view of the stream's buffer: one row per STFT frame, no copy
+            chunks.append(np.ndarray((n_new, n_fft), np.float32, buffer=st.buf, offset=start_rel * 4,
+                                     strides=(hl * 4, 4)))
+            pending.append((st, n_new))
         self._dirty.clear()
         if not pending:
             return []
         rows = fx.frame_features(np.concatenate(chunks) if len(chunks) > 1 else chunks[0])
 
-        F, fph = spec.frames_per_window, spec.frames_per_hop
         ready: list[tuple[StreamState, int, int]] = []  # (state, k, first row in st.feats)
         pos = 0
         for st, n_new in pending:
-            new = rows[pos:pos + n_new]
+            st.add_rows(rows[pos:pos + n_new])
             pos += n_new
-            st.feats = new if st.feats is None or st.feats.shape[0] == 0 else np.concatenate((st.feats, new))
             st.next_frame += n_new
-            # drop raw samples no longer needed by any future STFT frame
-            keep_from = st.next_frame * hl
-            if keep_from > st.buf_start:
-                st.buf = st.buf[keep_from - st.buf_start:].copy()
-                st.buf_start = keep_from
-            while (st.next_window * fph + F) <= st.feats_start + st.feats.shape[0]:
+            # keep only raw samples that a future STFT frame still needs
+            drop = st.next_frame * hl - st.buf_start
+            keep = st.buf_len - drop
+            st.buf[:keep] = st.buf[drop:st.buf_len]
+            st.buf_len = keep
+            st.buf_start += drop
+            while st.next_window * fph + F <= st.feats_start + st.feats_len:
                 ready.append((st, st.next_window, st.next_window * fph - st.feats_start))
                 st.next_window += 1
 
-        if not ready:
-            return []
         stacked = np.stack([st.feats[r:r + F] for st, _, r in ready])
         vectors = fx.window_vectors(stacked)
         metrics = fx.window_metrics(stacked)
@@ -207,14 +236,17 @@ class Engine:
             out.append(Window(st.stream_id, st.session_id, k, start, end, st.sample_rate, vectors[i],
                               metrics[i], gap, now, st.last_capture_ns))
             st.windows_emitted += 1
-        # trim per-frame rows and gap records no future window needs
-        for st in {id(s): s for s, _, _ in ready}.values():
+        # drop per-frame rows and gap records no future window needs
+        for st, _ in pending:
             first_needed = st.next_window * fph
             drop = first_needed - st.feats_start
             if drop > 0:
-                st.feats = st.feats[drop:].copy()
+                keep = st.feats_len - drop
+                st.feats[:keep] = st.feats[drop:st.feats_len]
+                st.feats_len = keep
                 st.feats_start = first_needed
-            st.gaps = [(a, b) for a, b in st.gaps if b > st.next_window * spec.hop]
+            if st.gaps:
+                st.gaps = [(a, b) for a, b in st.gaps if b > st.next_window * spec.hop]
         return out
 
     # -- lifecycle --------------------------------------------------------------

@@ -62,6 +62,11 @@ class FeatureExtractor:
         self.mel_basis = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=spec.n_mels, fmin=spec.fmin,
                                              fmax=spec.fmax).astype(np.float32)
         self.chroma_basis = librosa.filters.chroma(sr=sr, n_fft=n_fft, tuning=0.0, n_chroma=12).astype(np.float32)
+        self.mel_chroma = np.ascontiguousarray(np.concatenate([self.mel_basis, self.chroma_basis]).T)
+        f64 = librosa.fft_frequencies(sr=sr, n_fft=n_fft)
+        self.freq_moments = np.stack([np.ones_like(f64), f64, f64 * f64], axis=1)  # (bins, 3) float64
+        self.rolloff_block = 16
+        self.rolloff_tri = np.triu(np.ones((16, 16)))
         # Orthonormal DCT-II as a matrix (rows k < n_mfcc): scipy.fft.dct(x, type=2, norm="ortho").
         m = spec.n_mels
         k = np.arange(spec.n_mfcc)[:, None]
@@ -82,60 +87,84 @@ class FeatureExtractor:
         self.tiny = np.finfo(np.float32).tiny
 
     # -- per STFT frame -------------------------------------------------------
+    CHUNK = 384  # frames per pass: float64 temporaries stay in L2 (measured: 1024 is 1.7x slower per frame)
+
     def frame_features(self, frames: np.ndarray) -> np.ndarray:
         """``frames``: (N, n_fft) float32 samples, one row per STFT frame -> (N, n_columns) float32."""
         frames = np.asarray(frames, dtype=np.float32)
         n = frames.shape[0]
         out = np.empty((n, self.n_columns), dtype=np.float32)
-        if n == 0:
-            return out
-        c = self.columns
-        X = self._rfft(frames * self.window, axis=1).astype(np.complex64)  # (N, 1 + n_fft/2)
-        power = X.real * X.real + X.imag * X.imag                         # |X|^2
-        mag = np.sqrt(power)                                              # |X|
+        for a in range(0, n, self.CHUNK):
+            self._frame_chunk(frames[a:a + self.CHUNK], out[a:a + self.CHUNK])
+        return out
 
-        mel = power @ self.mel_basis.T                                    # (N, n_mels)
+    def _frame_chunk(self, frames: np.ndarray, out: np.ndarray) -> None:
+        c = self.columns
+        n_fft = frames.shape[1]
+        X = self._rfft(frames * self.window, axis=1, overwrite_x=True)   # float64 like librosa.stft
+        power = X.real * X.real
+        power += X.imag * X.imag                                            # |X|^2, float64
+        mc = power.astype(np.float32) @ self.mel_chroma                     # mel bands | chroma bins
+        mel = mc[:, : self.spec.n_mels]
         np.maximum(mel, AMIN, out=mel)
         out[:, c["mel_db"]] = 10.0 * np.log10(mel)
-
-        total = mag.sum(axis=1)
-        denom = np.where(total < self.tiny, 1.0, total).astype(np.float32)
-        centroid = (mag @ self.freqs) / denom
-        out[:, c["spectral_centroid"]] = centroid[:, None]
-        dev2 = (self.freqs[None, :] - centroid[:, None]) ** 2
-        out[:, c["spectral_bandwidth"]] = np.sqrt(np.einsum("nf,nf->n", mag, dev2) / denom)[:, None]
-
-        cum = np.cumsum(mag, axis=1)
-        thresh = self.spec.rolloff_percent * cum[:, -1:]
-        idx = np.argmax(cum >= thresh, axis=1)                            # first bin reaching the threshold
-        out[:, c["spectral_rolloff"]] = self.freqs[idx][:, None]
-
-        sign = np.signbit(np.where(np.abs(frames) <= 1e-10, np.float32(0.0), frames))
-        out[:, c["zero_crossing_rate"]] = (
-            np.count_nonzero(sign[:, 1:] != sign[:, :-1], axis=1) / np.float32(frames.shape[1]))[:, None]
-        out[:, c["rms"]] = np.sqrt(np.mean(frames * frames, axis=1))[:, None]
-        out[:, c["peak"]] = np.max(np.abs(frames), axis=1)[:, None]
-
-        chroma = power @ self.chroma_basis.T                              # (N, 12)
+        chroma = mc[:, self.spec.n_mels:]
         cmax = chroma.max(axis=1, keepdims=True)
-        out[:, c["chroma_stft"]] = chroma / np.where(cmax < self.tiny, 1.0, cmax)
-        return out
+        out[:, c["chroma_stft"]] = chroma / np.where(cmax < self.tiny, np.float32(1.0), cmax)
+
+        mag = np.sqrt(power, out=power)                                     # |X|, float64
+        moments = mag @ self.freq_moments                                   # sum S, sum f S, sum f^2 S
+        total = moments[:, 0]
+        denom = np.where(total < self.tiny, 1.0, total)
+        centroid = moments[:, 1] / denom
+        out[:, c["spectral_centroid"]] = centroid[:, None]
+        out[:, c["spectral_bandwidth"]] = np.sqrt(np.maximum(moments[:, 2] / denom - centroid * centroid, 0.0))[:, None]
+        out[:, c["spectral_rolloff"]] = self.freqs[self._rolloff_bins(mag, self.spec.rolloff_percent * total)][:, None]
+
+        neg = frames < -1e-10  # librosa's signbit after zeroing |x| <= 1e-10
+        out[:, c["zero_crossing_rate"]] = (np.count_nonzero(neg[:, 1:] != neg[:, :-1], axis=1)
+                                           / np.float32(n_fft))[:, None]
+        out[:, c["rms"]] = np.sqrt(np.einsum("ij,ij->i", frames, frames) / np.float32(n_fft))[:, None]
+        out[:, c["peak"]] = np.maximum(frames.max(axis=1), -frames.min(axis=1))[:, None]
+
+    def _rolloff_bins(self, mag: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+        """First bin whose cumulative magnitude reaches ``threshold`` (librosa's definition),
+        found block-wise: a row-wise cumsum over all bins costs twice as much."""
+        n, nbins = mag.shape
+        b = self.rolloff_block
+        nblocks = (nbins - 1) // b
+        blocks = mag[:, : nblocks * b].reshape(n, nblocks, b)
+        cum_blocks = np.cumsum(blocks.sum(axis=2), axis=1)
+        blk = np.minimum((cum_blocks < threshold[:, None]).sum(axis=1), nblocks - 1)
+        rows = np.arange(n)
+        inner = blocks[rows, blk] @ self.rolloff_tri                        # cumsum inside that block
+        before = np.where(blk > 0, cum_blocks[rows, blk - 1], 0.0)
+        idx = blk * b + ((before[:, None] + inner) < threshold[:, None]).sum(axis=1)
+        return np.minimum(idx, nbins - 1)
 
     # -- per window -----------------------------------------------------------
     def window_vectors(self, frame_feats: np.ndarray) -> np.ndarray:
         """``frame_feats``: (W, frames_per_window, n_columns) -> (W, spec.n_features) float32."""
         ff = np.asarray(frame_feats, dtype=np.float32)
+        # (W, columns, frames): statistics then reduce along the contiguous axis (10x faster than axis 1)
+        t = np.ascontiguousarray(ff.transpose(0, 2, 1))
+        n_mels = self.spec.n_mels
+        rest_mean, rest_std = _mean_std(t[:, n_mels:, :])   # every non-MFCC column at once
+        c = self.columns
         parts = []
         for name in self.spec.features:
             if name == "mfcc":
-                db = ff[:, :, self.columns["mel_db"]]
-                floor = db.max(axis=(1, 2), keepdims=True) - TOP_DB
-                vals = np.maximum(db, floor) @ self.dct                   # (W, F, n_mfcc)
+                db = t[:, :n_mels, :]
+                floor = db.max(axis=(1, 2)) - TOP_DB               # librosa's top_db over the window
+                mfcc = np.matmul(self.dct.T, np.maximum(db, floor[:, None, None]))  # (W, n_mfcc, F)
+                parts += list(_mean_std(mfcc))
             else:
-                vals = ff[:, :, self.columns[name]]
-            parts.append(vals.mean(axis=1))
-            parts.append(vals.std(axis=1))
+                sl = slice(c[name].start - n_mels, c[name].stop - n_mels)
+                parts += [rest_mean[:, sl], rest_std[:, sl]]
         return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+
+    METRIC_NAMES = ("rms_dbfs", "peak_dbfs", "spectral_centroid_hz", "zero_crossing_rate", "spectral_flux",
+                    "onset_rate_hz")
 
     def window_metrics(self, frame_feats: np.ndarray) -> list[dict]:
         """Human-facing per-window audio metrics for ``audio.features`` (not model input).
@@ -148,26 +177,24 @@ class FeatureExtractor:
         """
         ff = np.asarray(frame_feats, dtype=np.float32)
         c = self.columns
-        power = np.mean(ff[:, :, c["rms"]][..., 0] ** 2, axis=1)
-        peak = ff[:, :, c["peak"]][..., 0].max(axis=1)
-        centroid = ff[:, :, c["spectral_centroid"]][..., 0].mean(axis=1)
-        zcr = ff[:, :, c["zero_crossing_rate"]][..., 0].mean(axis=1)
+        rms = ff[:, :, c["rms"].start]
+        power = np.mean(rms * rms, axis=1)
+        peak = ff[:, :, c["peak"].start].max(axis=1)
+        centroid = ff[:, :, c["spectral_centroid"].start].mean(axis=1)
+        zcr = ff[:, :, c["zero_crossing_rate"].start].mean(axis=1)
         db = ff[:, :, c["mel_db"]]
         frame_flux = np.maximum(np.diff(db, axis=1), 0.0).mean(axis=2)       # (W, F-1) onset strength
-        flux = frame_flux.mean(axis=1)
-        onsets = self._count_onsets(frame_flux)
         seconds = ff.shape[1] * self.spec.hop_length / self.spec.sr
-        out = []
-        for i in range(ff.shape[0]):
-            out.append({
-                "rms_dbfs": round(float(10.0 * np.log10(max(power[i], 1e-12))), 2),  # floor -120 dBFS
-                "peak_dbfs": round(float(20.0 * np.log10(max(peak[i], 1e-6))), 2),
-                "spectral_centroid_hz": round(float(centroid[i]), 1),
-                "zero_crossing_rate": round(float(zcr[i]), 5),
-                "spectral_flux": round(float(flux[i]), 4),
-                "onset_rate_hz": round(float(onsets[i] / seconds), 3),
-            })
-        return out
+        table = np.stack([
+            np.round(10.0 * np.log10(np.maximum(power, 1e-12)), 2),          # floor -120 dBFS
+            np.round(20.0 * np.log10(np.maximum(peak, 1e-6)), 2),
+            np.round(centroid, 1),
+            np.round(zcr, 5),
+            np.round(frame_flux.mean(axis=1), 4),
+            np.round(self._count_onsets(frame_flux) / seconds, 3),
+        ], axis=1).tolist()
+        names = self.METRIC_NAMES
+        return [dict(zip(names, row)) for row in table]
 
     @staticmethod
     def _count_onsets(flux: np.ndarray, radius: int = 3, delta_db: float = 3.0) -> np.ndarray:
@@ -198,6 +225,13 @@ class FeatureExtractor:
         F, fph = self.spec.frames_per_window, self.spec.frames_per_hop
         stacked = np.stack([ff[k * fph: k * fph + F] for k in range(len(bounds))])
         return bounds, self.window_vectors(stacked)
+
+
+def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population std (ddof=0, two-pass like numpy) over the last axis."""
+    m = x.mean(axis=-1)
+    d = x - m[..., None]
+    return m, np.sqrt(np.einsum("...f,...f->...", d, d) / np.float32(x.shape[-1]))
 
 
 def reference_window_vector(y: np.ndarray, spec: WindowSpec) -> np.ndarray:

@@ -38,7 +38,7 @@ def _positive_int(name: str, value) -> int:
 class WindowSpec:
     """Sample rate, window and hop (in samples), STFT and mel parameters, feature list.
 
-    Defaults: 16 kHz, 1 s windows every 0.5 s, 32 ms FFT every 10 ms, 64 mel
+    Defaults: 16 kHz, 1 s windows every 0.5 s, 32 ms FFT every 20 ms, 64 mel
     bands, 20 MFCC, every known feature.
     """
 
@@ -46,7 +46,7 @@ class WindowSpec:
     window_length: int = 16000  # samples per analysis window
     hop: int = 8000             # samples between window starts
     n_fft: int = 512
-    hop_length: int = 160
+    hop_length: int = 320     # 20 ms; librosa's own default hop is 23 ms (512 at 22.05 kHz)
     n_mels: int = 64
     n_mfcc: int = 20
     fmin: float = 0.0

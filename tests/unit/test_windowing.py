@@ -6,8 +6,8 @@ from streamproc.windowing import WindowSpec
 
 def test_defaults():
     s = WindowSpec()
-    assert (s.sr, s.window_length, s.hop, s.n_fft, s.hop_length) == (16000, 16000, 8000, 512, 160)
-    assert s.frames_per_window == 97 and s.frames_per_hop == 50
+    assert (s.sr, s.window_length, s.hop, s.n_fft, s.hop_length) == (16000, 16000, 8000, 512, 320)
+    assert s.frames_per_window == 49 and s.frames_per_hop == 25
     assert s.n_features == 2 * (20 + 5 + 12) == len(s.feature_names())
     assert s.feature_names()[:2] == ["mfcc_mean[0]", "mfcc_mean[1]"]
     assert "rms_std" in s.feature_names()
@@ -23,7 +23,7 @@ def test_window_bounds_on_sample_time():
 @pytest.mark.parametrize("kw,msg", [
     (dict(hop_length=0), "hop_length=0 must be a positive integer"),
     (dict(n_fft=-1), "n_fft=-1 must be a positive integer"),
-    (dict(hop=8001), "hop=8001 must be a multiple of hop_length=160"),
+    (dict(hop=8001), "hop=8001 must be a multiple of hop_length=320"),
     (dict(n_fft=32000), "n_fft=32000 must be <= window_length=16000"),
     (dict(features=("mfcc", "loudness")), "unknown feature"),
     (dict(features=()), "at least one feature"),
