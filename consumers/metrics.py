@@ -62,6 +62,9 @@ class AnalyzerMetrics:
         self.model_info = Gauge("audiostream_model_info", "The model bundle being served", ["task", "version"],
                                 registry=r)
         self.build = Info("audiostream_build", "audiostream build", registry=r)
+        self.lag = Gauge("audiostream_consumer_lag_records",
+                         "Frame records behind the partition's high watermark (per assigned partition)",
+                         ["topic", "partition"], registry=r)
         self.up = Gauge("audiostream_analyzer_ready", "1 while the analyzer is consuming", registry=r)
 
         model = f"{model_task}:{model_version}"

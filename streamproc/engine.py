@@ -65,7 +65,7 @@ class AcceptResult:
 class StreamState:
     __slots__ = ("stream_id", "session_id", "sample_rate", "next_seq", "next_sample", "buf", "buf_len", "buf_start",
                  "next_frame", "feats", "feats_len", "feats_start", "next_window", "gaps", "last_seen",
-                 "last_capture_ns", "ended", "windows_emitted")
+                 "last_capture_ns", "ended", "windows_emitted", "buf_cap", "feats_cap")
 
     def __init__(self, stream_id: str, frame: AudioFrame, now: float, spec: WindowSpec, n_columns: int):
         self.stream_id = stream_id
@@ -79,8 +79,10 @@ class StreamState:
         self.gaps: list[tuple[int, int]] = []  # zero-filled sample ranges still in view
         # preallocated: raw samples for a window (the first one is computed in one go) + an FFT + a Kafka
         # frame of slack; per-frame rows for a window + a hop
-        self.buf = np.empty(spec.window_length + spec.n_fft + 4096, dtype=np.float32)
-        self.feats = np.empty((spec.frames_per_window + spec.frames_per_hop + 8, n_columns), dtype=np.float32)
+        self.buf_cap = spec.window_length + spec.n_fft + 4096
+        self.feats_cap = spec.frames_per_window + spec.frames_per_hop + 8
+        self.buf = np.empty(self.buf_cap, dtype=np.float32)
+        self.feats = np.empty((self.feats_cap, n_columns), dtype=np.float32)
         self.restart_at(frame.sample_offset, spec)
 
     def restart_at(self, sample: int, spec: WindowSpec) -> None:
@@ -110,6 +112,15 @@ class StreamState:
             self.feats = grown
         self.feats[self.feats_len: self.feats_len + n] = rows
         self.feats_len += n
+
+    def shrink(self) -> None:
+        """Give back what a burst (a backlog read in one poll) made the buffers grow to."""
+        if self.buf.shape[0] > self.buf_cap and self.buf_len <= self.buf_cap:
+            self.buf = np.concatenate((self.buf[: self.buf_len], np.empty(self.buf_cap - self.buf_len, np.float32)))
+        if self.feats.shape[0] > self.feats_cap and self.feats_len <= self.feats_cap:
+            small = np.empty((self.feats_cap, self.feats.shape[1]), dtype=np.float32)
+            small[: self.feats_len] = self.feats[: self.feats_len]
+            self.feats = small
 
     def nbytes(self) -> int:
         return self.buf.nbytes + self.feats.nbytes
@@ -247,6 +258,7 @@ class Engine:
                 st.feats_start = first_needed
             if st.gaps:
                 st.gaps = [(a, b) for a, b in st.gaps if b > st.next_window * spec.hop]
+            st.shrink()
         return out
 
     # -- lifecycle --------------------------------------------------------------

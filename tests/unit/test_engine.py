@@ -6,7 +6,7 @@ import pytest
 
 from streamproc import wire
 from streamproc.audio import from_s16, to_s16
-from streamproc.engine import Engine
+from streamproc.engine import Engine, StreamState
 from streamproc.features import FeatureExtractor
 from streamproc.windowing import WindowSpec
 
@@ -182,3 +182,19 @@ def test_window_ids_are_deterministic(rng, spec, fx):
     b = run(Engine(spec, extractor=fx), "k", frames(pcm, [777]))
     assert [w.window_id for w in a] == [w.window_id for w in b] == \
            [f"k/{(b'S' * 16).hex()}/{s}" for s in (0, 8000, 16000)]
+
+
+def test_a_backlog_burst_does_not_keep_memory(rng, spec, fx):
+    """An analyzer catching up reads many seconds of a stream in one poll; the buffers shrink back."""
+    eng = Engine(spec, extractor=fx)
+    pcm = to_s16(0.1 * rng.standard_normal(12 * SR))
+    fs = list(frames(pcm, [1600]))
+    for f in fs[:100]:  # 10 s in one batch
+        eng.accept("s", f)
+    assert len(eng.step()) == len(spec.window_bounds(10 * SR))
+    steady = StreamState("x", fs[0], 0.0, spec, fx.n_columns).nbytes()
+    assert eng.streams["s"].nbytes() == steady
+    for f in fs[100:]:
+        eng.accept("s", f)
+        eng.step()
+    assert eng.streams["s"].nbytes() == steady

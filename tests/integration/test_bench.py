@@ -1,0 +1,42 @@
+"""`audiostream bench` runs and reports what it promises (fields only: no timing assertions in tests)."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from .helpers import cli
+
+pytestmark = pytest.mark.integration
+COMMON = {"mode", "streams", "streams_per_core", "latency_p50_ms", "latency_p99_ms", "bytes_per_stream"}
+
+
+def test_engine_bench_json():
+    p = subprocess.run(cli("bench", "--streams", "40", "--seconds", "3.5", "--json"), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout)
+    assert COMMON | {"speedup_vs_naive", "naive_streams_per_core", "windows"} <= set(r)
+    assert r["mode"] == "engine" and r["streams"] == 40
+    assert r["windows"] > 0 and r["streams_per_core"] > 0 and r["speedup_vs_naive"] > 0
+    assert r["latency_p50_ms"] is not None and r["bytes_per_stream"] > 0
+
+
+def test_engine_bench_table():
+    p = subprocess.run(cli("bench", "--streams", "20", "--seconds", "3"), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for row in ("streams per core, optimised", "streams per core, naive librosa", "speed-up vs naive",
+                "window latency p50 / p99", "state per stream"):
+        assert row in p.stdout
+
+
+def test_kafka_bench_json(kafka_conf):
+    p = subprocess.run(cli("bench", "--kafka", "--streams", "10", "--duration", "6", "--json",
+                           "--bootstrap-servers", kafka_conf["bootstrap.servers"]),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout)
+    assert COMMON | {"sustained", "lag_trend_records_per_s", "windows", "windows_expected", "lag_samples"} <= set(r)
+    assert r["mode"] == "kafka" and r["streams"] == 10
+    assert r["windows"] == r["windows_expected"] > 0  # every window of every stream predicted
