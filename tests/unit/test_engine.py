@@ -198,3 +198,19 @@ def test_a_backlog_burst_does_not_keep_memory(rng, spec, fx):
         eng.accept("s", f)
         eng.step()
     assert eng.streams["s"].nbytes() == steady
+
+
+def test_streaming_path_equals_librosa_directly(rng, spec, fx):
+    """Odd frame sizes (windows straddle Kafka frames) and a session starting mid-frame, compared
+    with librosa called on each window's samples (tolerance as in test_features)."""
+    from streamproc.features import reference_window_vector
+
+    from .test_features import assert_close_to_librosa
+    t = np.arange(4 * SR) / SR
+    pcm = to_s16(0.2 * np.sin(2 * np.pi * 523 * t) + 0.05 * rng.standard_normal(t.size))
+    start = 3137  # not a multiple of hop_length: the session starts mid STFT frame
+    wins = run(Engine(spec, extractor=fx), "s", frames(pcm[start:], [1111, 2047, 333], start_offset=start))
+    y = from_s16(pcm)
+    assert [w.start for w in wins] == [8000, 16000, 24000, 32000, 40000, 48000]
+    for w in wins:
+        assert_close_to_librosa(w.vector, reference_window_vector(y[w.start:w.end], spec), spec)
