@@ -272,6 +272,8 @@ class Analyzer:
                          frame.sequence, " (resynchronised)" if res.resynced else " (zero-filled, windows flagged)")
             if res.resynced:
                 m.sequence.labels("resync").inc()
+            if res.producer_gap:
+                m.sequence.labels("producer_gap").inc()
             m.audio_seconds.inc(frame.n_frames / frame.sample_rate)
 
         t0 = time.perf_counter()

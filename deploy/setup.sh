@@ -10,9 +10,10 @@ PYTHON=${PYTHON:-python3}
 # Debian packages the product and its tests use for real:
 #   libportaudio2 (sounddevice), libsndfile1 (soundfile), sox/espeak-ng/fluidsynth
 #   + GM soundfont (dataset maker), prometheus (promtool, live scrape tests),
-#   alsa-utils (fake ALSA microphone), maven + a JRE (local Kafka broker).
+#   alsa-utils + pulseaudio + libasound2-plugins (the test microphone: a PulseAudio pipe source
+#   captured through PortAudio's ALSA 'pulse' device), maven + a JRE (local Kafka broker).
 DEB_PACKAGES=(libportaudio2 libsndfile1 sox libsox-fmt-all espeak-ng fluidsynth fluid-soundfont-gm
-              prometheus alsa-utils maven)
+              prometheus alsa-utils pulseaudio pulseaudio-utils libasound2-plugins maven)
 command -v java >/dev/null 2>&1 || DEB_PACKAGES+=(default-jre-headless)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

@@ -19,6 +19,8 @@ from .errors import AudiostreamError
 COMMANDS = {
     "demo": ("consumers.demo", "local broker + analyzer + replayed clip, printing live predictions"),
     "produce-file": ("producers.file", "replay an audio file as a live stream"),
+    "produce-mic": ("producers.mic", "stream a microphone (edge devices: buffering, reconnect)"),
+    "devices": ("producers.devices", "list input devices"),
     "analyze": ("consumers.analyzer", "run the analyzer service"),
     "watch": ("consumers.watch", "live table of predictions per stream"),
     "topics": ("consumers.topics", "create or list audiostream's topics"),

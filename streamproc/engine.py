@@ -60,6 +60,7 @@ class AcceptResult:
     gap_samples: int = 0     # samples missing before this frame (0 = contiguous)
     resynced: bool = False   # gap too long to fill: windows restart after it
     missing_frames: int = 0  # sequence numbers skipped
+    producer_gap: bool = False  # the frame's GAP_BEFORE flag: the producer lost audio right before it
 
 
 class StreamState:
@@ -161,6 +162,10 @@ class Engine:
 
         y = frame.mono_float32()
         offset = frame.sample_offset
+        if frame.gap_before:
+            result.producer_gap = True
+            if offset <= st.next_sample:  # no offset jump (amount unknown): flag the windows around this point
+                st.gaps.append((offset, offset + 1))
         if offset > st.next_sample:
             gap = offset - st.next_sample
             result.gap_samples = gap

@@ -162,6 +162,7 @@ class LocalKafka:
             if fmt.returncode != 0:
                 raise RuntimeError(f"formatting KRaft storage failed:\n{fmt.stdout}\n{fmt.stderr}")
         log = open(self.log_path, "ab")
+        log_start = self.log_path.stat().st_size  # a restart appends: look only at this run's lines
         self.proc = subprocess.Popen(base + ["kafka.Kafka", str(config)], stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         (self.workdir / "broker.pid").write_text(str(self.proc.pid))
@@ -169,7 +170,7 @@ class LocalKafka:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Kafka exited with code {self.proc.returncode}; log:\n{self._log_tail()}")
-            if b"Kafka Server started" in self.log_path.read_bytes() and _port_open(self.port):
+            if b"Kafka Server started" in self.log_path.read_bytes()[log_start:] and _port_open(self.port):
                 return self
             time.sleep(0.2)
         self.stop()

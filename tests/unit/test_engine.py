@@ -214,3 +214,20 @@ def test_streaming_path_equals_librosa_directly(rng, spec, fx):
     assert [w.start for w in wins] == [8000, 16000, 24000, 32000, 40000, 48000]
     for w in wins:
         assert_close_to_librosa(w.vector, reference_window_vector(y[w.start:w.end], spec), spec)
+
+
+def test_producer_declared_gap_flags_windows(rng, spec, fx):
+    """A capture overflow loses an unknown amount: the frame says so (GAP_BEFORE) without an offset jump."""
+    pcm = to_s16(0.1 * rng.standard_normal(3 * SR))
+    fs = list(frames(pcm, [1600]))
+    b = bytearray(wire.encode(wire.AudioFrame(SR, fs[15].sequence, fs[15].sample_offset, 0, b"S" * 16,
+                                              fs[15].samples, flags=wire.FLAG_GAP_BEFORE)))
+    fs[15] = wire.decode(bytes(b))  # sample 24000
+    eng = Engine(spec, extractor=fx)
+    results, wins = [], []
+    for f in fs:
+        results.append(eng.accept("s", f))
+        wins += eng.step()
+    assert [r.producer_gap for r in results].count(True) == 1
+    assert [(w.start, w.gap) for w in wins] == [(0, False), (8000, False), (16000, True), (24000, True),
+                                                (32000, False)]
