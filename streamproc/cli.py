@@ -27,6 +27,10 @@ COMMANDS = {
     "bench": ("consumers.bench", "streams per core: optimised engine vs naive librosa, or through Kafka"),
     "loadgen": ("producers.loadgen", "N synthetic real-time streams from one process"),
     "train-starter": ("streamproc.training.starter", "train the small starter model bundle"),
+    "dataset": ("streamproc.training.dataset", "make a training dataset offline (speech/music/environment/silence)"),
+    "train": ("streamproc.training.train", "train a model bundle from a folder-per-label dataset"),
+    "evaluate": ("streamproc.training.evaluate", "scores and a confusion matrix for a bundle on labelled audio"),
+    "models": ("streamproc.training.registry", "list model bundles"),
 }
 
 

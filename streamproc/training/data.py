@@ -1,0 +1,47 @@
+"""Loading a folder-per-label dataset into window feature vectors, with the analyzer's own code."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import from_s16, load, to_s16
+from ..features import FeatureExtractor
+from ..progress import Progress
+from ..windowing import WindowSpec
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".oga", ".aiff", ".aif"}
+
+
+def list_clips(root: str | Path) -> list[tuple[Path, str]]:
+    """(file, label) for every audio file under ROOT/<label>/ (recursively), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a directory (expected one sub-folder per label)")
+    clips = [(p, d.name) for d in sorted(root.iterdir()) if d.is_dir()
+             for p in sorted(d.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
+    if not clips:
+        raise FileNotFoundError(f"{root}: no audio files in label sub-folders")
+    return clips
+
+
+def clip_vectors(path: Path, spec: WindowSpec, fx: FeatureExtractor) -> np.ndarray:
+    """Window vectors of one file exactly as the live analyzer sees it (decoded, resampled, s16 on the wire)."""
+    y = from_s16(to_s16(load(path, spec.sr)))
+    if len(y) < spec.window_length:  # shorter than a window: pad with silence so the clip still counts
+        y = np.pad(y, (0, spec.window_length - len(y)))
+    return fx.vectors_for_signal(y)[1]
+
+
+def featurise(clips, spec: WindowSpec, what: str = "featurising clips", quiet: bool = False):
+    """X (windows x features), y (label per window), clip index per window."""
+    fx = FeatureExtractor(spec)
+    bar = Progress(what, len(clips), enabled=not quiet)
+    X, y, idx = [], [], []
+    for i, (path, label) in enumerate(clips):
+        V = clip_vectors(path, spec, fx)
+        X.append(V)
+        y += [label] * len(V)
+        idx += [i] * len(V)
+        bar.update(i + 1)
+    return np.concatenate(X), np.array(y), np.array(idx)

@@ -1,0 +1,96 @@
+"""Dataset -> train -> bundle -> served by the analyzer through Kafka, with no train/serve skew."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from streamproc.features import FeatureExtractor
+from streamproc.inference import ModelBundle
+from streamproc.training.data import clip_vectors
+from streamproc.training.dataset import synth
+from streamproc.training.train import train
+
+from .helpers import cli, consume, values
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A few seconds of generated data per class, and a bundle trained on it (seconds, not minutes)."""
+    root = tmp_path_factory.mktemp("train")
+    data = synth(root / "data", minutes=1.0, seed=11, clip_seconds=3.0, quiet=True)
+    models = root / "models"
+    rep = train(str(data), task="soundtype", out=str(models / "soundtype" / "1"), seed=3, quiet=True, hidden=32)
+    return data, models, rep
+
+
+def test_dataset_has_every_class_and_a_manifest(tiny):
+    data, _, _ = tiny
+    rows = (data / "manifest.csv").read_text().splitlines()
+    assert rows[0] == "file,label,source,license,augment,seconds"
+    labels = {r.split(",")[1] for r in rows[1:]}
+    assert labels == {"speech", "music", "environment", "silence"}
+    for label in labels:
+        clips = list((data / label).glob("*.wav"))
+        assert clips
+        y, sr = sf.read(clips[0])
+        assert sr == 16000 and len(y) == 48000
+
+
+def test_bundle_scores_offline_equal_scores_through_kafka(tiny, kafka_conf, topics, start_analyzer, tmp_path):
+    _, models, rep = tiny
+    bundle_dir = models / "soundtype" / "1"
+    assert (bundle_dir / "confusion_held_out.png").stat().st_size > 5000 and 0 <= rep["macro_f1"] <= 1
+    bundle = ModelBundle.load(bundle_dir)
+    assert bundle.labels == ["environment", "music", "silence", "speech"]
+    # a file nobody trained on: 3 s of music-like tones then noise
+    t = np.arange(3 * 16000) / 16000
+    y = np.concatenate([0.2 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 2 * t)) / 2,
+                        0.1 * np.random.default_rng(0).standard_normal(t.size)])
+    wav = tmp_path / "probe.wav"
+    sf.write(wav, y.astype(np.float32), 16000)
+    offline = bundle.predict(clip_vectors(wav, bundle.spec, FeatureExtractor(bundle.spec)))
+
+    tps = topics()
+    start_analyzer(tps, model=str(bundle_dir))
+    p = subprocess.run(cli("produce-file", str(wav), "--stream-id", "probe", "-b", kafka_conf["bootstrap.servers"],
+                           "--topic", tps["frames"], "--speed", "max", "-q"), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    preds = values(consume(kafka_conf, tps["predictions"], count=len(offline)))
+    assert len(preds) == len(offline)
+    live = np.array([[p["scores"][lab] for lab in bundle.labels] for p in preds])
+    np.testing.assert_allclose(live, offline, atol=2e-6)  # JSON keeps 6 decimals
+    assert [p["label"] for p in preds] == [bundle.labels[i] for i in offline.argmax(axis=1)]
+    assert {p["model"]["task"] for p in preds} == {"soundtype"}
+
+
+def test_evaluate_prints_scores_and_writes_the_confusion_matrix(tiny, tmp_path):
+    data, models, _ = tiny
+    png = tmp_path / "cm.png"
+    p = subprocess.run(cli("evaluate", str(models / "soundtype" / "1"), str(data), "--plot", str(png), "--json"),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert {"macro_f1", "per_class", "n_clips", "confusion_matrix"} <= set(rep)
+    assert rep["n_clips"] == sum(m["clips"] for m in rep["per_class"].values()) == 20
+    import matplotlib.image
+    img = matplotlib.image.imread(png)
+    assert img.shape[0] > 300 and img.shape[1] > 300 and img.std() > 0.05  # a real picture, not a blank
+    p = subprocess.run(cli("evaluate", str(models / "soundtype" / "1"), str(tmp_path)), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "no audio files" in p.stderr
+
+
+def test_models_list_shows_tasks_versions_and_scores(tiny):
+    _, models, rep = tiny
+    p = subprocess.run(cli("models", "list"), capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "AUDIOSTREAM_MODELS": str(models)})
+    assert p.returncode == 0
+    assert "soundtype" in p.stdout and "1*" in p.stdout and f"{rep['macro_f1']:.3f}" in p.stdout
+    assert "environment, music, silence, speech" in p.stdout
