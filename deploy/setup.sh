@@ -13,7 +13,7 @@ PYTHON=${PYTHON:-python3}
 #   alsa-utils + pulseaudio + libasound2-plugins (the test microphone: a PulseAudio pipe source
 #   captured through PortAudio's ALSA 'pulse' device), maven + a JRE (local Kafka broker).
 DEB_PACKAGES=(libportaudio2 libsndfile1 sox libsox-fmt-all espeak-ng fluidsynth fluid-soundfont-gm
-              prometheus alsa-utils pulseaudio pulseaudio-utils libasound2-plugins maven)
+              prometheus alsa-utils pulseaudio pulseaudio-utils libasound2-plugins openmpt123 maven)
 command -v java >/dev/null 2>&1 || DEB_PACKAGES+=(default-jre-headless)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

@@ -270,10 +270,20 @@ def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 
 
 def add_parser(sub):
     p = sub.add_parser("dataset", help="make a training dataset offline", description=__doc__)
-    p.add_argument("kind", choices=["synth"])
+    p.add_argument("kind", choices=["synth", "debian"],
+                   help="synth: generated training data; debian: real recordings from Debian packages (evaluation)")
     p.add_argument("--out", required=True)
     p.add_argument("--minutes", type=float, default=60.0, help="total audio to generate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip-seconds", type=float, default=4.0)
-    p.set_defaults(func=lambda a: (synth(a.out, a.minutes, a.seed, a.clip_seconds),
-                                   print(f"wrote {a.out}/manifest.csv", file=sys.stderr), 0)[-1])
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.kind == "debian":
+        from .debian import build
+        build(args.out, seed=args.seed)
+    else:
+        synth(args.out, args.minutes, args.seed, args.clip_seconds)
+    print(f"wrote {args.out}/manifest.csv", file=sys.stderr)
+    return 0
