@@ -82,9 +82,11 @@ def speech(rng, n, tmp: Path) -> tuple[np.ndarray, str]:
     words = rng.choice(WORDS, size=rng.integers(8, 20))
     text = " ".join(words) + (", " if rng.random() < 0.5 else ". ") + " ".join(rng.choice(WORDS, size=6))
     wav = tmp / "speech.wav"
+    # half the clips speak word by word (gaps of 100-600 ms), like dictation, prompts or a child's reading
+    gap = int(rng.integers(10, 60)) if rng.random() < 0.5 else 0
     subprocess.run(["espeak-ng", "-v", voice, "-s", str(rng.integers(110, 230)), "-p", str(rng.integers(15, 90)),
-                    "-w", str(wav), text], check=True, capture_output=True)
-    return _fit(_load_wav(wav), n, rng), f"espeak-ng voice={voice}"
+                    "-g", str(gap), "-w", str(wav), text], check=True, capture_output=True)
+    return _fit(_load_wav(wav), n, rng), f"espeak-ng voice={voice} gap={gap * 10}ms"
 
 
 def music(rng, n, tmp: Path) -> tuple[np.ndarray, str]:
@@ -202,11 +204,11 @@ def augment(x: np.ndarray, rng, label: str, tmp: Path) -> tuple[np.ndarray, list
     from scipy.signal import butter, sosfilt
     applied = []
     if label != "silence":
-        if rng.random() < 0.3:
+        if rng.random() < 0.4:
             lo, hi = (300, 3400) if rng.random() < 0.5 else (rng.uniform(80, 400), rng.uniform(3000, 7000))
             x = sosfilt(butter(4, [lo, hi], btype="band", fs=SR, output="sos"), x)
             applied.append(f"bandpass {lo:.0f}-{hi:.0f} Hz")
-        if rng.random() < 0.2:
+        if rng.random() < 0.35:  # old recordings and cheap devices: 8 / 11 kHz sources are common
             import soxr
             low = int(rng.choice([8000, 11025]))
             x = soxr.resample(soxr.resample(x, SR, low), low, SR)[: len(x)]
@@ -238,9 +240,16 @@ def augment(x: np.ndarray, rng, label: str, tmp: Path) -> tuple[np.ndarray, list
     return np.clip(x, -1, 1).astype(np.float32), applied
 
 
-def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 4.0, quiet: bool = False) -> Path:
+def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 4.0, quiet: bool = False,
+          real_fraction: float = 0.0, real_cache: str | Path | None = None) -> Path:
+    """``real_fraction`` of the speech/music/environment clips come from real recordings in Debian game
+    packages (training.debian.RealPool), the rest is generated; silence is always generated."""
     import soundfile as sf
     require_tools()
+    pool = None
+    if real_fraction > 0:
+        from .debian import RealPool
+        pool = RealPool(real_cache or Path(out).parent / ".debian-cache")
     out = Path(out)
     rng = np.random.default_rng(seed)
     n = int(clip_seconds * SR)
@@ -252,12 +261,15 @@ def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 
         done = 0
         for i in range(per_class):  # interleaved so a cut-short run is still balanced
             for label in LABELS:
-                x, source = GENERATORS[label](rng, n, tmp)
+                if pool is not None and label != "silence" and rng.random() < real_fraction:
+                    x, source, license_ = pool.clip(label, rng, n)
+                else:
+                    (x, source), license_ = GENERATORS[label](rng, n, tmp), LICENSES[label]
                 x, applied = augment(np.asarray(x, dtype=float), rng, label, tmp)
                 rel = Path(label) / f"{label}-{i:05d}.wav"
                 (out / label).mkdir(parents=True, exist_ok=True)
                 sf.write(out / rel, x, SR, subtype="PCM_16")
-                rows.append({"file": str(rel), "label": label, "source": source, "license": LICENSES[label],
+                rows.append({"file": str(rel), "label": label, "source": source, "license": license_,
                              "augment": "; ".join(applied), "seconds": clip_seconds})
                 done += 1
                 bar.update(done)
@@ -276,6 +288,9 @@ def add_parser(sub):
     p.add_argument("--minutes", type=float, default=60.0, help="total audio to generate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip-seconds", type=float, default=4.0)
+    p.add_argument("--real-fraction", type=float, default=0.0,
+                   help="synth: share of speech/music/environment clips cut from real recordings in Debian game "
+                        "packages (hedgewars-data, frozen-bubble-data, xmoto-data; downloaded once, not installed)")
     p.set_defaults(func=run)
 
 
@@ -284,6 +299,6 @@ def run(args) -> int:
         from .debian import build
         build(args.out, seed=args.seed)
     else:
-        synth(args.out, args.minutes, args.seed, args.clip_seconds)
+        synth(args.out, args.minutes, args.seed, args.clip_seconds, real_fraction=args.real_fraction)
     print(f"wrote {args.out}/manifest.csv", file=sys.stderr)
     return 0

@@ -105,3 +105,88 @@ def build(out: str | Path, clips_per_language: int = 4, clip_seconds: float = 4.
         w.writeheader()
         w.writerows(rows)
     return out
+
+
+# -- real recordings for TRAINING (different packages from the evaluation set above) -----------
+TRAIN_PACKAGES = {
+    "hedgewars-data": "hedgewars-data: GPL-2 / BSD / CC-BY-SA-3.0 per file (see /usr/share/doc/hedgewars-data/copyright)",
+    "frozen-bubble-data": "frozen-bubble-data: GPL-2",
+    "xmoto-data": "xmoto-data: GPL-2+ / BSD (see /usr/share/doc/xmoto-data/copyright)",
+}
+SKIP_VOICES = {"Robot", "Singer"}  # processed or sung: not plain speech
+
+
+class RealPool:
+    """Real human speech, music and sound effects from Debian game packages, cut into training clips.
+
+    Downloaded once (apt-get download, no install) into ``cache``; never the reserved
+    evaluation packages, never the packages ``dataset debian`` evaluates on.
+    """
+
+    def __init__(self, cache: str | Path):
+        import re
+        self.cache = Path(cache)
+        root = self.cache / "x"
+        if not (self.cache / ".complete").exists():
+            self.cache.mkdir(parents=True, exist_ok=True)
+            for pkg in TRAIN_PACKAGES:
+                r = subprocess.run(["apt-get", "download", pkg], cwd=self.cache, capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise RuntimeError(f"apt-get download {pkg} failed: {r.stderr[-300:]}")
+            for deb in self.cache.glob("*.deb"):
+                subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+                deb.unlink()
+            (self.cache / ".complete").write_text("ok\n")
+        hw = root / "usr/share/games/hedgewars/Data"
+        voices = hw / "Sounds" / "voices"
+        self.speech = [sorted(d.glob("*.ogg")) for d in sorted(voices.iterdir())
+                       if d.is_dir() and d.name not in SKIP_VOICES]
+        self.speech = [v for v in self.speech if len(v) >= 10]
+        self.music = sorted((hw / "Music").glob("*.ogg")) + sorted((root / "usr/share/games/xmoto").rglob("Musics/*.ogg"))
+        notes = re.compile(r"^\d[A-G]$")  # the in-game piano's notes are music, not environment
+        self.environment = [f for f in sorted((hw / "Sounds").glob("*.ogg")) if not notes.match(f.stem)]
+        self.environment += sorted((root / "usr/share/games/frozen-bubble/snd").glob("*.ogg")) + \
+            sorted((root / "usr/share/games/frozen-bubble/snd").glob("*.wav"))
+        if not (self.speech and self.music and self.environment):
+            raise RuntimeError(f"real training pool incomplete under {root}")
+
+    @staticmethod
+    def _package(path: Path) -> str:
+        s = str(path)
+        return "hedgewars-data" if "hedgewars" in s else "xmoto-data" if "xmoto" in s else "frozen-bubble-data"
+
+    def clip(self, label: str, rng, n: int) -> tuple[np.ndarray, str, str]:
+        import soundfile as sf
+        if label == "music":
+            f = self.music[rng.integers(len(self.music))]
+            info = sf.info(str(f))
+            need = int(n / SR * info.samplerate) + 1
+            start = int(rng.integers(0, max(1, info.frames - need)))
+            y, sr = sf.read(str(f), start=start, frames=need, dtype="float32", always_2d=True)
+            y = y.mean(axis=1)
+            if sr != SR:
+                import soxr
+                y = soxr.resample(y, sr, SR)
+            y = np.pad(y, (0, max(0, n - len(y))))[:n]
+            return y, f"{self._package(f)} music {f.name} @{start / info.samplerate:.0f}s", TRAIN_PACKAGES[self._package(f)]
+        if label == "speech":
+            files = self.speech[rng.integers(len(self.speech))]
+            parts, total = [], 0
+            while total < n:
+                y = load(files[rng.integers(len(files))], SR)
+                gap = np.zeros(int(rng.uniform(0.05, 0.8) * SR), np.float32)
+                parts += [y, gap]
+                total += len(y) + len(gap)
+            x = np.concatenate(parts)[:n]
+            return x, f"hedgewars-data voices/{files[0].parent.name}", TRAIN_PACKAGES["hedgewars-data"]
+        if label == "environment":
+            x = np.zeros(n, np.float32)
+            names = []
+            for _ in range(rng.integers(2, 7)):
+                f = self.environment[rng.integers(len(self.environment))]
+                y = load(f, SR)[:n]
+                at = int(rng.integers(0, max(1, n - len(y))))
+                x[at:at + len(y)] += y * rng.uniform(0.3, 1.0)
+                names.append(f.stem)
+            return x, f"{self._package(f)} sounds {'+'.join(names)}", TRAIN_PACKAGES[self._package(f)]
+        raise ValueError(label)

@@ -94,3 +94,24 @@ def test_models_list_shows_tasks_versions_and_scores(tiny):
     assert p.returncode == 0
     assert "soundtype" in p.stdout and "1*" in p.stdout and f"{rep['macro_f1']:.3f}" in p.stdout
     assert "environment, music, silence, speech" in p.stdout
+
+
+def test_committed_soundtype_bundle_reproduces_its_real_recording_score(tmp_path):
+    """`dataset debian` rebuilds the real-recordings evaluation set from Debian packages, and evaluating the
+    committed bundle on it gives exactly the score committed beside it (the number in docs/training.md)."""
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[2]
+    bundle = repo / "models" / "soundtype" / "1"
+    p = subprocess.run(cli("dataset", "debian", "--out", str(tmp_path / "real")), capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    manifest = (tmp_path / "real" / "manifest.csv").read_text()
+    assert "klettres-data" in manifest and "pingus-data" in manifest
+    p = subprocess.run(cli("evaluate", str(bundle), str(tmp_path / "real"), "--json", "--plot", str(tmp_path / "cm.png")),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(p.stdout)
+    committed = json.loads((bundle / "evaluation_debian_real.json").read_text())
+    assert got["n_clips"] == committed["n_clips"] == 99
+    assert got["confusion_matrix"] == committed["confusion_matrix"]
+    assert abs(got["macro_f1"] - committed["macro_f1"]) < 1e-9
