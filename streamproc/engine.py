@@ -66,7 +66,8 @@ class AcceptResult:
 class StreamState:
     __slots__ = ("stream_id", "session_id", "sample_rate", "next_seq", "next_sample", "buf", "buf_len", "buf_start",
                  "next_frame", "feats", "feats_len", "feats_start", "next_window", "gaps", "last_seen",
-                 "last_capture_ns", "ended", "windows_emitted", "buf_cap", "feats_cap")
+                 "last_capture_ns", "ended", "windows_emitted", "buf_cap", "feats_cap", "onset", "onset_start",
+                 "last_db")
 
     def __init__(self, stream_id: str, frame: AudioFrame, now: float, spec: WindowSpec, n_columns: int):
         self.stream_id = stream_id
@@ -95,6 +96,9 @@ class StreamState:
         self.feats_start = self.next_frame
         self.feats_len = 0
         self.next_sample = sample
+        self.onset = np.zeros(0, dtype=np.float32)  # onset strength per STFT frame, for tempo
+        self.onset_start = self.next_frame
+        self.last_db = None
 
     def append(self, y: np.ndarray) -> None:
         n = y.shape[0]
@@ -124,15 +128,17 @@ class StreamState:
             self.feats = small
 
     def nbytes(self) -> int:
-        return self.buf.nbytes + self.feats.nbytes
+        return self.buf.nbytes + self.feats.nbytes + self.onset.nbytes
 
 
 class Engine:
     """Windows and features for many streams at once (see module doc)."""
 
     def __init__(self, spec: WindowSpec, *, max_gap_fill: int | None = None, idle_timeout_s: float = 60.0,
-                 extractor: FeatureExtractor | None = None):
+                 extractor: FeatureExtractor | None = None, tempo_context_s: float = 8.0):
         self.spec = spec
+        self.fps = spec.sr / spec.hop_length
+        self.tempo_frames = int(round(tempo_context_s * self.fps))  # 0 = no tempo
         self.fx = extractor or FeatureExtractor(spec)
         self.max_gap_fill = spec.window_length if max_gap_fill is None else max_gap_fill
         self.idle_timeout_s = idle_timeout_s
@@ -227,9 +233,16 @@ class Engine:
 
         ready: list[tuple[StreamState, int, int]] = []  # (state, k, first row in st.feats)
         pos = 0
+        mel = fx.columns["mel_db"]
         for st, n_new in pending:
-            st.add_rows(rows[pos:pos + n_new])
+            new_rows = rows[pos:pos + n_new]
+            st.add_rows(new_rows)
             pos += n_new
+            if self.tempo_frames:  # onset strength: mean rise of the mel dB spectrum since the previous frame
+                db = new_rows[:, mel]
+                prev = np.concatenate(((db[:1] if st.last_db is None else st.last_db[None, :]), db[:-1]))
+                st.onset = np.concatenate((st.onset, np.maximum(db - prev, 0.0).mean(axis=1)))
+                st.last_db = db[-1].copy()
             st.next_frame += n_new
             # keep only raw samples that a future STFT frame still needs
             drop = st.next_frame * hl - st.buf_start
@@ -244,6 +257,7 @@ class Engine:
         stacked = np.stack([st.feats[r:r + F] for st, _, r in ready])
         vectors = fx.window_vectors(stacked)
         metrics = fx.window_metrics(stacked)
+        self._add_tempo(ready, metrics)
         out = []
         for i, (st, k, _) in enumerate(ready):
             start = k * spec.hop
@@ -263,8 +277,32 @@ class Engine:
                 st.feats_start = first_needed
             if st.gaps:
                 st.gaps = [(a, b) for a, b in st.gaps if b > st.next_window * spec.hop]
+            keep_from = st.next_window * fph + F - self.tempo_frames  # onset context of the next window
+            if keep_from > st.onset_start:
+                st.onset = st.onset[keep_from - st.onset_start:].copy()
+                st.onset_start = keep_from
             st.shrink()
         return out
+
+    def _add_tempo(self, ready, metrics) -> None:
+        """tempo_bpm / tempo_confidence over the ``tempo_context_s`` before each window's end (None until
+        that much audio has been seen), and the window's mean onset strength."""
+        F, fph, ctx = self.spec.frames_per_window, self.spec.frames_per_hop, self.tempo_frames
+        rows, envs = [], []
+        for i, (st, k, _) in enumerate(ready):
+            end = k * fph + F - st.onset_start  # index just past the window's last frame
+            m = metrics[i]
+            m["onset_strength"] = round(float(st.onset[max(0, end - F):end].mean()), 4) if ctx else None
+            m["tempo_bpm"] = m["tempo_confidence"] = None
+            if ctx and end - ctx >= 0 and end <= st.onset.size:
+                rows.append(i)
+                envs.append(st.onset[end - ctx:end])
+        if envs:
+            from .features import tempo
+            bpm, conf = tempo(np.stack(envs), self.fps)
+            for i, b, c in zip(rows, bpm, conf):
+                metrics[i]["tempo_bpm"] = round(float(b), 1)
+                metrics[i]["tempo_confidence"] = round(float(c), 3)
 
     # -- lifecycle --------------------------------------------------------------
     def finished(self) -> list[str]:

@@ -227,6 +227,36 @@ class FeatureExtractor:
         return bounds, self.window_vectors(stacked)
 
 
+TEMPO_KERNEL = np.array([0.25, 0.5, 1.0, 0.5, 0.25])  # merges autocorrelation peaks split by frame quantisation
+
+
+def tempo(envelopes: np.ndarray, fps: float, *, min_bpm: float = 40.0, max_bpm: float = 240.0,
+          center_bpm: float = 120.0) -> tuple[np.ndarray, np.ndarray]:
+    """Tempo (BPM) and confidence for each row of onset-strength envelopes (W, frames).
+
+    librosa.autocorrelate of the (lightly smoothed, mean-removed) envelope, weighted by a
+    log-normal prior centred on 120 BPM with one octave of spread (as librosa's tempo
+    estimator does), peak refined by parabolic interpolation so the answer is not stuck on
+    the frame grid (at 50 frames/s, 140 BPM is 21.4 frames). Confidence: the autocorrelation
+    at the chosen lag relative to lag 0 (1 = perfectly periodic).
+    """
+    librosa = _import_librosa()
+    from scipy.ndimage import convolve1d
+    env = convolve1d(np.asarray(envelopes, dtype=np.float64), TEMPO_KERNEL, axis=1, mode="constant")
+    ac = librosa.autocorrelate(env - env.mean(axis=1, keepdims=True), axis=-1)
+    lags = np.arange(ac.shape[1], dtype=float)
+    bpm = np.divide(60.0 * fps, lags, out=np.full_like(lags, np.inf), where=lags > 0)
+    ok = (bpm >= min_bpm) & (bpm <= max_bpm)
+    prior = np.where(ok, np.exp(-0.5 * np.log2(np.where(ok, bpm, center_bpm) / center_bpm) ** 2), 0.0)
+    k = np.clip(np.argmax(ac * prior, axis=1), 1, ac.shape[1] - 2)
+    r = np.arange(len(k))
+    a, b, c = ac[r, k - 1], ac[r, k], ac[r, k + 1]
+    curve = a - 2 * b + c
+    delta = np.clip(np.divide(0.5 * (a - c), curve, out=np.zeros_like(b), where=curve != 0), -0.5, 0.5)
+    confidence = np.clip(b / np.maximum(ac[:, 0], 1e-12), 0.0, 1.0)
+    return 60.0 * fps / (k + delta), confidence
+
+
 def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and population std (ddof=0, two-pass like numpy) over the last axis."""
     m = x.mean(axis=-1)
