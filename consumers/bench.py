@@ -71,7 +71,7 @@ def rss_bytes() -> int:
 
 # -- engine mode ----------------------------------------------------------------------
 def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, hop_length: int | None = None,
-                 naive_windows: int = 30, warmup_s: float = 2.0, cpu: int | None = None, progress=None) -> dict:
+                 naive_windows: int = 60, warmup_s: float = 2.0, cpu: int | None = None, progress=None) -> dict:
     from threadpoolctl import threadpool_limits
 
     cpu = pin_to_one_cpu(cpu)
@@ -129,6 +129,8 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
         bounds = spec.window_bounds(len(clip))
         picks = [bounds[i % len(bounds)] for i in range(naive_windows)]
         naive_clips = [from_s16(pool[i % len(pool)]) for i in range(naive_windows)]
+        for (s, e), y in list(zip(picks, naive_clips))[:3]:  # warm-up, untimed: librosa JIT-compiles on first use
+            bundle.predict(reference_window_vector(y[s:e], spec)[None, :])
         c0 = time.process_time()
         for (s, e), y in zip(picks, naive_clips):
             bundle.predict(reference_window_vector(y[s:e], spec)[None, :])
