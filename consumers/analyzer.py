@@ -122,6 +122,24 @@ class Analyzer:
     def stop(self) -> None:
         self._stop.set()
 
+    def run_in_background(self, on_error=None) -> threading.Thread:
+        """``run()`` in a daemon thread; an exception it raises is kept in ``thread.errors``
+        (and passed to ``on_error``) for the caller to surface."""
+        errors: list[BaseException] = []
+
+        def target():
+            try:
+                self.run()
+            except BaseException as exc:
+                errors.append(exc)
+                if on_error is not None:
+                    on_error(exc)
+
+        thread = threading.Thread(target=target, name=f"analyzer-{self.instance}", daemon=True)
+        thread.errors = errors
+        thread.start()
+        return thread
+
     def start_metrics_server(self) -> int | None:
         if self.config.metrics_port is None:
             return None

@@ -26,7 +26,6 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
@@ -182,16 +181,8 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
         os.sched_setaffinity(0, {analyzer_cpu})  # the analyzer process: one core (librdkafka threads too)
         with threadpool_limits(1):
             analyzer = Analyzer(cfg)
-            errors = []
-
-            def run():
-                try:
-                    analyzer.run()
-                except BaseException as exc:
-                    errors.append(exc)
-
-            th = threading.Thread(target=run, daemon=True)
-            th.start()
+            th = analyzer.run_in_background()
+            errors = th.errors
             join_deadline = time.monotonic() + 60
             while not analyzer._assigned and not errors and time.monotonic() < join_deadline:
                 time.sleep(0.1)  # start the load once the analyzer owns its partitions (no artificial backlog)

@@ -99,17 +99,8 @@ def run(args) -> int:
         except OSError:
             analyzer.config.metrics_port = 0
             port = analyzer.start_metrics_server()
-        failure: list[BaseException] = []
-
-        def analyze():
-            try:
-                analyzer.run()
-            except BaseException as exc:  # surfaced in the main thread
-                failure.append(exc)
-                stop.set()
-
-        analyzer_thread = threading.Thread(target=analyze, name="analyzer", daemon=True)
-        analyzer_thread.start()
+        analyzer_thread = analyzer.run_in_background(on_error=lambda exc: stop.set())
+        failure = analyzer_thread.errors  # surfaced in the main thread
 
         clip = Path(args.clip) if args.clip else demo_clip(analyzer.spec.sr)
         y = audio.load(clip, analyzer.spec.sr)

@@ -22,7 +22,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from streamproc import audio, wire
-from streamproc.errors import AudiostreamError, ConfigError
+from streamproc.errors import ConfigError
 from streamproc.progress import Progress
 from streamproc.settings import TOPIC_FRAMES, add_kafka_arguments, kafka_config_from_args
 

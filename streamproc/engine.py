@@ -23,7 +23,7 @@ one window plus one hop; both buffers are preallocated.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

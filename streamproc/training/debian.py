@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 

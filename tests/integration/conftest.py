@@ -10,7 +10,6 @@ Every test gets fresh, uniquely named topics, so tests never see each other's da
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from pathlib import Path
 
@@ -87,17 +86,7 @@ def start_analyzer(kafka_conf):
         a = Analyzer(cfg)
         if cfg.metrics_port is not None:
             a.start_metrics_server()
-        errors = []
-
-        def target():
-            try:
-                a.run()
-            except BaseException as exc:
-                errors.append(exc)
-
-        th = threading.Thread(target=target, daemon=True)
-        th.start()
-        a.test_errors = errors
+        th = a.run_in_background()
         running.append((a, th))
         return a
 
@@ -106,4 +95,4 @@ def start_analyzer(kafka_conf):
         a.stop()
         th.join(20)
         assert not th.is_alive(), "analyzer did not stop within 20 s"
-        assert not a.test_errors, a.test_errors
+        assert not th.errors, th.errors

@@ -59,8 +59,6 @@ def test_engine_equals_librosa_per_window(rng, spec):
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (deploy/setup.sh installs it)")
 def test_engine_equals_librosa_on_speech(tmp_path):
-    import soundfile as sf
-
     from streamproc.audio import load
     wav = tmp_path / "speech.wav"
     subprocess.run(["espeak-ng", "-w", str(wav), "The quick brown fox jumps over the lazy dog, twice."], check=True)
