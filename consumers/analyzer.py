@@ -100,7 +100,9 @@ class Analyzer:
         self.spec = self.bundle.spec
         self.engine = Engine(self.spec, idle_timeout_s=config.idle_timeout_s)
         self.metrics = AnalyzerMetrics(registry, model_task=self.bundle.task, model_version=self.bundle.version,
-                                       labels=self.bundle.labels, frames_topic=config.frames_topic)
+                                       labels=self.bundle.labels, frames_topic=config.frames_topic,
+                                       output_topics=(config.predictions_topic, config.features_topic,
+                                                      config.deadletter_topic))
         self.instance = uuid.uuid4().hex[:8]
         self._stop = threading.Event()
         self._stream_partition: dict[str, tuple[str, int]] = {}

@@ -21,7 +21,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 class AnalyzerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, model_task: str = "", model_version: str = "",
-                 labels=(), frames_topic: str = "audio.frames"):
+                 labels=(), frames_topic: str = "audio.frames", output_topics=()):
         r = self.registry = registry or CollectorRegistry()
         self.frames = Counter("audiostream_frames_consumed_total", "Frame records consumed", ["topic"], registry=r)
         self.frame_bytes = Counter("audiostream_frames_consumed_bytes_total", "Bytes of frame records consumed",
@@ -80,5 +80,7 @@ class AnalyzerMetrics:
         self.inference_seconds.labels(model)
         for label in labels:
             self.predictions.labels(model, label)
+        for topic in output_topics:
+            self.delivery_errors.labels(topic)
         self.model_info.labels(model_task, model_version).set(1)
         self.build.info({"version": streamproc.__version__})
