@@ -159,3 +159,48 @@ def test_watch_prints_predictions(kafka_conf, topics, start_analyzer, tmp_path):
                        capture_output=True, text=True, timeout=60)
     rec = json.loads(j.stdout)
     assert rec["stream_id"] == "beeper" and rec["window_start_s"] == 0.0
+
+
+def test_watch_draws_a_live_table_on_a_terminal(kafka_conf, topics, start_analyzer, tmp_path):
+    """Under a pseudo-terminal `watch` redraws one row per stream with label, confidence and level meter."""
+    import pty
+    import select
+    t = topics()
+    start_analyzer(t)
+    for sid, y in (("porch", 0.3 * np.sin(2 * np.pi * 660 * np.arange(2 * 16000) / 16000)),
+                   ("garage", 0.2 * np.random.default_rng(1).standard_normal(2 * 16000))):
+        sf.write(tmp_path / f"{sid}.wav", y.astype(np.float32), 16000)
+        p = subprocess.run(cli("produce-file", str(tmp_path / f"{sid}.wav"), "--stream-id", sid, "-b",
+                               kafka_conf["bootstrap.servers"], "--topic", t["frames"], "--speed", "max", "-q"),
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+    consume(kafka_conf, t["predictions"], count=6)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cli("watch", "-b", kafka_conf["bootstrap.servers"], "--topic", t["predictions"],
+                                "--from-beginning", "--max", "6", "--idle-timeout", "20"),
+                            stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(30)
+    os.close(master)
+    text = screen.decode(errors="replace")
+    assert proc.returncode == 0
+    assert "\x1b[" in text  # redrawn in place, not scrolled lines
+    last = text.split("STREAM")[-1]
+    assert "LABEL" in last and "LEVEL" in last and "GAPS" in last
+    rows = {ln.split()[0]: ln.split() for ln in last.splitlines() if ln.strip().startswith(("porch", "garage"))}
+    assert rows["porch"][1] == "tonal" and rows["garage"][1] == "noise", last
+    assert "#" in rows["porch"][3]  # the level meter shows a -13 dBFS tone

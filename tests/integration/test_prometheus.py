@@ -116,6 +116,13 @@ def test_every_alert_expression_evaluates_on_a_live_system(kafka_conf, topics, s
         for name in sorted(names):
             res = query(port, name)
             assert res["status"] == "success" and res["data"]["result"], f"{name} has no data in Prometheus"
+        # every query of every Grafana panel parses and returns data for the running system
+        dashboard = json.loads((PROM_DIR.parent / "grafana" / "dashboards" / "audiostream.json").read_text())
+        exprs = [(p["title"], tgt["expr"]) for p in dashboard["panels"] for tgt in p["targets"]]
+        assert len(dashboard["panels"]) >= 15 and len(exprs) >= 20
+        for title, expr in exprs:
+            res = query(port, expr)
+            assert res["status"] == "success" and res["data"]["result"], (title, expr, res)
         firing = query(port, 'ALERTS{alertstate="firing"}')["data"]["result"]
         assert not [a for a in firing if a["metric"]["alertname"] == "AudiostreamAnalyzerDown"]
     finally:
