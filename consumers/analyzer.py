@@ -35,7 +35,7 @@ from streamproc.errors import AudiostreamError, ConfigError, FrameError, WindowS
 from streamproc.inference import ModelBundle
 from streamproc.windowing import WindowSpec
 from streamproc.settings import (TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
-                                 add_kafka_arguments, kafka_config_from_args, masked)
+                                 add_kafka_arguments, masked)
 
 from .metrics import AnalyzerMetrics
 
@@ -434,25 +434,25 @@ class Analyzer:
 def add_parser(sub):
     p = sub.add_parser("analyze", help="run the analyzer service (consumer group member)", description=__doc__)
     add_kafka_arguments(p)
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="model bundle: a directory, or task[:version] under models/ (latest version by default)")
+    p.add_argument("--model", default=None,
+                   help=f"model bundle: a directory, or task[:version] under models/ (default {DEFAULT_MODEL})")
     p.add_argument("--window-spec", default=None, metavar="FILE",
                    help="YAML window/feature spec this deployment expects; a bundle trained otherwise is refused")
-    p.add_argument("--group-id", default="audiostream-analyzer")
-    p.add_argument("--frames-topic", default=TOPIC_FRAMES)
-    p.add_argument("--predictions-topic", default=TOPIC_PREDICTIONS)
-    p.add_argument("--features-topic", default=TOPIC_FEATURES)
-    p.add_argument("--deadletter-topic", default=TOPIC_DEADLETTER)
-    p.add_argument("--metrics-port", type=int, default=9400, help="Prometheus /metrics port (0 = any free port)")
+    p.add_argument("--group-id", default=None, help="consumer group (default audiostream-analyzer)")
+    p.add_argument("--frames-topic", default=None)
+    p.add_argument("--predictions-topic", default=None)
+    p.add_argument("--features-topic", default=None)
+    p.add_argument("--deadletter-topic", default=None)
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 9400; 0 = any)")
     p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
-    p.add_argument("--metrics-addr", default="127.0.0.1",
+    p.add_argument("--metrics-addr", default=None,
                    help="address /metrics binds to; loopback by default, 0.0.0.0 to expose it")
-    p.add_argument("--max-frame-bytes", type=int, default=wire.DEFAULT_MAX_PAYLOAD_BYTES)
-    p.add_argument("--idle-timeout", type=float, default=60.0, help="seconds before a silent stream is evicted")
-    p.add_argument("--partitions", type=int, default=6, help="partitions for topics the analyzer creates")
+    p.add_argument("--max-frame-bytes", type=int, default=None)
+    p.add_argument("--idle-timeout", type=float, default=None, help="seconds before a silent stream is evicted (60)")
+    p.add_argument("--partitions", type=int, default=None, help="partitions for topics the analyzer creates (6)")
     p.add_argument("--no-create-topics", action="store_true")
-    p.add_argument("--from", dest="offset_reset", choices=("earliest", "latest"), default="earliest",
-                   help="where a new consumer group starts reading")
+    p.add_argument("--from", dest="offset_reset", choices=("earliest", "latest"), default=None,
+                   help="where a new consumer group starts reading (earliest)")
     p.set_defaults(func=run)
 
 
@@ -470,14 +470,24 @@ def read_window_spec(path: str) -> WindowSpec:
         raise ConfigError(f"--window-spec {path!r}: {exc}") from None
 
 
+def analyzer_flags(args) -> dict:
+    return {"model": args.model, "group_id": args.group_id, "frames_topic": args.frames_topic,
+            "predictions_topic": args.predictions_topic, "features_topic": args.features_topic,
+            "deadletter_topic": args.deadletter_topic, "metrics_port": args.metrics_port,
+            "metrics_addr": args.metrics_addr, "max_frame_bytes": args.max_frame_bytes,
+            "idle_timeout_s": args.idle_timeout, "partitions": args.partitions,
+            "create_topics": False if args.no_create_topics else None, "auto_offset_reset": args.offset_reset}
+
+
 def config_from_args(args) -> AnalyzerConfig:
-    return AnalyzerConfig(kafka=kafka_config_from_args(args), model=args.model, group_id=args.group_id,
-                          frames_topic=args.frames_topic, predictions_topic=args.predictions_topic,
-                          features_topic=args.features_topic, deadletter_topic=args.deadletter_topic,
-                          metrics_port=None if args.no_metrics else args.metrics_port,
-                          metrics_addr=args.metrics_addr, max_frame_bytes=args.max_frame_bytes,
-                          idle_timeout_s=args.idle_timeout, create_topics=not args.no_create_topics,
-                          partitions=args.partitions, auto_offset_reset=args.offset_reset,
+    """Flags > environment > --config file > defaults (streamproc.config)."""
+    from streamproc.config import kafka_flags, resolve
+    s = resolve(config_file=args.config, flags_kafka=kafka_flags(args), bootstrap=args.bootstrap_servers,
+                flags_analyzer=analyzer_flags(args))
+    a = dict(s.analyzer)
+    if args.no_metrics:
+        a["metrics_port"] = None
+    return AnalyzerConfig(kafka=s.kafka, **a,
                           expect_spec=read_window_spec(args.window_spec) if args.window_spec else None)
 
 

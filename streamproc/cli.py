@@ -24,6 +24,7 @@ COMMANDS = {
     "analyze": ("consumers.analyzer", "run the analyzer service"),
     "watch": ("consumers.watch", "live table of predictions per stream"),
     "topics": ("consumers.topics", "create or list audiostream's topics"),
+    "config": ("streamproc.config", "show the effective configuration (secrets masked)"),
     "bench": ("consumers.bench", "streams per core: optimised engine vs naive librosa, or through Kafka"),
     "loadgen": ("producers.loadgen", "N synthetic real-time streams from one process"),
     "train-starter": ("streamproc.training.starter", "train the small starter model bundle"),

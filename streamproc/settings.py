@@ -86,7 +86,12 @@ def add_kafka_arguments(parser) -> None:
                         help="any librdkafka setting, e.g. -X security.protocol=SASL_SSL (repeatable)")
     parser.add_argument("--kafka-config", default=None, metavar="FILE",
                         help="librdkafka settings file (key=value lines)")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="audiostream YAML config (env AUDIOSTREAM_CONFIG); flags > environment > file")
 
 
 def kafka_config_from_args(args) -> dict:
-    return kafka_config(args.bootstrap_servers, args.kafka_overrides, args.kafka_config)
+    """Flags > environment > --config file > defaults (streamproc.config)."""
+    from .config import kafka_flags, resolve
+    return resolve(config_file=getattr(args, "config", None), flags_kafka=kafka_flags(args),
+                   bootstrap=args.bootstrap_servers).kafka

@@ -1,0 +1,180 @@
+"""One configuration file format for every command, with documented precedence.
+
+Precedence, highest first: command-line flags > environment > config file > defaults.
+
+File (YAML, ``--config FILE`` or ``AUDIOSTREAM_CONFIG``)::
+
+    kafka:                          # any librdkafka setting, passed through untouched
+      bootstrap.servers: kafka-1:9093,kafka-2:9093
+      security.protocol: SASL_SSL
+      sasl.mechanism: SCRAM-SHA-512
+      sasl.username: analyzer
+      sasl.password: ...            # masked in 'config show' and logs
+    analyzer:
+      model: soundtype:1
+      group_id: audiostream-analyzer
+      metrics_port: 9400
+      idle_timeout_s: 60
+
+Environment: ``AUDIOSTREAM_BOOTSTRAP_SERVERS``, ``AUDIOSTREAM_KAFKA_<KEY>`` (librdkafka
+key upper-cased, dots as underscores) and ``AUDIOSTREAM_ANALYZER_<KEY>`` (e.g.
+``AUDIOSTREAM_ANALYZER_METRICS_PORT=9500``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+from .settings import (DEFAULT_BOOTSTRAP, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
+                       from_env, masked, parse_kv)
+
+# analyzer settings: key -> (type, default)
+ANALYZER_KEYS: dict[str, tuple[type, object]] = {
+    "model": (str, "starter"),
+    "group_id": (str, "audiostream-analyzer"),
+    "frames_topic": (str, TOPIC_FRAMES),
+    "predictions_topic": (str, TOPIC_PREDICTIONS),
+    "features_topic": (str, TOPIC_FEATURES),
+    "deadletter_topic": (str, TOPIC_DEADLETTER),
+    "metrics_port": (int, 9400),
+    "metrics_addr": (str, "127.0.0.1"),
+    "max_frame_bytes": (int, 1 << 20),
+    "idle_timeout_s": (float, 60.0),
+    "partitions": (int, 6),
+    "create_topics": (bool, True),
+    "auto_offset_reset": (str, "earliest"),
+}
+SECTIONS = ("kafka", "analyzer")
+
+
+def _coerce(key: str, value, typ: type, source: str):
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+    else:
+        try:
+            if typ is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return typ(value)
+        except (TypeError, ValueError):
+            pass
+    raise ConfigError(f"{source}: analyzer.{key}={value!r} must be {typ.__name__}")
+
+
+def read_file(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(p)!r}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r}: must be a mapping with sections {list(SECTIONS)}")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"config file {str(p)!r}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    for section in SECTIONS:
+        if section in data and not isinstance(data[section], dict):
+            raise ConfigError(f"config file {str(p)!r}: section {section!r} must be a mapping")
+    bad = sorted(set(data.get("analyzer", {})) - set(ANALYZER_KEYS))
+    if bad:
+        raise ConfigError(f"config file {str(p)!r}: unknown key(s) analyzer.{', analyzer.'.join(bad)}; "
+                          f"known: {sorted(ANALYZER_KEYS)}")
+    return data
+
+
+class Settings:
+    """The effective settings and where each value came from (``sources``)."""
+
+    def __init__(self, kafka: dict, analyzer: dict, sources: dict):
+        self.kafka = kafka
+        self.analyzer = analyzer
+        self.sources = sources
+
+    def show(self) -> str:
+        """YAML of the effective settings, secrets masked, each value's source as a comment."""
+        lines = ["kafka:"]
+        for k, v in masked(self.kafka).items():
+            lines.append(f"  {k}: {yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                         f"   # {self.sources.get('kafka.' + k, 'default')}")
+        lines.append("analyzer:")
+        for k, v in self.analyzer.items():
+            lines.append(f"  {k}: {yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                         f"   # {self.sources.get('analyzer.' + k, 'default')}")
+        return "\n".join(lines)
+
+
+def resolve(*, config_file: str | None = None, flags_kafka: dict | None = None, bootstrap: str | None = None,
+            flags_analyzer: dict | None = None, environ=None) -> Settings:
+    env = os.environ if environ is None else environ
+    config_file = config_file or env.get("AUDIOSTREAM_CONFIG")
+    file_data = read_file(config_file) if config_file else {}
+    sources: dict[str, str] = {}
+
+    kafka = {"bootstrap.servers": DEFAULT_BOOTSTRAP}
+    for k, v in (file_data.get("kafka") or {}).items():
+        kafka[str(k)] = str(v) if not isinstance(v, bool) else str(v).lower()
+        sources["kafka." + str(k)] = f"file {config_file}"
+    for k, v in from_env(env).items():
+        kafka[k] = v
+        sources["kafka." + k] = "environment"
+    if bootstrap:
+        kafka["bootstrap.servers"] = bootstrap
+        sources["kafka.bootstrap.servers"] = "flag"
+    for k, v in (flags_kafka or {}).items():
+        kafka[k] = v
+        sources["kafka." + k] = "flag"
+    if not str(kafka["bootstrap.servers"]).strip():
+        raise ConfigError("kafka.bootstrap.servers is empty: pass --bootstrap-servers HOST:PORT")
+
+    analyzer = {k: default for k, (_, default) in ANALYZER_KEYS.items()}
+    for k, v in (file_data.get("analyzer") or {}).items():
+        analyzer[k] = _coerce(k, v, ANALYZER_KEYS[k][0], f"config file {config_file}")
+        sources["analyzer." + k] = f"file {config_file}"
+    prefix = "AUDIOSTREAM_ANALYZER_"
+    for name, v in env.items():
+        if name.startswith(prefix):
+            k = name[len(prefix):].lower()
+            if k not in ANALYZER_KEYS:
+                raise ConfigError(f"environment {name}: unknown analyzer setting {k!r}; known: {sorted(ANALYZER_KEYS)}")
+            analyzer[k] = _coerce(k, v, ANALYZER_KEYS[k][0], f"environment {name}")
+            sources["analyzer." + k] = "environment"
+    for k, v in (flags_analyzer or {}).items():
+        if v is not None:
+            analyzer[k] = _coerce(k, v, ANALYZER_KEYS[k][0], "flag")
+            sources["analyzer." + k] = "flag"
+    if analyzer["auto_offset_reset"] not in ("earliest", "latest"):
+        raise ConfigError(f"analyzer.auto_offset_reset={analyzer['auto_offset_reset']!r} must be earliest or latest")
+    return Settings(kafka, analyzer, sources)
+
+
+def kafka_flags(args) -> dict:
+    """librdkafka settings given on the command line: -X pairs, then --kafka-config's file."""
+    out = {}
+    if getattr(args, "kafka_config", None):
+        from .settings import read_properties
+        out.update(read_properties(args.kafka_config))
+    out.update(parse_kv(getattr(args, "kafka_overrides", None), "-X"))
+    return out
+
+
+def add_parser(sub):
+    p = sub.add_parser("config", help="show the effective configuration (secrets masked)", description=__doc__)
+    p.add_argument("action", choices=["show"])
+    from .settings import add_kafka_arguments
+    add_kafka_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    s = resolve(config_file=args.config, flags_kafka=kafka_flags(args), bootstrap=args.bootstrap_servers)
+    print(s.show())
+    return 0

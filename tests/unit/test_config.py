@@ -1,0 +1,78 @@
+"""One config format: flags > environment > file > defaults; bad keys named; secrets masked."""
+import subprocess
+import sys
+
+import pytest
+
+from streamproc.config import resolve
+from streamproc.errors import ConfigError
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    path = tmp_path / "audiostream.yaml"
+    path.write_text("kafka:\n  bootstrap.servers: file-host:9093\n  sasl.password: hunter2\n"
+                    "  security.protocol: SASL_SSL\nanalyzer:\n  model: soundtype:1\n  metrics_port: 9500\n"
+                    "  idle_timeout_s: 30\n")
+    return path
+
+
+def test_precedence_and_sources(cfg):
+    env = {"AUDIOSTREAM_ANALYZER_METRICS_PORT": "9600", "AUDIOSTREAM_KAFKA_CLIENT_ID": "env-client"}
+    s = resolve(config_file=str(cfg), environ=env)
+    assert s.kafka["bootstrap.servers"] == "file-host:9093" and s.kafka["client.id"] == "env-client"
+    assert (s.analyzer["model"], s.analyzer["metrics_port"], s.analyzer["idle_timeout_s"]) == ("soundtype:1", 9600, 30.0)
+    assert s.analyzer["group_id"] == "audiostream-analyzer"  # default
+    assert s.sources["analyzer.metrics_port"] == "environment" and s.sources["analyzer.model"].startswith("file ")
+    s = resolve(config_file=str(cfg), environ=env, bootstrap="flag-host:1", flags_kafka={"client.id": "flag"},
+                flags_analyzer={"metrics_port": 9700, "model": None})
+    assert s.kafka["bootstrap.servers"] == "flag-host:1" and s.kafka["client.id"] == "flag"
+    assert s.analyzer["metrics_port"] == 9700 and s.analyzer["model"] == "soundtype:1"  # None flag = not given
+    assert s.sources["kafka.bootstrap.servers"] == "flag"
+    assert resolve(environ={"AUDIOSTREAM_CONFIG": str(cfg)}).analyzer["model"] == "soundtype:1"
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("analyzer:\n  modle: x\n", r"unknown key\(s\) analyzer.modle"),
+    ("analyser:\n  model: x\n", r"unknown section\(s\) \['analyser'\]"),
+    ("analyzer:\n  metrics_port: lots\n", r"analyzer.metrics_port='lots' must be int"),
+    ("analyzer:\n  auto_offset_reset: middle\n", "must be earliest or latest"),
+    ("kafka: [1, 2]\n", "section 'kafka' must be a mapping"),
+    ("kafka: {bootstrap.servers: x\n", "not valid YAML"),
+])
+def test_bad_config_names_the_key(tmp_path, text, msg):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=msg):
+        resolve(config_file=str(path), environ={})
+
+
+def test_bad_environment_names_the_variable():
+    with pytest.raises(ConfigError, match="AUDIOSTREAM_ANALYZER_MODLE: unknown analyzer setting 'modle'"):
+        resolve(environ={"AUDIOSTREAM_ANALYZER_MODLE": "x"})
+
+
+def cli(*args, env=None):
+    import os
+    return subprocess.run([sys.executable, "-m", "streamproc.cli", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_config_show_masks_secrets_and_says_where_values_come_from(cfg):
+    p = cli("config", "show", "--config", str(cfg), "-X", "client.id=cli", env={"AUDIOSTREAM_KAFKA_SASL_USERNAME": "ana"})
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "hunter2" not in out and "sasl.password: '***'" in out
+    assert "bootstrap.servers: file-host:9093   # file" in out
+    assert "sasl.username: ana   # environment" in out and "client.id: cli   # flag" in out
+    assert "model: soundtype:1   # file" in out and "group_id: audiostream-analyzer   # default" in out
+
+
+def test_analyze_reads_the_config_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("analyzer:\n  model: nosuchtask\n")
+    p = cli("analyze", "--config", str(path), "--no-metrics")
+    assert p.returncode == 2 and "no model task 'nosuchtask'" in p.stderr
+    path.write_text("analyzer:\n  modle: x\n")
+    p = cli("analyze", "--config", str(path))
+    assert p.returncode == 2 and "analyzer.modle" in p.stderr
