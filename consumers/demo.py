@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import importlib.util
 import logging
+import os
 import signal
 import sys
 import threading
@@ -48,7 +49,8 @@ def demo_clip(sr: int = 16000) -> Path:
 
     from streamproc.training.starter import synth_clip
 
-    cache = Path(load_local_kafka().cache_dir()).parent
+    cache = Path(os.environ.get("AUDIOSTREAM_CACHE") or
+                 Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "audiostream")
     path = cache / "demo-clip-v1.wav"
     if path.exists():
         return path
