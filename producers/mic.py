@@ -171,6 +171,9 @@ class MicProducer:
                 self.stats.overflows += overflow
 
     def start(self) -> None:
+        """Open and start the capture stream (idempotent)."""
+        if self._stream is not None:
+            return
         sd = import_sounddevice()
         blocksize = round(self.capture_rate * self.frame_samples / self.rate)
         try:
@@ -379,6 +382,7 @@ def run(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: mic.stop())
     resample = f", resampled from {mic.capture_rate} Hz (soxr HQ)" if mic.resampler else ""
+    mic.start()  # the device is open and capturing before we say so
     print(f"capturing {mic.info['name']!r} at {mic.rate} Hz{resample} as stream {args.stream_id!r} "
           f"(session {mic.session.hex()}) -> {args.topic}", file=sys.stderr, flush=True)
     status = (lambda s: print(format_status(args.stream_id, s), file=sys.stderr, flush=True)) \
