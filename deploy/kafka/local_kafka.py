@@ -100,13 +100,14 @@ class LocalKafka:
     """
 
     def __init__(self, port: int = 0, workdir: str | os.PathLike | None = None,
-                 extra_properties: dict[str, str] | None = None, heap: str = "512m"):
+                 extra_properties: dict[str, str] | None = None, heap: str = "512m", die_with_parent: bool = True):
         self.port = port or free_port()
         self.controller_port = free_port()
         self._own_dir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="audiostream-kafka-"))
         self.extra_properties = dict(extra_properties or {})
         self.heap = heap
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -163,8 +164,9 @@ class LocalKafka:
                 raise RuntimeError(f"formatting KRaft storage failed:\n{fmt.stdout}\n{fmt.stderr}")
         log = open(self.log_path, "ab")
         log_start = self.log_path.stat().st_size  # a restart appends: look only at this run's lines
-        self.proc = subprocess.Popen(base + ["kafka.Kafka", str(config)], stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(base + ["kafka.Kafka", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True,
+                                     preexec_fn=_die_with_parent if self.die_with_parent else None)
         (self.workdir / "broker.pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -209,6 +211,21 @@ class LocalKafka:
         self.stop()
 
 
+try:  # resolved here, in the parent: the forked child must not import or load anything
+    import ctypes
+    _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started us dies (Linux), so a test run
+    or bench killed without cleanup does not leave a broker behind."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -247,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.1)
             pid_file.unlink()
         else:
-            broker = LocalKafka(port=args.port, workdir=args.dir or None)
+            broker = LocalKafka(port=args.port, workdir=args.dir or None, die_with_parent=args.cmd == "run")
             broker.start()
             print(f"Kafka {kafka_version()} ready on {broker.bootstrap_servers} (dir {broker.workdir})", flush=True)
             if args.cmd == "run":
