@@ -411,13 +411,12 @@ class Analyzer:
     def _features_json_template(self) -> str:
         """One %-format string for the features object: ``template % tuple(vector)`` is a single
         C-level call per window (formatting 74 floats one by one in Python cost ~60 us)."""
-        parts, i = [], 0
+        parts = []
         for name in self.spec.features:
             width = self.spec.feature_width(name)
             for stat in ("mean", "std"):
                 value = "[" + ", ".join(["%.7g"] * width) + "]" if width > 1 else "%.7g"
                 parts.append(f'"{name}_{stat}": {value}')
-                i += width
         return "{" + ", ".join(parts) + "}"
 
     def _deadletter(self, msg, exc: FrameError) -> None:
@@ -481,9 +480,8 @@ def analyzer_flags(args) -> dict:
 
 def config_from_args(args) -> AnalyzerConfig:
     """Flags > environment > --config file > defaults (streamproc.config)."""
-    from streamproc.config import kafka_flags, resolve
-    s = resolve(config_file=args.config, flags_kafka=kafka_flags(args), bootstrap=args.bootstrap_servers,
-                flags_analyzer=analyzer_flags(args))
+    from streamproc.config import resolve_args
+    s = resolve_args(args, flags_analyzer=analyzer_flags(args))
     a = dict(s.analyzer)
     if args.no_metrics:
         a["metrics_port"] = None

@@ -112,8 +112,10 @@ class Settings:
         return "\n".join(lines)
 
 
-def resolve(*, config_file: str | None = None, flags_kafka: dict | None = None, bootstrap: str | None = None,
-            flags_analyzer: dict | None = None, environ=None) -> Settings:
+def resolve(*, config_file: str | None = None, kafka_properties: dict | None = None, bootstrap: str | None = None,
+            flags_kafka: dict | None = None, flags_analyzer: dict | None = None, environ=None) -> Settings:
+    """Kafka: defaults < YAML file < environment < ``--kafka-config`` properties < ``--bootstrap-servers``
+    < ``-X``. Analyzer: defaults < YAML file < environment < flags."""
     env = os.environ if environ is None else environ
     config_file = config_file or env.get("AUDIOSTREAM_CONFIG")
     file_data = read_file(config_file) if config_file else {}
@@ -126,6 +128,9 @@ def resolve(*, config_file: str | None = None, flags_kafka: dict | None = None, 
     for k, v in from_env(env).items():
         kafka[k] = v
         sources["kafka." + k] = "environment"
+    for k, v in (kafka_properties or {}).items():
+        kafka[k] = v
+        sources["kafka." + k] = "flag (--kafka-config)"
     if bootstrap:
         kafka["bootstrap.servers"] = bootstrap
         sources["kafka.bootstrap.servers"] = "flag"
@@ -156,14 +161,13 @@ def resolve(*, config_file: str | None = None, flags_kafka: dict | None = None, 
     return Settings(kafka, analyzer, sources)
 
 
-def kafka_flags(args) -> dict:
-    """librdkafka settings given on the command line: -X pairs, then --kafka-config's file."""
-    out = {}
-    if getattr(args, "kafka_config", None):
-        from .settings import read_properties
-        out.update(read_properties(args.kafka_config))
-    out.update(parse_kv(getattr(args, "kafka_overrides", None), "-X"))
-    return out
+def resolve_args(args, flags_analyzer: dict | None = None, environ=None) -> Settings:
+    """``resolve`` for a command's parsed arguments (the flags ``add_kafka_arguments`` adds)."""
+    from .settings import read_properties
+    props = read_properties(args.kafka_config) if getattr(args, "kafka_config", None) else None
+    return resolve(config_file=getattr(args, "config", None), kafka_properties=props,
+                   bootstrap=args.bootstrap_servers, flags_kafka=parse_kv(getattr(args, "kafka_overrides", None), "-X"),
+                   flags_analyzer=flags_analyzer, environ=environ)
 
 
 def add_parser(sub):
@@ -175,6 +179,5 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    s = resolve(config_file=args.config, flags_kafka=kafka_flags(args), bootstrap=args.bootstrap_servers)
-    print(s.show())
+    print(resolve_args(args).show())
     return 0

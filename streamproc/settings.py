@@ -65,17 +65,15 @@ def from_env(environ=None) -> dict:
 
 def kafka_config(bootstrap_servers: str | None = None, overrides=None, config_file: str | None = None,
                  environ=None) -> dict:
-    """Base librdkafka config (bootstrap + security) for producers, consumers and admin clients."""
-    conf = {"bootstrap.servers": DEFAULT_BOOTSTRAP}
-    conf.update(from_env(environ))
-    if config_file:
-        conf.update(read_properties(config_file))
-    if bootstrap_servers:
-        conf["bootstrap.servers"] = bootstrap_servers
-    conf.update(parse_kv(overrides, "-X"))
-    if not conf["bootstrap.servers"].strip():
-        raise ConfigError("bootstrap.servers is empty: pass --bootstrap-servers HOST:PORT")
-    return conf
+    """Base librdkafka config (bootstrap + security) for producers, consumers and admin clients.
+
+    The same resolution as every command (streamproc.config.resolve): ``config_file`` is a
+    ``--kafka-config`` properties file, ``overrides`` are ``-X key=value`` items.
+    """
+    from .config import resolve
+    props = read_properties(config_file) if config_file else None
+    return resolve(kafka_properties=props, bootstrap=bootstrap_servers,
+                   flags_kafka=parse_kv(overrides, "-X"), environ=environ).kafka
 
 
 def add_kafka_arguments(parser) -> None:
@@ -92,6 +90,5 @@ def add_kafka_arguments(parser) -> None:
 
 def kafka_config_from_args(args) -> dict:
     """Flags > environment > --config file > defaults (streamproc.config)."""
-    from .config import kafka_flags, resolve
-    return resolve(config_file=getattr(args, "config", None), flags_kafka=kafka_flags(args),
-                   bootstrap=args.bootstrap_servers).kafka
+    from .config import resolve_args
+    return resolve_args(args).kafka

@@ -76,3 +76,13 @@ def test_analyze_reads_the_config_file(tmp_path):
     path.write_text("analyzer:\n  modle: x\n")
     p = cli("analyze", "--config", str(path))
     assert p.returncode == 2 and "analyzer.modle" in p.stderr
+
+
+def test_explicit_bootstrap_flag_beats_a_kafka_config_file(tmp_path):
+    props = tmp_path / "k.properties"
+    props.write_text("bootstrap.servers=file-host:1\nclient.id=from-file\n")
+    p = cli("config", "show", "--kafka-config", str(props), "-b", "flag-host:2", "-X", "client.id=from-x")
+    assert p.returncode == 0, p.stderr
+    assert "bootstrap.servers: flag-host:2   # flag" in p.stdout and "client.id: from-x   # flag" in p.stdout
+    from streamproc.settings import kafka_config
+    assert kafka_config("flag-host:2", [], str(props), environ={})["bootstrap.servers"] == "flag-host:2"
