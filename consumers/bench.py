@@ -152,6 +152,12 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
 
 
 # -- Kafka mode -----------------------------------------------------------------------
+def windows_done(analyzer) -> float:
+    """Windows the analyzer has featurised and inferred so far (its Prometheus counter)."""
+    m = analyzer.metrics
+    return m.registry.get_sample_value("audiostream_windows_analyzed_total", {"model": m.model}) or 0.0
+
+
 def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, model: str = DEFAULT_MODEL,
                 partitions: int = 6, warmup_s: float = 10.0, progress=None) -> dict:
     from threadpoolctl import threadpool_limits
@@ -195,7 +201,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             while loadgen.poll() is None and not errors:
                 time.sleep(1.0)
                 lag = sum(analyzer.last_lag.values())
-                preds = analyzer.metrics.windows.labels(analyzer.metrics.model)._value.get()
+                preds = windows_done(analyzer)
                 samples.append((time.monotonic() - t0, lag, preds, time.process_time()))
                 if progress:
                     progress(min(int(time.monotonic() - t0), int(duration)), int(duration), lag)
@@ -220,7 +226,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
         half = [(t, lag) for t, lag, _, _ in samples if t >= duration / 2]
         slope = float(np.polyfit([t for t, _ in half], [lag for _, lag in half], 1)[0]) if len(half) >= 3 else 0.0
         input_rate = streams * 10.0  # frames per second
-        windows = int(analyzer.metrics.windows.labels(analyzer.metrics.model)._value.get())
+        windows = int(windows_done(analyzer))
         # the load generator starts stream i (i % 5) frames late (see producers.loadgen.generate)
         ticks = int(duration * 10)
         expected = sum(len(analyzer.spec.window_bounds((ticks - i % 5) * analyzer.spec.sr // 10))
