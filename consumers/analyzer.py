@@ -5,13 +5,16 @@ stream (streamproc.engine), featurises and infers every window that becomes
 complete in one batch per poll, and publishes:
 
 - ``audio.predictions``: one JSON prediction per window (docs/predictions.md);
-- ``audio.features``: per-window audio metrics and the model's feature vector;
+- ``audio.features``: per-window audio metrics and the model's feature vector,
+  and a gap marker for every gap in a stream;
 - ``audio.deadletter``: every frame it cannot accept, original bytes + reason.
 
-At-least-once: a consumed batch's offsets are stored only after every output
-record produced for it was acknowledged by Kafka, batches in order, without
-blocking the loop on the round trip; if an output cannot be delivered the
-analyzer exits non-zero without storing, so a restart re-reads the input.
+Delivery (docs/guarantees.md): at-least-once by default, exactly-once with
+``--exactly-once`` (Kafka transactions). Either way the committed offset of a
+partition is the oldest record an open window on it still needs, and the
+commit's metadata says how far outputs were already published, so whoever
+owns the partition next rebuilds each stream's window state from Kafka and does
+not publish a window twice.
 """
 from __future__ import annotations
 
@@ -24,9 +27,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from producers.kafka import check_reachable, client_logging, ensure_topics, produce, producer_config
 from streamproc import wire
@@ -43,11 +47,16 @@ log = logging.getLogger("audiostream.analyzer")
 
 PREDICTION_SCHEMA = 1
 FEATURES_SCHEMA = 1
+COMMIT_METADATA_VERSION = 1
 DEFAULT_MODEL = "starter"
 
 
 class OutputDeliveryError(AudiostreamError):
-    """Kafka did not acknowledge output records: input offsets were not stored."""
+    """Kafka did not acknowledge output records: input offsets were not committed."""
+
+
+class KafkaUnavailableTooLong(AudiostreamError):
+    """The cluster was unreachable for longer than ``unavailable_timeout_s``."""
 
 
 @dataclass
@@ -68,10 +77,16 @@ class AnalyzerConfig:
     create_topics: bool = True
     partitions: int = 6
     auto_offset_reset: str = "earliest"
-    delivery_timeout_s: float = 30.0
+    exactly_once: bool = False
+    unavailable_timeout_s: float = 120.0  # brokers unreachable (or outputs unacknowledged) this long: exit non-zero
+    commit_interval_s: float = 1.0        # at-least-once: how often acknowledged progress is committed
+    transaction_interval_s: float = 0.1   # exactly-once: how long one transaction collects batches
+    max_reorder: int = 4                  # frames held back per stream to put a reorder right
+    queued_max_kbytes: int = 16384        # librdkafka prefetch bound: memory stays bounded when we fall behind
     consumer_overrides: dict = field(default_factory=dict)
     expect_spec: WindowSpec | None = None  # refuse a bundle trained with any other window/feature spec
     record_latencies: int = 0  # keep the last N window latencies (arrival -> acknowledged) for bench
+    before_inference: Callable | None = None  # test hook: called with each batch's windows (e.g. a slow model)
 
 
 def _iso(ns: int) -> str:
@@ -79,14 +94,30 @@ def _iso(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(ns % 1_000_000_000) // 1_000_000:03d}Z"
 
 
+def commit_metadata(done: int) -> str:
+    """Offset-commit metadata: every window completed by a record below ``done`` was published."""
+    return json.dumps({"v": COMMIT_METADATA_VERSION, "done": done}, separators=(",", ":"))
+
+
+def parse_commit_metadata(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        return int(data["done"]) if data.get("v") == COMMIT_METADATA_VERSION else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
 class _Batch:
-    """Outputs still unacknowledged for one consumed batch, and the offsets it covers."""
+    """Outputs still unacknowledged for one consumed batch, and the commits it allows:
+    ``offsets[(topic, partition)] = (offset to commit, done marker)``."""
 
     __slots__ = ("pending", "offsets", "started")
 
     def __init__(self, started: float):
         self.pending = 0
-        self.offsets: dict[tuple[str, int], int] = {}
+        self.offsets: dict[tuple[str, int], tuple[int, int]] = {}
         self.started = started
 
 
@@ -98,7 +129,7 @@ class Analyzer:
         # Fail fast, before consuming anything: a bad bundle never moves an offset.
         self.bundle = ModelBundle.load(config.model, expect_spec=config.expect_spec)
         self.spec = self.bundle.spec
-        self.engine = Engine(self.spec, idle_timeout_s=config.idle_timeout_s)
+        self.engine = Engine(self.spec, idle_timeout_s=config.idle_timeout_s, max_reorder=config.max_reorder)
         self.metrics = AnalyzerMetrics(registry, model_task=self.bundle.task, model_version=self.bundle.version,
                                        labels=self.bundle.labels, frames_topic=config.frames_topic,
                                        output_topics=(config.predictions_topic, config.features_topic,
@@ -111,18 +142,35 @@ class Analyzer:
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self._fatal: str | None = None
+        self._fatal_type: type = OutputDeliveryError
         self._delivery_failures = 0
         self._delivery_lock = threading.Lock()
         self._assigned: set[tuple[str, int]] = set()
+        self._replay_until: dict[tuple[str, int], int] = {}  # from the commit metadata: outputs already out
         self._inflight: collections.deque[_Batch] = collections.deque()
         self._batch: _Batch | None = None
+        self._to_commit: dict[tuple[str, int], tuple[int, int]] = {}
+        self._last_commit = 0.0
+        self._last_checkpoint = 0.0
+        self._read_upto: dict[tuple[str, int], int] = {}  # last offset processed, per partition
+        self._txn_open = False
+        self._txn_started = 0.0
         self._features_template = self._features_json_template()
         self.latencies = collections.deque(maxlen=config.record_latencies) if config.record_latencies else None
         self.last_lag: dict[tuple[str, int], int] = {}
+        self._down_since: float | None = None
+        self._started = False
+        self.last_loop = time.monotonic()
 
     # -- lifecycle ----------------------------------------------------------------
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def ready(self) -> bool:
+        """Subscribed, the cluster reachable, the loop turning."""
+        return (self._started and self._down_since is None and self._fatal is None and not self._stop.is_set()
+                and time.monotonic() - self.last_loop < 30)
 
     def run_in_background(self, on_error=None) -> threading.Thread:
         """``run()`` in a daemon thread; an exception it raises is kept in ``thread.errors``
@@ -143,13 +191,14 @@ class Analyzer:
         return thread
 
     def start_metrics_server(self) -> int | None:
+        """/metrics, /healthz (the loop is turning) and /ready (consuming, cluster reachable)."""
         if self.config.metrics_port is None:
             return None
-        from prometheus_client import start_http_server
-        server, _thread = start_http_server(self.config.metrics_port, addr=self.config.metrics_addr,
-                                            registry=self.metrics.registry)
-        self._http = server
-        self.metrics_port = server.server_port
+        from .health import serve
+        self._http = serve(self.config.metrics_addr, self.config.metrics_port, self.metrics.registry,
+                           ready=lambda: self.ready,
+                           live=lambda: self._fatal is None and time.monotonic() - self.last_loop < 60)
+        self.metrics_port = self._http.server_port
         return self.metrics_port
 
     def _connect(self) -> None:
@@ -159,62 +208,150 @@ class Analyzer:
             ensure_topics(c.kafka, {c.frames_topic: c.partitions, c.predictions_topic: c.partitions,
                                     c.features_topic: c.partitions, c.deadletter_topic: c.partitions})
         cconf = dict(c.kafka)
-        cconf.update({"group.id": c.group_id, "enable.auto.commit": True, "enable.auto.offset.store": False,
+        cconf.update({"group.id": c.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
                       "auto.offset.reset": c.auto_offset_reset, "allow.auto.create.topics": False,
                       "session.timeout.ms": 45000, "max.poll.interval.ms": 300000,
-                      "fetch.wait.max.ms": 20, "client.id": f"audiostream-analyzer-{self.instance}"})
+                      "isolation.level": "read_committed", "queued.max.messages.kbytes": c.queued_max_kbytes,
+                      "fetch.wait.max.ms": 20, "client.id": f"audiostream-analyzer-{self.instance}",
+                      "error_cb": self._on_kafka_error})
         cconf.update(c.consumer_overrides)
         self.consumer = Consumer(client_logging(cconf))
-        self.producer = Producer(producer_config(c.kafka, **{"linger.ms": 2, "socket.nagle.disable": True,
-                                                             "client.id": f"audiostream-analyzer-{self.instance}"}))
-        self.consumer.subscribe([c.frames_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        pconf = {"linger.ms": 2, "socket.nagle.disable": True, "client.id": f"audiostream-analyzer-{self.instance}",
+                 "message.timeout.ms": int(c.unavailable_timeout_s * 1000) + 5000, "error_cb": self._on_kafka_error}
+        if c.exactly_once:
+            pconf["transactional.id"] = f"audiostream-{c.group_id}-{self.instance}"
+        self.producer = Producer(producer_config(c.kafka, **pconf))
+        if c.exactly_once:
+            try:
+                self.producer.init_transactions(30)
+            except KafkaException as exc:
+                raise ConfigError(f"--exactly-once: the cluster refused transactions ({exc.args[0].str()}); "
+                                  f"transactions need a broker with a transaction state log") from None
+        self.consumer.subscribe([c.frames_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        self._started = True
+
+    def _on_kafka_error(self, err) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                self.metrics.kafka_up.set(0)
+                log.warning("Kafka unreachable (%s); not ready until it is back", err.str())
+        elif err.fatal():
+            self._fail(f"fatal Kafka error: {err.str()}")
+        else:
+            log.info("kafka: %s", err.str())
+
+    def _kafka_back(self) -> None:
+        if self._down_since is not None:
+            log.warning("Kafka reachable again after %.1f s", time.monotonic() - self._down_since)
+            self._down_since = None
+            self.metrics.kafka_up.set(1)
 
     def _on_assign(self, consumer, partitions) -> None:
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
         self._assigned |= {(p.topic, p.partition) for p in partitions}
+        try:  # the previous owner's commit: where to re-read from, and how far outputs were published
+            committed = consumer.committed(partitions, timeout=30)
+        except KafkaException as exc:
+            raise OutputDeliveryError(f"cannot read committed offsets on assignment: {exc}") from None
+        for tp in committed:
+            done = parse_commit_metadata(tp.metadata)
+            if done is not None and tp.offset >= 0 and done > tp.offset:
+                self._replay_until[(tp.topic, tp.partition)] = done
+                log.info("%s[%d]: rebuilding window state from offset %d; outputs up to %d already published",
+                         tp.topic, tp.partition, tp.offset, done)
 
-    def _on_revoke(self, consumer, partitions) -> None:
-        lost = {(p.topic, p.partition) for p in partitions}
-        log.info("revoked %s", sorted(lost))
-        self._assigned -= lost
-        for t, p in lost:
+    def _drop_partitions(self, tps: set) -> None:
+        self._assigned -= tps
+        for t, p in tps:
+            self._replay_until.pop((t, p), None)
+            self._read_upto.pop((t, p), None)
+            self._to_commit.pop((t, p), None)
             if self.last_lag.pop((t, p), None) is not None:
                 self.metrics.lag.remove(t, str(p))  # a partition we no longer own has no lag of ours
-        self.producer.flush(self.config.delivery_timeout_s)
-        self._settle()  # store what was delivered before the partitions go
-        for sid in [s for s, tp in self._stream_partition.items() if tp in lost]:
+        for sid in [s for s, tp in self._stream_partition.items() if tp in tps]:
             self.engine.streams.pop(sid, None)
             del self._stream_partition[sid]
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        gone = {(p.topic, p.partition) for p in partitions}
+        log.info("revoked %s", sorted(gone))
+        if self.config.exactly_once:
+            self._commit_transaction()
+        else:
+            self._flush_and_commit()  # everything delivered, for the partitions' next owner
+        self._drop_partitions(gone)
+
+    def _on_lost(self, consumer, partitions) -> None:
+        """Partitions taken away without a clean hand-over (e.g. max.poll.interval.ms passed): their
+        offsets are not ours to commit any more; the next owner re-reads from the last commit."""
+        gone = {(p.topic, p.partition) for p in partitions}
+        log.warning("partitions lost %s: not committing them", sorted(gone))
+        if self.config.exactly_once and self._txn_open:
+            # the open transaction mixes lost and kept partitions: abort it all and restart from the commits
+            try:
+                self.producer.abort_transaction(30)
+            except KafkaException:
+                pass
+            self._txn_open = False
+            self._fail(f"partitions {sorted(gone)} lost mid-transaction; transaction aborted")
+        for b in self._inflight:
+            for tp in gone:
+                b.offsets.pop(tp, None)
+        self._drop_partitions(gone)
 
     def run(self) -> None:
         """Consume until stop(); raises on unrecoverable errors (after closing cleanly)."""
         self._connect()
         self.metrics.up.set(1)
-        last_evict = time.monotonic()
+        self.metrics.kafka_up.set(1)
+        last_house = time.monotonic()
         try:
             while not self._stop.is_set():
                 # while outputs await acknowledgement, come back quickly to serve their callbacks
                 # (acks and the offsets they release are noticed at our next poll)
-                timeout = 0.002 if self._inflight else self.config.poll_timeout
+                timeout = 0.002 if self._inflight and not self.config.exactly_once else self.config.poll_timeout
                 msgs = self.consumer.consume(num_messages=self.config.batch_size, timeout=timeout)
+                now = time.monotonic()
+                self.last_loop = now
                 if msgs:
+                    if self._down_since is not None and any(m.error() is None for m in msgs):
+                        self._kafka_back()
                     self.process_batch(msgs)
                 self.producer.poll(0)  # delivery callbacks
-                self._settle()
-                now = time.monotonic()
-                if now - last_evict > 1.0:
-                    self.engine.evict_idle(now)
-                    for sid in [s for s in self._stream_partition if s not in self.engine.streams]:
-                        del self._stream_partition[sid]
-                    self.metrics.active_streams.set(len(self.engine.streams))
-                    self.metrics.state_bytes.set(self.engine.state_bytes())
-                    self.update_lag()
-                    last_evict = now
+                if self.config.exactly_once:
+                    if self._txn_open and now - self._txn_started >= self.config.transaction_interval_s:
+                        self._commit_transaction()
+                else:
+                    self._settle()
+                    if self._to_commit and now - self._last_commit >= self.config.commit_interval_s:
+                        self._commit(sync=False)
+                if now - last_house > 1.0:
+                    self._housekeeping(now)
+                    last_house = now
         finally:
             self.metrics.up.set(0)
             self._close()
         if self._fatal:
-            raise OutputDeliveryError(self._fatal)
+            raise self._fatal_type(self._fatal)
+
+    def _housekeeping(self, now: float) -> None:
+        for sid in self.engine.evict_idle(now):
+            self._stream_partition.pop(sid, None)
+        self.metrics.active_streams.set(len(self.engine.streams))
+        self.metrics.state_bytes.set(self.engine.state_bytes())
+        self.update_lag()
+        if self._down_since is not None:
+            try:  # a metadata round trip: is the cluster back?
+                self.producer.list_topics(self.config.frames_topic, timeout=0.5)
+                self._kafka_back()
+            except KafkaException:
+                if now - self._down_since > self.config.unavailable_timeout_s:
+                    self._fatal_type = KafkaUnavailableTooLong
+                    self._fail(f"Kafka at {self.config.kafka.get('bootstrap.servers')!r} unreachable for "
+                               f"{now - self._down_since:.0f} s (--unavailable-timeout "
+                               f"{self.config.unavailable_timeout_s:.0f})")
 
     def update_lag(self) -> dict[tuple[str, int], int]:
         """Records behind the high watermark, per assigned partition (cached watermarks: no round trip).
@@ -240,23 +377,107 @@ class Analyzer:
         return lag
 
     def _close(self) -> None:
-        if self.producer is not None:
-            self.producer.flush(self.config.delivery_timeout_s)
-            if self.consumer is not None:
-                self._settle()
+        if self.producer is not None and self.consumer is not None and self._fatal is None:
+            if self.config.exactly_once:
+                self._commit_transaction()
+            else:
+                self._flush_and_commit()
         if self.consumer is not None:
-            self.consumer.close()  # commits stored offsets
+            self.consumer.close()
             self.consumer = None
         if self._http is not None:
             self._http.shutdown()
             self._http = None
+
+    # -- offsets ------------------------------------------------------------------
+    def _flush_and_commit(self) -> None:
+        """Wait for every output, then commit the current state synchronously (revoke, close)."""
+        remaining = self.producer.flush(self.config.unavailable_timeout_s)
+        self._settle()
+        if remaining or self._inflight or self._fatal:
+            return  # not everything acknowledged: commit nothing newer than what settled
+        self._to_commit.update(self._checkpoint())
+        self._commit(sync=True)
+
+    def _checkpoint(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """What to commit for the current state: per partition, re-read from the oldest record an open
+        window still needs; outputs are out for every record up to the last one read."""
+        needs = self._partition_needs(self._read_upto)
+        out = {}
+        for tp, last in self._read_upto.items():
+            done = max(last + 1, self._replay_until.get(tp, 0))
+            out[tp] = (min(needs.get(tp, last + 1), last + 1), done)
+        return out
+
+    def _commit(self, sync: bool) -> None:
+        """Commit what settled batches allow (at-least-once mode)."""
+        if not self._to_commit or self._fatal:
+            return
+        offsets = [TopicPartition(t, p, o, metadata=commit_metadata(done))
+                   for (t, p), (o, done) in self._to_commit.items() if (t, p) in self._assigned]
+        self._to_commit = {}
+        self._last_commit = time.monotonic()
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=not sync)
+            self.metrics.commits.labels("ok").inc()
+        except KafkaException as exc:  # e.g. the group rebalanced: the next owner re-reads, nothing lost
+            self.metrics.commits.labels("failed").inc()
+            log.warning("offset commit failed: %s", exc.args[0].str() if exc.args else exc)
+
+    def _commit_transaction(self) -> None:
+        """Exactly-once: this transaction's outputs and its input offsets become visible together."""
+        if not self._txn_open or self._fatal:
+            return
+        offsets = [TopicPartition(t, p, o, metadata=commit_metadata(done))
+                   for (t, p), (o, done) in self._checkpoint().items() if (t, p) in self._assigned]
+        try:
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+            self.producer.commit_transaction(max(30.0, self.config.unavailable_timeout_s))
+            self.metrics.commits.labels("ok").inc()
+        except KafkaException as exc:
+            self.metrics.commits.labels("failed").inc()
+            err = exc.args[0] if exc.args else None
+            if err is not None and err.txn_requires_abort():
+                try:
+                    self.producer.abort_transaction(30)
+                except KafkaException:
+                    pass
+            self._txn_open = False
+            self._fail(f"transaction not committed ({err.str() if err is not None else exc}); its outputs are "
+                       f"aborted")
+            return
+        self._txn_open = False
+        self._inflight.clear()
+
+    def _partition_needs(self, tps) -> dict[tuple[str, int], int]:
+        """Per partition, the oldest record an open window on it still needs."""
+        need: dict[tuple[str, int], int] = {}
+        eng = self.engine
+        for sid, tp in self._stream_partition.items():
+            if tp not in tps:
+                continue
+            st = eng.streams.get(sid)
+            if st is None or st.ended:
+                continue
+            t = eng.needed_tag(st)
+            if t is not None and (tp not in need or t < need[tp]):
+                need[tp] = t
+        return need
 
     # -- the work -------------------------------------------------------------------
     def process_batch(self, msgs) -> None:
         c, m = self.config, self.metrics
         now = time.monotonic()
         high: dict[tuple[str, int], int] = {}
+        if c.exactly_once and not self._txn_open:
+            self.producer.begin_transaction()
+            self._txn_open = True
+            self._txn_started = now
         self._batch = batch = _Batch(now)
+        replay_until = self._replay_until
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -264,10 +485,13 @@ class Analyzer:
                     log.warning("consume error: %s", err.str())
                 continue
             tp = (msg.topic(), msg.partition())
-            high[tp] = max(high.get(tp, -1), msg.offset())
+            offset = msg.offset()
+            high[tp] = max(high.get(tp, -1), offset)
+            replay = offset < replay_until.get(tp, -1)  # already processed by a previous owner
             value = msg.value()
-            m.frames.labels(msg.topic()).inc()
-            m.frame_bytes.labels(msg.topic()).inc(len(value) if value else 0)
+            if not replay:
+                m.frames.labels(msg.topic()).inc()
+                m.frame_bytes.labels(msg.topic()).inc(len(value) if value else 0)
             try:
                 sid = wire.decode_stream_id(msg.key())
                 frame = wire.decode(value, max_payload_bytes=c.max_frame_bytes)
@@ -276,24 +500,17 @@ class Analyzer:
                                      f"stream {sid!r} sends {frame.sample_rate} Hz; model "
                                      f"{self.bundle.ref} needs {self.spec.sr} Hz (resample in the producer)")
             except FrameError as exc:
-                self._deadletter(msg, exc)
+                if not replay:
+                    self._deadletter(msg, exc)
                 continue
-            res = self.engine.accept(sid, frame, now)
+            res = self.engine.accept(sid, frame, now, tag=offset)
             self._stream_partition[sid] = tp
+            if replay:
+                continue
             if res.status == "duplicate":
                 m.sequence.labels("duplicate").inc()
                 continue
-            if res.status == "new_session":
-                m.sequence.labels("new_session").inc()
-            if res.gap_samples:
-                m.sequence.labels("gap").inc()
-                m.gap_seconds.inc(res.gap_samples / frame.sample_rate)
-                log.info("stream %r: gap of %.3f s before sequence %d%s", sid, res.gap_samples / frame.sample_rate,
-                         frame.sequence, " (resynchronised)" if res.resynced else " (zero-filled, windows flagged)")
-            if res.resynced:
-                m.sequence.labels("resync").inc()
-            if res.producer_gap:
-                m.sequence.labels("producer_gap").inc()
+            self._count_sequence(sid, frame, res)
             m.audio_seconds.inc(frame.n_frames / frame.sample_rate)
 
         t0 = time.perf_counter()
@@ -301,38 +518,84 @@ class Analyzer:
         if windows:
             t1 = time.perf_counter()
             m.feature_seconds.observe(t1 - t0)
-            self._publish(windows)
+            fresh = []
+            for w in windows:
+                tp = self._stream_partition.get(w.stream_id)
+                if w.tag is not None and tp is not None and w.tag < replay_until.get(tp, -1):
+                    m.replayed.inc()
+                else:
+                    fresh.append(w)
+            if fresh:
+                self._publish(fresh)
         for sid in self.engine.finished():
             self._stream_partition.pop(sid, None)
         m.active_streams.set(len(self.engine.streams))
 
-        # at-least-once: this batch's offsets are stored once all its outputs are acknowledged
-        batch.offsets = high
+        for tp, last in high.items():
+            self._read_upto[tp] = last
+            if tp in replay_until and last + 1 >= replay_until[tp]:
+                del replay_until[tp]  # caught up with what the previous owner had published
+        # at-least-once: twice per commit interval a batch carries a checkpoint (scanning every stream's
+        # needs per batch would cost more than the features); it is committed once its outputs, and all
+        # earlier ones, are acknowledged
+        if not c.exactly_once and now - self._last_checkpoint >= c.commit_interval_s / 2:
+            batch.offsets = self._checkpoint()
+            self._last_checkpoint = now
         self._inflight.append(batch)
 
-    def _settle(self) -> None:
-        """Store the offsets of every leading batch whose outputs Kafka has acknowledged.
+    def _count_sequence(self, sid: str, frame, res) -> None:
+        m = self.metrics
+        if res.status == "new_session":
+            m.sequence.labels("new_session").inc()
+        if res.reordered:
+            m.sequence.labels("reordered").inc(res.reordered)
+        if res.gap_samples:
+            m.sequence.labels("gap").inc()
+            m.gap_seconds.inc(res.gap_samples / frame.sample_rate)
+            log.info("stream %r: gap of %.3f s before sequence %d%s", sid, res.gap_samples / frame.sample_rate,
+                     frame.sequence, " (resynchronised)" if res.resynced else " (zero-filled, windows flagged)")
+            self._gap_marker(sid, frame, res)
+        if res.resynced:
+            m.sequence.labels("resync").inc()
+        if res.producer_gap:
+            m.sequence.labels("producer_gap").inc()
 
-        Batches settle in order, so a stored offset never passes an unacknowledged output.
-        A refused output, or one unacknowledged for ``delivery_timeout_s``, stops the
-        analyzer without storing: a restart re-reads that input.
+    def _gap_marker(self, sid: str, frame, res) -> None:
+        sr = frame.sample_rate
+        st = self.engine.streams.get(sid)
+        marker = {"schema": FEATURES_SCHEMA, "type": "gap", "stream_id": sid,
+                  "session_id": (st.session_id if st else frame.session_id).hex(),
+                  "gap_start_sample": res.gap_start, "gap_end_sample": res.gap_start + res.gap_samples,
+                  "gap_start_s": round(res.gap_start / sr, 6), "gap_s": round(res.gap_samples / sr, 6),
+                  "missing_frames": res.missing_frames, "resynced": res.resynced,
+                  "handling": "resynchronised" if res.resynced else "zero_filled_and_flagged",
+                  "sample_rate": sr}
+        self.metrics.gap_events.inc()
+        self._emit(self.config.features_topic, json.dumps(marker).encode(), sid.encode())
+
+    def _settle(self) -> None:
+        """Release the commits of every leading batch whose outputs Kafka has acknowledged.
+
+        Batches settle in order, so a committed offset never passes an unacknowledged output.
+        A refused output, or one unacknowledged for ``unavailable_timeout_s``, stops the
+        analyzer without committing: a restart re-reads that input.
         """
         failed = self._take_delivery_failures()
         if failed:
             self._fail(f"{failed} output record(s) refused by Kafka")
             return
-        merged: dict[tuple[str, int], int] = {}
         while self._inflight and self._inflight[0].pending == 0:
-            merged.update(self._inflight.popleft().offsets)  # later batches hold later offsets
-        if merged:
-            self.consumer.store_offsets(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in merged.items()])
-        if self._inflight and time.monotonic() - self._inflight[0].started > self.config.delivery_timeout_s:
+            self._to_commit.update(self._inflight.popleft().offsets)  # later batches hold later offsets
+        if self._inflight and time.monotonic() - self._inflight[0].started > self.config.unavailable_timeout_s:
             self._fail(f"{self._inflight[0].pending} output record(s) not acknowledged by Kafka within "
-                       f"{self.config.delivery_timeout_s:.0f}s")
+                       f"{self.config.unavailable_timeout_s:.0f}s")
 
     def _fail(self, what: str) -> None:
-        self._fatal = f"{what}; input offsets not stored, exiting so they are re-read on restart"
+        if self._fatal is None:
+            self._fatal = f"{what}; input offsets not committed, exiting so they are re-read on restart"
+            log.error("%s", self._fatal)
         self._inflight.clear()
+        self._to_commit = {}
         self._stop.set()
 
     def _emit(self, topic: str, value: bytes, key: bytes | None, headers=None, on_ok=None) -> None:
@@ -362,6 +625,8 @@ class Analyzer:
 
     def _publish(self, windows: list[Window]) -> None:
         c, m, b = self.config, self.metrics, self.bundle
+        if c.before_inference is not None:
+            c.before_inference(windows)
         t0 = time.perf_counter()
         scores = b.predict(np.stack([w.vector for w in windows]))
         m.inference_seconds.labels(m.model).observe(time.perf_counter() - t0)
@@ -378,7 +643,7 @@ class Analyzer:
                 "window_end_s": round(w.end / w.sample_rate, 6), "start_sample": w.start, "end_sample": w.end,
                 "sample_rate": w.sample_rate, "gap": w.gap,
             }
-            head = json.dumps({"schema": FEATURES_SCHEMA, **common, "metrics": w.metrics})
+            head = json.dumps({"schema": FEATURES_SCHEMA, "type": "window", **common, "metrics": w.metrics})
             feats = head[:-1] + ', "features": ' + self._features_template % tuple(w.vector.tolist()) + "}"
             self._emit(c.features_topic, feats.encode(), key)
             if not ok:
@@ -450,6 +715,13 @@ def add_parser(sub):
     p.add_argument("--idle-timeout", type=float, default=None, help="seconds before a silent stream is evicted (60)")
     p.add_argument("--partitions", type=int, default=None, help="partitions for topics the analyzer creates (6)")
     p.add_argument("--no-create-topics", action="store_true")
+    p.add_argument("--exactly-once", action="store_true", default=None,
+                   help="Kafka transactions: outputs and input offsets commit together (read outputs with "
+                        "isolation.level=read_committed); default is at-least-once with deterministic ids")
+    p.add_argument("--unavailable-timeout", type=float, default=None, metavar="SECONDS",
+                   help="exit non-zero if Kafka stays unreachable (or outputs unacknowledged) this long (120)")
+    p.add_argument("--max-reorder", type=int, default=None, metavar="FRAMES",
+                   help="frames held back per stream to put a reordering right before calling it a gap (4)")
     p.add_argument("--from", dest="offset_reset", choices=("earliest", "latest"), default=None,
                    help="where a new consumer group starts reading (earliest)")
     p.set_defaults(func=run)
@@ -475,7 +747,9 @@ def analyzer_flags(args) -> dict:
             "deadletter_topic": args.deadletter_topic, "metrics_port": args.metrics_port,
             "metrics_addr": args.metrics_addr, "max_frame_bytes": args.max_frame_bytes,
             "idle_timeout_s": args.idle_timeout, "partitions": args.partitions,
-            "create_topics": False if args.no_create_topics else None, "auto_offset_reset": args.offset_reset}
+            "create_topics": False if args.no_create_topics else None, "auto_offset_reset": args.offset_reset,
+            "exactly_once": args.exactly_once, "unavailable_timeout_s": args.unavailable_timeout,
+            "max_reorder": args.max_reorder}
 
 
 def config_from_args(args) -> AnalyzerConfig:
@@ -496,6 +770,7 @@ def run(args) -> int:
         signal.signal(sig, lambda *_: analyzer.stop())
     port = analyzer.start_metrics_server()
     print(f"analyzer {analyzer.instance}: model {analyzer.bundle.ref} ({', '.join(analyzer.bundle.labels)}), "
+          f"{'exactly-once' if config.exactly_once else 'at-least-once'}, "
           f"{config.frames_topic} -> {config.predictions_topic}, {config.features_topic}; "
           f"kafka {masked(config.kafka).get('bootstrap.servers')}"
           + (f"; metrics http://{config.metrics_addr}:{port}/metrics" if port else ""), file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ import streamproc
 DEADLETTER_REASONS = ("empty", "too_short", "bad_magic", "unsupported_version", "bad_header",
                       "unsupported_encoding", "bad_channels", "bad_sample_rate", "length_mismatch",
                       "checksum_mismatch", "oversized", "non_finite", "bad_stream_id", "sample_rate_mismatch")
-SEQUENCE_EVENTS = ("duplicate", "gap", "resync", "new_session", "producer_gap")
+SEQUENCE_EVENTS = ("duplicate", "gap", "resync", "new_session", "producer_gap", "reordered")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -66,6 +66,17 @@ class AnalyzerMetrics:
                          "Frame records behind the partition's high watermark (per assigned partition)",
                          ["topic", "partition"], registry=r)
         self.up = Gauge("audiostream_analyzer_ready", "1 while the analyzer is consuming", registry=r)
+        self.kafka_up = Gauge("audiostream_kafka_available",
+                              "1 while the analyzer reaches the Kafka cluster, 0 during an outage", registry=r)
+        self.replayed = Counter("audiostream_windows_replayed_total",
+                                "Windows rebuilt after a restart or rebalance whose outputs were already published "
+                                "(not published again)", registry=r)
+        self.commits = Counter("audiostream_offset_commits_total", "Offset commits, by outcome", ["outcome"],
+                               registry=r)
+        self.gap_events = Counter("audiostream_gap_markers_total",
+                                  "Gap markers published to the features topic", registry=r)
+        for outcome in ("ok", "failed"):
+            self.commits.labels(outcome)
 
         model = f"{model_task}:{model_version}"
         self.model = model

@@ -8,7 +8,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamproc.errors import AudiostreamError
-from streamproc.settings import masked
+from streamproc.settings import masked, warn_insecure
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ def admin_client(conf: dict) -> AdminClient:
 
 def check_reachable(conf: dict, timeout: float = 10.0) -> None:
     """Raise KafkaUnavailable with an actionable message if no broker answers."""
+    warn_insecure(conf, log)
     try:
         md = admin_client(conf).list_topics(timeout=timeout)
     except KafkaException as exc:

@@ -46,6 +46,9 @@ ANALYZER_KEYS: dict[str, tuple[type, object]] = {
     "partitions": (int, 6),
     "create_topics": (bool, True),
     "auto_offset_reset": (str, "earliest"),
+    "exactly_once": (bool, False),
+    "unavailable_timeout_s": (float, 120.0),
+    "max_reorder": (int, 4),
 }
 SECTIONS = ("kafka", "analyzer")
 

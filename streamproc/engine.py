@@ -8,7 +8,12 @@ with its feature vector (also one batch). Each STFT frame is computed once:
 overlapping windows reuse the stored per-frame rows.
 
 Sequence handling (never silent):
-- same session, ``sequence`` below the next expected one: duplicate, dropped;
+- same session, ``sequence`` below the next expected one (or already held):
+  duplicate, dropped;
+- ``sequence`` ahead of the next expected one: held back (at most
+  ``max_reorder`` frames, at most ``reorder_timeout_s``) so a small reorder is
+  put right; when the bound is passed the lowest held frame is applied and the
+  missing ones count as a gap;
 - ``sample_offset`` ahead of what we hold: a gap. Up to ``max_gap_fill``
   samples are zero-filled and every window touching them carries
   ``gap=True``; a longer gap re-synchronises the stream onto the next window
@@ -18,10 +23,18 @@ Sequence handling (never silent):
 
 Memory per stream is bounded: raw samples only until their STFT frames are
 computed (at most one window + n_fft + one Kafka frame), per-frame rows only for
-one window plus one hop; both buffers are preallocated.
+one window plus one hop. Buffers start small and grow up to that bound, so a
+short-lived stream costs little.
+
+Recovery (docs/guarantees.md): ``accept(..., tag=kafka_offset)`` remembers which
+record brought which samples. ``Window.tag`` is the tag of the record that
+completed the window, and ``StreamState.needed_tag()`` the oldest record a
+restarted reader must re-read to rebuild this stream's next window exactly
+(its samples and its tempo context).
 """
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass
 
@@ -47,6 +60,7 @@ class Window:
     gap: bool             # some samples in it were zero-filled after a gap
     arrival: float        # time.monotonic() when its last frame was accepted
     capture_time_ns: int  # capture time of the frame that completed it
+    tag: object = None    # accept()'s tag of the record that completed it (the Kafka offset in the analyzer)
 
     @property
     def window_id(self) -> str:
@@ -56,18 +70,20 @@ class Window:
 
 @dataclass
 class AcceptResult:
-    status: str              # "ok", "duplicate", "new_session"
+    status: str              # "ok", "duplicate", "new_session", "held" (ahead of sequence: held back)
     gap_samples: int = 0     # samples missing before this frame (0 = contiguous)
     resynced: bool = False   # gap too long to fill: windows restart after it
     missing_frames: int = 0  # sequence numbers skipped
     producer_gap: bool = False  # the frame's GAP_BEFORE flag: the producer lost audio right before it
+    reordered: int = 0       # held frames put back in order by this one
+    gap_start: int = 0       # first missing sample (when gap_samples)
 
 
 class StreamState:
     __slots__ = ("stream_id", "session_id", "sample_rate", "next_seq", "next_sample", "buf", "buf_len", "buf_start",
                  "next_frame", "feats", "feats_len", "feats_start", "next_window", "gaps", "last_seen",
                  "last_capture_ns", "ended", "windows_emitted", "buf_cap", "feats_cap", "onset", "onset_start",
-                 "last_db")
+                 "last_db", "held", "held_since", "mark_end", "mark_tag")
 
     def __init__(self, stream_id: str, frame: AudioFrame, now: float, spec: WindowSpec, n_columns: int):
         self.stream_id = stream_id
@@ -79,12 +95,16 @@ class StreamState:
         self.last_seen = now
         self.last_capture_ns = frame.capture_time_ns
         self.gaps: list[tuple[int, int]] = []  # zero-filled sample ranges still in view
-        # preallocated: raw samples for a window (the first one is computed in one go) + an FFT + a Kafka
-        # frame of slack; per-frame rows for a window + a hop
+        self.held: dict[int, tuple[AudioFrame, object]] = {}  # sequence -> (frame, tag) arrived ahead of order
+        self.held_since = 0.0
+        self.mark_end: list[int] = []  # per applied record: sample just past it, and its tag (recovery)
+        self.mark_tag: list = []
+        # steady-state sizes: raw samples for a window (the first one is computed in one go) + an FFT + a Kafka
+        # frame of slack; per-frame rows for a window + a hop. Both start small and grow on demand.
         self.buf_cap = spec.window_length + spec.n_fft + 4096
         self.feats_cap = spec.frames_per_window + spec.frames_per_hop + 8
-        self.buf = np.empty(self.buf_cap, dtype=np.float32)
-        self.feats = np.empty((self.feats_cap, n_columns), dtype=np.float32)
+        self.buf = np.empty(min(self.buf_cap, 2 * frame.n_frames + spec.n_fft), dtype=np.float32)
+        self.feats = np.empty((min(self.feats_cap, 16), n_columns), dtype=np.float32)
         self.restart_at(frame.sample_offset, spec)
 
     def restart_at(self, sample: int, spec: WindowSpec) -> None:
@@ -103,7 +123,8 @@ class StreamState:
     def append(self, y: np.ndarray) -> None:
         n = y.shape[0]
         if self.buf_len + n > self.buf.shape[0]:
-            grown = np.empty(max(2 * self.buf.shape[0], self.buf_len + n), dtype=np.float32)
+            size = max(min(2 * self.buf.shape[0], self.buf_cap), self.buf_len + n)
+            grown = np.empty(size, dtype=np.float32)
             grown[: self.buf_len] = self.buf[: self.buf_len]
             self.buf = grown
         self.buf[self.buf_len: self.buf_len + n] = y
@@ -112,7 +133,8 @@ class StreamState:
     def add_rows(self, rows: np.ndarray) -> None:
         n = rows.shape[0]
         if self.feats_len + n > self.feats.shape[0]:
-            grown = np.empty((self.feats_len + n, self.feats.shape[1]), dtype=np.float32)
+            size = max(min(2 * self.feats.shape[0], self.feats_cap), self.feats_len + n)
+            grown = np.empty((size, self.feats.shape[1]), dtype=np.float32)
             grown[: self.feats_len] = self.feats[: self.feats_len]
             self.feats = grown
         self.feats[self.feats_len: self.feats_len + n] = rows
@@ -128,44 +150,119 @@ class StreamState:
             self.feats = small
 
     def nbytes(self) -> int:
-        return self.buf.nbytes + self.feats.nbytes + self.onset.nbytes
+        return self.buf.nbytes + self.feats.nbytes + self.onset.nbytes + 16 * len(self.mark_end)
+
+    def mark(self, tag) -> None:
+        """The record ``tag`` brought samples up to ``next_sample``."""
+        self.mark_end.append(self.next_sample)
+        self.mark_tag.append(tag)
+
+    def trim_marks(self, need_sample: int) -> None:
+        """Forget records whose samples all lie before ``need_sample``."""
+        i = bisect.bisect_right(self.mark_end, need_sample)
+        if i > 64 or (i and i * 2 >= len(self.mark_end)):  # amortised: slice only now and then
+            del self.mark_end[:i]
+            del self.mark_tag[:i]
+
+    def tag_at(self, sample: int):
+        """Tag of the record that brought sample ``sample - 1``: for a window, the end of its last STFT frame
+        (``center=False`` framing may leave a window's last few samples unused)."""
+        i = bisect.bisect_left(self.mark_end, sample)
+        return self.mark_tag[i] if i < len(self.mark_tag) else None
+
+    def needed_tag(self, need_sample: int):
+        """The oldest tag a re-reader needs: the record holding ``need_sample`` or any held-back record."""
+        i = bisect.bisect_right(self.mark_end, need_sample)
+        tags = [t for _f, t in self.held.values()]
+        if i < len(self.mark_tag):
+            tags.append(self.mark_tag[i])
+        tags = [t for t in tags if t is not None]
+        return min(tags) if tags else None
 
 
 class Engine:
     """Windows and features for many streams at once (see module doc)."""
 
     def __init__(self, spec: WindowSpec, *, max_gap_fill: int | None = None, idle_timeout_s: float = 60.0,
-                 extractor: FeatureExtractor | None = None, tempo_context_s: float = 8.0):
+                 extractor: FeatureExtractor | None = None, tempo_context_s: float = 8.0,
+                 max_reorder: int = 4, reorder_timeout_s: float = 1.0):
         self.spec = spec
         self.fps = spec.sr / spec.hop_length
         self.tempo_frames = int(round(tempo_context_s * self.fps))  # 0 = no tempo
         self.fx = extractor or FeatureExtractor(spec)
         self.max_gap_fill = spec.window_length if max_gap_fill is None else max_gap_fill
         self.idle_timeout_s = idle_timeout_s
+        self.max_reorder = max_reorder
+        self.reorder_timeout_s = reorder_timeout_s
         self.streams: dict[str, StreamState] = {}
         self._dirty: set[str] = set()
+        self._holding: set[str] = set()
+        self._early: list[Window] = []  # windows completed before a new session replaced their stream
 
     # -- input ------------------------------------------------------------------
-    def accept(self, stream_id: str, frame: AudioFrame, now: float | None = None) -> AcceptResult:
-        """File one frame (already decoded and validated, at ``spec.sr``)."""
+    def accept(self, stream_id: str, frame: AudioFrame, now: float | None = None, tag=None) -> AcceptResult:
+        """File one frame (already decoded and validated, at ``spec.sr``).
+
+        ``tag`` (the Kafka offset, in the analyzer) is remembered for recovery; see the module doc.
+        """
         now = time.monotonic() if now is None else now
-        spec = self.spec
         st = self.streams.get(stream_id)
         result = AcceptResult("ok")
         if st is None or st.session_id != frame.session_id:
             if st is not None:
                 result.status = "new_session"
-            st = StreamState(stream_id, frame, now, spec, self.fx.n_columns)  # a session may start anywhere
+                if st.held:  # the old session's held-back frames: apply them, keep what they complete
+                    self._release(st, result, force=True)
+                if stream_id in self._dirty:
+                    self._early.extend(self.step(now))
+                self._holding.discard(stream_id)
+            st = StreamState(stream_id, frame, now, self.spec, self.fx.n_columns)  # a session may start anywhere
             self.streams[stream_id] = st
-        elif frame.sequence < st.next_seq:
+        elif frame.sequence < st.next_seq or frame.sequence in st.held:
             st.last_seen = now
             return AcceptResult("duplicate")
-        else:
-            result.missing_frames = frame.sequence - st.next_seq
-        st.next_seq = frame.sequence + 1
+        elif frame.sequence > st.next_seq and self.max_reorder > 0:
+            st.last_seen = now
+            if not st.held:
+                st.held_since = now
+            st.held[frame.sequence] = (frame, tag)
+            self._holding.add(stream_id)
+            result.status = "held"
+            if len(st.held) > self.max_reorder:
+                self._release(st, result, force=True)
+            return result
         st.last_seen = now
-        st.last_capture_ns = frame.capture_time_ns
+        self._apply(st, frame, tag, result)
+        if st.held:
+            self._release(st, result, force=False)
+        return result
 
+    def _release(self, st: StreamState, result: AcceptResult, force: bool) -> None:
+        """Apply held frames that are now in order; with ``force``, skip to the lowest held one (a gap)."""
+        while st.held:
+            if st.next_seq in st.held:
+                frame, tag = st.held.pop(st.next_seq)
+                result.reordered += 1
+            elif force:
+                frame, tag = st.held.pop(min(st.held))
+            else:
+                break
+            self._apply(st, frame, tag, result)
+            force = force and len(st.held) > self.max_reorder
+        if st.held:
+            self._holding.add(st.stream_id)
+        else:
+            self._holding.discard(st.stream_id)
+        if result.status == "held" and not st.held:
+            result.status = "ok"
+
+    def _apply(self, st: StreamState, frame: AudioFrame, tag, result: AcceptResult) -> None:
+        """File one in-order (or given-up-on) frame into the stream's buffer."""
+        spec = self.spec
+        if frame.sequence > st.next_seq:
+            result.missing_frames += frame.sequence - st.next_seq
+        st.next_seq = frame.sequence + 1
+        st.last_capture_ns = frame.capture_time_ns
         y = frame.mono_float32()
         offset = frame.sample_offset
         if frame.gap_before:
@@ -174,21 +271,26 @@ class Engine:
                 st.gaps.append((offset, offset + 1))
         if offset > st.next_sample:
             gap = offset - st.next_sample
-            result.gap_samples = gap
+            if not result.gap_samples:
+                result.gap_start = st.next_sample
+            result.gap_samples += gap
             if gap <= self.max_gap_fill:
                 st.gaps.append((st.next_sample, offset))
                 self._append(st, np.zeros(gap, dtype=np.float32), st.next_sample)
             else:
                 result.resynced = True
                 st.restart_at(offset, spec)
+                boundary = st.next_window * spec.hop  # the first window after the gap is flagged too
+                st.gaps.append((boundary, boundary + 1))
         elif offset < st.next_sample:  # overlaps samples we already have: keep only the new part
             y = y[st.next_sample - offset:]
             offset = st.next_sample
         self._append(st, y, offset)
+        if tag is not None:
+            st.mark(tag)
         if frame.end_of_stream:
             st.ended = True
-        self._dirty.add(stream_id)
-        return result
+        self._dirty.add(st.stream_id)
 
     def _append(self, st: StreamState, y: np.ndarray, offset: int) -> None:
         if offset < st.buf_start:  # samples before the first window boundary after a (re)start
@@ -197,6 +299,17 @@ class Engine:
         if y.size:
             st.append(y)
         st.next_sample = max(st.next_sample, offset + y.size)
+
+    def need_sample(self, st: StreamState) -> int:
+        """First sample a re-reader needs to rebuild ``st``'s next window exactly: the window itself and
+        its tempo context, plus one STFT frame (the onset of the context's first frame looks back one)."""
+        fph, F = self.spec.frames_per_hop, self.spec.frames_per_window
+        first_frame = st.next_window * fph + F - self.tempo_frames - 1 if self.tempo_frames else st.next_window * fph
+        k0 = max(0, first_frame // fph)
+        return min(k0, st.next_window) * self.spec.hop
+
+    def needed_tag(self, st: StreamState):
+        return st.needed_tag(self.need_sample(st))
 
     # -- processing -------------------------------------------------------------
     def step(self, now: float | None = None) -> list[Window]:
@@ -208,6 +321,17 @@ class Engine:
         of once per Kafka frame).
         """
         now = time.monotonic() if now is None else now
+        if self._holding:
+            for sid in list(self._holding):
+                st = self.streams.get(sid)
+                if st is None or not st.held:
+                    self._holding.discard(sid)
+                elif now - st.held_since >= self.reorder_timeout_s:
+                    self._release(st, AcceptResult("held"), force=True)
+        early, self._early = self._early, []
+        return early + self._step(now) if early else self._step(now)
+
+    def _step(self, now: float) -> list[Window]:
         spec, fx = self.spec, self.fx
         n_fft, hl = spec.n_fft, spec.hop_length
         F, fph = spec.frames_per_window, spec.frames_per_hop
@@ -264,7 +388,8 @@ class Engine:
             end = start + spec.window_length
             gap = any(a < end and b > start for a, b in st.gaps)
             out.append(Window(st.stream_id, st.session_id, k, start, end, st.sample_rate, vectors[i],
-                              metrics[i], gap, now, st.last_capture_ns))
+                              metrics[i], gap, now, st.last_capture_ns,
+                              st.tag_at((k * fph + F - 1) * hl + n_fft) if st.mark_end else None))
             st.windows_emitted += 1
         # drop per-frame rows and gap records no future window needs
         for st, _ in pending:
@@ -281,6 +406,8 @@ class Engine:
             if keep_from > st.onset_start:
                 st.onset = st.onset[keep_from - st.onset_start:].copy()
                 st.onset_start = keep_from
+            if st.mark_end:
+                st.trim_marks(self.need_sample(st))
             st.shrink()
         return out
 

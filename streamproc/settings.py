@@ -34,6 +34,18 @@ def masked(conf: dict) -> dict:
     return {k: ("***" if is_secret(k) else v) for k, v in conf.items()}
 
 
+def warn_insecure(conf: dict, logger=None) -> bool:
+    """Log a warning when TLS certificate verification was turned off; return True if it was."""
+    value = str(conf.get("enable.ssl.certificate.verification", "true")).strip().lower()
+    if value in ("false", "0", "no", "off"):
+        import logging
+        (logger or logging.getLogger("audiostream")).warning(
+            "TLS certificate verification is OFF (enable.ssl.certificate.verification=%s): the broker's identity "
+            "is not checked; use this only against a test cluster", conf["enable.ssl.certificate.verification"])
+        return True
+    return False
+
+
 def parse_kv(items, source: str) -> dict:
     out = {}
     for item in items or ():

@@ -165,7 +165,8 @@ def test_bad_frames_are_dead_lettered_while_a_good_stream_is_analysed(kafka_conf
     assert "audiostream_analyzer_ready 1.0" in body  # still serving
     assert 'audiostream_model_info{task="starter",version="1"} 1.0' in body
     label_keys = set(re.findall(r'[{,]([a-z_]+)="', body))
-    assert label_keys <= {"topic", "partition", "reason", "event", "model", "label", "task", "version", "le"}, label_keys
+    assert label_keys <= {"topic", "partition", "reason", "event", "model", "label", "task", "version", "le",
+                          "outcome"}, label_keys
     assert "good-stream" not in body  # a stream id is never a label value
     assert a.metrics.registry.get_sample_value("audiostream_windows_analyzed_total", {"model": "starter:1"}) == len(preds)
     for name in ("audiostream_window_processing_seconds_count", "audiostream_end_to_end_latency_seconds_count"):

@@ -137,7 +137,8 @@ def test_long_gap_resyncs_to_next_boundary(rng, spec, fx):
     # audio up to 24000 completes [0,16000) and [8000,24000); after the gap, windows restart at the
     # first boundary >= 44800, i.e. 48000, and run to the end (96000)
     assert [w.start for w in wins] == [0, 8000, 48000, 56000, 64000, 72000, 80000]
-    assert not any(w.gap for w in wins)  # nothing zero-filled: no window spans the gap
+    # nothing zero-filled and no window spans the gap; the first one after it is flagged (a discontinuity)
+    assert [w.start for w in wins if w.gap] == [48000]
 
 
 def test_new_session_restarts_stream(rng, spec, fx):
@@ -194,7 +195,8 @@ def test_a_backlog_burst_does_not_keep_memory(rng, spec, fx):
     for f in fs[:100]:  # 10 s in one batch
         eng.accept("s", f)
     assert len(eng.step()) == len(spec.window_bounds(10 * SR))
-    steady = StreamState("x", fs[0], 0.0, spec, fx.n_columns).nbytes()
+    st0 = StreamState("x", fs[0], 0.0, spec, fx.n_columns)
+    steady = 4 * st0.buf_cap + 4 * st0.feats_cap * fx.n_columns  # the bound buffers grow to
     tempo_ring = 4 * (eng.tempo_frames + spec.frames_per_window + 2 * spec.frames_per_hop)
     assert eng.streams["s"].nbytes() <= steady + tempo_ring
     for f in fs[100:]:
@@ -267,3 +269,82 @@ def test_tempo_context_survives_a_backlog_burst(spec, fx):
     # a window's STFT frames end a little before its last sample: 8 s of frames is reached after 8 s
     assert [round(w.metrics["tempo_bpm"]) for w in wins if w.metrics["tempo_bpm"] is not None] == \
            [120] * sum(w.end > 8 * SR for w in wins)
+
+
+def test_small_reorder_is_put_right(rng, spec, fx):
+    """Frames 10..13 arrive as 10, 12, 13, 11 (one frame three places late): same windows as in order."""
+    pcm = to_s16(0.1 * rng.standard_normal(4 * SR))
+    fs = list(frames(pcm, [1600]))
+    order = fs[:11] + fs[12:14] + [fs[11]] + fs[14:]
+    eng = Engine(spec, extractor=fx)
+    results, wins = [], []
+    for f in order:
+        results.append(eng.accept("s", f))
+        wins += eng.step()
+    assert [r.status for r in results].count("held") == 2
+    assert sum(r.reordered for r in results) == 2
+    assert not any(r.gap_samples for r in results)
+    ref = run(Engine(spec, extractor=fx), "s", iter(fs))
+    assert [(w.start, w.gap) for w in wins] == [(w.start, False) for w in ref]
+    np.testing.assert_array_equal(np.stack([w.vector for w in wins]), np.stack([w.vector for w in ref]))
+
+
+def test_held_duplicate_is_dropped_and_a_real_gap_is_released_by_count_or_time(rng, spec, fx):
+    pcm = to_s16(0.1 * rng.standard_normal(3 * SR))
+    fs = list(frames(pcm, [1600]))
+    eng = Engine(spec, extractor=fx, max_reorder=4, reorder_timeout_s=1.0)
+    for f in fs[:5]:
+        eng.accept("s", f, now=0.0)
+    assert eng.accept("s", fs[7], now=0.0).status == "held"
+    assert eng.accept("s", fs[7], now=0.0).status == "duplicate"
+    eng.step(now=0.5)
+    assert eng.streams["s"].held  # within the time bound: still waiting for 5 and 6
+    eng.step(now=1.1)  # past it: 7 applied, 5 and 6 are a gap (zero-filled, flagged)
+    st = eng.streams["s"]
+    assert not st.held and st.next_seq == 8 and st.gaps == [(8000, 11200)]
+    # by count: more than max_reorder frames ahead releases at once
+    eng2 = Engine(spec, extractor=fx, max_reorder=4)
+    for f in fs[:5]:
+        eng2.accept("s", f)
+    res = [eng2.accept("s", f) for f in fs[6:11]]
+    assert [r.status for r in res] == ["held"] * 4 + ["ok"]
+    assert res[-1].gap_samples == 1600 and res[-1].missing_frames == 1 and res[-1].reordered == 4
+
+
+def test_short_lived_stream_costs_little(spec, fx):
+    eng = Engine(spec, extractor=fx)
+    eng.accept("s", wire.AudioFrame(SR, 0, 0, 0, b"x" * 16, np.zeros((1600, 1), np.int16)))
+    eng.step()
+    assert eng.state_bytes() < 24 * 1024  # grows to ~107 KiB only if the stream goes on
+
+
+@pytest.mark.parametrize("crash_at", [37, 123, 250])
+def test_recovery_from_needed_tag_rebuilds_windows_exactly(rng, spec, fx, crash_at):
+    """The analyzer's crash recovery, without Kafka: records are numbered (tags = offsets); after
+    ``crash_at`` records a new engine re-reads from the needed tag, suppresses windows completed by
+    records already processed, and the union equals an uninterrupted run, tempo included."""
+    t = np.arange(30 * SR) / SR
+    clicks = (np.sin(2 * np.pi * 1000 * t) * (np.mod(t, 0.5) < 0.02)).astype(np.float64)
+    pcm = to_s16(0.5 * clicks + 0.01 * rng.standard_normal(t.size))
+    fs = list(frames(pcm, [1600, 777]))
+    whole = Engine(spec, extractor=fx)
+    ref = []
+    for i, f in enumerate(fs):
+        whole.accept("s", f, tag=i)
+        ref += whole.step()
+    first = Engine(spec, extractor=fx)
+    got = []
+    for i, f in enumerate(fs[:crash_at]):
+        first.accept("s", f, tag=i)
+        got += first.step()
+    resume = first.needed_tag(first.streams["s"])
+    assert resume is not None and resume < crash_at
+    assert crash_at - resume <= 8 * SR / 1188 + 20  # ~tempo context + a window, not the whole stream
+    second = Engine(spec, extractor=fx)
+    for i in range(resume, len(fs)):
+        second.accept("s", fs[i], tag=i)
+        got += [w for w in second.step() if w.tag >= crash_at]  # completed by a record not yet processed
+    assert [w.window_id for w in got] == [w.window_id for w in ref]
+    np.testing.assert_array_equal(np.stack([w.vector for w in got]), np.stack([w.vector for w in ref]))
+    assert [w.metrics for w in got] == [w.metrics for w in ref]
+    assert any(w.metrics["tempo_bpm"] for w in got[-10:])
