@@ -78,6 +78,7 @@ class AnalyzerConfig:
     partitions: int = 6
     auto_offset_reset: str = "earliest"
     exactly_once: bool = False
+    instance_id: str | None = None        # stable member id (group.instance.id; transactional.id in exactly-once)
     unavailable_timeout_s: float = 120.0  # brokers unreachable (or outputs unacknowledged) this long: exit non-zero
     commit_interval_s: float = 1.0        # at-least-once: how often acknowledged progress is committed
     transaction_interval_s: float = 0.1   # exactly-once: how long one transaction collects batches
@@ -109,6 +110,18 @@ def parse_commit_metadata(text: str | None) -> int | None:
         return None
 
 
+try:  # glibc: give freed heap pages back after mass eviction (small numpy buffers live in malloc arenas)
+    import ctypes
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):
+    _malloc_trim = None
+
+
+def _release_freed_memory() -> None:
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 class _Batch:
     """Outputs still unacknowledged for one consumed batch, and the commits it allows:
     ``offsets[(topic, partition)] = (offset to commit, done marker)``."""
@@ -134,7 +147,7 @@ class Analyzer:
                                        labels=self.bundle.labels, frames_topic=config.frames_topic,
                                        output_topics=(config.predictions_topic, config.features_topic,
                                                       config.deadletter_topic))
-        self.instance = uuid.uuid4().hex[:8]
+        self.instance = config.instance_id or uuid.uuid4().hex[:8]
         self._stop = threading.Event()
         self._stream_partition: dict[str, tuple[str, int]] = {}
         self._http = None
@@ -207,13 +220,15 @@ class Analyzer:
         if c.create_topics:
             ensure_topics(c.kafka, {c.frames_topic: c.partitions, c.predictions_topic: c.partitions,
                                     c.features_topic: c.partitions, c.deadletter_topic: c.partitions})
-        cconf = dict(c.kafka)
+        # defaults a user's settings (-X, config file) may change, then what the delivery guarantees rest on
+        cconf = {"session.timeout.ms": 45000, "max.poll.interval.ms": 300000, "fetch.wait.max.ms": 20,
+                 "queued.max.messages.kbytes": c.queued_max_kbytes, "client.id": f"audiostream-analyzer-{self.instance}"}
+        cconf.update(c.kafka)
         cconf.update({"group.id": c.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
                       "auto.offset.reset": c.auto_offset_reset, "allow.auto.create.topics": False,
-                      "session.timeout.ms": 45000, "max.poll.interval.ms": 300000,
-                      "isolation.level": "read_committed", "queued.max.messages.kbytes": c.queued_max_kbytes,
-                      "fetch.wait.max.ms": 20, "client.id": f"audiostream-analyzer-{self.instance}",
-                      "error_cb": self._on_kafka_error})
+                      "isolation.level": "read_committed", "error_cb": self._on_kafka_error})
+        if c.instance_id:  # static membership: a restart with the same id takes its partitions back at once
+            cconf["group.instance.id"] = c.instance_id
         cconf.update(c.consumer_overrides)
         self.consumer = Consumer(client_logging(cconf))
         pconf = {"linger.ms": 2, "socket.nagle.disable": True, "client.id": f"audiostream-analyzer-{self.instance}",
@@ -337,8 +352,11 @@ class Analyzer:
             raise self._fatal_type(self._fatal)
 
     def _housekeeping(self, now: float) -> None:
-        for sid in self.engine.evict_idle(now):
+        evicted = self.engine.evict_idle(now)
+        for sid in evicted:
             self._stream_partition.pop(sid, None)
+        if len(evicted) >= 100:
+            _release_freed_memory()  # many small buffers went back to malloc: return them to the system
         self.metrics.active_streams.set(len(self.engine.streams))
         self.metrics.state_bytes.set(self.engine.state_bytes())
         self.update_lag()
@@ -718,6 +736,10 @@ def add_parser(sub):
     p.add_argument("--exactly-once", action="store_true", default=None,
                    help="Kafka transactions: outputs and input offsets commit together (read outputs with "
                         "isolation.level=read_committed); default is at-least-once with deterministic ids")
+    p.add_argument("--instance-id", default=None,
+                   help="stable id of this replica (e.g. the pod name): static group membership, so a restart "
+                        "gets its partitions back without a rebalance, and the transactional id that fences a "
+                        "crashed predecessor's open transaction in --exactly-once mode")
     p.add_argument("--unavailable-timeout", type=float, default=None, metavar="SECONDS",
                    help="exit non-zero if Kafka stays unreachable (or outputs unacknowledged) this long (120)")
     p.add_argument("--max-reorder", type=int, default=None, metavar="FRAMES",
@@ -748,7 +770,7 @@ def analyzer_flags(args) -> dict:
             "metrics_addr": args.metrics_addr, "max_frame_bytes": args.max_frame_bytes,
             "idle_timeout_s": args.idle_timeout, "partitions": args.partitions,
             "create_topics": False if args.no_create_topics else None, "auto_offset_reset": args.offset_reset,
-            "exactly_once": args.exactly_once, "unavailable_timeout_s": args.unavailable_timeout,
+            "exactly_once": args.exactly_once, "instance_id": args.instance_id, "unavailable_timeout_s": args.unavailable_timeout,
             "max_reorder": args.max_reorder}
 
 

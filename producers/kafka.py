@@ -22,11 +22,20 @@ def admin_client(conf: dict) -> AdminClient:
 
 
 def check_reachable(conf: dict, timeout: float = 10.0) -> None:
-    """Raise KafkaUnavailable with an actionable message if no broker answers."""
+    """Raise KafkaUnavailable with an actionable message if no broker answers or it refuses our credentials."""
     warn_insecure(conf, log)
+    errors: list = []
+    admin = AdminClient(client_logging({**conf, "error_cb": errors.append}))
     try:
-        md = admin_client(conf).list_topics(timeout=timeout)
+        md = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
+        admin.poll(0.1)  # serve the queued error callbacks
+        auth = [e for e in errors if e.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED)]
+        if auth:
+            user = conf.get("sasl.username")
+            raise KafkaUnavailable(f"Kafka at {conf.get('bootstrap.servers')!r} refused the credentials"
+                                   f"{f' of user {user!r}' if user else ''}: {auth[-1].str()}; check sasl.username / "
+                                   f"sasl.password (not shown) and sasl.mechanism") from None
         raise KafkaUnavailable(f"cannot reach Kafka at {conf.get('bootstrap.servers')!r} within {timeout:.0f}s "
                                f"({exc.args[0].str() if exc.args else exc}); check --bootstrap-servers and "
                                f"security settings {masked({k: v for k, v in conf.items() if k != 'bootstrap.servers'})}") from None

@@ -47,6 +47,7 @@ ANALYZER_KEYS: dict[str, tuple[type, object]] = {
     "create_topics": (bool, True),
     "auto_offset_reset": (str, "earliest"),
     "exactly_once": (bool, False),
+    "instance_id": (str, None),
     "unavailable_timeout_s": (float, 120.0),
     "max_reorder": (int, 4),
 }

@@ -75,7 +75,7 @@ class AcceptResult:
     resynced: bool = False   # gap too long to fill: windows restart after it
     missing_frames: int = 0  # sequence numbers skipped
     producer_gap: bool = False  # the frame's GAP_BEFORE flag: the producer lost audio right before it
-    reordered: int = 0       # held frames put back in order by this one
+    reordered: int = 0       # 1 if this frame arrived late, after frames that follow it (and was put back in order)
     gap_start: int = 0       # first missing sample (when gap_samples)
 
 
@@ -103,7 +103,7 @@ class StreamState:
         # frame of slack; per-frame rows for a window + a hop. Both start small and grow on demand.
         self.buf_cap = spec.window_length + spec.n_fft + 4096
         self.feats_cap = spec.frames_per_window + spec.frames_per_hop + 8
-        self.buf = np.empty(min(self.buf_cap, 2 * frame.n_frames + spec.n_fft), dtype=np.float32)
+        self.buf = np.empty(min(self.buf_cap, frame.n_frames + spec.n_fft), dtype=np.float32)
         self.feats = np.empty((min(self.feats_cap, 16), n_columns), dtype=np.float32)
         self.restart_at(frame.sample_offset, spec)
 
@@ -197,7 +197,8 @@ class Engine:
         self.streams: dict[str, StreamState] = {}
         self._dirty: set[str] = set()
         self._holding: set[str] = set()
-        self._early: list[Window] = []  # windows completed before a new session replaced their stream
+        self._early: list[Window] = []  # windows completed before a new session or a resync reset their stream
+        self._now = 0.0
 
     # -- input ------------------------------------------------------------------
     def accept(self, stream_id: str, frame: AudioFrame, now: float | None = None, tag=None) -> AcceptResult:
@@ -206,6 +207,7 @@ class Engine:
         ``tag`` (the Kafka offset, in the analyzer) is remembered for recovery; see the module doc.
         """
         now = time.monotonic() if now is None else now
+        self._now = now
         st = self.streams.get(stream_id)
         result = AcceptResult("ok")
         if st is None or st.session_id != frame.session_id:
@@ -232,6 +234,8 @@ class Engine:
                 self._release(st, result, force=True)
             return result
         st.last_seen = now
+        if st.held:
+            result.reordered = 1  # it arrived after frames that follow it
         self._apply(st, frame, tag, result)
         if st.held:
             self._release(st, result, force=False)
@@ -242,7 +246,6 @@ class Engine:
         while st.held:
             if st.next_seq in st.held:
                 frame, tag = st.held.pop(st.next_seq)
-                result.reordered += 1
             elif force:
                 frame, tag = st.held.pop(min(st.held))
             else:
@@ -279,6 +282,8 @@ class Engine:
                 self._append(st, np.zeros(gap, dtype=np.float32), st.next_sample)
             else:
                 result.resynced = True
+                if st.stream_id in self._dirty:  # windows the audio before the gap completes come out first
+                    self._early.extend(self._step(self._now))
                 st.restart_at(offset, spec)
                 boundary = st.next_window * spec.hop  # the first window after the gap is flagged too
                 st.gaps.append((boundary, boundary + 1))

@@ -126,10 +126,16 @@ class ModelBundle:
                               f"window_spec produces {spec.n_features}")
         bundle = cls(path, str(meta["task"]), str(meta["version"]), labels, inp["name"], out["name"], spec,
                      meta, session)
-        probe = bundle.predict(np.zeros((2, spec.n_features), dtype=np.float32))
+        try:
+            probe = bundle.predict(np.stack([np.zeros(spec.n_features, np.float32),
+                                             np.ones(spec.n_features, np.float32)]))
+        except Exception as exc:  # e.g. a fixed batch size or a shape the graph cannot take
+            raise BundleError(f"{onnx_path}: inference on a probe batch of 2 windows failed: {exc}") from None
         if probe.shape != (2, len(labels)):
             raise BundleError(f"{onnx_path}: output {out['name']!r} has shape {probe.shape[1:]} per window; "
                               f"model.yaml lists {len(labels)} labels")
+        if not np.isfinite(probe).all():
+            raise BundleError(f"{onnx_path}: the model returns NaN/Inf scores on a probe input; refusing to serve it")
         return bundle
 
     def predict(self, X: np.ndarray) -> np.ndarray:

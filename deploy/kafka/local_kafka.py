@@ -100,8 +100,13 @@ class LocalKafka:
     """
 
     def __init__(self, port: int = 0, workdir: str | os.PathLike | None = None,
-                 extra_properties: dict[str, str] | None = None, heap: str = "512m", die_with_parent: bool = True):
+                 extra_properties: dict[str, str] | None = None, heap: str = "512m", die_with_parent: bool = True,
+                 scram_users: dict[str, str] | None = None):
         self.port = port or free_port()
+        # SCRAM-SHA-256 users get a SASL_PLAINTEXT listener on ``sasl_port`` (credentials are written into the
+        # KRaft metadata when the storage is formatted); PLAINTEXT stays for the broker's own traffic
+        self.scram_users = dict(scram_users or {})
+        self.sasl_port = free_port() if self.scram_users else None
         self.controller_port = free_port()
         self._own_dir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="audiostream-kafka-"))
@@ -113,6 +118,10 @@ class LocalKafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str | None:
+        return f"127.0.0.1:{self.sasl_port}" if self.sasl_port else None
 
     @property
     def log_path(self) -> Path:
@@ -144,6 +153,16 @@ class LocalKafka:
             "group.initial.rebalance.delay.ms": "0",
             "log.flush.interval.messages": "9223372036854775807",
         }
+        if self.scram_users:
+            props.update({
+                "listeners": props["listeners"] + f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
+                "advertised.listeners": props["advertised.listeners"] + f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
+                "listener.security.protocol.map": props["listener.security.protocol.map"]
+                + ",SASL_PLAINTEXT:SASL_PLAINTEXT",
+                "sasl.enabled.mechanisms": "SCRAM-SHA-256",
+                "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config":
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            })
         props.update(self.extra_properties)
         path = self.workdir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -158,8 +177,9 @@ class LocalKafka:
         if not (self.workdir / "data" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             # '=' form: a base64 id may start with '-', which would otherwise parse as an option
+            scram = [f"--add-scram=SCRAM-SHA-256=[name={u},password={pw}]" for u, pw in self.scram_users.items()]
             fmt = subprocess.run(base + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                                         f"--config={config}"], capture_output=True, text=True)
+                                         f"--config={config}", *scram], capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise RuntimeError(f"formatting KRaft storage failed:\n{fmt.stdout}\n{fmt.stderr}")
         log = open(self.log_path, "ab")

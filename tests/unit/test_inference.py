@@ -101,3 +101,21 @@ def test_corrupt_onnx_and_missing_files(bundle_copy):
         ModelBundle.load(bundle_copy)
     with pytest.raises(BundleError, match="does not exist"):
         ModelBundle.load(bundle_copy.parent / "nope" / "x")
+
+
+@pytest.mark.parametrize("kind,message", [("corrupt", "onnxruntime cannot load it"),
+                                          ("wrong_shape", "takes 10 features but the window_spec produces 74"),
+                                          ("nan", "NaN/Inf scores on a probe input")])
+def test_poison_bundles_are_refused_at_load(tmp_path, kind, message):
+    from tests.bundles import poison_bundle
+    with pytest.raises(BundleError, match=message):
+        ModelBundle.load(poison_bundle(tmp_path, kind))
+
+
+def test_a_model_that_turns_nan_on_real_input_loads_and_says_so_per_window(tmp_path):
+    from tests.bundles import poison_bundle
+    b = ModelBundle.load(poison_bundle(tmp_path, "nan_at_runtime"))
+    x = np.zeros((3, 74), np.float32)
+    x[1, 0] = -300.0  # a quiet window's mfcc_mean[0]
+    finite = np.isfinite(b.predict(x)).all(axis=1)
+    assert finite.tolist() == [True, False, True]

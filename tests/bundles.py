@@ -1,0 +1,57 @@
+"""Poison model bundles for tests: a copy of the starter bundle with its model.onnx replaced."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+STARTER = Path(__file__).resolve().parents[1] / "models" / "starter" / "1"
+
+
+def _graph(kind: str, n_in: int = 74, n_out: int = 3):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    x = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_in])
+    y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_out])
+    w = np.zeros((n_in, n_out), np.float32)
+    if kind == "nan":  # NaN for every input
+        b = np.full(n_out, np.nan, np.float32)
+        nodes = [helper.make_node("MatMul", ["features", "W"], ["z"]), helper.make_node("Add", ["z", "B"], ["probabilities"])]
+    elif kind == "nan_at_runtime":  # sqrt(1 + mfcc_mean[0]): finite on the probe (0 and 1), NaN on real audio (mfcc0 < -1)
+        w[0, :] = 1.0
+        b = np.ones(n_out, np.float32)
+        nodes = [helper.make_node("MatMul", ["features", "W"], ["z"]), helper.make_node("Add", ["z", "B"], ["s"]),
+                 helper.make_node("Sqrt", ["s"], ["probabilities"])]
+    else:
+        raise ValueError(kind)
+    g = helper.make_graph(nodes, kind, [x], [y], [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def poison_bundle(root: Path, kind: str) -> Path:
+    """kind: corrupt (not ONNX), wrong_shape (input of 10 features), nan, nan_at_runtime."""
+    dst = Path(root) / kind
+    shutil.copytree(STARTER, dst)
+    onnx_path = dst / "model.onnx"
+    if kind == "corrupt":
+        onnx_path.write_bytes(b"\x08\x07garbage" + bytes(range(256)) * 4)
+    elif kind == "wrong_shape":
+        onnx_path.write_bytes(_graph_wrong_width())
+    else:
+        onnx_path.write_bytes(_graph(kind))
+    return dst
+
+
+def _graph_wrong_width() -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+    x = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 10])
+    y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])
+    w = numpy_helper.from_array(np.zeros((10, 3), np.float32), "W")
+    g = helper.make_graph([helper.make_node("MatMul", ["features", "W"], ["probabilities"])], "narrow", [x], [y], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m.SerializeToString()
