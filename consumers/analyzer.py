@@ -235,6 +235,7 @@ class Analyzer:
                  "message.timeout.ms": int(c.unavailable_timeout_s * 1000) + 5000, "error_cb": self._on_kafka_error}
         if c.exactly_once:
             pconf["transactional.id"] = f"audiostream-{c.group_id}-{self.instance}"
+            pconf["transaction.timeout.ms"] = pconf["message.timeout.ms"]  # librdkafka: must be >= the message timeout
         self.producer = Producer(producer_config(c.kafka, **pconf))
         if c.exactly_once:
             try:
@@ -303,6 +304,7 @@ class Analyzer:
         offsets are not ours to commit any more; the next owner re-reads from the last commit."""
         gone = {(p.topic, p.partition) for p in partitions}
         log.warning("partitions lost %s: not committing them", sorted(gone))
+        self.metrics.partitions_lost.inc(len(gone))
         if self.config.exactly_once and self._txn_open:
             # the open transaction mixes lost and kept partitions: abort it all and restart from the commits
             try:
@@ -342,6 +344,7 @@ class Analyzer:
                     self._settle()
                     if self._to_commit and now - self._last_commit >= self.config.commit_interval_s:
                         self._commit(sync=False)
+                now = time.monotonic()  # a slow batch may have taken seconds: lag and eviction must not wait
                 if now - last_house > 1.0:
                     self._housekeeping(now)
                     last_house = now

@@ -73,6 +73,9 @@ class AnalyzerMetrics:
                                 "(not published again)", registry=r)
         self.commits = Counter("audiostream_offset_commits_total", "Offset commits, by outcome", ["outcome"],
                                registry=r)
+        self.partitions_lost = Counter("audiostream_partitions_lost_total",
+                                       "Partitions taken away without a clean hand-over (e.g. max.poll.interval.ms "
+                                       "passed); never committed by us", registry=r)
         self.gap_events = Counter("audiostream_gap_markers_total",
                                   "Gap markers published to the features topic", registry=r)
         for outcome in ("ok", "failed"):

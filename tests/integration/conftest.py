@@ -81,7 +81,8 @@ def start_analyzer(kafka_conf):
     def start(t: dict, **kw) -> Analyzer:
         cfg = AnalyzerConfig(kafka=dict(kafka_conf), frames_topic=t["frames"], predictions_topic=t["predictions"],
                              features_topic=t["features"], deadletter_topic=t["deadletter"],
-                             group_id=f"test-analyzer-{uuid.uuid4().hex[:8]}", metrics_port=kw.pop("metrics_port", None),
+                             group_id=kw.pop("group_id", f"test-analyzer-{uuid.uuid4().hex[:8]}"),
+                             metrics_port=kw.pop("metrics_port", None),
                              create_topics=False, **kw)
         a = Analyzer(cfg)
         if cfg.metrics_port is not None:
