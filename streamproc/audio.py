@@ -13,18 +13,49 @@ import numpy as np
 from .errors import AudioInputError
 
 
+def is_url(path) -> bool:
+    """An fsspec URL (``s3://bucket/key``, ``file:///abs/path``, ``memory://x``), not a local path."""
+    return isinstance(path, str) and "://" in path
+
+
+def read_bytes(url: str) -> bytes:
+    """Bytes of an fsspec URL; the scheme's optional package (s3fs, gcsfs, ...) must be installed."""
+    try:
+        import fsspec
+    except ImportError:
+        raise AudioInputError(f"{url}: reading URLs needs fsspec (pip install 'audiostream[batch]')") from None
+    try:
+        with fsspec.open(url, "rb") as f:
+            return f.read()
+    except ImportError as exc:
+        raise AudioInputError(f"{url}: this URL scheme needs an extra package: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise AudioInputError(f"{url}: cannot read: {exc}") from None
+
+
 def load(path: str | Path, sr: int) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise AudioInputError(f"{path}: no such file")
+    """Decode a file (or an fsspec URL) to float32 mono at ``sr``."""
+    if is_url(path):
+        import io
+        source = io.BytesIO(read_bytes(path))
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise AudioInputError(f"{path}: no such file")
+        source = str(path)
     try:
         import soundfile as sf
-        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+        data, file_sr = sf.read(source, dtype="float32", always_2d=True)
         y = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     except Exception as first:  # libsndfile does not know the format: try librosa/audioread
         try:
             import librosa
-            y, file_sr = librosa.load(str(path), sr=None, mono=True)
+            import warnings
+            if not isinstance(source, str):
+                source.seek(0)
+            with warnings.catch_warnings():  # its own "trying audioread" notices; the error below says it all
+                warnings.simplefilter("ignore")
+                y, file_sr = librosa.load(source, sr=None, mono=True)
         except Exception as exc:
             raise AudioInputError(f"{path}: cannot decode audio ({type(first).__name__}: {first}; "
                                   f"fallback: {type(exc).__name__}: {exc})") from None

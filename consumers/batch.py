@@ -1,0 +1,223 @@
+"""``audiostream batch``: analyse a corpus of audio files into Parquet, one row per window.
+
+The per-file function is ``streamproc.analysis.analyze_file``: the live
+analyzer's engine and model bundle, after produce-file's decoding, so results
+equal what a replay through Kafka publishes. Engines:
+
+- ``local`` (default): worker processes on this machine, with progress;
+- ``spark``: the same function as a PySpark job (``--master local[*]`` here, a
+  cluster URL elsewhere); the model bundle travels to executors as a broadcast,
+  the files must be readable by them (a shared path or an fsspec URL) and the
+  result is a Parquet directory written by Spark.
+
+Inputs are files, directories (searched recursively) or fsspec URLs
+(``s3://bucket/prefix``, ``file:///data``) when the scheme's package is installed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from streamproc.errors import AudiostreamError, ConfigError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".opus")
+DEFAULT_MODEL = "starter"
+
+
+def find_audio(inputs: list[str]) -> list[tuple[str, str]]:
+    """(file, root) for every audio file under ``inputs``, sorted; a root is the directory given."""
+    out = []
+    for item in inputs:
+        if "://" in item:
+            try:
+                import fsspec
+            except ImportError:
+                raise ConfigError(f"{item}: URLs need fsspec (pip install 'audiostream[batch]')") from None
+            fs, path = fsspec.core.url_to_fs(item)
+            protocol = item.split("://", 1)[0]
+            if fs.isdir(path):
+                found = [p for p in fs.find(path) if p.lower().endswith(AUDIO_EXTENSIONS)]
+                out += [(f"{protocol}://{p}" if not p.startswith(protocol) else p, item.rstrip("/")) for p in found]
+            elif fs.exists(path):
+                out.append((item, None))
+            else:
+                raise ConfigError(f"{item}: no such file or directory")
+            continue
+        p = Path(item)
+        if p.is_dir():
+            out += [(str(f), str(p)) for f in sorted(p.rglob("*")) if f.suffix.lower() in AUDIO_EXTENSIONS]
+        elif p.is_file():
+            out.append((str(p), None))
+        else:
+            raise ConfigError(f"{item}: no such file or directory")
+    return sorted(set(out))
+
+
+def arrow_schema(labels: list[str], n_features: int):
+    import pyarrow as pa
+    fields = [("file", pa.string()), ("stream_id", pa.string()), ("window_index", pa.int64()),
+              ("start_s", pa.float64()), ("end_s", pa.float64()), ("start_sample", pa.int64()),
+              ("end_sample", pa.int64()), ("label", pa.string()), ("confidence", pa.float64()),
+              ("model", pa.string()), ("gap", pa.bool_())]
+    fields += [(f"score_{lab}", pa.float64()) for lab in labels]
+    from streamproc.analysis import METRIC_COLUMNS
+    fields += [(m, pa.float64()) for m in METRIC_COLUMNS]
+    fields.append(("features", pa.list_(pa.float32())))
+    return pa.schema(fields, metadata={b"audiostream.labels": ",".join(labels).encode(),
+                                       b"audiostream.n_features": str(n_features).encode()})
+
+
+# -- local engine ----------------------------------------------------------------------------------
+_BUNDLE = None
+
+
+def _init_worker(model: str) -> None:
+    global _BUNDLE
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from streamproc.inference import ModelBundle
+    _BUNDLE = ModelBundle.load(model, intra_op_threads=1)
+
+
+def _work(item):
+    path, root = item
+    from streamproc.analysis import analyze_file
+    try:
+        return path, analyze_file(path, _BUNDLE, root=root), None
+    except AudiostreamError as exc:
+        return path, [], str(exc)
+    except Exception as exc:  # a file the decoders choke on must not stop the corpus
+        return path, [], f"{path}: {type(exc).__name__}: {exc}"
+
+
+def run_local(items, model: str, workers: int, progress: bool) -> tuple[list[dict], list[str]]:
+    from streamproc.progress import Progress
+    bar = Progress(f"analysing {len(items)} file(s) on {workers} process(es)", len(items), enabled=progress)
+    rows, errors = [], []
+    if workers <= 1:
+        _init_worker(model)
+        results = map(_work, items)
+    else:
+        import multiprocessing as mp
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(model,))
+        results = pool.imap(_work, items, chunksize=1)
+    try:
+        for i, (path, file_rows, err) in enumerate(results, 1):
+            rows += file_rows
+            if err:
+                errors.append(err)
+            bar.update(i, f"{len(rows)} windows" + (f", {len(errors)} bad file(s)" if errors else ""))
+    finally:
+        if workers > 1:
+            pool.close()
+            pool.join()
+    return rows, errors
+
+
+# -- spark engine --------------------------------------------------------------------------------------
+def spark_schema(labels: list[str]):
+    from pyspark.sql import types as T
+    from streamproc.analysis import METRIC_COLUMNS
+    f = [T.StructField("file", T.StringType()), T.StructField("stream_id", T.StringType()),
+         T.StructField("window_index", T.LongType()), T.StructField("start_s", T.DoubleType()),
+         T.StructField("end_s", T.DoubleType()), T.StructField("start_sample", T.LongType()),
+         T.StructField("end_sample", T.LongType()), T.StructField("label", T.StringType()),
+         T.StructField("confidence", T.DoubleType()), T.StructField("model", T.StringType()),
+         T.StructField("gap", T.BooleanType())]
+    f += [T.StructField(f"score_{lab}", T.DoubleType()) for lab in labels]
+    f += [T.StructField(m, T.DoubleType()) for m in METRIC_COLUMNS]
+    f.append(T.StructField("features", T.ArrayType(T.FloatType())))
+    return T.StructType(f)
+
+
+def _spark_partition(items, bundle_files, columns):
+    """Runs on an executor: materialise the broadcast bundle once per partition, analyse its files."""
+    import tempfile as tf
+    from streamproc.analysis import analyze_file
+    from streamproc.inference import ModelBundle
+    with tf.TemporaryDirectory(prefix="audiostream-bundle-") as d:
+        for name, data in bundle_files.value.items():
+            Path(d, name).write_bytes(data)
+        bundle = ModelBundle.load(d, intra_op_threads=1)
+        for path, root in items:
+            try:
+                rows = analyze_file(path, bundle, root=root)
+            except Exception as exc:  # counted on the driver through the error rows
+                yield ("__error__", f"{path}: {exc}") + (None,) * (len(columns) - 2)
+                continue
+            for r in rows:
+                yield tuple(r[c] for c in columns)
+
+
+def run_spark(items, model: str, out: str, master: str, progress: bool) -> tuple[int, list[str]]:
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise ConfigError("--engine spark needs pyspark (pip install 'audiostream[spark]') and Java 17+") from None
+    from streamproc.inference import ModelBundle, resolve
+    bundle_dir = resolve(model)
+    bundle = ModelBundle.load(bundle_dir)  # fail fast on the driver, with the same checks
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    spark = (SparkSession.builder.master(master).appName("audiostream-batch")
+             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", str(progress).lower())
+             .config("spark.sql.session.timeZone", "UTC").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        schema = spark_schema(bundle.labels)
+        columns = [f.name for f in schema.fields]
+        files = spark.sparkContext.broadcast({n: (bundle_dir / n).read_bytes() for n in ("model.onnx", "model.yaml")})
+        slices = max(1, min(len(items), spark.sparkContext.defaultParallelism * 4))
+        rdd = spark.sparkContext.parallelize(items, slices).mapPartitions(
+            lambda it: _spark_partition(it, files, columns)).cache()
+        errors = [r[1] for r in rdd.filter(lambda r: r[0] == "__error__").collect()]
+        good = rdd.filter(lambda r: r[0] != "__error__")
+        df = spark.createDataFrame(good, schema)
+        df.write.mode("overwrite").parquet(out)
+        n = spark.read.parquet(out).count()
+        return n, errors
+    finally:
+        spark.stop()
+
+
+# -- CLI -------------------------------------------------------------------------------------------------
+def add_parser(sub):
+    p = sub.add_parser("batch", help="analyse audio files into Parquet (one row per window), locally or on Spark",
+                       description=__doc__)
+    p.add_argument("inputs", nargs="+", help="files, directories (recursive) or fsspec URLs")
+    p.add_argument("--out", required=True, help="Parquet output (a file; a directory with --engine spark)")
+    p.add_argument("--engine", choices=("local", "spark"), default="local")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model bundle: task[:version] or a directory ({DEFAULT_MODEL})")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="local engine: processes")
+    p.add_argument("--master", default="local[*]", help="spark engine: master URL (local[*], spark://..., yarn)")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    items = find_audio(args.inputs)
+    if not items:
+        raise ConfigError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {' '.join(args.inputs)}")
+    from streamproc.inference import ModelBundle
+    bundle = ModelBundle.load(args.model)  # a bad bundle fails before any work
+    t0 = time.monotonic()
+    if args.engine == "spark":
+        n, errors = run_spark(items, args.model, args.out, args.master, not args.quiet)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        rows, errors = run_local(items, args.model, max(1, args.workers), not args.quiet)
+        table = pa.Table.from_pylist(rows, schema=arrow_schema(bundle.labels, bundle.spec.n_features))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".tmp", delete=False) as tmp:
+            pq.write_table(table, tmp.name)
+        os.replace(tmp.name, out)  # a reader never sees half a file
+        n = table.num_rows
+    for err in errors:
+        print(f"skipped: {err}", file=sys.stderr)
+    print(f"{n} windows from {len(items) - len(errors)} file(s) -> {args.out} ({args.engine}, model {bundle.ref}, "
+          f"{time.monotonic() - t0:.1f} s)" + (f"; {len(errors)} file(s) skipped" if errors else ""), file=sys.stderr)
+    return 1 if errors and len(errors) == len(items) else 0

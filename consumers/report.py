@@ -1,0 +1,291 @@
+"""``audiostream report``: the figures a researcher would otherwise make by hand.
+
+From batch results (``audiostream batch ... --out results.parquet``) or from the
+live output topics (``--topic audio.features --since 1h``: windows joined with
+their predictions by id), writes into ``--out``:
+
+- ``labels.png``: label timeline per stream and the overall label share;
+- ``trends.png``: loudness (RMS dBFS) and spectral centroid over time per stream;
+- ``tempo.png``: tempo over time for streams with a tempo (music);
+- ``spectrogram.png``: a mel spectrogram of one file with its predicted labels on top
+  (batch results whose files are readable, or ``--spectrogram FILE``);
+- ``index.html``: a summary table per stream linking the figures.
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from streamproc.errors import ConfigError
+from streamproc.settings import TOPIC_FEATURES, TOPIC_PREDICTIONS, add_kafka_arguments
+
+MAX_STREAMS = 8  # per figure; the table lists every stream
+
+
+def load_results(path: str) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError("reading Parquet needs pyarrow (pip install 'audiostream[batch]')") from None
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{path}: no such results file or directory")
+    try:
+        table = pq.read_table(str(p), columns=None)
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a Parquet results file: {exc}") from None
+    rows = table.to_pylist()
+    for r in rows:
+        r.pop("features", None)
+    return rows
+
+
+def parse_since(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip())
+    if not m:
+        raise ConfigError(f"--since {text!r}: use a number and a unit, e.g. 90s, 30m, 1h, 2d")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def read_live(kafka: dict, features_topic: str, predictions_topic: str, since_s: float,
+              timeout: float = 30.0) -> list[dict]:
+    """Windows of the last ``since_s`` seconds from the output topics, joined by prediction id."""
+    from confluent_kafka import Consumer, TopicPartition
+    import uuid
+    start_ms = int((time.time() - since_s) * 1000)
+
+    def read(topic):
+        c = Consumer({**kafka, "group.id": f"audiostream-report-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+                      "isolation.level": "read_committed"})
+        try:
+            md = c.list_topics(topic, timeout=10)
+            if topic not in md.topics or md.topics[topic].error is not None:
+                raise ConfigError(f"topic {topic!r} does not exist on {kafka.get('bootstrap.servers')}")
+            tps = [TopicPartition(topic, p, start_ms) for p in md.topics[topic].partitions]
+            starts = c.offsets_for_times(tps, timeout=10)
+            ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+            todo = {tp.partition: ends[tp.partition] for tp in starts if 0 <= tp.offset < ends[tp.partition]}
+            if not todo:
+                return []
+            c.assign([tp for tp in starts if tp.partition in todo])
+            out, deadline = [], time.monotonic() + timeout
+            while todo and time.monotonic() < deadline:
+                for m in c.consume(500, timeout=0.5):
+                    if m.error() is not None:
+                        continue
+                    try:
+                        out.append(json.loads(m.value()))
+                    except ValueError:
+                        pass
+                    if m.offset() + 1 >= todo.get(m.partition(), 0):
+                        todo.pop(m.partition(), None)
+            return out
+        finally:
+            c.close()
+
+    preds = {p["id"]: p for p in read(predictions_topic) if "id" in p}
+    rows = []
+    for f in read(features_topic):
+        if f.get("type", "window") != "window":
+            continue
+        p = preds.get(f.get("id"), {})
+        row = {"file": None, "stream_id": f["stream_id"], "window_index": f["window_index"],
+               "start_s": f["window_start_s"], "end_s": f["window_end_s"], "start_sample": f["start_sample"],
+               "end_sample": f["end_sample"], "label": p.get("label"), "confidence": p.get("confidence"),
+               "gap": f.get("gap", False)}
+        for lab, v in (p.get("scores") or {}).items():
+            row[f"score_{lab}"] = v
+        row.update({k: v for k, v in (f.get("metrics") or {}).items()})
+        rows.append(row)
+    return rows
+
+
+def _by_stream(rows):
+    streams = defaultdict(list)
+    for r in rows:
+        streams[r["stream_id"]].append(r)
+    for v in streams.values():
+        v.sort(key=lambda r: r["start_s"])
+    return dict(sorted(streams.items()))
+
+
+def _colors(labels):
+    import matplotlib
+    cmap = matplotlib.colormaps["tab10"]
+    return {lab: cmap(i % 10) for i, lab in enumerate(labels)}
+
+
+def make_report(rows: list[dict], out: Path, *, title: str, spectrogram_file: str | None = None,
+                source: str = "") -> dict:
+    """Write the figures and index.html; return {section: png path}."""
+    if not rows:
+        raise ConfigError("no windows to report on (empty results, or nothing in the topics for --since)")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out.mkdir(parents=True, exist_ok=True)
+    streams = _by_stream(rows)
+    shown = list(streams)[:MAX_STREAMS]
+    labels = sorted({r["label"] for r in rows if r.get("label")})
+    colors = _colors(labels)
+    figures = {}
+
+    # labels: a timeline per stream + overall share
+    fig, axes = plt.subplots(len(shown) + 1, 1, figsize=(11, 1.1 * len(shown) + 3), squeeze=False)
+    for ax, sid in zip(axes[:-1, 0], shown):
+        for lab in labels:
+            spans = [(r["start_s"], r["end_s"] - r["start_s"]) for r in streams[sid] if r.get("label") == lab]
+            if spans:
+                ax.broken_barh(spans, (0, 1), facecolors=colors[lab], alpha=0.55)
+        ax.set_yticks([])
+        ax.set_ylabel(sid[-24:], rotation=0, ha="right", va="center", fontsize=8)
+        ax.set_xlim(0, max(r["end_s"] for r in streams[sid]))
+    share = Counter(r["label"] for r in rows if r.get("label"))
+    total = sum(share.values()) or 1
+    ax = axes[-1, 0]
+    ax.barh(labels, [share[lab] / total for lab in labels], color=[colors[lab] for lab in labels])
+    ax.set_xlabel("share of windows")
+    axes[0, 0].set_title(f"Labels over stream time (s): {title}")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[lab]) for lab in labels]
+    fig.legend(handles, labels, loc="upper right", fontsize=8)
+    fig.tight_layout()
+    figures["labels"] = out / "labels.png"
+    fig.savefig(figures["labels"], dpi=100)
+    plt.close(fig)
+
+    # loudness and spectral trends
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    for sid in shown:
+        t = [r["start_s"] + (r["end_s"] - r["start_s"]) / 2 for r in streams[sid]]
+        a1.plot(t, [r.get("rms_dbfs") for r in streams[sid]], label=sid[-24:], lw=1)
+        a2.plot(t, [r.get("spectral_centroid_hz") for r in streams[sid]], lw=1)
+    a1.set_ylabel("RMS (dBFS)")
+    a2.set_ylabel("spectral centroid (Hz)")
+    a2.set_xlabel("stream time (s)")
+    a1.legend(fontsize=7, ncol=2)
+    a1.set_title("Loudness and spectral trends")
+    fig.tight_layout()
+    figures["trends"] = out / "trends.png"
+    fig.savefig(figures["trends"], dpi=100)
+    plt.close(fig)
+
+    # tempo
+    fig, ax = plt.subplots(figsize=(11, 4))
+    any_tempo = False
+    for sid in shown:
+        pts = [(r["end_s"], r["tempo_bpm"]) for r in streams[sid] if r.get("tempo_bpm")]
+        if pts:
+            any_tempo = True
+            ax.plot(*zip(*pts), marker=".", lw=1, label=sid[-24:])
+    ax.set_ylabel("tempo (BPM, 8 s context)")
+    ax.set_xlabel("stream time (s)")
+    ax.set_title("Tempo over time" + ("" if any_tempo else ": no stream was long enough (8 s) for a tempo"))
+    if any_tempo:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    figures["tempo"] = out / "tempo.png"
+    fig.savefig(figures["tempo"], dpi=100)
+    plt.close(fig)
+
+    # spectrogram of one file with its labels
+    spec_file = spectrogram_file or next((r["file"] for r in rows if r.get("file") and Path(str(r["file"])).is_file()),
+                                         None)
+    if spec_file:
+        figures["spectrogram"] = _spectrogram(spec_file, [r for r in rows if r.get("file") == spec_file], out,
+                                              colors)
+    _write_html(out, title, source, streams, labels, figures)
+    return figures
+
+
+def _spectrogram(path: str, rows: list[dict], out: Path, colors: dict) -> Path:
+    import librosa
+    import librosa.display
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from streamproc.audio import load
+    sr = 16000
+    y = load(path, sr)
+    S = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_fft=512, hop_length=320, n_mels=64),
+                            ref=np.max)
+    fig, ax = plt.subplots(figsize=(11, 4))
+    librosa.display.specshow(S, sr=sr, hop_length=320, x_axis="time", y_axis="mel", ax=ax)
+    top = sr / 2
+    for r in sorted(rows, key=lambda r: r["start_s"])[::2]:  # every other window: hops overlap by half
+        if r.get("label"):
+            ax.axvspan(r["start_s"], r["end_s"], ymin=0.93, ymax=1.0, color=colors.get(r["label"], "k"), alpha=0.9)
+            ax.text(r["start_s"] + 0.02, top * 0.62, r["label"], fontsize=7, color="w", va="top", clip_on=True)
+    ax.set_title(f"{Path(str(path)).name}: mel spectrogram, predicted labels on top")
+    fig.tight_layout()
+    dest = out / "spectrogram.png"
+    fig.savefig(dest, dpi=100)
+    plt.close(fig)
+    return dest
+
+
+def _write_html(out: Path, title: str, source: str, streams: dict, labels: list[str], figures: dict) -> None:
+    def cell(v, fmt="{:.1f}"):
+        return "" if v is None else html.escape(fmt.format(v) if isinstance(v, float) else str(v))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in
+                   ["stream", "windows", "duration (s)", "dominant label", *[f"% {lab}" for lab in labels],
+                    "mean RMS (dBFS)", "median tempo (BPM)", "gap windows"])
+    body = []
+    for sid, rs in streams.items():
+        share = Counter(r.get("label") for r in rs)
+        rms = [r["rms_dbfs"] for r in rs if r.get("rms_dbfs") is not None]
+        tempo = sorted(r["tempo_bpm"] for r in rs if r.get("tempo_bpm"))
+        dom = share.most_common(1)[0][0] if share else None
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in [
+            html.escape(sid), len(rs), cell(max(r["end_s"] for r in rs)), cell(dom),
+            *[cell(100.0 * share[lab] / len(rs)) for lab in labels],
+            cell(sum(rms) / len(rms) if rms else None), cell(tempo[len(tempo) // 2] if tempo else None),
+            sum(1 for r in rs if r.get("gap"))]) + "</tr>")
+    imgs = "".join(f'<h2>{html.escape(name)}</h2><img src="{p.name}" alt="{html.escape(name)}">'
+                   for name, p in figures.items())
+    (out / "index.html").write_text(f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>audiostream report: {html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:first-child{{text-align:left}}
+img{{max-width:100%}}</style></head><body>
+<h1>audiostream report: {html.escape(title)}</h1>
+<p>{html.escape(source)}; {sum(len(v) for v in streams.values())} windows, {len(streams)} stream(s);
+generated {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.</p>
+<table><tr>{head}</tr>{''.join(body)}</table>
+{imgs}
+</body></html>
+""")
+
+
+def add_parser(sub):
+    p = sub.add_parser("report", help="HTML + PNG report from batch results or the live output topics",
+                       description=__doc__)
+    p.add_argument("results", nargs="?", help="Parquet results from 'audiostream batch'")
+    p.add_argument("--out", required=True, help="output directory (index.html + PNGs)")
+    p.add_argument("--topic", default=None, help=f"read the live features topic instead (e.g. {TOPIC_FEATURES})")
+    p.add_argument("--predictions-topic", default=TOPIC_PREDICTIONS)
+    p.add_argument("--since", default="1h", help="with --topic: how far back (90s, 30m, 1h, 2d)")
+    p.add_argument("--spectrogram", default=None, metavar="FILE", help="audio file for the spectrogram figure")
+    add_kafka_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if bool(args.results) == bool(args.topic):
+        raise ConfigError("give either a results file or --topic (live output topics), not both")
+    if args.topic:
+        from streamproc.settings import kafka_config_from_args
+        from producers.kafka import check_reachable
+        kafka = kafka_config_from_args(args)
+        check_reachable(kafka)
+        rows = read_live(kafka, args.topic, args.predictions_topic, parse_since(args.since))
+        title, source = f"{args.topic}, last {args.since}", f"live topics {args.topic} + {args.predictions_topic}"
+    else:
+        rows = load_results(args.results)
+        title, source = Path(args.results).name, f"batch results {args.results}"
+    figures = make_report(rows, Path(args.out), title=title, spectrogram_file=args.spectrogram, source=source)
+    print(f"report: {Path(args.out) / 'index.html'} ({', '.join(p.name for p in figures.values())})", file=sys.stderr)
+    return 0
