@@ -111,8 +111,17 @@ TRAIN_PACKAGES = {
     "hedgewars-data": "hedgewars-data: GPL-2 / BSD / CC-BY-SA-3.0 per file (see /usr/share/doc/hedgewars-data/copyright)",
     "frozen-bubble-data": "frozen-bubble-data: GPL-2",
     "xmoto-data": "xmoto-data: GPL-2+ / BSD (see /usr/share/doc/xmoto-data/copyright)",
+    "warzone2100-data": "warzone2100-data: GPL-2+ / CC0-1.0 (see /usr/share/doc/warzone2100-data/copyright)",
+    "wesnoth-1.16-data": "wesnoth-1.16-data: GPL-2+ (see /usr/share/doc/wesnoth-1.16-data/copyright)",
 }
 SKIP_VOICES = {"Robot", "Singer"}  # processed or sung: not plain speech
+# Warzone 2100's recorded voices (narration, radio messages, countdowns; English, 11 kHz radio-style) and
+# its sound effects; Wesnoth's sound effects and ambient recordings without creature voices
+WZ_SPEECH_DIRS = ("tutorial", "memressp", "vtoltalk", "countdown", "taunts", "trnsppil", "coltive", "nexus",
+                  "extra", "proxmessages")
+WZ_ENVIRONMENT_DIRS = ("sfx", "multi")
+WESNOTH_VOCAL = ("human", "dwarf", "elf", "goblin", "orc", "troll", "ogre", "lich", "naga", "mermaid", "mermen",
+                 "yeti", "zombie", "wose", "drake")
 
 
 class RealPool:
@@ -126,7 +135,10 @@ class RealPool:
         import re
         self.cache = Path(cache)
         root = self.cache / "x"
-        if not (self.cache / ".complete").exists():
+        marker = self.cache / ".complete"
+        wanted = " ".join(sorted(TRAIN_PACKAGES)) + "\n"
+        if not marker.exists() or marker.read_text() != wanted:  # a cache of an older package list: refetch
+            shutil.rmtree(root, ignore_errors=True)
             self.cache.mkdir(parents=True, exist_ok=True)
             for pkg in TRAIN_PACKAGES:
                 r = subprocess.run(["apt-get", "download", pkg], cwd=self.cache, capture_output=True, text=True)
@@ -135,24 +147,49 @@ class RealPool:
             for deb in self.cache.glob("*.deb"):
                 subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
                 deb.unlink()
-            (self.cache / ".complete").write_text("ok\n")
+            import zipfile  # Warzone 2100 keeps its audio in a zip archive
+            with zipfile.ZipFile(root / "usr/share/games/warzone2100/base.wz") as z:
+                z.extractall(root / "wz", [n for n in z.namelist() if n.startswith("audio/") and n.endswith(".ogg")])
+            marker.write_text(wanted)
         hw = root / "usr/share/games/hedgewars/Data"
         voices = hw / "Sounds" / "voices"
         self.speech = [sorted(d.glob("*.ogg")) for d in sorted(voices.iterdir())
                        if d.is_dir() and d.name not in SKIP_VOICES]
         self.speech = [v for v in self.speech if len(v) >= 10]
+        wz = root / "wz" / "audio"
+        self.speech += [sorted((wz / d).rglob("*.ogg")) for d in WZ_SPEECH_DIRS if (wz / d).is_dir()]
         self.music = sorted((hw / "Music").glob("*.ogg")) + sorted((root / "usr/share/games/xmoto").rglob("Musics/*.ogg"))
         notes = re.compile(r"^\d[A-G]$")  # the in-game piano's notes are music, not environment
         self.environment = [f for f in sorted((hw / "Sounds").glob("*.ogg")) if not notes.match(f.stem)]
         self.environment += sorted((root / "usr/share/games/frozen-bubble/snd").glob("*.ogg")) + \
             sorted((root / "usr/share/games/frozen-bubble/snd").glob("*.wav"))
+        self.environment += [f for d in WZ_ENVIRONMENT_DIRS for f in sorted((wz / d).rglob("*.ogg"))]
+        wes = root / "usr/share/games/wesnoth/1.16/data/core/sounds"
+        self.environment += [f for f in sorted(wes.glob("*.ogg")) if not f.stem.startswith(WESNOTH_VOCAL)]
+        self.ambient = sorted((wes / "ambient").glob("*.ogg"))  # long field recordings: cut like music
         if not (self.speech and self.music and self.environment):
             raise RuntimeError(f"real training pool incomplete under {root}")
 
     @staticmethod
     def _package(path: Path) -> str:
         s = str(path)
-        return "hedgewars-data" if "hedgewars" in s else "xmoto-data" if "xmoto" in s else "frozen-bubble-data"
+        for key, pkg in (("hedgewars", "hedgewars-data"), ("xmoto", "xmoto-data"), ("/wz/", "warzone2100-data"),
+                         ("wesnoth", "wesnoth-1.16-data")):
+            if key in s:
+                return pkg
+        return "frozen-bubble-data"
+
+    def _segment(self, f: Path, rng, n: int) -> tuple[np.ndarray, int, int]:
+        import soundfile as sf
+        info = sf.info(str(f))
+        need = int(n / SR * info.samplerate) + 1
+        start = int(rng.integers(0, max(1, info.frames - need)))
+        y, sr = sf.read(str(f), start=start, frames=need, dtype="float32", always_2d=True)
+        y = y.mean(axis=1)
+        if sr != SR:
+            import soxr
+            y = soxr.resample(y, sr, SR)
+        return np.pad(y, (0, max(0, n - len(y))))[:n], start, info.samplerate
 
     def clip(self, label: str, rng, n: int) -> tuple[np.ndarray, str, str]:
         import soundfile as sf
@@ -177,8 +214,14 @@ class RealPool:
                 parts += [y, gap]
                 total += len(y) + len(gap)
             x = np.concatenate(parts)[:n]
-            return x, f"hedgewars-data voices/{files[0].parent.name}", TRAIN_PACKAGES["hedgewars-data"]
+            pkg = self._package(files[0])
+            return x, f"{pkg} voices/{files[0].parent.name}", TRAIN_PACKAGES[pkg]
         if label == "environment":
+            if self.ambient and rng.random() < 0.3:  # a stretch of a field recording, sometimes with events on top
+                f = self.ambient[rng.integers(len(self.ambient))]
+                x, start, fsr = self._segment(f, rng, n)
+                x = x.astype(np.float32)
+                return x, f"wesnoth-1.16-data ambient {f.name} @{start / fsr:.0f}s", TRAIN_PACKAGES["wesnoth-1.16-data"]
             x = np.zeros(n, np.float32)
             names = []
             for _ in range(rng.integers(2, 7)):

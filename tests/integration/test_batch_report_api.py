@@ -100,6 +100,25 @@ def test_batch_local_spark_and_live_stream_agree(corpus, tmp_path, kafka_conf, t
         np.testing.assert_allclose(a["features"], b["features"], rtol=0, atol=0)
 
 
+def test_produce_file_replays_an_fsspec_url(corpus, tmp_path, kafka_conf, topics, start_analyzer):
+    """``produce-file file:///...`` (any fsspec URL) replays like a path; an unreadable URL is a clear error."""
+    t = topics()
+    start_analyzer(t)
+    url = f"file://{corpus}/field/day1/street.flac"
+    r = subprocess.run(cli("produce-file", url, "-b", kafka_conf["bootstrap.servers"], "--topic", t["frames"],
+                           "--speed", "max", "-q"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    from streamproc.analysis import analyze_file
+    from streamproc.inference import ModelBundle
+    offline = analyze_file(url, ModelBundle.load("starter"))
+    preds = [json.loads(m.value()) for m in consume(kafka_conf, t["predictions"], count=len(offline), timeout=60)]
+    assert {p["stream_id"] for p in preds} == {"street"}  # the URL's file name, as for a path
+    assert sorted((p["start_sample"], p["label"]) for p in preds) == [(x["start_sample"], x["label"]) for x in offline]
+    r = subprocess.run(cli("produce-file", f"file://{tmp_path}/missing.wav", "-b", kafka_conf["bootstrap.servers"]),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "missing.wav: cannot read" in r.stderr
+
+
 def test_batch_reports_bad_files_and_keeps_going(corpus, tmp_path):
     bad_dir = tmp_path / "mixed"
     bad_dir.mkdir()
