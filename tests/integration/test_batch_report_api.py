@@ -232,7 +232,7 @@ def test_api_classify_models_similar(api_server, corpus):
     offline = analyze_file(str(corpus / "song.wav"), ModelBundle.load("starter"))
     assert [w["label"] for w in body["windows"]] == [x["label"] for x in offline]  # batch's answers
     r2 = httpx.post(api_server + "/v1/classify?model=soundtype", files={"file": ("song.wav", song)}, timeout=60)
-    assert r2.status_code == 200 and r2.json()["model"] == "soundtype:1"
+    assert r2.status_code == 200 and r2.json()["model"] == "soundtype:2"  # latest by default
     models = httpx.get(api_server + "/v1/models").json()
     assert {(m["task"], m["default"]) for m in models} >= {("starter", True), ("soundtype", False)}
     sim = httpx.get(api_server + "/v1/similar", params={"id": "song.wav", "k": 3}).json()

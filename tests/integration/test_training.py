@@ -96,12 +96,13 @@ def test_models_list_shows_tasks_versions_and_scores(tiny):
     assert "environment, music, silence, speech" in p.stdout
 
 
-def test_committed_soundtype_bundle_reproduces_its_real_recording_score(tmp_path):
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_committed_soundtype_bundle_reproduces_its_real_recording_score(tmp_path, version):
     """`dataset debian` rebuilds the real-recordings evaluation set from Debian packages, and evaluating the
     committed bundle on it gives exactly the score committed beside it (the number in docs/training.md)."""
     from pathlib import Path
     repo = Path(__file__).resolve().parents[2]
-    bundle = repo / "models" / "soundtype" / "1"
+    bundle = repo / "models" / "soundtype" / version
     p = subprocess.run(cli("dataset", "debian", "--out", str(tmp_path / "real")), capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
