@@ -83,7 +83,7 @@ class AnalyzerConfig:
     commit_interval_s: float = 1.0        # at-least-once: how often acknowledged progress is committed
     transaction_interval_s: float = 0.1   # exactly-once: how long one transaction collects batches
     max_reorder: int = 4                  # frames held back per stream to put a reorder right
-    queued_max_kbytes: int = 16384        # librdkafka prefetch bound: memory stays bounded when we fall behind
+    queued_max_kbytes: int = 65536        # librdkafka prefetch bound (its default; 16 MiB starved 1000 streams)
     consumer_overrides: dict = field(default_factory=dict)
     expect_spec: WindowSpec | None = None  # refuse a bundle trained with any other window/feature spec
     record_latencies: int = 0  # keep the last N window latencies (arrival -> acknowledged) for bench
