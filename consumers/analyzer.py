@@ -226,7 +226,8 @@ class Analyzer:
         cconf.update(c.kafka)
         cconf.update({"group.id": c.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
                       "auto.offset.reset": c.auto_offset_reset, "allow.auto.create.topics": False,
-                      "isolation.level": "read_committed", "error_cb": self._on_kafka_error})
+                      "isolation.level": "read_committed", "error_cb": self._on_kafka_error,
+                      "on_commit": self._on_commit})
         if c.instance_id:  # static membership: a restart with the same id takes its partitions back at once
             cconf["group.instance.id"] = c.instance_id
         cconf.update(c.consumer_overrides)
@@ -440,12 +441,17 @@ class Analyzer:
         self._last_commit = time.monotonic()
         if not offsets:
             return
-        try:
+        try:  # the outcome is counted by _on_commit (librdkafka reports every commit there)
             self.consumer.commit(offsets=offsets, asynchronous=not sync)
-            self.metrics.commits.labels("ok").inc()
         except KafkaException as exc:  # e.g. the group rebalanced: the next owner re-reads, nothing lost
-            self.metrics.commits.labels("failed").inc()
             log.warning("offset commit failed: %s", exc.args[0].str() if exc.args else exc)
+
+    def _on_commit(self, err, partitions) -> None:
+        failed = err is not None or any(p.error is not None for p in partitions)
+        self.metrics.commits.labels("failed" if failed else "ok").inc()
+        if failed:
+            log.warning("offset commit failed: %s", err.str() if err is not None else
+                        [f"{p.topic}[{p.partition}]: {p.error}" for p in partitions if p.error is not None])
 
     def _commit_transaction(self) -> None:
         """Exactly-once: this transaction's outputs and its input offsets become visible together."""

@@ -242,6 +242,7 @@ def test_rebalance_second_joins_then_first_leaves(kafka_conf, topics, start_anal
                 starts.append(p["start_sample"])
         assert starts == sorted(starts), sid
     assert {p["analyzer"] for p in preds} == {a.instance, b.instance}  # both really worked
+    assert a.metrics.commits.labels("ok")._value.get() > 0 and a.metrics.commits.labels("failed")._value.get() == 0
     # the new owner re-read what open windows needed and did not publish those windows again
     assert b.metrics.replayed._value.get() > 0
 
