@@ -71,6 +71,7 @@ class AnalyzerConfig:
     metrics_port: int | None = 9400   # None = no HTTP endpoint; 0 = any free port
     metrics_addr: str = "127.0.0.1"
     max_frame_bytes: int = wire.DEFAULT_MAX_PAYLOAD_BYTES
+    max_frame_seconds: float = 10.0
     batch_size: int = 1000
     poll_timeout: float = 0.02
     idle_timeout_s: float = 60.0
@@ -521,7 +522,7 @@ class Analyzer:
                 m.frame_bytes.labels(msg.topic()).inc(len(value) if value else 0)
             try:
                 sid = wire.decode_stream_id(msg.key())
-                frame = wire.decode(value, max_payload_bytes=c.max_frame_bytes)
+                frame = wire.decode(value, max_payload_bytes=c.max_frame_bytes, max_seconds=c.max_frame_seconds)
                 if frame.sample_rate != self.spec.sr:
                     raise FrameError("sample_rate_mismatch",
                                      f"stream {sid!r} sends {frame.sample_rate} Hz; model "
@@ -738,7 +739,8 @@ def add_parser(sub):
     p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     p.add_argument("--metrics-addr", default=None,
                    help="address /metrics binds to; loopback by default, 0.0.0.0 to expose it")
-    p.add_argument("--max-frame-bytes", type=int, default=None)
+    p.add_argument("--max-frame-bytes", type=int, default=None, help="largest frame payload accepted (1 MiB)")
+    p.add_argument("--max-frame-seconds", type=float, default=None, help="longest frame accepted, in seconds (10)")
     p.add_argument("--idle-timeout", type=float, default=None, help="seconds before a silent stream is evicted (60)")
     p.add_argument("--partitions", type=int, default=None, help="partitions for topics the analyzer creates (6)")
     p.add_argument("--no-create-topics", action="store_true")
@@ -777,6 +779,7 @@ def analyzer_flags(args) -> dict:
             "predictions_topic": args.predictions_topic, "features_topic": args.features_topic,
             "deadletter_topic": args.deadletter_topic, "metrics_port": args.metrics_port,
             "metrics_addr": args.metrics_addr, "max_frame_bytes": args.max_frame_bytes,
+            "max_frame_seconds": args.max_frame_seconds,
             "idle_timeout_s": args.idle_timeout, "partitions": args.partitions,
             "create_topics": False if args.no_create_topics else None, "auto_offset_reset": args.offset_reset,
             "exactly_once": args.exactly_once, "instance_id": args.instance_id, "unavailable_timeout_s": args.unavailable_timeout,

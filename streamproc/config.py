@@ -42,6 +42,7 @@ ANALYZER_KEYS: dict[str, tuple[type, object]] = {
     "metrics_port": (int, 9400),
     "metrics_addr": (str, "127.0.0.1"),
     "max_frame_bytes": (int, 1 << 20),
+    "max_frame_seconds": (float, 10.0),
     "idle_timeout_s": (float, 60.0),
     "partitions": (int, 6),
     "create_topics": (bool, True),

@@ -111,7 +111,8 @@ def encode_pcm(pcm: bytes | memoryview, *, channels: int, n_frames: int, sample_
     return header + bytes(pcm)
 
 
-def decode(data: bytes | memoryview, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> AudioFrame:
+def decode(data: bytes | memoryview, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+           max_seconds: float | None = None) -> AudioFrame:
     """Parse and validate one frame. Raises FrameError with a reason; never anything else.
 
     Sizes are checked before anything is copied; samples are a zero-copy view.
@@ -144,6 +145,9 @@ def decode(data: bytes | memoryview, *, max_payload_bytes: int = DEFAULT_MAX_PAY
     expected = n_frames * channels * dtype.itemsize
     if expected > max_payload_bytes:
         raise FrameError("oversized", f"payload of {expected} bytes exceeds the limit of {max_payload_bytes} bytes")
+    if max_seconds is not None and n_frames > max_seconds * sr:
+        raise FrameError("too_long", f"frame holds {n_frames / sr:.3f} s of audio; the limit is {max_seconds:g} s "
+                                     f"(send shorter frames)")
     if n - hlen != expected:
         raise FrameError("length_mismatch", f"header announces {n_frames} frames x {channels} ch x "
                                             f"{dtype.itemsize} B = {expected} B but {n - hlen} B follow")

@@ -364,7 +364,7 @@ def test_short_gap_is_zero_filled_and_flagged_not_silent(kafka_conf, topics, sta
 
 # -- 6: bad input parade ----------------------------------------------------------------------------------
 def test_bad_input_parade_through_the_live_analyzer(kafka_conf, topics, start_analyzer):
-    """Every kind of bad record, interleaved with a good stream: each dead-lettered with its reason
+    """Every kind of bad record (13 reasons), interleaved with a good stream: each dead-lettered with its reason
     and counted; the good stream yields every window; the analyzer stays ready."""
     t = topics()
     a = start_analyzer(t, metrics_port=0, max_frame_bytes=64 * 1024)
@@ -383,6 +383,9 @@ def test_bad_input_parade_through_the_live_analyzer(kafka_conf, topics, start_an
         (b"bad", valid[:-10], "length_mismatch"),
         (b"bad", valid[:-2] + b"\x00\x00", "checksum_mismatch"),
         (b"bad", frame(np.zeros(40000, np.int16), 0), "oversized"),
+        (b"bad", frame(np.zeros(8000, np.int16), 0, sr=400), "too_long"),  # 20 s in 16 KB: over --max-frame-seconds
+        (b"bad", valid[:6] + b"\x09" + valid[7:], "unsupported_encoding"),  # header byte 6: encoding
+        (b"bad", valid[:7] + b"\x00" + valid[8:], "bad_channels"),  # header byte 7: channels
         (b"bad", frame(nan, 0, encoding="pcm_f32le"), "non_finite"),
         (b"\xff\xfe-not-utf8", valid, "bad_stream_id"),
         (b"x" * 300, valid, "bad_stream_id"),
@@ -399,7 +402,7 @@ def test_bad_input_parade_through_the_live_analyzer(kafka_conf, topics, start_an
     mixed = []
     for i, (k, v) in enumerate(frames):
         mixed.append((k, v))
-        if i % 5 == 0 and bad:
+        if i % 4 == 0 and bad:
             k2, v2, _ = bad.pop(0)
             mixed.append((k2, v2))
     mixed[3:3] = sr_good

@@ -29,3 +29,13 @@ def test_secrets_are_masked():
     m = masked(conf)
     assert "hunter2" not in str(m) and "password=y" not in str(m) and m["ssl.key.password"] == "***"
     assert m["sasl.username"] == "alice" and m["bootstrap.servers"] == "h:1"
+
+
+def test_tls_verification_off_is_warned_about(caplog):
+    import logging
+    from streamproc.settings import warn_insecure
+    with caplog.at_level(logging.WARNING):
+        assert warn_insecure({"security.protocol": "SSL"}) is False
+        assert not caplog.records  # on by default: nothing to say
+        assert warn_insecure({"enable.ssl.certificate.verification": "false", "ssl.key.password": "k3y"}) is True
+    assert "TLS certificate verification is OFF" in caplog.text and "k3y" not in caplog.text

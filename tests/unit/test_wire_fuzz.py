@@ -12,7 +12,7 @@ from streamproc import wire
 from streamproc.errors import FrameError
 
 REASONS = {"empty", "too_short", "bad_magic", "unsupported_version", "bad_header", "unsupported_encoding",
-           "bad_channels", "bad_sample_rate", "length_mismatch", "checksum_mismatch", "oversized", "non_finite",
+           "bad_channels", "bad_sample_rate", "length_mismatch", "checksum_mismatch", "oversized", "too_long", "non_finite",
            "bad_stream_id"}
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -89,6 +89,16 @@ def test_sizes_checked_before_decoding(n_frames, channels):
         assert exc.reason in ({"oversized"} if n_frames * channels * 2 > 1 << 20 else {"length_mismatch"})
     else:
         assert n_frames == 0
+
+
+@FUZZ
+@given(st.integers(1, 48000 * 20), st.sampled_from([8000, 16000, 48000]))
+def test_duration_limit_checked_before_decoding(n_frames, sr):
+    header = wire.HEADER.pack(wire.MAGIC, 1, 64, 1, 1, 0, 0, sr, n_frames, 0, 0, 0, b"s" * 16, zlib.crc32(b""))
+    try:
+        wire.decode(header, max_payload_bytes=1 << 30, max_seconds=10.0)
+    except FrameError as exc:  # no payload follows: only the limit, or the missing bytes, can be the reason
+        assert exc.reason == ("too_long" if n_frames > 10 * sr else "length_mismatch")
 
 
 def test_non_finite_float_samples_refused():
