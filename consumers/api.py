@@ -14,6 +14,7 @@ Limits: uploads over ``--max-upload-mb`` get 413, longer than
 
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -226,7 +227,8 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
             raise HTTPException(400, "the upload is empty")
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"the upload is larger than {max_upload_bytes >> 20} MiB")
-        with tempfile.NamedTemporaryFile(suffix=os.path.splitext(file.filename or "")[1][:10]) as tmp:
+        ext = re.sub(r"[^A-Za-z0-9]", "", os.path.splitext(file.filename or "")[1])[:8]  # a hint for decoders only
+        with tempfile.NamedTemporaryFile(suffix="." + ext if ext else "") as tmp:
             tmp.write(data)
             tmp.flush()
             try:

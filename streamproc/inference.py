@@ -34,6 +34,15 @@ def _version_key(v: str):
 
 def resolve(ref: str | os.PathLike, root: Path | None = None) -> Path:
     """A bundle directory from a path, or from ``task`` / ``task:version`` (latest version by default)."""
+    try:
+        return _resolve(ref, root)
+    except (OSError, ValueError) as exc:  # a name the filesystem refuses: too long, a NUL byte, ...
+        shown = str(ref) if len(str(ref)) <= 80 else str(ref)[:80] + "..."
+        raise BundleError(f"model {shown!r} is not a usable bundle path or task[:version] name: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _resolve(ref: str | os.PathLike, root: Path | None) -> Path:
     p = Path(ref)
     if p.is_dir() or os.sep in str(ref) or str(ref).startswith("."):
         if not p.is_dir():

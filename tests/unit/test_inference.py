@@ -119,3 +119,10 @@ def test_a_model_that_turns_nan_on_real_input_loads_and_says_so_per_window(tmp_p
     x[1, 0] = -300.0  # a quiet window's mfcc_mean[0]
     finite = np.isfinite(b.predict(x)).all(axis=1)
     assert finite.tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize("ref", ["x" * 5000, "bad\0name", "0" * 27 + "\x80" * 300])
+def test_refs_the_filesystem_refuses_are_bundle_errors(ref):
+    """Found by the API's schema fuzzing: an over-long model name reached the filesystem as an OSError."""
+    with pytest.raises(BundleError, match="not a usable bundle path|no model task"):
+        resolve(ref)
