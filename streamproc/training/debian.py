@@ -180,6 +180,7 @@ class RealPool:
         return "frozen-bubble-data"
 
     def _segment(self, f: Path, rng, n: int) -> tuple[np.ndarray, int, int]:
+        """A random ``n``-sample stretch of a long recording at SR: (samples, start frame, file rate)."""
         import soundfile as sf
         info = sf.info(str(f))
         need = int(n / SR * info.samplerate) + 1
@@ -192,19 +193,10 @@ class RealPool:
         return np.pad(y, (0, max(0, n - len(y))))[:n], start, info.samplerate
 
     def clip(self, label: str, rng, n: int) -> tuple[np.ndarray, str, str]:
-        import soundfile as sf
         if label == "music":
             f = self.music[rng.integers(len(self.music))]
-            info = sf.info(str(f))
-            need = int(n / SR * info.samplerate) + 1
-            start = int(rng.integers(0, max(1, info.frames - need)))
-            y, sr = sf.read(str(f), start=start, frames=need, dtype="float32", always_2d=True)
-            y = y.mean(axis=1)
-            if sr != SR:
-                import soxr
-                y = soxr.resample(y, sr, SR)
-            y = np.pad(y, (0, max(0, n - len(y))))[:n]
-            return y, f"{self._package(f)} music {f.name} @{start / info.samplerate:.0f}s", TRAIN_PACKAGES[self._package(f)]
+            y, start, fsr = self._segment(f, rng, n)
+            return y, f"{self._package(f)} music {f.name} @{start / fsr:.0f}s", TRAIN_PACKAGES[self._package(f)]
         if label == "speech":
             files = self.speech[rng.integers(len(self.speech))]
             parts, total = [], 0
