@@ -46,6 +46,7 @@ class LiveStreams:
         self._lock = threading.Lock()
         from streamproc.analysis import embedding_columns
         self.cols = embedding_columns(spec)
+        self.width = spec.n_features
 
     def start(self) -> "LiveStreams":
         threading.Thread(target=self._run, name="live-streams", daemon=True).start()
@@ -103,14 +104,13 @@ class LiveStreams:
                 self.vectors.pop(sid, None)
 
     def _features(self, f: dict) -> None:
-        names = self.spec.feature_names()
         feats = f.get("features") or {}
         flat = []
         for name in self.spec.features:
             for stat in ("mean", "std"):
                 v = feats.get(f"{name}_{stat}")
                 flat += v if isinstance(v, list) else [v]
-        if len(flat) != len(names) or any(x is None for x in flat):
+        if len(flat) != self.width or any(x is None for x in flat):
             return
         x = np.asarray(flat, dtype=np.float64)[self.cols]
         with self._lock:
