@@ -287,7 +287,14 @@ def test_api_streams_from_live_topics(kafka_conf, topics, start_analyzer):
             time.sleep(0.5)
         assert {s["stream_id"] for s in got} == {"kitchen", "street"}, got
         assert all(s["label"] in ("noise", "silence", "tonal") for s in got)
-        sim = httpx.get(base + "/v1/similar", params={"id": "kitchen"}, timeout=5).json()
+        # the features topic is read beside the predictions topic: a stream's embedding may lag its label
+        while time.monotonic() < deadline:
+            r = httpx.get(base + "/v1/similar", params={"id": "kitchen"}, timeout=5)
+            if r.status_code == 200 and r.json()["neighbours"]:
+                break
+            time.sleep(0.5)
+        sim = r.json()
+        assert r.status_code == 200, sim
         assert [n["id"] for n in sim["neighbours"]] == ["street"] and sim["neighbours"][0]["kind"] == "stream"
     finally:
         proc.terminate()
