@@ -166,7 +166,8 @@ def test_report_from_live_topics(kafka_conf, topics, start_analyzer, tmp_path):
     replay(pcm, producer=Producer(producer_config(kafka_conf)), topic=t["frames"], stream_id="live-mic",
            sr=16000, frame_samples=1600, speed=float("inf"))
     n = len(SPEC.window_bounds(len(pcm)))
-    consume(kafka_conf, t["predictions"], count=n, timeout=60)
+    assert len(consume(kafka_conf, t["predictions"], count=n, timeout=60)) == n
+    assert len(consume(kafka_conf, t["features"], count=n, timeout=60)) == n  # two topics: wait for both
     rep = tmp_path / "live"
     r = subprocess.run(cli("report", "--topic", t["features"], "--predictions-topic", t["predictions"],
                            "--since", "10m", "--out", str(rep), "-b", kafka_conf["bootstrap.servers"]),
