@@ -117,19 +117,10 @@ def run_local(items, model: str, workers: int, progress: bool) -> tuple[list[dic
 
 
 # -- spark engine --------------------------------------------------------------------------------------
-def spark_schema(labels: list[str]):
-    from pyspark.sql import types as T
-    from streamproc.analysis import METRIC_COLUMNS
-    f = [T.StructField("file", T.StringType()), T.StructField("stream_id", T.StringType()),
-         T.StructField("window_index", T.LongType()), T.StructField("start_s", T.DoubleType()),
-         T.StructField("end_s", T.DoubleType()), T.StructField("start_sample", T.LongType()),
-         T.StructField("end_sample", T.LongType()), T.StructField("label", T.StringType()),
-         T.StructField("confidence", T.DoubleType()), T.StructField("model", T.StringType()),
-         T.StructField("gap", T.BooleanType())]
-    f += [T.StructField(f"score_{lab}", T.DoubleType()) for lab in labels]
-    f += [T.StructField(m, T.DoubleType()) for m in METRIC_COLUMNS]
-    f.append(T.StructField("features", T.ArrayType(T.FloatType())))
-    return T.StructType(f)
+def spark_schema(labels: list[str], n_features: int):
+    """The same columns as the local engine's file (one definition: ``arrow_schema``)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+    return from_arrow_schema(arrow_schema(labels, n_features))
 
 
 def _spark_partition(items, bundle_files, columns):
@@ -166,7 +157,7 @@ def run_spark(items, model: str, out: str, master: str, progress: bool) -> tuple
              .config("spark.sql.session.timeZone", "UTC").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     try:
-        schema = spark_schema(bundle.labels)
+        schema = spark_schema(bundle.labels, bundle.spec.n_features)
         columns = [f.name for f in schema.fields]
         files = spark.sparkContext.broadcast({n: (bundle_dir / n).read_bytes() for n in ("model.onnx", "model.yaml")})
         slices = max(1, min(len(items), spark.sparkContext.defaultParallelism * 4))
