@@ -63,6 +63,22 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture
+def private_broker(tmp_path):
+    """Factory: a broker of the test's own (to stop mid-test, or with a SASL listener), stopped at teardown.
+    Keyword arguments go to ``LocalKafka`` (e.g. ``scram_users``)."""
+    lk = load_local_kafka()
+    started = []
+
+    def start(**kw):
+        broker = lk.LocalKafka(workdir=tmp_path / f"kafka-{len(started)}", **kw).start()
+        started.append(broker)
+        return broker
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
 def topics(kafka_conf):
     """Factory: fresh frames/predictions/features/deadletter topics for one test."""
     def make(partitions: int = 1) -> dict:

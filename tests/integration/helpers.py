@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 import uuid
@@ -37,3 +38,10 @@ def cli(*args: str) -> list[str]:
     """The installed console script when present, else the same entry point via -m."""
     script = Path(sys.executable).parent / "audiostream"
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "streamproc.cli", *args]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (for servers a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,7 +3,6 @@ analyzer's answers for the same audio."""
 from __future__ import annotations
 
 import json
-import socket
 import struct
 import subprocess
 import time
@@ -21,7 +20,7 @@ from producers.kafka import producer_config
 from streamproc import audio
 from streamproc.windowing import WindowSpec
 
-from .helpers import cli, consume
+from .helpers import cli, consume, free_port
 
 pytestmark = pytest.mark.integration
 SPEC = WindowSpec()
@@ -180,18 +179,12 @@ def test_report_from_live_topics(kafka_conf, topics, start_analyzer, tmp_path):
 
 
 # -- HTTP API ----------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api_server(corpus, tmp_path_factory):
     """``audiostream serve`` as a real process on a free port, with the corpus as recommendation index."""
     idx = tmp_path_factory.mktemp("idx") / "index.parquet"
     assert subprocess.run(cli("batch", str(corpus), "--out", str(idx), "-q"), timeout=300).returncode == 0
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("api") / "serve.log", "w")
     proc = subprocess.Popen(cli("serve", "--port", str(port), "--index", str(idx), "--max-upload-mb", "1",
                                 "--max-duration", "30"), stdout=log, stderr=subprocess.STDOUT)
@@ -265,7 +258,7 @@ def test_api_streams_from_live_topics(kafka_conf, topics, start_analyzer):
     import httpx
     t = topics()
     start_analyzer(t)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(cli("serve", "--port", str(port), "-b", kafka_conf["bootstrap.servers"],
                                 "--predictions-topic", t["predictions"], "--features-topic", t["features"]),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 
-from consumers.demo import load_local_kafka
 from producers.kafka import ensure_topics
 from streamproc import wire
 
@@ -75,72 +74,64 @@ def test_mic_frames_decode_to_the_captured_signal(mic, kafka_conf, topics):
     assert "dropped 0" in err
 
 
-def test_broker_outage_within_the_buffer_loses_nothing(mic, tmp_path):
-    lk = load_local_kafka()
-    broker = lk.LocalKafka(workdir=tmp_path / "kafka").start()
+def test_broker_outage_within_the_buffer_loses_nothing(mic, private_broker):
+    broker = private_broker()
     conf = {"bootstrap.servers": broker.bootstrap_servers}
-    try:
-        ensure_topics(conf, {"mic.frames": 1})
-        sig = known_signal(12.0)
-        p = start_producer(mic, broker.bootstrap_servers, "mic.frames", "--buffer-seconds", "60")
-        player = mic.play(sig)
-        time.sleep(3.0)
-        broker.kill()      # the network drops for ~5 s while the microphone keeps going
-        time.sleep(5.0)
-        assert p.poll() is None, "the producer must survive the outage"
-        broker.start()
-        assert player.wait(60)
-        time.sleep(1.0)
-        rc, err = stop_producer(p)
-        assert rc == 0, err
-        frames = frames_of(consume(conf, "mic.frames", until=lambda ms: ms and wire.decode(ms[-1].value()).end_of_stream,
-                                   timeout=90))
-        assert [f.sequence for f in frames] == list(range(len(frames)))  # in order, none missing, none twice
-        assert not any(f.gap_before for f in frames), f"capture overflow inside the audio stack: {err[-500:]}"
-        got = np.concatenate([f.samples[:, 0] for f in frames])
-        start = next((i for i in range(len(got) - 64) if np.array_equal(got[i:i + 64], sig[:64])), None)
-        assert start is not None, "the signal's first samples are not in the stream"
-        np.testing.assert_array_equal(got[start:start + len(sig)], sig)
-        assert "dropped 0" in err
-    finally:
-        broker.stop()
+    ensure_topics(conf, {"mic.frames": 1})
+    sig = known_signal(12.0)
+    p = start_producer(mic, broker.bootstrap_servers, "mic.frames", "--buffer-seconds", "60")
+    player = mic.play(sig)
+    time.sleep(3.0)
+    broker.kill()      # the network drops for ~5 s while the microphone keeps going
+    time.sleep(5.0)
+    assert p.poll() is None, "the producer must survive the outage"
+    broker.start()
+    assert player.wait(60)
+    time.sleep(1.0)
+    rc, err = stop_producer(p)
+    assert rc == 0, err
+    frames = frames_of(consume(conf, "mic.frames", until=lambda ms: ms and wire.decode(ms[-1].value()).end_of_stream,
+                               timeout=90))
+    assert [f.sequence for f in frames] == list(range(len(frames)))  # in order, none missing, none twice
+    assert not any(f.gap_before for f in frames), f"capture overflow inside the audio stack: {err[-500:]}"
+    got = np.concatenate([f.samples[:, 0] for f in frames])
+    start = next((i for i in range(len(got) - 64) if np.array_equal(got[i:i + 64], sig[:64])), None)
+    assert start is not None, "the signal's first samples are not in the stream"
+    np.testing.assert_array_equal(got[start:start + len(sig)], sig)
+    assert "dropped 0" in err
 
 
-def test_outage_beyond_the_buffer_drops_oldest_counted_and_visible(mic, tmp_path):
-    lk = load_local_kafka()
-    broker = lk.LocalKafka(workdir=tmp_path / "kafka").start()
+def test_outage_beyond_the_buffer_drops_oldest_counted_and_visible(mic, private_broker):
+    broker = private_broker()
     conf = {"bootstrap.servers": broker.bootstrap_servers}
-    try:
-        ensure_topics(conf, {"mic.frames": 1})
-        sig = known_signal(12.0, seed=4)
-        # 1 s outbox + 5 frames in the client: 1.5 s of audio survives an outage; this one lasts ~6 s
-        p = start_producer(mic, broker.bootstrap_servers, "mic.frames", "--buffer-seconds", "1",
-                           "--max-in-flight", "5")
-        player = mic.play(sig)
-        time.sleep(2.0)
-        broker.kill()
-        time.sleep(6.0)
-        broker.start()
-        assert player.wait(60)
-        time.sleep(1.0)
-        rc, err = stop_producer(p)
-        assert rc == 0, err
-        # (a KRaft broker restarting after SIGKILL recovers its log first: the outage lasts longer than the
-        # 6 s sleep, so the count is checked by accounting, not guessed)
-        dropped = int(re.search(r"'buffer_full': (\d+)", err).group(1))
-        sent = int(re.search(r"porch: (\d+) frames sent", err).group(1))
-        assert dropped >= 20, err  # well beyond the 1.5 s the buffers hold
-        frames = frames_of(consume(conf, "mic.frames", until=lambda ms: ms and wire.decode(ms[-1].value()).end_of_stream,
-                                   timeout=90))
-        seqs = [f.sequence for f in frames]
-        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # order kept, no duplicates
-        missing = set(range(seqs[-1] + 1)) - set(seqs)
-        assert len(missing) == dropped  # every dropped frame is a visible hole downstream
-        assert sent == len(frames)  # and everything else arrived: sent + dropped = every frame cut
-        after_hole = [f for f in frames if f.sequence - 1 in missing]
-        assert after_hole and all(f.gap_before for f in after_hole)  # and the frame after it says so
-    finally:
-        broker.stop()
+    ensure_topics(conf, {"mic.frames": 1})
+    sig = known_signal(12.0, seed=4)
+    # 1 s outbox + 5 frames in the client: 1.5 s of audio survives an outage; this one lasts ~6 s
+    p = start_producer(mic, broker.bootstrap_servers, "mic.frames", "--buffer-seconds", "1",
+                       "--max-in-flight", "5")
+    player = mic.play(sig)
+    time.sleep(2.0)
+    broker.kill()
+    time.sleep(6.0)
+    broker.start()
+    assert player.wait(60)
+    time.sleep(1.0)
+    rc, err = stop_producer(p)
+    assert rc == 0, err
+    # (a KRaft broker restarting after SIGKILL recovers its log first: the outage lasts longer than the
+    # 6 s sleep, so the count is checked by accounting, not guessed)
+    dropped = int(re.search(r"'buffer_full': (\d+)", err).group(1))
+    sent = int(re.search(r"porch: (\d+) frames sent", err).group(1))
+    assert dropped >= 20, err  # well beyond the 1.5 s the buffers hold
+    frames = frames_of(consume(conf, "mic.frames", until=lambda ms: ms and wire.decode(ms[-1].value()).end_of_stream,
+                               timeout=90))
+    seqs = [f.sequence for f in frames]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # order kept, no duplicates
+    missing = set(range(seqs[-1] + 1)) - set(seqs)
+    assert len(missing) == dropped  # every dropped frame is a visible hole downstream
+    assert sent == len(frames)  # and everything else arrived: sent + dropped = every frame cut
+    after_hole = [f for f in frames if f.sequence - 1 in missing]
+    assert after_hole and all(f.gap_before for f in after_hole)  # and the frame after it says so
 
 
 def test_devices_and_clear_device_errors(mic):

@@ -28,7 +28,7 @@ from streamproc import wire
 from streamproc.audio import to_s16
 from streamproc.windowing import WindowSpec
 
-from .helpers import cli, consume
+from .helpers import cli, consume, free_port
 
 pytestmark = pytest.mark.integration
 SPEC = WindowSpec()
@@ -248,55 +248,50 @@ def test_rebalance_second_joins_then_first_leaves(kafka_conf, topics, start_anal
 
 
 # -- 4: broker outage -----------------------------------------------------------------------------------
-def test_broker_restart_during_replay(tmp_path):
+def test_broker_restart_during_replay(private_broker):
     """Stop the broker mid-replay and start it again: producer and analyzer recover on their own,
     /ready says 503 during the outage, nothing is missing; then a second outage past
     --unavailable-timeout makes the analyzer exit non-zero with a message."""
-    from consumers.demo import load_local_kafka
-    lk = load_local_kafka()
-    broker = lk.LocalKafka(workdir=tmp_path / "kafka").start()
+    broker = private_broker()
     conf = {"bootstrap.servers": broker.bootstrap_servers}
-    try:
-        from producers.kafka import ensure_topics
-        t = {k: f"outage.{k}" for k in ("frames", "predictions", "features", "deadletter")}
-        ensure_topics(conf, {n: 2 for n in t.values()})
-        streams = Streams(2, 40.0)
-        port = lk.free_port()
-        cmd = analyze_cmd(conf, t, "outage-group", "--unavailable-timeout", "25")
-        cmd.remove("--no-metrics")
-        analyzer = spawn(cmd + ["--metrics-port", str(port)])
+    from producers.kafka import ensure_topics
+    t = {k: f"outage.{k}" for k in ("frames", "predictions", "features", "deadletter")}
+    ensure_topics(conf, {n: 2 for n in t.values()})
+    streams = Streams(2, 40.0)
+    port = free_port()
+    cmd = analyze_cmd(conf, t, "outage-group", "--unavailable-timeout", "25")
+    cmd.remove("--no-metrics")
+    analyzer = spawn(cmd + ["--metrics-port", str(port)])
 
-        def ready() -> int:
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2).status
-            except urllib.error.HTTPError as exc:
-                return exc.code
-            except OSError:
-                return -1
-        wait_for(lambda: ready() == 200, 60, "the analyzer to be ready")
-        producers = streams.produce(conf, t["frames"], speed=2.0)  # 40 s in 20 s
-        wait_for(lambda: count_records(conf, t["predictions"]) >= 20, 60, "first predictions")
-        t_stop = time.monotonic()
-        broker.stop(remove=False)  # SIGTERM: a controlled shutdown, data kept
-        wait_for(lambda: ready() == 503, 30, "/ready to report the outage")
-        time.sleep(3)
-        broker.start()
-        print(f"broker outage: stopped and started again in {time.monotonic() - t_stop:.1f} s")
-        wait_for(lambda: ready() == 200, 60, "/ready after the broker came back")
-        for th in producers:
-            th.join(120)
-        assert all(r.failed == 0 for r in producers[0].results), producers[0].results
-        preds = read_predictions(conf, t["predictions"], streams.expected, timeout=120)
-        report = classify(preds, streams.expected)
-        assert report["missing"] == 0 and report["unexpected"] == 0, report
-        assert analyzer.poll() is None, "the analyzer died during the outage"
-        # an outage longer than --unavailable-timeout: exit non-zero, saying why
-        broker.stop(remove=False)
-        out = analyzer.communicate(timeout=90)[0]
-        assert analyzer.returncode == 2, out[-2000:]
-        assert "unreachable for" in out and "--unavailable-timeout 25" in out, out[-2000:]
-    finally:
-        broker.stop()
+    def ready() -> int:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return -1
+    wait_for(lambda: ready() == 200, 60, "the analyzer to be ready")
+    producers = streams.produce(conf, t["frames"], speed=2.0)  # 40 s in 20 s
+    wait_for(lambda: count_records(conf, t["predictions"]) >= 20, 60, "first predictions")
+    t_stop = time.monotonic()
+    broker.stop(remove=False)  # SIGTERM: a controlled shutdown, data kept
+    wait_for(lambda: ready() == 503, 30, "/ready to report the outage")
+    time.sleep(3)
+    broker.start()
+    print(f"broker outage: stopped and started again in {time.monotonic() - t_stop:.1f} s")
+    wait_for(lambda: ready() == 200, 60, "/ready after the broker came back")
+    for th in producers:
+        th.join(120)
+    assert all(r.failed == 0 for r in producers[0].results), producers[0].results
+    preds = read_predictions(conf, t["predictions"], streams.expected, timeout=120)
+    report = classify(preds, streams.expected)
+    assert report["missing"] == 0 and report["unexpected"] == 0, report
+    assert analyzer.poll() is None, "the analyzer died during the outage"
+    # an outage longer than --unavailable-timeout: exit non-zero, saying why
+    broker.stop(remove=False)
+    out = analyzer.communicate(timeout=90)[0]
+    assert analyzer.returncode == 2, out[-2000:]
+    assert "unreachable for" in out and "--unavailable-timeout 25" in out, out[-2000:]
 
 
 # -- 5: sequence faults ---------------------------------------------------------------------------------
@@ -571,45 +566,40 @@ def test_nan_scores_at_run_time_are_counted_not_published(kafka_conf, topics, st
 
 
 # -- 9: SASL/SCRAM ------------------------------------------------------------------------------------------
-def test_sasl_scram(tmp_path):
+def test_sasl_scram(tmp_path, private_broker):
     """A broker with a SCRAM-SHA-256 listener: the producer and the analyzer connect with credentials
     from flags and environment; a wrong password gives a clear error that never shows the password."""
-    from consumers.demo import load_local_kafka
-    lk = load_local_kafka()
     password, wrong = "s3cret-Alice-pw", "Wr0ng-pw-do-not-print"
-    broker = lk.LocalKafka(workdir=tmp_path / "kafka", scram_users={"alice": password}).start()
+    broker = private_broker(scram_users={"alice": password})
+    sasl = ["-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanism=SCRAM-SHA-256",
+            "-X", "sasl.username=alice"]
+    wav = tmp_path / "tone.wav"
+    import soundfile as sf
+    sf.write(wav, signal_for(4, 3.0), SR, subtype="PCM_16")
+    b = ["-b", broker.sasl_bootstrap_servers]
+    bad = subprocess.run(cli("produce-file", str(wav), *b, *sasl, "-X", f"sasl.password={wrong}", "-q"),
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "refused the credentials of user 'alice'" in bad.stderr and "SASL authentication" in bad.stderr
+    assert wrong not in bad.stderr + bad.stdout
+    env = {**os.environ, "AUDIOSTREAM_KAFKA_SASL_PASSWORD": password}
+    ok = subprocess.run(cli("produce-file", str(wav), *b, *sasl, "--topic", "sasl.frames", "--speed", "max",
+                            "--stream-id", "secure", "-q"), capture_output=True, text=True, timeout=60, env=env)
+    assert ok.returncode == 0, ok.stderr
+    t = {"frames": "sasl.frames", "predictions": "sasl.predictions", "features": "sasl.features",
+         "deadletter": "sasl.deadletter"}
+    cmd = cli("analyze", *b, *sasl, "--frames-topic", t["frames"], "--predictions-topic", t["predictions"],
+              "--features-topic", t["features"], "--deadletter-topic", t["deadletter"], "--no-metrics")
+    analyzer = spawn(cmd, env=env)
     try:
-        sasl = ["-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanism=SCRAM-SHA-256",
-                "-X", "sasl.username=alice"]
-        wav = tmp_path / "tone.wav"
-        import soundfile as sf
-        sf.write(wav, signal_for(4, 3.0), SR, subtype="PCM_16")
-        b = ["-b", broker.sasl_bootstrap_servers]
-        bad = subprocess.run(cli("produce-file", str(wav), *b, *sasl, "-X", f"sasl.password={wrong}", "-q"),
-                             capture_output=True, text=True, timeout=60)
-        assert bad.returncode == 2
-        assert "refused the credentials of user 'alice'" in bad.stderr and "SASL authentication" in bad.stderr
-        assert wrong not in bad.stderr + bad.stdout
-        env = {**os.environ, "AUDIOSTREAM_KAFKA_SASL_PASSWORD": password}
-        ok = subprocess.run(cli("produce-file", str(wav), *b, *sasl, "--topic", "sasl.frames", "--speed", "max",
-                                "--stream-id", "secure", "-q"), capture_output=True, text=True, timeout=60, env=env)
-        assert ok.returncode == 0, ok.stderr
-        t = {"frames": "sasl.frames", "predictions": "sasl.predictions", "features": "sasl.features",
-             "deadletter": "sasl.deadletter"}
-        cmd = cli("analyze", *b, *sasl, "--frames-topic", t["frames"], "--predictions-topic", t["predictions"],
-                  "--features-topic", t["features"], "--deadletter-topic", t["deadletter"], "--no-metrics")
-        analyzer = spawn(cmd, env=env)
-        try:
-            conf = {"bootstrap.servers": broker.sasl_bootstrap_servers, "security.protocol": "SASL_PLAINTEXT",
-                    "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "alice", "sasl.password": password}
-            preds = consume(conf, t["predictions"], count=len(SPEC.window_bounds(3 * SR)), timeout=60)
-            assert len(preds) == len(SPEC.window_bounds(3 * SR))
-        finally:
-            analyzer.send_signal(signal.SIGTERM)
-            out = analyzer.communicate(timeout=30)[0]
-        assert analyzer.returncode == 0, out[-2000:]
-        assert password not in out
-        shown = subprocess.run(cli("config", "show", *b, *sasl), capture_output=True, text=True, env=env, timeout=30)
-        assert password not in shown.stdout + shown.stderr and "***" in shown.stdout
+        conf = {"bootstrap.servers": broker.sasl_bootstrap_servers, "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "alice", "sasl.password": password}
+        preds = consume(conf, t["predictions"], count=len(SPEC.window_bounds(3 * SR)), timeout=60)
+        assert len(preds) == len(SPEC.window_bounds(3 * SR))
     finally:
-        broker.stop()
+        analyzer.send_signal(signal.SIGTERM)
+        out = analyzer.communicate(timeout=30)[0]
+    assert analyzer.returncode == 0, out[-2000:]
+    assert password not in out
+    shown = subprocess.run(cli("config", "show", *b, *sasl), capture_output=True, text=True, env=env, timeout=30)
+    assert password not in shown.stdout + shown.stderr and "***" in shown.stdout
