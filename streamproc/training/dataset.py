@@ -229,6 +229,10 @@ def augment(x: np.ndarray, rng, label: str, tmp: Path) -> tuple[np.ndarray, list
         gain_db = rng.uniform(-30, 3)
         x = x / (np.max(np.abs(x)) + 1e-9) * 10 ** (gain_db / 20) * 0.9
         applied.append(f"peak {gain_db:.0f} dBFS")
+        if rng.random() < 0.1:  # a hot microphone input: driven into hard clipping
+            drive = rng.uniform(6, 20)
+            x = np.clip(x / (np.max(np.abs(x)) + 1e-9) * 10 ** (drive / 20), -1, 1)
+            applied.append(f"clipped +{drive:.0f} dB")
         if rng.random() < 0.15:
             import soundfile as sf
             buf = io.BytesIO()
