@@ -28,6 +28,12 @@ def export_sklearn(model, spec: WindowSpec, out_dir: str | Path, *, task: str, v
     labels = [str(c) for c in model.classes_]
     onx = to_onnx(model, initial_types=[(INPUT_NAME, FloatTensorType([None, spec.n_features]))],
                   options={id(model): {"zipmap": False}}, target_opset=17)
+    # skl2onnx leaves constants no node reads (the soft vote's 'classes_ind'); onnxruntime warns about
+    # them at every load, so drop them here
+    used = {name for node in onx.graph.node for name in node.input}
+    kept = [t for t in onx.graph.initializer if t.name in used]
+    del onx.graph.initializer[:]
+    onx.graph.initializer.extend(kept)
     # skl2onnx names the outputs 'label' and 'probabilities'; keep only what we serve.
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,8 @@ from .evaluate import plot_confusion, report
 
 
 def train(data_dir: str, *, task: str, out: str, seed: int = 0, test_fraction: float = 0.2, hidden: int = 128,
-          quiet: bool = False, spec: WindowSpec | None = None) -> dict:
+          ensemble: int = 1, quiet: bool = False, spec: WindowSpec | None = None) -> dict:
+    from sklearn.ensemble import VotingClassifier
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -43,8 +44,18 @@ def train(data_dir: str, *, task: str, out: str, seed: int = 0, test_fraction: f
         rng.shuffle(members)
         test_clips |= set(members[: max(1, round(len(members) * test_fraction))])
     is_test = np.isin(idx, sorted(test_clips))
-    model = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(hidden,), alpha=1e-3, max_iter=400,
-                                                          early_stopping=True, random_state=seed))
+    def mlp(random_state):
+        return MLPClassifier(hidden_layer_sizes=(hidden,), alpha=1e-3, max_iter=400, early_stopping=True,
+                             random_state=random_state)
+    if ensemble > 1:  # the mean of several seeds' probabilities: real-world behaviour no longer hangs on one seed
+        head = VotingClassifier([(f"mlp{i}", mlp(seed + i)) for i in range(ensemble)], voting="soft",
+                                flatten_transform=False)  # skl2onnx converts only the unflattened form
+        what = f"soft vote of {ensemble} MLPClassifier({hidden} hidden, alpha=1e-3, early stopping), seeds {seed}.." \
+               f"{seed + ensemble - 1}"
+    else:
+        head = mlp(seed)
+        what = f"MLPClassifier({hidden} hidden, alpha=1e-3, early stopping)"
+    model = make_pipeline(StandardScaler(), head)
     if not quiet:
         print(f"training on {int((~is_test).sum())} windows of {len(clips) - len(test_clips)} clips, "
               f"testing on {int(is_test.sum())} windows of {len(test_clips)} clips", file=sys.stderr, flush=True)
@@ -59,9 +70,11 @@ def train(data_dir: str, *, task: str, out: str, seed: int = 0, test_fraction: f
     sources = _manifest_summary(Path(data_dir))
     training = {"data": str(data_dir), "clips_per_label": dict(counts), "windows": int(len(y)),
                 "seed": seed, "split": f"by clip file, {test_fraction:.0%} of each label held out",
-                "classifier": f"StandardScaler + MLPClassifier({hidden} hidden, alpha=1e-3, early stopping)",
+                "classifier": f"StandardScaler + {what}",
                 "sources": sources, "seconds": round(time.monotonic() - t0, 1),
-                "command": f"audiostream train {data_dir} --task {task} --out {out} --seed {seed}"}
+                "command": f"audiostream train {data_dir} --task {task} --out {out} --seed {seed}"
+                           + (f" --hidden {hidden}" if hidden != 128 else "")
+                           + (f" --ensemble {ensemble}" if ensemble > 1 else "")}
     evaluation = {"held_out": {"clips": clip_rep["n_clips"], "macro_f1": clip_rep["macro_f1"],
                                "accuracy": clip_rep["accuracy"], "window_macro_f1": window_rep["macro_f1"],
                                "clip_label_rule": clip_rep["clip_label_rule"]}}
@@ -93,6 +106,8 @@ def add_parser(sub):
     p.add_argument("--out", required=True, help="bundle directory, e.g. models/soundtype/2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--ensemble", type=int, default=1, metavar="N",
+                   help="average N MLPs trained with seeds SEED..SEED+N-1 (one ONNX graph)")
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.set_defaults(func=lambda a: (train(a.data, task=a.task, out=a.out, seed=a.seed, hidden=a.hidden,
-                                         test_fraction=a.test_fraction), 0)[1])
+                                         ensemble=a.ensemble, test_fraction=a.test_fraction), 0)[1])

@@ -96,23 +96,56 @@ def test_models_list_shows_tasks_versions_and_scores(tiny):
     assert "environment, music, silence, speech" in p.stdout
 
 
-@pytest.mark.parametrize("version", ["1", "2"])
-def test_committed_soundtype_bundle_reproduces_its_real_recording_score(tmp_path, version):
-    """`dataset debian` rebuilds the real-recordings evaluation set from Debian packages, and evaluating the
-    committed bundle on it gives exactly the score committed beside it (the number in docs/training.md)."""
+def test_train_ensemble_exports_one_graph_of_all_members(tiny, tmp_path):
+    """`train --ensemble 3`: three MLPs (seeds 5..7) soft-voted in one ONNX graph, which export checks against
+    scikit-learn's VotingClassifier. Member seed 5 alone is a different model, so the vote is really there;
+    and loading the bundle prints no onnxruntime warning about leftover constants."""
+    import sys
+
+    import yaml
+    data, _, _ = tiny
+    out = tmp_path / "soundtype" / "9"
+    p = subprocess.run(cli("train", str(data), "--task", "soundtype", "--out", str(out), "--seed", "5", "--hidden", "16",
+                           "--ensemble", "3"), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    meta = yaml.safe_load((out / "model.yaml").read_text())
+    assert "soft vote of 3 MLPClassifier" in meta["training"]["classifier"]
+    assert meta["training"]["command"].endswith("--seed 5 --hidden 16 --ensemble 3")
+    probe = subprocess.run([sys.executable, "-c", f"from streamproc.inference import ModelBundle; ModelBundle.load({str(out)!r})"],
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0 and "Removing initializer" not in probe.stderr, probe.stderr
+    single = tmp_path / "soundtype" / "8"
+    train(str(data), task="soundtype", out=str(single), seed=5, quiet=True, hidden=16)
+    X = clip_vectors(next((data / "music").glob("*.wav")), ModelBundle.load(out).spec,
+                     FeatureExtractor(ModelBundle.load(out).spec))
+    voted, alone = ModelBundle.load(out).predict(X), ModelBundle.load(single).predict(X)
+    np.testing.assert_allclose(voted.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(voted - alone).max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def real_set(tmp_path_factory):
+    """`dataset debian`: the real-recordings evaluation set, rebuilt from Debian packages."""
+    out = tmp_path_factory.mktemp("real") / "real"
+    p = subprocess.run(cli("dataset", "debian", "--out", str(out)), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    manifest = (out / "manifest.csv").read_text()
+    assert "klettres-data" in manifest and "pingus-data" in manifest and "colobot-common-sounds" in manifest
+    return out
+
+
+@pytest.mark.parametrize("version", ["1", "2", "3"])
+def test_committed_soundtype_bundle_reproduces_its_real_recording_score(real_set, tmp_path, version):
+    """Evaluating each committed bundle on the rebuilt real set gives exactly the score committed beside it
+    (the numbers in docs/training.md)."""
     from pathlib import Path
     repo = Path(__file__).resolve().parents[2]
     bundle = repo / "models" / "soundtype" / version
-    p = subprocess.run(cli("dataset", "debian", "--out", str(tmp_path / "real")), capture_output=True, text=True,
-                       timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
-    manifest = (tmp_path / "real" / "manifest.csv").read_text()
-    assert "klettres-data" in manifest and "pingus-data" in manifest
-    p = subprocess.run(cli("evaluate", str(bundle), str(tmp_path / "real"), "--json", "--plot", str(tmp_path / "cm.png")),
+    p = subprocess.run(cli("evaluate", str(bundle), str(real_set), "--json", "--plot", str(tmp_path / "cm.png")),
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     got = json.loads(p.stdout)
     committed = json.loads((bundle / "evaluation_debian_real.json").read_text())
-    assert got["n_clips"] == committed["n_clips"] == 99
+    assert got["n_clips"] == committed["n_clips"] == 198
     assert got["confusion_matrix"] == committed["confusion_matrix"]
     assert abs(got["macro_f1"] - committed["macro_f1"]) < 1e-9
