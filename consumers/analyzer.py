@@ -38,8 +38,8 @@ from streamproc.engine import Engine, Window
 from streamproc.errors import AudiostreamError, ConfigError, FrameError, WindowSpecError
 from streamproc.inference import ModelBundle
 from streamproc.windowing import WindowSpec
-from streamproc.settings import (TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
-                                 add_kafka_arguments, masked)
+from streamproc.settings import (DEFAULT_MODEL, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES,
+                                 TOPIC_PREDICTIONS, add_kafka_arguments, masked)
 
 from .metrics import AnalyzerMetrics
 
@@ -48,7 +48,6 @@ log = logging.getLogger("audiostream.analyzer")
 PREDICTION_SCHEMA = 1
 FEATURES_SCHEMA = 1
 COMMIT_METADATA_VERSION = 1
-DEFAULT_MODEL = "starter"
 
 
 class OutputDeliveryError(AudiostreamError):

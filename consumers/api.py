@@ -24,11 +24,10 @@ from collections import OrderedDict
 import numpy as np
 
 from streamproc.errors import AudioInputError, BundleError, ConfigError
-from streamproc.settings import TOPIC_FEATURES, TOPIC_PREDICTIONS, add_kafka_arguments
+from streamproc.settings import DEFAULT_MODEL, TOPIC_FEATURES, TOPIC_PREDICTIONS, add_kafka_arguments
 
 log = logging.getLogger("audiostream.api")
 
-DEFAULT_MODEL = "starter"
 
 
 class LiveStreams:

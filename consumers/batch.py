@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from streamproc.errors import AudiostreamError, ConfigError
+from streamproc.settings import DEFAULT_MODEL
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".opus")
-DEFAULT_MODEL = "starter"
 
 
 def find_audio(inputs: list[str]) -> list[tuple[str, str]]:

@@ -43,20 +43,28 @@ def load_local_kafka():
 
 
 def demo_clip(sr: int = 16000) -> Path:
-    """A 14 s clip: beeps, noise, silence, a glide. Written once to the cache, same bytes every time."""
+    """A 14 s clip: 4 s of speech (espeak-ng), 4 s of music (fluidsynth), 3 s of an environment sound, 3 s of
+    silence -- one stretch per label of the default model. Written once to the cache, same bytes every time."""
+    import tempfile
+
     import numpy as np
     import soundfile as sf
 
-    from streamproc.training.starter import synth_clip
+    from streamproc.training import dataset
 
     cache = Path(os.environ.get("AUDIOSTREAM_CACHE") or
                  Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "audiostream")
-    path = cache / "demo-clip-v1.wav"
+    path = cache / "demo-clip-v2.wav"
     if path.exists():
         return path
+    dataset.require_tools()
     rng = np.random.default_rng(2024)
-    parts = [synth_clip("tonal", rng, sr, 4.0), synth_clip("noise", rng, sr, 4.0),
-             np.zeros(3 * sr, dtype=np.float32), synth_clip("tonal", rng, sr, 3.0)]
+    parts = []
+    with tempfile.TemporaryDirectory() as td:
+        for label, seconds in (("speech", 4), ("music", 4), ("environment", 3)):
+            x, _ = dataset.GENERATORS[label](rng, seconds * sr, Path(td))
+            parts.append(np.asarray(x, np.float64) / (np.max(np.abs(x)) + 1e-9) * 0.5)
+    parts.append(np.zeros(3 * sr))
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.wav")
     sf.write(str(tmp), np.concatenate(parts), sr, subtype="PCM_16")

@@ -28,12 +28,12 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
-from .settings import (DEFAULT_BOOTSTRAP, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
-                       from_env, masked, parse_kv)
+from .settings import (DEFAULT_BOOTSTRAP, DEFAULT_MODEL, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES,
+                       TOPIC_PREDICTIONS, from_env, masked, parse_kv)
 
 # analyzer settings: key -> (type, default)
 ANALYZER_KEYS: dict[str, tuple[type, object]] = {
-    "model": (str, "starter"),
+    "model": (str, DEFAULT_MODEL),
     "group_id": (str, "audiostream-analyzer"),
     "frames_topic": (str, TOPIC_FRAMES),
     "predictions_topic": (str, TOPIC_PREDICTIONS),

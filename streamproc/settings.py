@@ -15,6 +15,9 @@ from pathlib import Path
 from .errors import ConfigError
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
+# What analyze, batch, serve, demo and bench serve without --model: the latest sound-type classifier
+# (docs/training.md). The starter bundle (silence / tonal / noise) stays as a minimal example and for tests.
+DEFAULT_MODEL = "soundtype"
 
 TOPIC_FRAMES = "audio.frames"
 TOPIC_PREDICTIONS = "audio.predictions"

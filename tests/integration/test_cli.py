@@ -33,8 +33,11 @@ def test_demo_runs_and_prints_live_predictions():
     assert len(lines) == 27, proc.stdout
     assert "27/27 windows predicted" in proc.stderr
     labels = [ln.split()[2] for ln in lines]
-    assert {"tonal", "noise", "silence"} <= set(labels)  # the clip has all three, in that order
-    assert labels[0] == "tonal" and labels.index("noise") < labels.index("silence")
+    # the default model (soundtype) on the demo clip: 4 s speech, 4 s music, 3 s environment, 3 s silence.
+    # Windows straddling two parts may go either way; the runs must come in the clip's order.
+    runs = [lab for i, lab in enumerate(labels) if i == 0 or labels[i - 1] != lab]
+    assert runs == ["speech", "music", "environment", "silence"], labels
+    assert labels[:6] == ["speech"] * 6 and labels[-4:] == ["silence"] * 4, labels
 
 
 def committed(kafka_conf, group: str, topic: str, partitions: int) -> list[int]:
@@ -142,7 +145,7 @@ def test_produce_file_rejects_bad_input(tmp_path):
 
 def test_watch_prints_predictions(kafka_conf, topics, start_analyzer, tmp_path):
     t = topics()
-    start_analyzer(t)
+    start_analyzer(t, model="starter")  # a beep is "tonal" to the starter model: a label we can predict
     wav = tmp_path / "beep.wav"
     sf.write(wav, (0.3 * np.sin(2 * np.pi * 880 * np.arange(2 * 16000) / 16000)).astype(np.float32), 16000)
     p = subprocess.run(cli("produce-file", str(wav), "--stream-id", "beeper", "-b", kafka_conf["bootstrap.servers"],
@@ -166,7 +169,7 @@ def test_watch_draws_a_live_table_on_a_terminal(kafka_conf, topics, start_analyz
     import pty
     import select
     t = topics()
-    start_analyzer(t)
+    start_analyzer(t, model="starter")  # tone -> "tonal", noise -> "noise"
     for sid, y in (("porch", 0.3 * np.sin(2 * np.pi * 660 * np.arange(2 * 16000) / 16000)),
                    ("garage", 0.2 * np.random.default_rng(1).standard_normal(2 * 16000))):
         sf.write(tmp_path / f"{sid}.wav", y.astype(np.float32), 16000)

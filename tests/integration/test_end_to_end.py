@@ -43,10 +43,35 @@ def vector_from_features_record(rec: dict) -> np.ndarray:
     return np.array(out, dtype=np.float64)
 
 
+def test_default_model_tells_speech_from_music_through_kafka(kafka_conf, topics, start_analyzer, tmp_path):
+    """Without --model the analyzer serves the latest soundtype bundle: 6 s of espeak-ng speech then 6 s of
+    fluidsynth music, generated with a seed no training set used, come back labelled speech then music."""
+    from streamproc.inference import resolve
+    from streamproc.training import dataset
+    rng = np.random.default_rng(77)
+    parts = [np.asarray(dataset.GENERATORS[lab](rng, 6 * SPEC.sr, tmp_path)[0]) for lab in ("speech", "music")]
+    y = np.concatenate([0.5 * p / np.max(np.abs(p)) for p in parts])
+    wav = tmp_path / "speech_then_music.wav"
+    sf.write(wav, y.astype(np.float32), SPEC.sr)
+    t = topics()
+    a = start_analyzer(t)
+    assert a.bundle.task == "soundtype" and resolve("soundtype").name == a.bundle.version
+    proc = subprocess.run(cli("produce-file", str(wav), "--stream-id", "radio", "--topic", t["frames"],
+                              "-b", kafka_conf["bootstrap.servers"], "--speed", "max", "-q"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    n = len(SPEC.window_bounds(len(y)))
+    preds = values(consume(kafka_conf, t["predictions"], count=n))
+    half = 6 * SPEC.sr
+    speech = [p["label"] for p in preds if p["end_sample"] <= half]
+    music = [p["label"] for p in preds if p["start_sample"] >= half]
+    assert speech.count("speech") >= 0.8 * len(speech) and music.count("music") >= 0.8 * len(music), preds
+
+
 def test_replayed_file_yields_offline_windows_and_librosa_features(kafka_conf, topics, start_analyzer,
                                                                    tone_then_noise):
     t = topics(partitions=2)
-    start_analyzer(t)
+    start_analyzer(t, model="starter")  # the pipeline's tests use the starter model: tone -> tonal, noise -> noise
     proc = subprocess.run(cli("produce-file", str(tone_then_noise), "--stream-id", "kitchen", "--topic", t["frames"],
                               "--bootstrap-servers", kafka_conf["bootstrap.servers"], "--speed", "max"),
                           capture_output=True, text=True, timeout=120)
@@ -93,7 +118,7 @@ def test_replayed_file_yields_offline_windows_and_librosa_features(kafka_conf, t
 
 def test_two_interleaved_streams_keep_separate_buffers(kafka_conf, topics, start_analyzer, rng):
     t = topics(partitions=1)  # both streams share one partition, so their frames interleave
-    a = start_analyzer(t)
+    a = start_analyzer(t, model="starter")
     n = 4 * SPEC.sr
     tone = audio.to_s16(0.3 * np.sin(2 * np.pi * 660 * np.arange(n) / SPEC.sr))
     noise = audio.to_s16(0.2 * rng.standard_normal(n))
@@ -123,7 +148,7 @@ def test_two_interleaved_streams_keep_separate_buffers(kafka_conf, topics, start
 
 def test_bad_frames_are_dead_lettered_while_a_good_stream_is_analysed(kafka_conf, topics, start_analyzer, rng):
     t = topics(partitions=1)
-    a = start_analyzer(t, metrics_port=0)
+    a = start_analyzer(t, metrics_port=0, model="starter")
     session = wire.new_session_id()
     good = audio.to_s16(0.3 * np.sin(2 * np.pi * 440 * np.arange(3 * SPEC.sr) / SPEC.sr))
     valid = wire.encode(wire.AudioFrame(16000, 0, 0, 0, session, good[:1600, None]))
