@@ -208,7 +208,7 @@ class RealPool:
         self.environment += [f for d in WZ_ENVIRONMENT_DIRS for f in sorted((wz / d).rglob("*.ogg"))]
         wes = root / "usr/share/games/wesnoth/1.16/data/core/sounds"
         self.environment += [f for f in sorted(wes.glob("*.ogg")) if not f.stem.startswith(WESNOTH_VOCAL)]
-        # KTuberling: real voices naming objects, one word per file, in 30 languages (8-48 kHz)
+        # KTuberling: real voices naming objects, one word per file; 26 languages have 10 words or more
         kt = root / "usr/share/ktuberling/sounds"
         self.speech += [v for v in (sorted(f for f in d.iterdir() if f.suffix in (".ogg", ".wav", ".opus"))
                                     for d in sorted(kt.iterdir()) if d.is_dir()) if len(v) >= 10]
