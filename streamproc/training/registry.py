@@ -5,11 +5,17 @@ import json
 
 import yaml
 
-from ..inference import _version_key, models_root
+from ..errors import BundleError
+from ..inference import _version_key, models_root, resolve
+from ..settings import DEFAULT_MODEL
 
 
 def bundles(root=None) -> list[dict]:
     root = root or models_root()
+    try:
+        default = resolve(DEFAULT_MODEL, root)
+    except BundleError:
+        default = None
     out = []
     for task_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         versions = sorted((d for d in task_dir.iterdir() if (d / "model.yaml").exists()), key=lambda d: _version_key(d.name))
@@ -18,9 +24,12 @@ def bundles(root=None) -> list[dict]:
                 meta = yaml.safe_load((d / "model.yaml").read_text())
                 ev = meta.get("evaluation", {})
                 held = ev.get("held_out", ev)
+                real = d / "evaluation_debian_real.json"  # real recordings (audiostream dataset debian)
+                real_f1 = json.loads(real.read_text()).get("macro_f1") if real.exists() else None
                 out.append({"task": task_dir.name, "version": d.name, "labels": meta.get("labels"),
-                            "macro_f1": held.get("macro_f1"), "latest": i == len(versions) - 1, "path": str(d)})
-            except (OSError, yaml.YAMLError, AttributeError) as exc:
+                            "macro_f1": held.get("macro_f1"), "real_macro_f1": real_f1,
+                            "latest": i == len(versions) - 1, "default": d == default, "path": str(d)})
+            except (OSError, ValueError, yaml.YAMLError, AttributeError) as exc:
                 out.append({"task": task_dir.name, "version": d.name, "error": str(exc), "path": str(d)})
     return out
 
@@ -37,12 +46,15 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'TASK':<12} {'VERSION':<8} {'MACRO-F1':>8}  LABELS")
+    def score(v):
+        return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+    print(f"{'TASK':<12} {'VERSION':<8} {'HELD-OUT':>8} {'REAL':>6}  LABELS")
     for r in rows:
         if "error" in r:
-            print(f"{r['task']:<12} {r['version']:<8} {'-':>8}  unreadable: {r['error']}")
+            print(f"{r['task']:<12} {r['version']:<8} {'-':>8} {'-':>6}  unreadable: {r['error']}")
             continue
-        f1 = f"{r['macro_f1']:.3f}" if isinstance(r.get("macro_f1"), (int, float)) else "-"
-        print(f"{r['task']:<12} {r['version'] + ('*' if r['latest'] else ''):<8} {f1:>8}  {', '.join(r['labels'])}")
-    print("(* = what task name alone resolves to)")
+        print(f"{r['task']:<12} {r['version'] + ('*' if r['latest'] else ''):<8} {score(r['macro_f1']):>8} "
+              f"{score(r['real_macro_f1']):>6}  {', '.join(r['labels'])}" + ("   (default)" if r["default"] else ""))
+    print("(* = what task name alone resolves to; HELD-OUT / REAL = macro-F1 on held-out clips / on real "
+          "recordings; default = served without --model)")
     return 0

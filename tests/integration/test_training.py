@@ -96,6 +96,21 @@ def test_models_list_shows_tasks_versions_and_scores(tiny):
     assert "environment, music, silence, speech" in p.stdout
 
 
+def test_models_list_shows_both_scores_and_the_default():
+    """The repo's own models/: each soundtype bundle with its held-out and real-recordings macro-F1 (read from
+    the reports beside it), and which one the analyzer serves without --model."""
+    from streamproc.inference import resolve
+    p = subprocess.run(cli("models", "list"), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    default = resolve("soundtype")
+    ev = json.loads((default / "evaluation.json").read_text())["held_out"]
+    real = json.loads((default / "evaluation_debian_real.json").read_text())
+    rows = [ln for ln in p.stdout.splitlines() if ln.endswith("(default)")]
+    assert len(rows) == 1, p.stdout
+    cols = rows[0].split()
+    assert cols[:4] == ["soundtype", default.name + "*", f"{ev['macro_f1']:.3f}", f"{real['macro_f1']:.3f}"], rows
+
+
 def test_train_ensemble_exports_one_graph_of_all_members(tiny, tmp_path):
     """`train --ensemble 3`: three MLPs (seeds 5..7) soft-voted in one ONNX graph, which export checks against
     scikit-learn's VotingClassifier. Member seed 5 alone is a different model, so the vote is really there;
