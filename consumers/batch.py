@@ -21,10 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from streamproc.audio import AUDIO_SUFFIXES
 from streamproc.errors import AudiostreamError, ConfigError
 from streamproc.settings import DEFAULT_MODEL
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".opus")
 
 
 def find_audio(inputs: list[str]) -> list[tuple[str, str]]:
@@ -39,7 +38,7 @@ def find_audio(inputs: list[str]) -> list[tuple[str, str]]:
             fs, path = fsspec.core.url_to_fs(item)
             protocol = item.split("://", 1)[0]
             if fs.isdir(path):
-                found = [p for p in fs.find(path) if p.lower().endswith(AUDIO_EXTENSIONS)]
+                found = [p for p in fs.find(path) if p.lower().endswith(AUDIO_SUFFIXES)]
                 out += [(f"{protocol}://{p}" if not p.startswith(protocol) else p, item.rstrip("/")) for p in found]
             elif fs.exists(path):
                 out.append((item, None))
@@ -48,7 +47,7 @@ def find_audio(inputs: list[str]) -> list[tuple[str, str]]:
             continue
         p = Path(item)
         if p.is_dir():
-            out += [(str(f), str(p)) for f in sorted(p.rglob("*")) if f.suffix.lower() in AUDIO_EXTENSIONS]
+            out += [(str(f), str(p)) for f in sorted(p.rglob("*")) if f.suffix.lower() in AUDIO_SUFFIXES]
         elif p.is_file():
             out.append((str(p), None))
         else:
@@ -190,7 +189,7 @@ def add_parser(sub):
 def run(args) -> int:
     items = find_audio(args.inputs)
     if not items:
-        raise ConfigError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {' '.join(args.inputs)}")
+        raise ConfigError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {' '.join(args.inputs)}")
     from streamproc.inference import ModelBundle
     bundle = ModelBundle.load(args.model)  # a bad bundle fails before any work
     t0 = time.monotonic()

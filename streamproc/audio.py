@@ -33,6 +33,10 @@ def read_bytes(url: str) -> bytes:
         raise AudioInputError(f"{url}: cannot read: {exc}") from None
 
 
+# Suffixes the folder walkers (batch, dataset folders for train / evaluate) pick up as audio
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au")
+
+
 def load(path: str | Path, sr: int) -> np.ndarray:
     """Decode a file (or an fsspec URL) to float32 mono at ``sr``."""
     if is_url(path):

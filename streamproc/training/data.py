@@ -5,12 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import from_s16, load, to_s16
+from ..audio import AUDIO_SUFFIXES, from_s16, load, to_s16
+from ..errors import AudioInputError
 from ..features import FeatureExtractor
 from ..progress import Progress
 from ..windowing import WindowSpec
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".oga", ".aiff", ".aif"}
 
 
 def list_clips(root: str | Path) -> list[tuple[Path, str]]:
@@ -33,15 +32,36 @@ def clip_vectors(path: Path, spec: WindowSpec, fx: FeatureExtractor) -> np.ndarr
     return fx.vectors_for_signal(y)[1]
 
 
-def featurise(clips, spec: WindowSpec, what: str = "featurising clips", quiet: bool = False):
-    """X (windows x features), y (label per window), clip index per window."""
+def featurise(clips, spec: WindowSpec, what: str = "featurising clips", quiet: bool = False,
+              skipped: list | None = None):
+    """X (windows x features), y (label per window), clip index per window.
+
+    With ``skipped`` (a list), a file that cannot be decoded is left out with a message on stderr and
+    ``(path, reason)`` appended there; the clip indices then count only the files kept. Without it the
+    first bad file raises AudioInputError."""
+    import sys
     fx = FeatureExtractor(spec)
     bar = Progress(what, len(clips), enabled=not quiet)
     X, y, idx = [], [], []
     for i, (path, label) in enumerate(clips):
-        V = clip_vectors(path, spec, fx)
+        try:
+            V = clip_vectors(path, spec, fx)
+        except AudioInputError as exc:
+            if skipped is None:
+                raise
+            skipped.append((str(path), str(exc)))
+            print(f"skipping {exc}", file=sys.stderr, flush=True)
+            continue
         X.append(V)
         y += [label] * len(V)
-        idx += [i] * len(V)
+        idx += [i - len(skipped or ())] * len(V)
         bar.update(i + 1)
+    if not X:
+        raise ValueError(f"none of the {len(clips)} audio files could be decoded")
     return np.concatenate(X), np.array(y), np.array(idx)
+
+
+def kept(clips, skipped: list) -> list:
+    """``clips`` without the files ``featurise`` skipped, in order (what its clip indices count)."""
+    bad = {p for p, _ in skipped}
+    return [c for c in clips if str(c[0]) not in bad]

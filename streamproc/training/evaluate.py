@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from ..inference import ModelBundle
-from .data import featurise, list_clips
+from .data import featurise, kept, list_clips
 
 
-def scores_by_clip(bundle: ModelBundle, clips, quiet=False) -> np.ndarray:
-    X, _, idx = featurise(clips, bundle.spec, "scoring clips", quiet=quiet)
+def scores_by_clip(bundle: ModelBundle, clips, quiet=False, skipped: list | None = None) -> np.ndarray:
+    """Mean window scores per clip; with ``skipped``, per clip that could be decoded (see featurise)."""
+    X, _, idx = featurise(clips, bundle.spec, "scoring clips", quiet=quiet, skipped=skipped)
     S = bundle.predict(X)
-    return np.stack([S[idx == i].mean(axis=0) for i in range(len(clips))])
+    return np.stack([S[idx == i].mean(axis=0) for i in range(int(idx.max()) + 1)])
 
 
 def report(labels: list[str], truth: list[str], pred: list[str]) -> dict:
@@ -67,11 +68,14 @@ def evaluate(bundle_ref: str, data_dir: str, plot: str | None = None, quiet: boo
     unknown = sorted({lab for _, lab in clips} - set(bundle.labels))
     if unknown:
         raise ValueError(f"{data_dir}: label folder(s) {unknown} are not labels of {bundle.ref} {bundle.labels}")
-    S = scores_by_clip(bundle, clips, quiet)
+    skipped: list = []
+    S = scores_by_clip(bundle, clips, quiet, skipped=skipped)  # an undecodable file is reported, not fatal
+    clips = kept(clips, skipped)
     pred = [bundle.labels[i] for i in S.argmax(axis=1)]
     rep = report(bundle.labels, [lab for _, lab in clips], pred)
     rep["model"] = bundle.ref
     rep["data"] = str(data_dir)
+    rep["skipped"] = [{"file": f, "reason": r} for f, r in skipped]
     if plot:
         rep["confusion_png"] = str(plot_confusion(rep, plot, f"{bundle.ref} on {Path(data_dir).name}"))
     return rep
@@ -83,6 +87,8 @@ def format_report(rep: dict) -> str:
     for lab, m in rep["per_class"].items():
         lines.append(f"{lab:<14}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>8.3f}{m['clips']:>7}")
     lines.append(f"macro-F1 {rep['macro_f1']:.3f}, accuracy {rep['accuracy']:.3f}")
+    if rep.get("skipped"):
+        lines.append(f"skipped {len(rep['skipped'])} file(s) that could not be decoded (listed above)")
     if rep.get("confusion_png"):
         lines.append(f"confusion matrix: {rep['confusion_png']}")
     return "\n".join(lines)

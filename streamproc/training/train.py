@@ -19,7 +19,7 @@ import numpy as np
 
 from ..windowing import WindowSpec
 from .bundle import export_sklearn
-from .data import featurise, list_clips
+from .data import featurise, kept, list_clips
 from .evaluate import plot_confusion, report
 
 
@@ -36,7 +36,9 @@ def train(data_dir: str, *, task: str, out: str, seed: int = 0, test_fraction: f
     if len(labels) < 2:
         raise ValueError(f"{data_dir}: need at least two label folders, found {labels}")
     t0 = time.monotonic()
-    X, y, idx = featurise(clips, spec, quiet=quiet)
+    skipped: list = []
+    X, y, idx = featurise(clips, spec, quiet=quiet, skipped=skipped)  # an undecodable file is named and left out
+    clips = kept(clips, skipped)
     rng = np.random.default_rng(seed)
     test_clips = set()
     for lab in labels:  # stratified by label, split by clip file

@@ -87,6 +87,29 @@ def test_evaluate_prints_scores_and_writes_the_confusion_matrix(tiny, tmp_path):
     assert p.returncode == 2 and "no audio files" in p.stderr
 
 
+def test_evaluate_and_train_skip_an_undecodable_file_and_read_every_audio_suffix(tiny, tmp_path):
+    """A labelled folder with a corrupt .wav and clips as .au and .opus: evaluate scores the others, names the
+    bad file with its reason (JSON `skipped`), and train still trains."""
+    import shutil
+    data, models, _ = tiny
+    folder = tmp_path / "data"
+    shutil.copytree(data, folder)
+    (folder / "speech" / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk" + bytes(200))
+    y, sr = sf.read(next((data / "music").glob("*.wav")))
+    sf.write(folder / "music" / "extra.au", y, sr, format="AU")
+    sf.write(folder / "music" / "extra.opus", y, sr, format="OGG", subtype="OPUS")
+    p = subprocess.run(cli("evaluate", str(models / "soundtype" / "1"), str(folder), "--json", "--plot",
+                           str(tmp_path / "cm.png")), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rep = json.loads(p.stdout)
+    assert rep["n_clips"] == 22 and rep["per_class"]["music"]["clips"] == 7, rep["per_class"]
+    assert [s["file"] for s in rep["skipped"]] == [str(folder / "speech" / "broken.wav")]
+    assert "cannot decode" in rep["skipped"][0]["reason"] and "broken.wav" in p.stderr
+    rep = train(str(folder), task="soundtype", out=str(tmp_path / "m" / "soundtype" / "1"), seed=1, quiet=True,
+                hidden=16)
+    assert rep["n_clips"] >= 4  # its held-out clips, from the 22 readable files
+
+
 def test_models_list_shows_tasks_versions_and_scores(tiny):
     _, models, rep = tiny
     p = subprocess.run(cli("models", "list"), capture_output=True, text=True, timeout=60,
