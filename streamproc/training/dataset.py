@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -281,6 +282,15 @@ def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    # how to make this exact dataset again; `train` copies it into the bundle's model.yaml
+    command = f"audiostream dataset synth --out {out} --minutes {minutes:g} --seed {seed}" + \
+        (f" --clip-seconds {clip_seconds:g}" if clip_seconds != 4.0 else "") + \
+        (f" --real-fraction {real_fraction:g}" if real_fraction else "")
+    from .debian import TRAIN_PACKAGES
+    (out / "dataset.json").write_text(json.dumps({
+        "command": command, "seed": seed, "minutes": minutes, "clip_seconds": clip_seconds,
+        "real_fraction": real_fraction, "clips": len(rows),
+        "real_packages": sorted(TRAIN_PACKAGES) if pool is not None else []}, indent=2) + "\n")
     return out
 
 
@@ -293,8 +303,8 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clip-seconds", type=float, default=4.0)
     p.add_argument("--real-fraction", type=float, default=0.0,
-                   help="synth: share of speech/music/environment clips cut from real recordings in Debian game "
-                        "packages (hedgewars-data, frozen-bubble-data, xmoto-data; downloaded once, not installed)")
+                   help="synth: share of speech/music/environment clips cut from real recordings in Debian "
+                        "packages (docs/training.md lists them; downloaded once next to --out, not installed)")
     p.set_defaults(func=run)
 
 

@@ -98,7 +98,14 @@ def _manifest_summary(root: Path) -> dict:
         return {}
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    return {"manifest": str(path), "licenses": sorted({r.get("license", "") for r in rows})}
+    out = {"manifest": str(path), "licenses": sorted({r.get("license", "") for r in rows}),
+           # clips per origin: the source's first word is the package, or espeak-ng / "midi" / synth / a silence
+           "clips_by_origin": dict(sorted(collections.Counter(r.get("source", "").split(" ")[0].strip('"')
+                                                                for r in rows).items()))}
+    made = root / "dataset.json"
+    if made.exists():
+        out["dataset"] = json.loads(made.read_text())
+    return out
 
 
 def add_parser(sub):

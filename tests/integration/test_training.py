@@ -31,7 +31,13 @@ def tiny(tmp_path_factory):
 
 
 def test_dataset_has_every_class_and_a_manifest(tiny):
-    data, _, _ = tiny
+    import yaml
+    data, models, _ = tiny
+    made = json.loads((data / "dataset.json").read_text())  # how to make it again, carried into the bundle
+    assert made["command"] == f"audiostream dataset synth --out {data} --minutes 1 --seed 11 --clip-seconds 3"
+    assert made["clips"] == 20 and made["real_packages"] == []
+    sources = yaml.safe_load((models / "soundtype" / "1" / "model.yaml").read_text())["training"]["sources"]
+    assert sources["dataset"] == made and sum(sources["clips_by_origin"].values()) == 20
     rows = (data / "manifest.csv").read_text().splitlines()
     assert rows[0] == "file,label,source,license,augment,seconds"
     labels = {r.split(",")[1] for r in rows[1:]}
