@@ -42,9 +42,10 @@ def load_local_kafka():
     return module
 
 
-def demo_clip(sr: int = 16000) -> Path:
+def demo_clip() -> Path:
     """A 14 s clip: 4 s of speech (espeak-ng), 4 s of music (fluidsynth), 3 s of an environment sound, 3 s of
-    silence -- one stretch per label of the default model. Written once to the cache, same bytes every time."""
+    silence -- one stretch per label of the default model. Written once to the cache at the generators' rate
+    (16 kHz; the replay resamples to the model's), same bytes every time."""
     import tempfile
 
     import numpy as np
@@ -59,6 +60,7 @@ def demo_clip(sr: int = 16000) -> Path:
         return path
     dataset.require_tools()
     rng = np.random.default_rng(2024)
+    sr = dataset.SR
     parts = []
     with tempfile.TemporaryDirectory() as td:
         for label, seconds in (("speech", 4), ("music", 4), ("environment", 3)):
@@ -112,7 +114,7 @@ def run(args) -> int:
         analyzer_thread = analyzer.run_in_background(on_error=lambda exc: stop.set())
         failure = analyzer_thread.errors  # surfaced in the main thread
 
-        clip = Path(args.clip) if args.clip else demo_clip(analyzer.spec.sr)
+        clip = Path(args.clip) if args.clip else demo_clip()
         y = audio.load(clip, analyzer.spec.sr)
         if args.duration:
             y = y[: int(args.duration * analyzer.spec.sr)]
