@@ -37,16 +37,20 @@ VOICE_EFFECTS = {"ohno", "yipee", "letsgo", "goodidea"}  # Pingus sound effects 
 COLOBOT_VOCAL = {22, 26, 63, 69, 70}
 
 
-def fetch(work: Path) -> Path:
+def fetch(work: Path, packages=PACKAGES) -> Path:
+    """Download ``packages`` into ``work`` (apt-get download: no install, no root) and unpack them into
+    ``work/x``; the .deb files are deleted once unpacked. Returns ``work/x``."""
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         raise RuntimeError("needs apt-get and dpkg (Debian)")
     root = work / "x"
-    for pkg in PACKAGES:
+    work.mkdir(parents=True, exist_ok=True)
+    for pkg in packages:
         r = subprocess.run(["apt-get", "download", pkg], cwd=work, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"apt-get download {pkg} failed: {r.stderr[-500:]} (run 'apt-get update' first?)")
     for deb in work.glob("*.deb"):
         subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+        deb.unlink()
     return root
 
 
@@ -181,14 +185,7 @@ class RealPool:
         wanted = " ".join(sorted(TRAIN_PACKAGES)) + "\n"
         if not marker.exists() or marker.read_text() != wanted:  # a cache of an older package list: refetch
             shutil.rmtree(root, ignore_errors=True)
-            self.cache.mkdir(parents=True, exist_ok=True)
-            for pkg in TRAIN_PACKAGES:
-                r = subprocess.run(["apt-get", "download", pkg], cwd=self.cache, capture_output=True, text=True)
-                if r.returncode != 0:
-                    raise RuntimeError(f"apt-get download {pkg} failed: {r.stderr[-300:]}")
-            for deb in self.cache.glob("*.deb"):
-                subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
-                deb.unlink()
+            fetch(self.cache, TRAIN_PACKAGES)
             import zipfile  # Warzone 2100 keeps its audio in a zip archive
             with zipfile.ZipFile(root / "usr/share/games/warzone2100/base.wz") as z:
                 z.extractall(root / "wz", [n for n in z.namelist() if n.startswith("audio/") and n.endswith(".ogg")])
