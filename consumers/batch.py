@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamproc.audio import AUDIO_SUFFIXES
+from streamproc.audio import AUDIO_SUFFIXES, is_url
 from streamproc.errors import AudiostreamError, ConfigError
 from streamproc.settings import DEFAULT_MODEL
 
@@ -30,7 +30,7 @@ def find_audio(inputs: list[str]) -> list[tuple[str, str]]:
     """(file, root) for every audio file under ``inputs``, sorted; a root is the directory given."""
     out = []
     for item in inputs:
-        if "://" in item:
+        if is_url(item):
             try:
                 import fsspec
             except ImportError:

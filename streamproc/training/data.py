@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import AUDIO_SUFFIXES, from_s16, load, to_s16
+from ..analysis import signal_of
+from ..audio import AUDIO_SUFFIXES
 from ..errors import AudioInputError
 from ..features import FeatureExtractor
 from ..progress import Progress
@@ -26,7 +27,7 @@ def list_clips(root: str | Path) -> list[tuple[Path, str]]:
 
 def clip_vectors(path: Path, spec: WindowSpec, fx: FeatureExtractor) -> np.ndarray:
     """Window vectors of one file exactly as the live analyzer sees it (decoded, resampled, s16 on the wire)."""
-    y = from_s16(to_s16(load(path, spec.sr)))
+    y = signal_of(path, spec.sr)
     if len(y) < spec.window_length:  # shorter than a window: pad with silence so the clip still counts
         y = np.pad(y, (0, spec.window_length - len(y)))
     return fx.vectors_for_signal(y)[1]
