@@ -308,11 +308,7 @@ class Analyzer:
         self.metrics.partitions_lost.inc(len(gone))
         if self.config.exactly_once and self._txn_open:
             # the open transaction mixes lost and kept partitions: abort it all and restart from the commits
-            try:
-                self.producer.abort_transaction(30)
-            except KafkaException:
-                pass
-            self._txn_open = False
+            self._abort_transaction()
             self._fail(f"partitions {sorted(gone)} lost mid-transaction; transaction aborted")
         for b in self._inflight:
             for tp in gone:
@@ -435,8 +431,7 @@ class Analyzer:
         """Commit what settled batches allow (at-least-once mode)."""
         if not self._to_commit or self._fatal:
             return
-        offsets = [TopicPartition(t, p, o, metadata=commit_metadata(done))
-                   for (t, p), (o, done) in self._to_commit.items() if (t, p) in self._assigned]
+        offsets = self._commit_offsets(self._to_commit)
         self._to_commit = {}
         self._last_commit = time.monotonic()
         if not offsets:
@@ -457,8 +452,7 @@ class Analyzer:
         """Exactly-once: this transaction's outputs and its input offsets become visible together."""
         if not self._txn_open or self._fatal:
             return
-        offsets = [TopicPartition(t, p, o, metadata=commit_metadata(done))
-                   for (t, p), (o, done) in self._checkpoint().items() if (t, p) in self._assigned]
+        offsets = self._commit_offsets(self._checkpoint())
         try:
             if offsets:
                 self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
@@ -468,16 +462,27 @@ class Analyzer:
             self.metrics.commits.labels("failed").inc()
             err = exc.args[0] if exc.args else None
             if err is not None and err.txn_requires_abort():
-                try:
-                    self.producer.abort_transaction(30)
-                except KafkaException:
-                    pass
+                self._abort_transaction()
             self._txn_open = False
             self._fail(f"transaction not committed ({err.str() if err is not None else exc}); its outputs are "
                        f"aborted")
             return
         self._txn_open = False
         self._inflight.clear()
+
+    def _abort_transaction(self) -> None:
+        """Abort the open transaction (its outputs never become visible); an abort that fails too
+        leaves the same outcome for read_committed readers, so it is not an error of its own."""
+        try:
+            self.producer.abort_transaction(30)
+        except KafkaException:
+            pass
+        self._txn_open = False
+
+    def _commit_offsets(self, marks: dict) -> list:
+        """TopicPartitions to commit for ``{(topic, partition): (offset, done)}``, partitions we still own only."""
+        return [TopicPartition(t, p, o, metadata=commit_metadata(done))
+                for (t, p), (o, done) in marks.items() if (t, p) in self._assigned]
 
     def _partition_needs(self, tps) -> dict[tuple[str, int], int]:
         """Per partition, the oldest record an open window on it still needs."""
