@@ -15,8 +15,8 @@ def _graph(kind: str, n_in: int = 74, n_out: int = 3):
     x = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_in])
     y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_out])
     w = np.zeros((n_in, n_out), np.float32)
-    if kind == "nan":  # NaN for every input
-        b = np.full(n_out, np.nan, np.float32)
+    if kind in ("zeros", "nan"):  # every score 0 (well-formed; used with a wrong input width) or NaN
+        b = np.full(n_out, 0.0 if kind == "zeros" else np.nan, np.float32)
         nodes = [helper.make_node("MatMul", ["features", "W"], ["z"]), helper.make_node("Add", ["z", "B"], ["probabilities"])]
     elif kind == "nan_at_runtime":  # sqrt(1 + mfcc_mean[0]): finite on the probe (0 and 1), NaN on real audio (mfcc0 < -1)
         w[0, :] = 1.0
@@ -40,18 +40,8 @@ def poison_bundle(root: Path, kind: str) -> Path:
     if kind == "corrupt":
         onnx_path.write_bytes(b"\x08\x07garbage" + bytes(range(256)) * 4)
     elif kind == "wrong_shape":
-        onnx_path.write_bytes(_graph_wrong_width())
+        onnx_path.write_bytes(_graph("zeros", n_in=10))
     else:
         onnx_path.write_bytes(_graph(kind))
     return dst
 
-
-def _graph_wrong_width() -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
-    x = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 10])
-    y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3])
-    w = numpy_helper.from_array(np.zeros((10, 3), np.float32), "W")
-    g = helper.make_graph([helper.make_node("MatMul", ["features", "W"], ["probabilities"])], "narrow", [x], [y], [w])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    return m.SerializeToString()
