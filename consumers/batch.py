@@ -73,9 +73,21 @@ def arrow_schema(labels: list[str], n_features: int):
 _BUNDLE = None
 
 
+def single_threaded_blas() -> None:
+    """Run BLAS on one thread in this worker process, for the rest of its life.
+
+    Both engines must give bit-identical rows. With OpenBLAS's Haswell/Zen kernels a float32 matmul
+    rounds differently on one thread than on two (the rows of the mel/chroma product are split between
+    threads), and PySpark starts its Python workers with ``OMP_NUM_THREADS=1`` while a process pool
+    inherits the machine's thread count: pinning one thread in both makes them agree on every CPU.
+    One file per worker process is the parallelism anyway."""
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1)
+
+
 def _init_worker(model: str) -> None:
     global _BUNDLE
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    single_threaded_blas()
     from streamproc.inference import ModelBundle
     _BUNDLE = ModelBundle.load(model, intra_op_threads=1)
 
@@ -127,6 +139,7 @@ def _spark_partition(items, bundle_files, columns):
     import tempfile as tf
     from streamproc.analysis import analyze_file
     from streamproc.inference import ModelBundle
+    single_threaded_blas()
     with tf.TemporaryDirectory(prefix="audiostream-bundle-") as d:
         for name, data in bundle_files.value.items():
             Path(d, name).write_bytes(data)
