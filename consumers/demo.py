@@ -29,6 +29,7 @@ from confluent_kafka import Producer
 from producers.file import parse_speed, replay
 from producers.kafka import admin_client, ensure_topics, producer_config
 from streamproc import audio
+from streamproc.errors import ConfigError
 from streamproc.settings import TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS, kafka_config
 
 from .analyzer import DEFAULT_MODEL, Analyzer, AnalyzerConfig
@@ -154,7 +155,7 @@ def run(args) -> int:
                                            group_id=f"audiostream-demo-{uuid.uuid4().hex[:6]}"))
         try:
             port = analyzer.start_metrics_server()
-        except OSError:
+        except ConfigError:  # the default port is taken (an analyzer runs here): any free one will do
             analyzer.config.metrics_port = 0
             port = analyzer.start_metrics_server()
         analyzer_thread = analyzer.run_in_background(on_error=lambda exc: stop.set())

@@ -76,6 +76,23 @@ def test_demo_against_a_cluster_touches_only_its_own_stream_and_topics(kafka_con
     assert "5/5 windows predicted" in proc.stderr and "topics of its own" in proc.stderr, proc.stderr
 
 
+def test_a_taken_metrics_port_is_a_clear_error_not_a_traceback(kafka_conf, topics):
+    """A second analyzer on a host whose metrics port is taken: one line naming the port and the way out
+    (`--metrics-port 0`), exit 2 (before: a traceback ending in `OSError: [Errno 98]`, exit 1)."""
+    import socket
+    t = topics()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        r = subprocess.run(cli("analyze", "-b", kafka_conf["bootstrap.servers"], "--frames-topic", t["frames"],
+                               "--metrics-port", str(port)), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"--metrics-port {port}: 127.0.0.1:{port} is already in use" in r.stderr, r.stderr[-3000:]
+    assert "--metrics-port 0" in r.stderr
+
+
 def committed(kafka_conf, group: str, topic: str, partitions: int) -> list[int]:
     c = Consumer({**kafka_conf, "group.id": group, "enable.auto.commit": False})
     try:
