@@ -93,6 +93,25 @@ def test_a_taken_metrics_port_is_a_clear_error_not_a_traceback(kafka_conf, topic
     assert "--metrics-port 0" in r.stderr
 
 
+@pytest.mark.parametrize("command", [["watch"], ["produce-file", "CLIP"], ["topics", "list"]])
+def test_an_unreachable_broker_is_one_line_per_complaint_then_a_clear_error(command, tmp_path):
+    """Nothing listens at the address: the command gives up with a message a person can act on, exit 2,
+    after one librdkafka line per distinct complaint (before: watch retried forever, 1158 ERROR lines in
+    60 s; the others printed ~190 identical lines and a stray '{}')."""
+    from .helpers import free_port
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.zeros(1600, np.float32), 16000)
+    address = f"127.0.0.1:{free_port()}"  # free right now: connection refused
+    args = [str(clip) if a == "CLIP" else a for a in command]
+    r = subprocess.run(cli(*args, "-b", address), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert f"cannot reach Kafka at '{address}'" in last and "check --bootstrap-servers" in last, last
+    assert not last.endswith("{}"), last
+    errors = [ln for ln in r.stderr.splitlines() if " ERROR " in ln]
+    assert len(errors) <= 3, r.stderr[-3000:]
+
+
 def committed(kafka_conf, group: str, topic: str, partitions: int) -> list[int]:
     c = Consumer({**kafka_conf, "group.id": group, "enable.auto.commit": False})
     try:
