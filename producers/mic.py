@@ -40,6 +40,7 @@ from streamproc.settings import TOPIC_FRAMES, add_kafka_arguments, kafka_config_
 from .kafka import KafkaUnavailable, check_reachable, ensure_topics, produce, producer_config
 
 log = logging.getLogger("audiostream.mic")
+CAPTURE_QUEUE_SECONDS = 10.0
 
 
 class MicError(AudiostreamError):
@@ -149,7 +150,9 @@ class MicProducer:
         self.outbox: collections.deque = collections.deque()
         self.outbox_limit = max(1, round(buffer_seconds * 1000 / frame_ms))
         self.max_in_flight = max_in_flight
-        self.capture_q: queue.Queue = queue.Queue(maxsize=max(8, round(2000 / frame_ms)))  # ~2 s of blocks
+        # ~10 s of blocks between PortAudio's thread and ours (320 KB at 16 kHz mono): a loaded edge device
+        # can stall the sending thread for seconds (CPU, a slow log reader); only a longer stall loses audio
+        self.capture_q: queue.Queue = queue.Queue(maxsize=max(8, round(CAPTURE_QUEUE_SECONDS * 1000 / frame_ms)))
         self.stats = MicStats()
         self.metrics = metrics
         self.stop_event = threading.Event()
