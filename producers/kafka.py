@@ -120,8 +120,15 @@ class RepeatFilter(logging.Filter):
         self._seen: dict[str, list] = {}  # complaint -> [printed at, held back since]
         self._lock = threading.Lock()
 
+    # librdkafka retries these by itself and they pass in a second (a fresh broker loading its coordinator):
+    # debug detail, not a warning to greet every start with
+    TRANSIENT = ("Coordinator load in progress: retrying",)
+
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
+        if any(t in text for t in self.TRANSIENT):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         key = self._VARYING.sub("", text)
         now = self.clock()
         with self._lock:

@@ -29,3 +29,18 @@ def test_repeats_are_held_back_and_counted_when_the_complaint_prints_again():
     assert again.getMessage().endswith("(and 200 more like it in the last 300 s)")
     now[0] += 1.0
     assert not f.filter(record(REFUSED.format(ms=5, more="")))
+
+
+def test_a_transient_retry_is_debug_detail_not_a_warning(caplog):
+    f = RepeatFilter()
+    text = ("GETPID [rdkafka#producer-3] [thrd:main]: Failed to acquire idempotence PID from broker "
+            "127.0.0.1:43913/1: Broker: Coordinator load in progress: retrying")
+    r = logging.LogRecord("audiostream.kafka", logging.WARNING, __file__, 1, "%s", (text,), None)
+    logging.getLogger("audiostream.kafka").setLevel(logging.INFO)
+    assert not f.filter(r)
+    assert r.levelno == logging.DEBUG
+    logging.getLogger("audiostream.kafka").setLevel(logging.DEBUG)
+    try:
+        assert f.filter(r)  # still there for whoever asks for debug logs
+    finally:
+        logging.getLogger("audiostream.kafka").setLevel(logging.NOTSET)
