@@ -169,8 +169,10 @@ class UploadGuard:
       closes a connection whose headers are still incomplete at that size);
     - a Content-Length over ``max_body`` is refused (413) before the body is read;
     - a body without one (chunked) is counted as it arrives and refused the moment it passes ``max_body``;
-    - more than ``max_active`` uploads in flight (receiving, decoding or analysing) get 503 with Retry-After
-      before their body is read, so memory is bounded by ``max_active`` times one request's worst case;
+    - more than ``max_active`` uploads in flight (receiving, decoding or analysing) get 503 with Retry-After,
+      so memory is bounded by ``max_active`` times one request's worst case; the refused body is read and
+      dropped first (bounded by ``max_body`` and ``body_timeout_s``) so that a client still sending it gets
+      the answer, unless it asked ``Expect: 100-continue`` and so has sent nothing yet;
     - the whole body must arrive within ``body_timeout_s`` (408 otherwise): a client trickling bytes holds
       its slot for that long at most.
     """
@@ -189,6 +191,21 @@ class UploadGuard:
                 (b"connection", b"close")] + [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
         await send({"type": "http.response.start", "status": status, "headers": hdrs})
         await send({"type": "http.response.body", "body": body})
+
+    async def _discard_body(self, receive) -> None:
+        """Read and drop a body (at most ``max_body`` bytes, within ``body_timeout_s``): no slot, no memory."""
+        loop = asyncio.get_running_loop()
+        deadline, n = loop.time() + self.body_timeout_s, 0
+        try:
+            while n <= self.max_body:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                if message["type"] != "http.request":
+                    return
+                n += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+        except asyncio.TimeoutError:
+            return
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -212,6 +229,8 @@ class UploadGuard:
                 return await self._refuse(send, 413, f"the upload is larger than {self.limit_text}")
         if self.active >= self.max_active:
             log.warning("refused an upload: %d classifications in flight (--max-concurrent)", self.active)
+            if headers.get(b"expect", b"").lower() != b"100-continue":
+                await self._discard_body(receive)  # else the client, still sending, may never read the answer
             return await self._refuse(send, 503, f"busy: {self.active} uploads are being classified (the limit is "
                                                  f"{self.max_active}); retry after {self.retry_after_s} s",
                                       {"retry-after": str(self.retry_after_s)})
