@@ -23,7 +23,7 @@ import soundfile as sf
 
 # docs/security.md: the per-request worst case, measured (see "Memory bound")
 BYTES_PER_SAMPLE = 12  # decoded float32 (+ the copy that joins the blocks) and int16 for the analysis
-PER_REQUEST_FIXED = 40 << 20  # multipart parsing, the spooled upload, features and rows of one request
+PER_REQUEST_FIXED = 32 << 20  # multipart parsing, the spooled upload, features and rows of one request
 SR = 16000  # the default model's rate
 
 LIMITS = {"max_upload_mb": 2, "max_duration": 60, "max_concurrent": 2, "body_timeout": 5}
