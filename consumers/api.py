@@ -13,7 +13,8 @@ Limits (docs/security.md has the threat model and the memory bound): a body over
 a chunked body passes it), audio longer than ``--max-duration`` seconds 413 (by the
 container's header before decoding, or when decoding reaches the limit), more than
 ``--max-concurrent`` classifications at once 503 with Retry-After, a body not
-received within ``--body-timeout`` seconds 408, not decodable 415, empty 400.
+received within ``--body-timeout`` seconds 408, headers not received within
+``--header-timeout`` seconds close the connection, not decodable 415, empty 400.
 """
 
 import asyncio
@@ -493,6 +494,9 @@ def add_parser(sub):
                    help="uploads received/classified at once; more get 503 with Retry-After (default: 2)")
     p.add_argument("--body-timeout", type=float, default=60.0,
                    help="seconds a client has to send an upload's whole body; 408 after (default: 60)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a request's headers; the connection is closed after "
+                        "(default: 10)")
     p.add_argument("--max-connections", type=int, default=100,
                    help="open connections and requests at once; more get 503 (default: 100)")
     p.add_argument("--max-header-kb", type=int, default=16,
@@ -521,6 +525,42 @@ def _return_large_blocks_to_the_system() -> None:
         pass
 
 
+def header_timeout_protocol(timeout_s: float):
+    """uvicorn's h11 protocol, plus a deadline for a request's headers: ``timeout_s`` from the connection's
+    start or from the previous response's end. uvicorn has none (its keep-alive timer stops at the first
+    byte), so a client sending a header line now and then would hold its connection for ever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def connection_lost(self, exc):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(timeout_s, self._headers_due, self.cycle)
+
+        def _headers_due(self, cycle):
+            if self.cycle is cycle and not self.transport.is_closing():  # no request began since
+                log.warning("closed a connection whose request headers did not arrive within %g s "
+                            "(--header-timeout)", timeout_s)
+                self.transport.close()
+
+    return HeaderTimeoutH11
+
+
 def _bind(host: str, port: int):
     """The listening socket, bound here so a taken port is a clear error, and port 0 works."""
     import socket
@@ -545,7 +585,8 @@ def run(args) -> int:
         raise ConfigError("serve needs the api extra: pip install 'audiostream[api]'") from None
     for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-duration", args.max_duration),
                         ("--max-concurrent", args.max_concurrent), ("--body-timeout", args.body_timeout),
-                        ("--max-connections", args.max_connections), ("--max-header-kb", args.max_header_kb)):
+                        ("--max-connections", args.max_connections), ("--max-header-kb", args.max_header_kb),
+                        ("--header-timeout", args.header_timeout)):
         if not value > 0:
             raise ConfigError(f"{flag} {value} must be positive")
     live = None
@@ -566,7 +607,8 @@ def run(args) -> int:
                                                 "uvicorn.error": {"level": "WARNING"},
                                                 "uvicorn.access": {"handlers": ["access"], "level": "INFO",
                                                                    "propagate": False}}}
-    config = uvicorn.Config(app, log_config=log_config, log_level=None, access_log=args.access_log, http="h11",
+    config = uvicorn.Config(app, log_config=log_config, log_level=None, access_log=args.access_log,
+                            http=header_timeout_protocol(args.header_timeout),
                             h11_max_incomplete_event_size=args.max_header_kb << 10,
                             limit_concurrency=args.max_connections)
     shown = f"[{host}]" if ":" in host else host

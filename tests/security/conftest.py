@@ -26,7 +26,7 @@ BYTES_PER_SAMPLE = 12  # decoded float32 (+ the copy that joins the blocks) and 
 PER_REQUEST_FIXED = 32 << 20  # multipart parsing, the spooled upload, features and rows of one request
 SR = 16000  # the default model's rate
 
-LIMITS = {"max_upload_mb": 2, "max_duration": 60, "max_concurrent": 2, "body_timeout": 5}
+LIMITS = {"max_upload_mb": 2, "max_duration": 60, "max_concurrent": 2, "body_timeout": 5, "header_timeout": 3}
 
 
 def cli(*args: str) -> list[str]:

@@ -171,6 +171,37 @@ def test_oversized_headers(server):
     server.assert_within_bound()
 
 
+def test_slow_headers_are_cut_off(server):
+    """A header line every 0.5 s (slowloris), and a connection that sends nothing: both are closed after
+    --header-timeout (3 s), so they cannot pile up until --max-connections; /v1/models answers meanwhile."""
+    timeout = server.limits["header_timeout"]
+    idle = connect(server)
+    with connect(server) as s:
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: test\r\n")
+        t0 = time.monotonic()
+        closed_after = None
+        i = 0
+        while time.monotonic() - t0 < timeout + 30:
+            try:
+                s.sendall(b"X-Slow-%d: 1\r\n" % i)
+                if select.select([s], [], [], 0.5)[0] and s.recv(1024) == b"":
+                    closed_after = time.monotonic() - t0
+                    break
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - t0
+                break
+            i += 1
+            assert timed_models(server) < 5
+    assert closed_after is not None and timeout - 0.5 <= closed_after < timeout + 15, closed_after
+    idle.settimeout(timeout + 30)
+    try:
+        assert idle.recv(1024) == b""  # closed by the server, without a word
+    except ConnectionResetError:
+        pass
+    idle.close()
+    server.assert_within_bound()
+
+
 def _tiny_wav() -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.zeros(SR, np.float32), SR, format="WAV", subtype="PCM_16")

@@ -56,7 +56,7 @@ def test_help_shows_the_defaults():
     out = subprocess.run(cli("serve", "--help"), capture_output=True, text=True, timeout=120).stdout
     flat = " ".join(out.split())
     for text in ("(default: 8000; 0 = any free port)", "(default: 127.0.0.1, loopback only", "(default: 20)",
-                 "(default: 600)", "(default: 2)", "(default: 60)", "(default: 16)", "--no-access-log"):
+                 "(default: 600)", "(default: 2)", "(default: 60)", "(default: 16)", "(default: 10)", "--no-access-log"):
         assert text in flat, text
 
 
