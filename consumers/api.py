@@ -367,7 +367,10 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
 
     @app.post("/v1/classify", response_model=Classification, summary="Classify an uploaded audio file",
               responses={400: {"description": "empty upload"}, 404: {"description": "unknown model"},
-                         413: {"description": "too large or too long"}, 415: {"description": "not decodable audio"}})
+                         408: {"description": "the body did not arrive within --body-timeout"},
+                         413: {"description": "too large (--max-upload-mb) or too long (--max-duration)"},
+                         415: {"description": "not decodable audio"},
+                         503: {"description": "busy: --max-concurrent uploads in progress; see Retry-After"}})
     def classify(file: UploadFile = File(..., description="wav, flac, ogg, mp3, ..."),
                  model_ref: str | None = Query(None, alias="model", description="task[:version]")):
         b = bundle_for(model_ref)
