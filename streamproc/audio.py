@@ -81,14 +81,54 @@ def check_header(name, *, sr: int, channels: int, frames: int | None, max_second
                                 f"the limit is {max_seconds:g} s")
 
 
+class _Samples:
+    """float32 samples appended in place: into one array sized from the header when it declares a length,
+    else (or past what it declared) into segments of ``SEGMENT`` samples. Large blocks only, so freeing them
+    gives the memory back (small ones stay in the allocator's arenas), and no list of small parts to join."""
+
+    SEGMENT = 1 << 20  # samples (4 MiB)
+    MAX_EXPECTED = 1 << 25  # a header's length is trusted for at most this much up front (128 MiB)
+
+    def __init__(self, expected: int | None):
+        size = min(expected, self.MAX_EXPECTED) if expected else self.SEGMENT
+        self.segments = [np.empty(size, np.float32)]
+        self.fill = 0  # samples in the last segment
+
+    def append(self, y: np.ndarray) -> None:
+        while len(y):
+            seg = self.segments[-1]
+            k = min(len(y), len(seg) - self.fill)
+            if not k:
+                self.segments.append(np.empty(self.SEGMENT, np.float32))
+                self.fill = 0
+                continue
+            seg[self.fill:self.fill + k] = y[:k]
+            self.fill += k
+            y = y[k:]
+
+    def array(self) -> np.ndarray:
+        last = self.segments[-1][:self.fill]
+        if len(self.segments) > 1:
+            out = np.concatenate(self.segments[:-1] + [last])
+        elif self.fill >= 0.9 * len(self.segments[0]):
+            out = last  # the header was right: the array itself, no copy
+        else:
+            out = last.copy()  # a short file in a large segment: do not keep the rest alive
+        self.segments = []
+        return out
+
+
 class _Decoded:
     """Mono float32 blocks at the file's rate in, resampled float32 at ``sr`` out, with the sample cap."""
 
-    def __init__(self, name, file_sr: int, sr: int, max_seconds: float | None):
+    def __init__(self, name, file_sr: int, sr: int, max_seconds: float | None, frames: int | None = None):
         self.name, self.file_sr, self.sr, self.max_seconds = name, file_sr, sr, max_seconds
         self.cap = None if max_seconds is None else int(max_seconds * file_sr)
         self.n_in = 0
-        self.parts: list[np.ndarray] = []
+        expected = None
+        if frames:
+            expected = -(-min(frames, self.cap or frames) * sr // file_sr) + 16  # soxr gives round(n * sr / file_sr)
+        self.out = _Samples(expected)
         self.stream = None
         if file_sr != sr:
             import soxr
@@ -103,17 +143,14 @@ class _Decoded:
             raise AudioInputError(f"{self.name}: contains NaN or infinite samples")
         if self.stream is not None:
             y = self.stream.resample_chunk(y, last=False)
-        if len(y):
-            self.parts.append(np.asarray(y, dtype=np.float32))
+        self.out.append(y)
 
     def result(self) -> np.ndarray:
         if self.n_in == 0:
             raise AudioInputError(f"{self.name}: contains no audio samples")
         if self.stream is not None:
-            self.parts.append(self.stream.resample_chunk(np.zeros(0, np.float32), last=True))
-        y = np.concatenate(self.parts) if len(self.parts) != 1 else self.parts[0]
-        self.parts = []
-        return np.ascontiguousarray(y, dtype=np.float32)
+            self.out.append(self.stream.resample_chunk(np.zeros(0, np.float32), last=True))
+        return self.out.array()
 
 
 def _mono(block: np.ndarray) -> np.ndarray:
@@ -128,7 +165,7 @@ def _with_soundfile(source, name, sr: int, max_seconds: float | None) -> np.ndar
         known = f.seekable() and 0 < f.frames < UNKNOWN_FRAMES
         check_header(name, sr=f.samplerate, channels=f.channels, frames=f.frames if known else None,
                      max_seconds=max_seconds)
-        out = _Decoded(name, f.samplerate, sr, max_seconds)
+        out = _Decoded(name, f.samplerate, sr, max_seconds, frames=f.frames if known else None)
         # libsndfile fails ("psf_fseek() failed") on the read that passes the end of a stream of unknown
         # length: small reads there keep what is lost to less than one of them
         step = BLOCK_FRAMES if known else 4096
@@ -208,10 +245,15 @@ def load(path: str | Path, sr: int, *, max_seconds: float | None = None) -> np.n
 
 def to_s16(y: np.ndarray) -> np.ndarray:
     """float [-1, 1] -> int16, rounding and clipping (what goes on the wire)."""
-    t = np.asarray(y, dtype=np.float32) * np.float32(32768.0)  # one temporary, rounded and clipped in place
-    np.round(t, out=t)
-    np.clip(t, -32768, 32767, out=t)
-    return t.astype(np.int16)
+    y = np.asarray(y, dtype=np.float32)
+    out = np.empty(y.shape, np.int16)
+    src, dst = y.reshape(-1), out.reshape(-1)
+    for i in range(0, src.size, BLOCK_FRAMES):  # in blocks: the float temporary is one block, not the signal
+        t = src[i:i + BLOCK_FRAMES] * np.float32(32768.0)
+        np.round(t, out=t)
+        np.clip(t, -32768, 32767, out=t)
+        dst[i:i + BLOCK_FRAMES] = t
+    return out
 
 
 def from_s16(x: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 
 # docs/security.md: the per-request worst case, measured (see "Memory bound")
-BYTES_PER_SAMPLE = 12  # decoded float32 (+ the copy that joins the blocks) and int16 for the analysis
+BYTES_PER_SAMPLE = 8  # decoded float32 (4) and the int16 the engine reads (2), plus 2 of headroom
 PER_REQUEST_FIXED = 32 << 20  # multipart parsing, the spooled upload, features and rows of one request
 SR = 16000  # the default model's rate
 
