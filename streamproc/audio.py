@@ -202,44 +202,64 @@ def _with_audioread(path: str, name, sr: int, max_seconds: float | None) -> np.n
     return out.result()
 
 
+def _download(url: str, out) -> None:
+    """Copy an fsspec URL into the file ``out`` in blocks (an object of any size costs one block of memory)."""
+    import shutil
+    try:
+        import fsspec
+    except ImportError:
+        raise AudioInputError(f"{url}: reading URLs needs fsspec (pip install 'audiostream[batch]')") from None
+    try:
+        with fsspec.open(url, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+    except ImportError as exc:
+        raise AudioInputError(f"{url}: this URL scheme needs an extra package: {exc}") from None
+    except IsADirectoryError:
+        raise AudioInputError(f"{url}: is a directory, not an audio file") from None
+    except FileNotFoundError:
+        raise AudioInputError(f"{url}: cannot read: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise AudioInputError(f"{url}: cannot read: {describe(exc)}") from None
+    out.flush()
+
+
 def load(path: str | Path, sr: int, *, max_seconds: float | None = None) -> np.ndarray:
-    """Decode a file (or an fsspec URL) to float32 mono at ``sr``.
+    """Decode a file (or an fsspec URL, copied to a temporary file first) to float32 mono at ``sr``.
 
     ``max_seconds``: refuse (``AudioTooLongError``) audio longer than this, by its header before
     decoding, else by stopping at that many seconds of decoded samples. None: no limit on length
     (channels and sample rate are still checked, and decoding still runs in blocks).
     """
-    import io
+    import re
     import tempfile
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds={max_seconds} must be positive or None")
-    name = path
     if is_url(path):
-        source = io.BytesIO(read_bytes(path))
-    else:
-        path = Path(path)
-        name = path
-        if path.is_dir():
-            raise AudioInputError(f"{path}: is a directory, not an audio file")
-        if not path.is_file():
-            raise AudioInputError(f"{path}: no such file")
-        source = str(path)
+        suffix = re.sub(r"[^A-Za-z0-9]", "", Path(path.split("?")[0]).suffix)[:8]  # a hint for decoders
+        with tempfile.NamedTemporaryFile(suffix="." + suffix if suffix else "") as tmp:
+            _download(path, tmp)
+            return _decode(tmp.name, path, sr, max_seconds)
+    path = Path(path)
+    if path.is_dir():
+        raise AudioInputError(f"{path}: is a directory, not an audio file")
+    if not path.is_file():
+        raise AudioInputError(f"{path}: no such file")
+    return _decode(str(path), path, sr, max_seconds)
+
+
+def _decode(source: str, name, sr: int, max_seconds: float | None) -> np.ndarray:
     try:
         return _with_soundfile(source, name, sr, max_seconds)
     except AudioInputError:
         raise  # our own refusal (too long, bad header): the fallback must not try again
     except Exception as first:  # libsndfile does not know the format: try audioread
         try:
-            if isinstance(source, str):
-                return _with_audioread(source, name, sr, max_seconds)
-            with tempfile.NamedTemporaryFile() as tmp:  # audioread's backends read paths only
-                tmp.write(source.getbuffer())
-                tmp.flush()
-                return _with_audioread(tmp.name, name, sr, max_seconds)
+            return _with_audioread(source, name, sr, max_seconds)
         except AudioInputError:
             raise
         except Exception as exc:
-            raise AudioInputError(f"{name}: cannot decode audio ({type(first).__name__}: {describe(first)}; "
+            raise AudioInputError(f"{name}: cannot decode audio ({type(first).__name__}: "
+                                  f"{describe(first).replace(source, str(name))}; "
                                   f"fallback: {type(exc).__name__}: {describe(exc)})") from None
 
 

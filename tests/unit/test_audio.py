@@ -137,3 +137,16 @@ def test_errors_say_what_they_mean(tmp_path):
     with pytest.raises(AudioInputError) as info:
         audio.load(path, 16000)
     assert not str(info.value).endswith(": )") and "no decoder for this format" in str(info.value)
+
+
+def test_urls_are_copied_to_disk_in_blocks_and_checked_the_same_way(tmp_path):
+    """An fsspec URL is copied to a temporary file (not held in memory) and refused by its header like a path."""
+    import fsspec
+    bomb = _silence(tmp_path / "bomb.flac", 300, "FLAC", "PCM_16")
+    with fsspec.open("memory://corpus/bomb.flac", "wb") as f:
+        f.write(bomb.read_bytes())
+    with pytest.raises(audio.AudioTooLongError, match="memory://corpus/bomb.flac: the audio is 300 s long"):
+        audio.load("memory://corpus/bomb.flac", 16000, max_seconds=30)
+    assert len(audio.load("memory://corpus/bomb.flac", 16000)) == 300 * 16000
+    with pytest.raises(AudioInputError, match="memory://corpus/none.wav: cannot read: no such file"):
+        audio.load("memory://corpus/none.wav", 16000)
