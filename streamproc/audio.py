@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AudioInputError
+from .errors import AudioInputError, ConfigError
 
 BLOCK_FRAMES = 1 << 16  # frames decoded at a time
 MAX_CHANNELS = 64
@@ -233,7 +233,7 @@ def load(path: str | Path, sr: int, *, max_seconds: float | None = None) -> np.n
     import re
     import tempfile
     if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds={max_seconds} must be positive or None")
+        raise ConfigError(f"a duration limit of {max_seconds} s must be positive (--max-duration 0 means none)")
     if is_url(path):
         suffix = re.sub(r"[^A-Za-z0-9]", "", Path(path.split("?")[0]).suffix)[:8]  # a hint for decoders
         with tempfile.NamedTemporaryFile(suffix="." + suffix if suffix else "") as tmp:
