@@ -31,7 +31,7 @@ from collections import OrderedDict
 import numpy as np
 
 from streamproc.errors import AudioInputError, BundleError, ConfigError
-from streamproc.settings import DEFAULT_MODEL, TOPIC_FEATURES, TOPIC_PREDICTIONS, add_kafka_arguments
+from streamproc.settings import DEFAULT_MODEL, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS, add_kafka_arguments
 
 log = logging.getLogger("audiostream.api")
 
@@ -288,7 +288,7 @@ def warm_up(bundle) -> None:
 
 def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, max_duration_s: float = 600.0,
                index: str | None = None, live: LiveStreams | None = None, max_concurrent: int = 2,
-               body_timeout_s: float = 60.0, max_header_bytes: int = 16 << 10):
+               body_timeout_s: float = 60.0, max_header_bytes: int = 16 << 10, gateway=None):
     from fastapi import FastAPI, File, HTTPException, Query, UploadFile
     from pydantic import BaseModel, Field
 
@@ -448,6 +448,9 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         return {"query": id, "neighbours": [{"id": items[i][0], "kind": items[i][1], "similarity": round(s, 6)}
                                             for i, s in found]}
 
+    if gateway is not None:  # ingest: browsers, phones and HTTP clients onto audio.frames (consumers/gateway.py)
+        gateway.add_routes(app)
+
     @app.get("/healthz", include_in_schema=False)
     def healthz():
         return {"ok": True}
@@ -511,6 +514,12 @@ def add_parser(sub):
     p.add_argument("--features-topic", default=TOPIC_FEATURES, help=f"(default: {TOPIC_FEATURES})")
     p.add_argument("--streams-since", type=float, default=600.0,
                    help="seconds of live history to read at start (default: 600)")
+    p.add_argument("--ingest-token", default=os.environ.get("AUDIOSTREAM_INGEST_TOKEN"),
+                   help="bearer token the ingest routes require (env AUDIOSTREAM_INGEST_TOKEN); without one they "
+                        "answer only while serve listens on loopback")
+    p.add_argument("--ingest-topic", default=TOPIC_FRAMES, help="where ingested streams go")
+    p.add_argument("--ingest-max-speed", type=float, default=2.0,
+                   help="a stream may send at most this many times real time, after 10 s ahead")
     add_kafka_arguments(p)
     p.set_defaults(func=run)
 
@@ -592,16 +601,23 @@ def run(args) -> int:
                         ("--header-timeout", args.header_timeout)):
         if not value > 0:
             raise ConfigError(f"{flag} {value} must be positive")
-    live = None
+    live = gateway = None
     if args.bootstrap_servers or args.config or args.kafka_config or os.environ.get("AUDIOSTREAM_BOOTSTRAP_SERVERS"):
         from streamproc.inference import ModelBundle
         from streamproc.settings import kafka_config_from_args
-        live = LiveStreams(kafka_config_from_args(args), args.predictions_topic, args.features_topic,
+
+        from .gateway import Gateway
+        kafka = kafka_config_from_args(args)
+        live = LiveStreams(kafka, args.predictions_topic, args.features_topic,
                            ModelBundle.load(args.model).spec, since_s=args.streams_since).start()
+        gateway = Gateway(kafka, args.ingest_topic, token=args.ingest_token,
+                          require_token=args.host not in ("127.0.0.1", "::1", "localhost"),
+                          max_speed=args.ingest_max_speed, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+                          max_duration_s=args.max_duration)
     app = create_app(model=args.model, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
                      max_duration_s=args.max_duration, index=args.index, live=live,
                      max_concurrent=args.max_concurrent, body_timeout_s=args.body_timeout,
-                     max_header_bytes=args.max_header_kb << 10)
+                     max_header_bytes=args.max_header_kb << 10, gateway=gateway)
     _return_large_blocks_to_the_system()
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
