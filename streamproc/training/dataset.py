@@ -305,11 +305,25 @@ def add_parser(sub):
     p.add_argument("--real-fraction", type=float, default=0.0,
                    help="synth: share of speech/music/environment clips cut from real recordings in Debian "
                         "packages (docs/training.md lists them; downloaded once next to --out, not installed)")
+    p.add_argument("--set", default="a", choices=["a", "b"], dest="real_set",
+                   help="debian: a = the development set (KLettres, Pingus, Colobot); b = the frozen "
+                        "independent set, rebuilt from streamproc/training/sets/b.json with every hash checked")
+    p.add_argument("--only", type=int, default=None, metavar="N",
+                   help="debian --set b: only the first N clips of each label (a quick check of the manifest)")
+    p.add_argument("--freeze", action="store_true",
+                   help="debian --set b: select the clips anew and rewrite the manifest (done once; never "
+                        "after a model was scored on the set)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if args.kind == "debian":
+    if args.kind == "debian" and args.real_set == "b":
+        from . import setb
+        if args.freeze:
+            setb.freeze(args.out)
+        else:
+            setb.build(args.out, only=args.only)
+    elif args.kind == "debian":
         from .debian import build
         build(args.out, seed=args.seed)
     else:
