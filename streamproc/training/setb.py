@@ -267,7 +267,10 @@ def select(work: Path, quiet: bool = False) -> dict:
                 if dur < 0.3 or np.max(np.abs(y)) < 1e-3:
                     continue
                 start, end = 0.0, min(dur, MAX_CLIP_S)
-            clips.append(_entry(root, f, label, start, end, group))
+            entry = _entry(root, f, label, start, end, group)
+            if entry["source_sha256"] in {c["source_sha256"] for c in clips}:  # the same recording twice
+                continue
+            clips.append(entry)
             taken += 1
         bar.update(gi + 1, group)
     # silence: room tone from the pauses of the speech recordings NOT taken as speech clips, at most
@@ -315,15 +318,26 @@ def cut(root: Path, clip: dict) -> np.ndarray:
     return y[int(round(clip["start_s"] * SR)):int(round(clip["end_s"] * SR))]
 
 
+def _fresh(out: Path) -> None:
+    """An empty ``out``: a previous build of a set (it has a manifest.csv) is removed, so no stale clip of
+    another selection is ever scored with the set; any other non-empty directory is refused."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / "manifest.csv").exists():
+            raise RuntimeError(f"{out}: exists and is not a dataset built here; choose an empty --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def build(out: str | Path, manifest: dict | None = None, *, cache: str | Path | None = None,
           only: int | None = None, quiet: bool = False) -> Path:
     """Rebuild set B under ``out`` from ``manifest`` (default: the committed one), checking every hash.
     ``only``: the first N clips of each label (a quick check). Writes ``out/manifest.csv`` as the other
     datasets do."""
-    import csv
     import soundfile as sf
     manifest = manifest or json.loads(MANIFEST.read_text())
+    check(manifest)
     out = Path(out)
+    _fresh(out)
     clips = manifest["clips"]
     if only is not None:
         per: dict[str, list] = {}
@@ -341,7 +355,7 @@ def build(out: str | Path, manifest: dict | None = None, *, cache: str | Path | 
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({**have, **got}))
     root = cache / "x"
-    bad, rows = [], []
+    bad = []
     bar = Progress("set B: clips", len(clips), enabled=not quiet)
     for i, c in enumerate(clips):
         src = root / c["source"]
@@ -354,17 +368,22 @@ def build(out: str | Path, manifest: dict | None = None, *, cache: str | Path | 
         if sha256(dest) != c["sha256"]:
             bad.append(f"{c['file']}: the cut clip's sha256 differs from the manifest (decoder or resampler "
                        "differs from the one that froze the set)")
-        rows.append({"file": c["file"], "label": c["label"], "source": f"{c['package']} {c['source']}",
-                     "license": manifest["packages"][c["package"]]["license"]})
         bar.update(i + 1)
     if bad:
         raise RuntimeError(f"set B does not match its manifest ({len(bad)} of {len(clips)} clips):\n  "
                            + "\n  ".join(bad[:20]))
+    _write_csv(out, clips, manifest)
+    return out
+
+
+def _write_csv(out: Path, clips: list[dict], manifest: dict) -> None:
+    """``out/manifest.csv`` as the other datasets have it: file, label, source, license."""
+    import csv
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["file", "label", "source", "license"])
         w.writeheader()
-        w.writerows(rows)
-    return out
+        w.writerows({"file": c["file"], "label": c["label"], "source": f"{c['package']} {c['source']}",
+                     "license": manifest["packages"][c["package"]]["license"]} for c in clips)
 
 
 def freeze(out: str | Path, quiet: bool = False) -> dict:
@@ -375,6 +394,7 @@ def freeze(out: str | Path, quiet: bool = False) -> dict:
     shutil.rmtree(cache / "x", ignore_errors=True)
     manifest = select(cache, quiet)
     root = cache / "x"
+    _fresh(out)
     for c in manifest["clips"]:
         dest = out / c["file"]
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -383,7 +403,31 @@ def freeze(out: str | Path, quiet: bool = False) -> dict:
     (cache / ".complete").write_text(json.dumps({p: v["version"] for p, v in manifest["packages"].items()}))
     MANIFEST.parent.mkdir(parents=True, exist_ok=True)
     MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
+    _write_csv(out, manifest["clips"], manifest)
     return manifest
+
+
+LABELS = ("speech", "music", "environment", "silence")
+
+
+def check(manifest: dict) -> None:
+    """The manifest's own consistency: known labels, every clip's package pinned with a version and a
+    license, one clip per file name and per source recording (a recording shipped twice counts once)."""
+    problems = []
+    files, sources = set(), set()
+    for c in manifest["clips"]:
+        if c["label"] not in LABELS:
+            problems.append(f"{c['file']}: label {c['label']!r} is not one of {LABELS}")
+        if not manifest["packages"].get(c["package"], {}).get("version"):
+            problems.append(f"{c['file']}: package {c['package']!r} has no pinned version")
+        if c["file"] in files:
+            problems.append(f"{c['file']}: listed twice")
+        if (c["source_sha256"], c["start_s"]) in sources:
+            problems.append(f"{c['file']}: the same recording and stretch as another clip")
+        files.add(c["file"])
+        sources.add((c["source_sha256"], c["start_s"]))
+    if problems:
+        raise RuntimeError("set B manifest is inconsistent:\n  " + "\n  ".join(problems[:20]))
 
 
 def summary(manifest: dict) -> dict:
