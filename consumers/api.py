@@ -169,6 +169,7 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         confidence: float | None
         scores: dict[str, float]
         gap: bool
+        gated: bool = Field(False, description="silence by level: rms_dbfs below the model's silence_below_dbfs")
 
     class Classification(BaseModel):
         model: str
@@ -245,7 +246,7 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
                 share[r["label"]] = share.get(r["label"], 0) + 1 / len(rows)
         return {"model": b.ref, "labels": b.labels, "duration_s": round(duration, 6), "label_share": share,
                 "windows": [{"index": r["window_index"], "start_s": r["start_s"], "end_s": r["end_s"],
-                             "label": r["label"], "confidence": r["confidence"], "gap": r["gap"],
+                             "label": r["label"], "confidence": r["confidence"], "gap": r["gap"], "gated": r["gated"],
                              "scores": {lab: r[f"score_{lab}"] for lab in b.labels}} for r in rows]}
 
     @app.get("/v1/models", response_model=list[ModelInfo], summary="Model bundles available")

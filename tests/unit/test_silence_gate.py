@@ -163,3 +163,25 @@ def test_evaluate_applies_the_gate_and_scores_levels(tmp_path, rng, speech):
     off = evaluate(str(SOUNDTYPE), str(data), quiet=True, silence_below_dbfs="off")
     assert off["silence_gate"] == {"silence_below_dbfs": None, "windows": rep["silence_gate"]["windows"],
                                    "gated_windows": 0}
+
+
+def test_the_api_and_the_parquet_schema_carry_the_flag(bundle, rng):
+    """/v1/classify (in process) and batch's Parquet schema: the gated windows are flagged there too."""
+    import io
+
+    import pyarrow as pa
+    from fastapi.testclient import TestClient
+
+    from consumers.api import create_app
+    from consumers.batch import arrow_schema
+    y = np.concatenate([at_rms(pink(rng, 3 * 16000), -30), at_rms(pink(rng, 3 * 16000), -75)])
+    buf = io.BytesIO()
+    sf.write(buf, y, 16000, format="WAV", subtype="PCM_16")
+    r = TestClient(create_app(model=str(SOUNDTYPE))).post("/v1/classify", files={"file": ("q.wav", buf.getvalue())})
+    assert r.status_code == 200, r.text
+    windows = r.json()["windows"]
+    offline = analyze_pcm(to_s16(y), bundle, file="q.wav", stream_id="q.wav")
+    assert [w["gated"] for w in windows] == [x["gated"] for x in offline]
+    assert windows[0]["gated"] is False and windows[-1]["gated"] is True and windows[-1]["label"] == "silence"
+    table = pa.Table.from_pylist(offline, schema=arrow_schema(bundle.labels, bundle.spec.n_features))
+    assert table.column("gated").to_pylist() == [x["gated"] for x in offline]
