@@ -183,6 +183,8 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         version: str
         labels: list[str] | None = None
         macro_f1: float | None = None
+        real_macro_f1: float | None = Field(None, description="macro-F1 on the real development set (set A)")
+        real_b_macro_f1: float | None = Field(None, description="macro-F1 on the frozen independent real set B")
         latest: bool | None = None
         default: bool = False
         error: str | None = None
@@ -253,7 +255,8 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
     def models():
         out = []
         for m in list_bundles():
-            out.append({**{k: m.get(k) for k in ("task", "version", "labels", "macro_f1", "latest", "error")},
+            out.append({**{k: m.get(k) for k in ("task", "version", "labels", "macro_f1", "real_macro_f1",
+                                                  "real_b_macro_f1", "latest", "error")},
                         "default": f"{m['task']}:{m['version']}" == default.ref})
         return out
 

@@ -113,3 +113,18 @@ def test_pauses_are_room_tone_relative_to_the_speech_not_digital_zeros(rng):
     assert sr + 1600 <= a and b <= 3 * sr - 1600 and b - a >= int(1.1 * sr)
     assert setb._pauses(np.concatenate([word, np.zeros(2 * sr, np.float32), word])) == []  # not a room
     assert setb._pauses(np.concatenate([word, room[: sr], word])) == []                 # too short for a window
+
+
+def test_models_endpoint_shows_both_real_set_scores():
+    """GET /v1/models (in process): each bundle's held-out, set-A and set-B macro-F1, read beside the bundle."""
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from consumers.api import create_app
+    root = Path(__file__).resolve().parents[2] / "models" / "soundtype" / "3"
+    models = TestClient(create_app(model=str(root))).get("/v1/models").json()
+    st3 = next(m for m in models if (m["task"], m["version"]) == ("soundtype", "3"))
+    assert st3["real_macro_f1"] == json.loads((root / "evaluation_debian_real.json").read_text())["macro_f1"]
+    assert st3["real_b_macro_f1"] == json.loads((root / "evaluation_real_b.json").read_text())["macro_f1"] == 0.52
+    assert next(m for m in models if m["task"] == "starter")["real_b_macro_f1"] is None
