@@ -65,9 +65,11 @@ def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: s
     return rows
 
 
-def analyze_file(path: str, bundle: ModelBundle, *, root: str | None = None) -> list[dict]:
-    """Decode (as produce-file does: soxr HQ to the bundle's rate, int16) and analyse one file."""
-    pcm = to_s16(load(path, bundle.spec.sr))
+def analyze_file(path: str, bundle: ModelBundle, *, root: str | None = None,
+                 max_seconds: float | None = None) -> list[dict]:
+    """Decode (as produce-file does: soxr HQ to the bundle's rate, int16) and analyse one file; a file
+    longer than ``max_seconds`` is refused (``AudioTooLongError``) before it is decoded whole."""
+    pcm = to_s16(load(path, bundle.spec.sr, max_seconds=max_seconds))
     return analyze_pcm(pcm, bundle, file=str(path), stream_id=stream_id_for(path, root))
 
 

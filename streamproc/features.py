@@ -258,7 +258,11 @@ def tempo(envelopes: np.ndarray, fps: float, *, min_bpm: float = 40.0, max_bpm: 
     curve = a - 2 * b + c
     delta = np.clip(np.divide(0.5 * (a - c), curve, out=np.zeros_like(b), where=curve != 0), -0.5, 0.5)
     confidence = np.clip(b / np.maximum(ac[:, 0], 1e-12), 0.0, 1.0)
-    return 60.0 * fps / (k + delta), confidence
+    bpm = 60.0 * fps / (k + delta)
+    # no pulse (a steady tone, silence): nothing in the allowed range correlates, and the argmax of an
+    # all-zero or negative curve lands outside it (3000 BPM before this check). No tempo, not a made-up one.
+    pulse = (np.max(ac * prior, axis=1) > 0) & (bpm >= min_bpm * 0.97) & (bpm <= max_bpm * 1.03)
+    return np.where(pulse, bpm, np.nan), np.where(pulse, confidence, 0.0)
 
 
 def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -101,8 +101,12 @@ class LocalKafka:
 
     def __init__(self, port: int = 0, workdir: str | os.PathLike | None = None,
                  extra_properties: dict[str, str] | None = None, heap: str = "512m", die_with_parent: bool = True,
-                 scram_users: dict[str, str] | None = None):
+                 scram_users: dict[str, str] | None = None, host: str = "127.0.0.1", advertise: str | None = None):
         self.port = port or free_port()
+        # PLAINTEXT clients: bind address and the host name given to clients (a container binds 0.0.0.0
+        # and advertises its service name); the controller stays on loopback
+        self.host = host
+        self.advertise = advertise or ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host)
         # SCRAM-SHA-256 users get a SASL_PLAINTEXT listener on ``sasl_port`` (credentials are written into the
         # KRaft metadata when the storage is formatted); PLAINTEXT stays for the broker's own traffic
         self.scram_users = dict(scram_users or {})
@@ -135,8 +139,8 @@ class LocalKafka:
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.advertise}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name": "PLAINTEXT",
@@ -186,7 +190,7 @@ class LocalKafka:
         log_start = self.log_path.stat().st_size  # a restart appends: look only at this run's lines
         self.proc = subprocess.Popen(base + ["kafka.Kafka", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True,
-                                     preexec_fn=_die_with_parent if self.die_with_parent else None)
+                                     preexec_fn=_die_with_parent if self.die_with_parent else _unblock_signals)
         (self.workdir / "broker.pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -239,9 +243,16 @@ except (OSError, AttributeError):
 PR_SET_PDEATHSIG = 1
 
 
+def _unblock_signals() -> None:
+    """In the child before exec: a signal mask is inherited, and ``run`` blocks SIGTERM/SIGINT in its own
+    process to wait for them; the broker must still stop on them."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the process that started us dies (Linux), so a test run
     or bench killed without cleanup does not leave a broker behind."""
+    _unblock_signals()
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
@@ -260,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help="foreground broker" if name == "run" else "background broker")
         p.add_argument("--port", type=int, default=9092)
         p.add_argument("--dir", default=None, help="storage/work directory (kept)")
+        p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+        p.add_argument("--advertise", default=None, help="host name clients are told to connect to")
+        p.add_argument("--heap", default="512m", help="Java heap (-Xmx)")
     p = sub.add_parser("stop", help="stop a broker started with 'start'")
     p.add_argument("--dir", required=True)
     args = ap.parse_args(argv)
@@ -284,11 +298,15 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.1)
             pid_file.unlink()
         else:
-            broker = LocalKafka(port=args.port, workdir=args.dir or None, die_with_parent=args.cmd == "run")
-            broker.start()
-            print(f"Kafka {kafka_version()} ready on {broker.bootstrap_servers} (dir {broker.workdir})", flush=True)
-            if args.cmd == "run":
+            broker = LocalKafka(port=args.port, workdir=args.dir or None, die_with_parent=args.cmd == "run",
+                                host=args.host, advertise=args.advertise, heap=args.heap)
+            if args.cmd == "run":  # held from the start: a SIGTERM during start-up stops it too (as PID 1 in a
+                # container a signal without a handler would be ignored)
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            broker.start()
+            print(f"Kafka {kafka_version()} ready on {broker.host}:{broker.port}, advertised as "
+                  f"{broker.advertise}:{broker.port} (dir {broker.workdir})", flush=True)
+            if args.cmd == "run":
                 try:
                     signal.sigwait({signal.SIGINT, signal.SIGTERM})
                 finally:
