@@ -660,7 +660,7 @@ class Analyzer:
         if c.before_inference is not None:
             c.before_inference(windows)
         t0 = time.perf_counter()
-        scores = b.predict(np.stack([w.vector for w in windows]))
+        scores = b.gate(b.predict(np.stack([w.vector for w in windows])), [w.metrics["rms_dbfs"] for w in windows])
         m.inference_seconds.labels(m.model).observe(time.perf_counter() - t0)
         m.batch_windows.observe(len(windows))
         m.windows.labels(m.model).inc(len(windows))
@@ -686,7 +686,7 @@ class Analyzer:
             pred = {"schema": PREDICTION_SCHEMA, **common, "label": labels[best],
                     "confidence": round(float(s[best]), 6),
                     "scores": {lab: round(float(v), 6) for lab, v in zip(labels, s)},
-                    "model": model, "rms_dbfs": w.metrics["rms_dbfs"],
+                    "model": model, "rms_dbfs": w.metrics["rms_dbfs"], "gated": b.is_gated(w.metrics["rms_dbfs"]),
                     "capture_time": _iso(w.capture_time_ns),
                     "latency_ms": round((time.monotonic() - w.arrival) * 1000, 3),
                     "analyzer": self.instance}

@@ -310,6 +310,7 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         confidence: float | None
         scores: dict[str, float]
         gap: bool
+        gated: bool = Field(False, description="silence by level: rms_dbfs below the model's silence_below_dbfs")
 
     class Classification(BaseModel):
         model: str
@@ -325,6 +326,8 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         macro_f1: float | None = Field(None, description="macro-F1 on held-out clips")
         real_macro_f1: float | None = Field(None, description="macro-F1 on real recordings "
                                                               "(evaluation_debian_real.json), as `models list` shows")
+        real_b_macro_f1: float | None = Field(None, description="macro-F1 on the frozen independent real set B "
+                                                                "(evaluation_real_b.json), scored once")
         latest: bool | None = None
         default: bool = False
         error: str | None = None
@@ -403,15 +406,15 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
                 share[r["label"]] = share.get(r["label"], 0) + 1 / len(rows)
         return {"model": b.ref, "labels": b.labels, "duration_s": round(duration, 6), "label_share": share,
                 "windows": [{"index": r["window_index"], "start_s": r["start_s"], "end_s": r["end_s"],
-                             "label": r["label"], "confidence": r["confidence"], "gap": r["gap"],
+                             "label": r["label"], "confidence": r["confidence"], "gap": r["gap"], "gated": r["gated"],
                              "scores": {lab: r[f"score_{lab}"] for lab in b.labels}} for r in rows]}
 
     @app.get("/v1/models", response_model=list[ModelInfo], summary="Model bundles available")
     def models():
         out = []
         for m in list_bundles():
-            out.append({**{k: m.get(k) for k in ("task", "version", "labels", "macro_f1", "real_macro_f1", "latest",
-                                                 "error")},
+            out.append({**{k: m.get(k) for k in ("task", "version", "labels", "macro_f1", "real_macro_f1",
+                                                 "real_b_macro_f1", "latest", "error")},
                         "default": f"{m['task']}:{m['version']}" == default.ref})
         return out
 

@@ -46,7 +46,7 @@ def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: s
     labels = bundle.labels
     for i in range(0, len(windows), PREDICT_CHUNK):
         part = windows[i:i + PREDICT_CHUNK]
-        scores = bundle.predict(np.stack([w.vector for w in part]))
+        scores = bundle.gate(bundle.predict(np.stack([w.vector for w in part])), [w.metrics["rms_dbfs"] for w in part])
         for w, s in zip(part, scores):
             ok = bool(np.isfinite(s).all())
             best = int(np.argmax(s)) if ok else -1
@@ -54,7 +54,7 @@ def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: s
                    "start_s": w.start / spec.sr, "end_s": w.end / spec.sr,
                    "start_sample": w.start, "end_sample": w.end,
                    "label": labels[best] if ok else None, "confidence": float(s[best]) if ok else None,
-                   "model": bundle.ref, "gap": w.gap}
+                   "model": bundle.ref, "gap": w.gap, "gated": bundle.is_gated(w.metrics["rms_dbfs"])}
             for lab, v in zip(labels, s):
                 row[f"score_{lab}"] = float(v)
             for m in METRIC_COLUMNS:

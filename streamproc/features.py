@@ -216,14 +216,18 @@ class FeatureExtractor:
             return np.empty((0, self.spec.n_fft), dtype=np.float32)
         return sliding_window_view(y, self.spec.n_fft)[:: self.spec.hop_length]
 
-    def vectors_for_signal(self, y: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
-        """Offline: every complete window of ``y`` and its feature vector (same code as live)."""
+    def vectors_for_signal(self, y: np.ndarray, *, with_metrics: bool = False):
+        """Offline: every complete window of ``y`` and its feature vector (same code as live); with
+        ``with_metrics`` also each window's metrics (``window_metrics``, e.g. ``rms_dbfs``) as a third item."""
         bounds = self.spec.window_bounds(len(y))
         if not bounds:
-            return [], np.empty((0, self.spec.n_features), dtype=np.float32)
+            empty = np.empty((0, self.spec.n_features), dtype=np.float32)
+            return ([], empty, []) if with_metrics else ([], empty)
         ff = self.frame_features(self.frames_of(y))
         F, fph = self.spec.frames_per_window, self.spec.frames_per_hop
         stacked = np.stack([ff[k * fph: k * fph + F] for k in range(len(bounds))])
+        if with_metrics:
+            return bounds, self.window_vectors(stacked), self.window_metrics(stacked)
         return bounds, self.window_vectors(stacked)
 
 
