@@ -18,6 +18,7 @@ received within ``--body-timeout`` seconds 408, headers not received within
 """
 
 import asyncio
+import collections
 import logging
 import os
 import re
@@ -50,6 +51,11 @@ class LiveStreams:
         self.started = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        # for the live page: per stream its window and gap counts, level and last labels; a version number
+        # that grows with every prediction, so each page connection sends only what changed since its last look
+        self.history: dict[str, dict] = {}
+        self.version = 0
+        self.changed_at: dict[str, int] = {}
         from streamproc.analysis import embedding_columns
         self.cols = embedding_columns(spec)
         self.width = spec.n_features
@@ -105,9 +111,26 @@ class LiveStreams:
                                            "model": f"{p['model']['task']}:{p['model']['version']}",
                                            "seen": time.time()}
             self.latest.move_to_end(p["stream_id"])
+            h = self.history.setdefault(p["stream_id"], {"windows": 0, "gaps": 0, "recent": collections.deque(maxlen=60)})
+            h["windows"] += 1
+            h["gaps"] += int(bool(p.get("gap")))
+            h["rms_dbfs"] = p.get("rms_dbfs")
+            h["recent"].append(p["label"])
+            self.version += 1
+            self.changed_at[p["stream_id"]] = self.version
             while len(self.latest) > self.max_streams:
                 sid, _ = self.latest.popitem(last=False)
                 self.vectors.pop(sid, None)
+                self.history.pop(sid, None)
+                self.changed_at.pop(sid, None)
+
+    def changes(self, since: int) -> tuple[int, list[dict]]:
+        """(current version, the streams whose prediction changed after ``since``) for the live page."""
+        with self._lock:
+            rows = [{**self.latest[sid], "windows": self.history[sid]["windows"], "gaps": self.history[sid]["gaps"],
+                     "rms_dbfs": self.history[sid]["rms_dbfs"], "recent": list(self.history[sid]["recent"])}
+                    for sid, v in self.changed_at.items() if v > since and sid in self.latest]
+            return self.version, rows
 
     def _features(self, f: dict) -> None:
         feats = f.get("features") or {}
@@ -453,6 +476,7 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
 
     if gateway is not None:  # ingest: browsers, phones and HTTP clients onto audio.frames (consumers/gateway.py)
         gateway.add_routes(app)
+    add_pages(app, live)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():
@@ -486,6 +510,53 @@ def mount_docs(app) -> None:
         return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - API reference",
                               redoc_js_url="/static/docs/redoc.standalone.js",
                               redoc_favicon_url="/static/docs/favicon.png", with_google_fonts=False)
+
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+
+
+def add_pages(app, live: LiveStreams | None) -> None:
+    """The live page (/), the microphone page (/record) and the event stream they read (/v1/events): plain
+    HTML/JS/CSS from consumers/static, no build step, nothing from a CDN."""
+    import asyncio
+    import json
+
+    from fastapi import Request
+    from fastapi.responses import FileResponse, StreamingResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(os.path.join(STATIC, "index.html"))
+
+    @app.get("/record", include_in_schema=False)
+    def record():
+        return FileResponse(os.path.join(STATIC, "record.html"))
+
+    @app.get("/v1/events", summary="Server-sent events: live streams as their predictions arrive",
+             responses={200: {"content": {"text/event-stream": {}},
+                              "description": "event 'streams': a JSON list of the streams that changed"}})
+    async def events(request: Request):
+        async def stream():
+            if live is None:
+                yield "event: error\ndata: " + json.dumps("live streams are off: start serve with -b HOST:PORT") + "\n\n"
+                return
+            seen, quiet = -1, 0.0
+            yield "retry: 2000\n\n"
+            while not await request.is_disconnected():
+                version, rows = live.changes(seen)
+                if rows or seen < 0:
+                    seen = version
+                    yield "event: streams\ndata: " + json.dumps(rows) + "\n\n"
+                    quiet = 0.0
+                elif quiet > 15:
+                    yield ": still here\n\n"  # keeps proxies from closing an idle connection
+                    quiet = 0.0
+                await asyncio.sleep(0.5)
+                quiet += 0.5
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
 
 def add_parser(sub):

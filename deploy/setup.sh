@@ -13,11 +13,12 @@ PYTHON=${PYTHON:-python3}
 #   alsa-utils + pulseaudio + libasound2-plugins (the test microphone: a PulseAudio pipe source
 #   captured through PortAudio's ALSA 'pulse' device), maven + a JRE (local Kafka broker).
 #   podman + buildah + mmdebstrap + runc (the container images, built and run by the tests without Docker
-#   or a registry: deploy/docker/build.sh), and CNI's dnsname plugin (compose services find each other by name).
+#   or a registry: deploy/docker/build.sh), and CNI's dnsname plugin (compose services find each other by name);
+#   chromium (headless, with a fake microphone: the live page and /record tested in a real browser).
 DEB_PACKAGES=(libportaudio2 libsndfile1 sox libsox-fmt-all espeak-ng fluidsynth fluid-soundfont-gm
               prometheus alsa-utils pulseaudio pulseaudio-utils libasound2-plugins openmpt123 maven
               podman buildah mmdebstrap runc uidmap fuse-overlayfs slirp4netns
-              golang-github-containernetworking-plugin-dnsname)
+              golang-github-containernetworking-plugin-dnsname chromium fonts-dejavu-core)
 command -v java >/dev/null 2>&1 || DEB_PACKAGES+=(default-jre-headless)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
