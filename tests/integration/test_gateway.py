@@ -114,3 +114,74 @@ def test_a_dropped_socket_ends_the_stream_flagged_not_a_crash(gateway, kafka_con
     assert [f.sequence for f in frames] == list(range(len(frames))) and len(frames) == 11
     assert frames[-1].end_of_stream and frames[-1].gap_before  # ended, and flagged: audio may be missing
     assert httpx.get(f"http://{base}/healthz", timeout=5).status_code == 200  # the server carries on
+
+
+def rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_hundred_connections_at_once_all_delivered_memory_bounded(kafka_conf, topics, tmp_path):
+    """100 WebSocket streams at real time for 3 s each, at once: every frame lands, in order per stream, and
+    the server's memory grows by a bounded amount (measured: see docs/security.md)."""
+    import asyncio
+
+    from websockets.asyncio.client import connect as aconnect
+    t = topics()
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(cli("serve", "--port", str(port), "-b", kafka_conf["bootstrap.servers"],
+                                "--ingest-topic", t["frames"], "--predictions-topic", t["predictions"],
+                                "--features-topic", t["features"], "--max-connections", "200"),
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+        before = rss_mib(proc.pid)
+        peak = [before]
+        chunk = np.zeros(1600, np.int16).tobytes()  # 100 ms
+
+        async def one(i):
+            async with aconnect(f"ws://127.0.0.1:{port}/v1/streams/many-{i:03d}/ws") as ws:
+                t0 = asyncio.get_running_loop().time()
+                for k in range(30):  # paced as a microphone: 30 x 100 ms
+                    await ws.send(chunk)
+                    await asyncio.sleep(max(0.0, t0 + (k + 1) * 0.1 - asyncio.get_running_loop().time()))
+                await ws.send("end")
+                return __import__("json").loads(await asyncio.wait_for(ws.recv(), 60))
+
+        async def watch_memory(done):
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_mib(proc.pid))
+                await asyncio.sleep(0.2)
+
+        async def main():
+            done = asyncio.Event()
+            watcher = asyncio.create_task(watch_memory(done))
+            results = await asyncio.gather(*(one(i) for i in range(100)))
+            done.set()
+            await watcher
+            return results
+
+        results = asyncio.run(main())
+        assert all(r["frames"] == 31 and r["failed"] == 0 for r in results), results[:3]  # 30 frames + the end
+        msgs = consume(kafka_conf, t["frames"], count=3100, timeout=120)
+        per_stream: dict = {}
+        for m in msgs:
+            per_stream.setdefault(m.key(), []).append(wire.decode(m.value()).sequence)
+        assert len(per_stream) == 100 and all(s == list(range(31)) for s in per_stream.values())
+        growth = peak[0] - before
+        print(f"100 connections: RSS {before:.0f} MiB before, peak {peak[0]:.0f} MiB (+{growth:.0f} MiB)")
+        assert growth < 150, growth
+    finally:
+        proc.terminate()
+        proc.wait(30)
