@@ -52,7 +52,7 @@ def transcribe_signal(y, transcriber, *, stream_id: str, session_id: str | None,
     frames arrive and calls the same two steps per utterance). Utterances with no text yield no record."""
     from .segmentation import SAMPLE_RATE, segment
     from .transcription import transcript_record
-    for utt in segment(y, segmenter_config, start_sample=start_sample):
+    for utt in segment(y, segmenter_config or transcriber.segmenter_config, start_sample=start_sample):
         result = transcriber.transcribe(utt.audio, words=words)
         if not result.text:
             continue

@@ -73,6 +73,7 @@ class Transcriber:
     model_id: dict  # what a transcript record names as its model
     language: str | None  # None: let Whisper detect it (multilingual models)
     beam_size: int = 1
+    segmenter_config: object = None  # SegmenterConfig from the bundle's segmentation: (defaults otherwise)
     meta: dict = field(default_factory=dict, repr=False)
     model: object = field(default=None, repr=False)
 
@@ -81,6 +82,11 @@ class Transcriber:
              compute_type: str | None = None, verify: bool = True) -> "Transcriber":
         """A bundle (path or ``transcription[:version]``) or a CTranslate2 model directory, ready to transcribe."""
         model_dir, model_id, language, meta = locate(ref, verify=verify)
+        from .segmentation import SegmenterConfig, SegmenterError
+        try:
+            segmenter_config = SegmenterConfig.from_dict(meta.get("segmentation"))
+        except SegmenterError as exc:
+            raise BundleError(f"{model_dir}: {exc}") from None
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: only local paths are passed below
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # not a line per call on stderr
         try:
@@ -96,23 +102,24 @@ class Transcriber:
             raise BundleError(f"{model_dir}: faster-whisper cannot load this CTranslate2 model: {exc}") from None
         if language is None and not model.model.is_multilingual:
             language = "en"
-        return cls(model_dir, model_id, language, int(engine.get("beam_size", 1)), meta, model)
+        return cls(model_dir, model_id, language, int(engine.get("beam_size", 1)), segmenter_config, meta, model)
 
-    def _run(self, y: np.ndarray, *, long_form: bool, words: bool):
+    def _run(self, y: np.ndarray, *, long_form: bool, words: bool, prompt: str | None = None):
         y = np.ascontiguousarray(y, dtype=np.float32)
         t0, c0 = time.perf_counter(), time.process_time()
         segments, info = self.model.transcribe(
             y, language=self.language, beam_size=self.beam_size, temperature=0.0,
             condition_on_previous_text=long_form, without_timestamps=not long_form,
-            word_timestamps=words, vad_filter=False)
+            word_timestamps=words, vad_filter=False, initial_prompt=prompt or None)
         segments = list(segments)  # the generator does the work
         return segments, info, (time.perf_counter() - t0, time.process_time() - c0)
 
-    def transcribe(self, y: np.ndarray, *, words: bool = False) -> Transcription:
-        """One utterance (at most 30 s, float32 mono 16 kHz) -> text."""
+    def transcribe(self, y: np.ndarray, *, words: bool = False, prompt: str | None = None) -> Transcription:
+        """One utterance (at most 30 s, float32 mono 16 kHz) -> text. ``prompt``: the stream's previous text,
+        given to Whisper as context the way its own long-form decoding does (see :class:`StreamContext`)."""
         if y.size > 30 * SAMPLE_RATE:
             raise ValueError(f"an utterance is at most 30 s ({30 * SAMPLE_RATE} samples), got {y.size}")
-        segments, info, (seconds, cpu) = self._run(y, long_form=False, words=words)
+        segments, info, (seconds, cpu) = self._run(y, long_form=False, words=words, prompt=prompt)
         text = " ".join(s.text.strip() for s in segments).strip()
         n = sum(len(s.tokens) for s in segments)
         avg = sum(s.avg_logprob * len(s.tokens) for s in segments) / n if n else None

@@ -33,7 +33,7 @@ def bounds(utts):
     return [(u.start_sample, u.end_sample, u.reason) for u in utts]
 
 
-CFG = SegmenterConfig(hangover_s=0.5, pad_s=0.2, max_utterance_s=5.0, min_speech_s=0.1)
+CFG = SegmenterConfig(hangover_s=0.5, pad_s=0.2, max_utterance_s=5.0, min_speech_s=0.1, min_utterance_s=0.0)
 PAD, HANG = 3200, 8000
 
 
@@ -115,8 +115,23 @@ def test_idle_flush_closes_the_utterance_and_the_stream_goes_on():
 
 def test_blips_shorter_than_min_speech_are_dropped():
     y = np.concatenate([quiet(20), tone(2), quiet(40), tone(20), quiet(40)])  # 64 ms click, then speech
-    utts = segment(y, SegmenterConfig(min_speech_s=0.15, max_utterance_s=5.0), vad=level_vad)
+    utts = segment(y, SegmenterConfig(min_speech_s=0.15, max_utterance_s=5.0, min_utterance_s=0), vad=level_vad)
     assert [u.start_sample for u in utts] == [62 * W - PAD]
+
+
+def test_short_pauses_do_not_end_an_utterance_under_min_utterance_s_but_long_ones_do():
+    cfg = SegmenterConfig(min_utterance_s=5.0, long_pause_s=2.0, max_utterance_s=20.0, min_speech_s=0.1)
+    S, short, long_ = tone(60), quiet(25), quiet(70)  # 1.92 s of speech, 0.8 s and 2.24 s pauses
+    y = np.concatenate([quiet(10), S, short, S, long_, S, short, S, short, S, short, S, short, S, long_, S,
+                        quiet(30)])
+    # speech runs (in windows): [10,70) [95,155) | [225,285) [310,370) [395,455) [480,540) [565,625) | [695,755)
+    assert bounds(segment(y, cfg, vad=level_vad)) == [
+        (10 * W - PAD, 155 * W + PAD, "silence"),   # 2.3 s at the first short pause: goes on; 5.04 s at the 2nd: ends
+        (225 * W - PAD, 370 * W + PAD, "silence"),  # the same: packed to 5.04 s, ended by the next short pause
+        (395 * W - PAD, 540 * W + PAD, "silence"),
+        (565 * W - PAD, 625 * W + PAD, "silence"),  # only 2.3 s long, but the pause after it is a long one
+        (695 * W - PAD, 755 * W + PAD, "end"),      # 0.96 s of quiet at the end: neither rule; stream end closes it
+    ]
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -125,6 +140,8 @@ def test_blips_shorter_than_min_speech_are_dropped():
     ({"pad_s": 0.6, "hangover_s": 0.5}, "pad_s=0.6 must be in"),
     ({"max_utterance_s": 31}, "at most 30"),
     ({"max_utterance_s": 0.5}, "at least 1 second"),
+    ({"min_utterance_s": 20.0}, "min_utterance_s=20.0 must be in"),
+    ({"long_pause_s": 0.3}, "long_pause_s=0.3 must be >= hangover_s"),
 ])
 def test_bad_settings_name_the_value(kwargs, message):
     with pytest.raises(SegmenterError, match=message):
@@ -144,7 +161,7 @@ def test_bad_input_is_refused():
 @pytest.fixture(scope="module")
 def two_sentences():
     return stream_of(["The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background."],
-                     [0.8, 1.2])
+                     [0.8, 2.5])  # a pause longer than long_pause_s: two utterances even under min_utterance_s
 
 
 def test_silero_streaming_equals_faster_whispers_batched_run(two_sentences):
@@ -159,7 +176,7 @@ def test_silero_streaming_equals_faster_whispers_batched_run(two_sentences):
 def test_silero_cuts_two_sentences_at_the_pause_for_any_chunking(two_sentences):
     y = two_sentences
     first_end = int(0.8 * SR) + say("The birch canoe slid on the smooth planks.").size
-    second_start = first_end + int(1.2 * SR)
+    second_start = first_end + int(2.5 * SR)
     utts = segment(y)
     assert [u.reason for u in utts] == ["silence", "end"] or [u.reason for u in utts] == ["silence", "silence"]
     a, b = utts

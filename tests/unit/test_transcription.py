@@ -31,7 +31,7 @@ def transcriber():
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     path = tmp_path_factory.mktemp("speech") / "two.wav"
-    sf.write(path, stream_of(SENTENCES, [0.6, 1.0]), 16000)
+    sf.write(path, stream_of(SENTENCES, [0.6, 2.5]), 16000)  # a pause over long_pause_s: two utterances
     return path
 
 
@@ -195,3 +195,14 @@ def test_normalisation_and_wer():
     assert word_errors("the cat sat on the mat", "The cat sat on a mat.") == (1, 6)
     assert word_errors("a b c", "") == (3, 3) and word_errors("", "x") == (1, 0)
     assert wer([("a b c d", "a b c d"), ("e f", "e g h")]) == pytest.approx(2 / 6)
+
+
+def test_the_bundle_pins_the_segmentation_settings(transcriber, tmp_path):
+    from streamproc.segmentation import SegmenterConfig
+    assert transcriber.segmenter_config == SegmenterConfig(min_utterance_s=5.0, long_pause_s=2.0, hangover_s=0.5)
+    d = bundle_with(tmp_path)
+    meta = yaml.safe_load((d / "model.yaml").read_text())
+    meta["segmentation"]["hangover"] = 1
+    (d / "model.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(BundleError, match=r"unknown segmentation setting\(s\) \['hangover'\]"):
+        Transcriber.load(d)
