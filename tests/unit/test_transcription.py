@@ -206,3 +206,9 @@ def test_the_bundle_pins_the_segmentation_settings(transcriber, tmp_path):
     (d / "model.yaml").write_text(yaml.safe_dump(meta))
     with pytest.raises(BundleError, match=r"unknown segmentation setting\(s\) \['hangover'\]"):
         Transcriber.load(d)
+
+
+def test_whole_file_mode_is_the_engines_own_long_form_decoding(clip, capsys):
+    assert main(["transcribe", str(clip), "--whole-file"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert len(out.splitlines()) == 1 and KEYWORDS[0] | KEYWORDS[1] <= set(normalise(out)), out
