@@ -30,7 +30,8 @@ def add_parser(sub):
                        description=__doc__)
     p.add_argument("file", help="audio file (wav, flac, ogg, mp3, ...) or an fsspec URL")
     p.add_argument("--json", action="store_true", help="one JSON transcript record per utterance")
-    p.add_argument("--words", action="store_true", help="word timings in the records (measured: about 2x the engine CPU time)")
+    p.add_argument("--words", action="store_true",
+                   help="word timings in the records (measured: about 2x the engine CPU time)")
     p.add_argument("--asr-model", default=DEFAULT_MODEL,
                    help="transcription bundle (path or transcription[:version]) or a local CTranslate2 Whisper "
                         "model directory")
