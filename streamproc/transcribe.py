@@ -78,10 +78,14 @@ def run(args) -> int:
                           "confidence": result.avg_logprob, "model": transcriber.model_id})
               if args.json else result.text, flush=True)
         return 0
-    for rec in transcribe_signal(y, transcriber, stream_id=stream_id, session_id=session_of(y), words=args.words):
-        if args.json:
-            print(json.dumps(rec), flush=True)
-        else:
-            print(f"{rec['start_s']:8.2f}-{rec['end_s']:<8.2f} {rec['text']}", flush=True)
-    sys.stdout.flush()
+    try:
+        for rec in transcribe_signal(y, transcriber, stream_id=stream_id, session_id=session_of(y),
+                                     words=args.words):
+            if args.json:
+                print(json.dumps(rec), flush=True)
+            else:
+                print(f"{rec['start_s']:8.2f}-{rec['end_s']:<8.2f} {rec['text']}", flush=True)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
