@@ -86,8 +86,9 @@ class SegmenterConfig:
                                  f"(the end pad is audio the hangover already waited for)")
         if not self.max_utterance_s >= 1.0:
             raise SegmenterError(f"max_utterance_s={self.max_utterance_s} must be at least 1 second")
-        if self.max_utterance_s > 30.0:
-            raise SegmenterError(f"max_utterance_s={self.max_utterance_s} must be at most 30 (Whisper's window)")
+        if self.max_utterance_s > 29.0:  # an utterance may end up to one VAD window past the limit
+            raise SegmenterError(f"max_utterance_s={self.max_utterance_s} must be at most 29 (Whisper's window is "
+                                 f"30 s)")
         if self.min_speech_s < 0:
             raise SegmenterError(f"min_speech_s={self.min_speech_s} must be >= 0")
         if not 0.0 <= self.min_utterance_s < self.max_utterance_s:
@@ -201,6 +202,9 @@ class Segmenter:
         """Append the stream's next samples (float32 mono, 16 kHz); return the utterances they finished."""
         if self._closed:
             raise SegmenterError("push() after flush('end'): the stream has ended; start a new Segmenter")
+        if np.issubdtype(np.asarray(y).dtype, np.integer):
+            raise SegmenterError(f"audio must be float samples in [-1, 1], got {np.asarray(y).dtype} "
+                                 f"(wire frames: streamproc.audio.from_s16 converts them)")
         y = np.asarray(y, dtype=np.float32)
         if y.ndim != 1:
             raise SegmenterError(f"audio must be 1-D mono samples, got shape {y.shape}")
