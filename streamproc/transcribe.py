@@ -47,19 +47,28 @@ def session_of(y) -> str:
     return hashlib.sha256(y.tobytes()).hexdigest()[:32]
 
 
+def utterance_record(transcriber, utt, *, stream_id: str, session_id: str | None, words: bool = False):
+    """One finished utterance -> its transcript record, or None when Whisper hears no text in it. The step a
+    service takes for every utterance its per-stream Segmenter returns."""
+    from .segmentation import SAMPLE_RATE
+    from .transcription import transcript_record
+    result = transcriber.transcribe(utt.audio, words=words)
+    if not result.text:
+        return None
+    return transcript_record(stream_id=stream_id, session_id=session_id, start_sample=utt.start_sample,
+                             end_sample=utt.end_sample, sample_rate=SAMPLE_RATE, result=result,
+                             model=transcriber.model_id, reason=utt.reason)
+
+
 def transcribe_signal(y, transcriber, *, stream_id: str, session_id: str | None, words: bool = False,
                       segmenter_config=None, start_sample: int = 0):
     """Records of every utterance of a whole 16 kHz signal (the offline path; a service feeds a Segmenter as
-    frames arrive and calls the same two steps per utterance). Utterances with no text yield no record."""
-    from .segmentation import SAMPLE_RATE, segment
-    from .transcription import transcript_record
+    frames arrive and calls :func:`utterance_record` per utterance). Utterances with no text yield no record."""
+    from .segmentation import segment
     for utt in segment(y, segmenter_config or transcriber.segmenter_config, start_sample=start_sample):
-        result = transcriber.transcribe(utt.audio, words=words)
-        if not result.text:
-            continue
-        yield transcript_record(stream_id=stream_id, session_id=session_id, start_sample=utt.start_sample,
-                                end_sample=utt.end_sample, sample_rate=SAMPLE_RATE, result=result,
-                                model=transcriber.model_id, reason=utt.reason)
+        rec = utterance_record(transcriber, utt, stream_id=stream_id, session_id=session_id, words=words)
+        if rec is not None:
+            yield rec
 
 
 def run(args) -> int:

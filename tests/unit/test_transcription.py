@@ -212,3 +212,18 @@ def test_whole_file_mode_is_the_engines_own_long_form_decoding(clip, capsys):
     assert main(["transcribe", str(clip), "--whole-file"]) == 0
     out = capsys.readouterr().out.strip()
     assert len(out.splitlines()) == 1 and KEYWORDS[0] | KEYWORDS[1] <= set(normalise(out)), out
+
+
+def test_frames_pushed_as_a_live_stream_give_the_same_records_as_the_file(transcriber, clip):
+    """What the future service will do (a Segmenter per stream fed 10 ms frames, one record per utterance)
+    gives exactly the offline command's records."""
+    from streamproc.audio import load
+    from streamproc.segmentation import Segmenter
+    from streamproc.transcribe import transcribe_signal, utterance_record
+    y = load(clip, 16000)
+    offline = list(transcribe_signal(y, transcriber, stream_id="s", session_id=None))
+    seg, live = Segmenter(transcriber.segmenter_config), []
+    for k in range(0, y.size, 160):
+        live += [utterance_record(transcriber, u, stream_id="s", session_id=None) for u in seg.push(y[k:k + 160])]
+    live += [utterance_record(transcriber, u, stream_id="s", session_id=None) for u in seg.flush("end")]
+    assert len(offline) == 2 and live == offline
