@@ -49,9 +49,11 @@ def serve_for(kafka_conf, t, tmp_path):
             pass
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
         time.sleep(0.3)
-    yield base, t
-    proc.terminate()
-    proc.wait(30)
+    try:
+        yield base, t
+    finally:  # also when the generator is closed early (GeneratorExit at the yield)
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_browser_microphone_to_labels_on_the_live_page(page_server, kafka_conf, tmp_path):
