@@ -34,7 +34,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from producers.kafka import check_reachable, client_logging, ensure_topics, produce, producer_config
 from streamproc import wire
-from streamproc.engine import Engine, Window
+from streamproc.engine import Gap, Engine, SequenceEvent, Window
 from streamproc.errors import AudiostreamError, ConfigError, FrameError, WindowSpecError
 from streamproc.inference import ModelBundle
 from streamproc.windowing import WindowSpec
@@ -142,7 +142,8 @@ class Analyzer:
         # Fail fast, before consuming anything: a bad bundle never moves an offset.
         self.bundle = ModelBundle.load(config.model, expect_spec=config.expect_spec)
         self.spec = self.bundle.spec
-        self.engine = Engine(self.spec, idle_timeout_s=config.idle_timeout_s, max_reorder=config.max_reorder)
+        self.engine = Engine(self.spec, idle_timeout_s=config.idle_timeout_s, max_reorder=config.max_reorder,
+                             events=True)
         self.metrics = AnalyzerMetrics(registry, model_task=self.bundle.task, model_version=self.bundle.version,
                                        labels=self.bundle.labels, frames_topic=config.frames_topic,
                                        output_topics=(config.predictions_topic, config.features_topic,
@@ -288,7 +289,7 @@ class Analyzer:
             if self.last_lag.pop((t, p), None) is not None:
                 self.metrics.lag.remove(t, str(p))  # a partition we no longer own has no lag of ours
         for sid in [s for s, tp in self._stream_partition.items() if tp in tps]:
-            self.engine.streams.pop(sid, None)
+            self.engine.drop(sid)
             del self._stream_partition[sid]
 
     def _on_revoke(self, consumer, partitions) -> None:
@@ -333,6 +334,8 @@ class Analyzer:
                     if self._down_since is not None and any(m.error() is None for m in msgs):
                         self._kafka_back()
                     self.process_batch(msgs)
+                elif self.engine.holding:  # frames held for a reorder are released on time, traffic or not
+                    self.process_batch([])
                 self.producer.poll(0)  # delivery callbacks
                 if self.config.exactly_once:
                     if self._txn_open and now - self._txn_started >= self.config.transaction_interval_s:
@@ -352,7 +355,7 @@ class Analyzer:
             raise self._fatal_type(self._fatal)
 
     def _housekeeping(self, now: float) -> None:
-        evicted = self.engine.evict_idle(now)
+        evicted = self.engine.evict_idle(now)  # (held frames of an evicted stream go with it)
         for sid in evicted:
             self._stream_partition.pop(sid, None)
         if len(evicted) >= 100:
@@ -537,28 +540,13 @@ class Analyzer:
                 continue
             res = self.engine.accept(sid, frame, now, tag=offset)
             self._stream_partition[sid] = tp
-            if replay:
-                continue
-            if res.status == "duplicate":
-                m.sequence.labels("duplicate").inc()
-                continue
-            self._count_sequence(sid, frame, res)
-            m.audio_seconds.inc(frame.n_frames / frame.sample_rate)
+            if not replay and res.status not in ("duplicate", "late"):
+                m.audio_seconds.inc(frame.n_frames / frame.sample_rate)
 
         t0 = time.perf_counter()
-        windows = self.engine.step(now)
-        if windows:
-            t1 = time.perf_counter()
-            m.feature_seconds.observe(t1 - t0)
-            fresh = []
-            for w in windows:
-                tp = self._stream_partition.get(w.stream_id)
-                if w.tag is not None and tp is not None and w.tag < replay_until.get(tp, -1):
-                    m.replayed.inc()
-                else:
-                    fresh.append(w)
-            if fresh:
-                self._publish(fresh)
+        if self.engine.step(now):
+            m.feature_seconds.observe(time.perf_counter() - t0)
+        self._handle(self.engine.drain())
         for sid in self.engine.finished():
             self._stream_partition.pop(sid, None)
         m.active_streams.set(len(self.engine.streams))
@@ -575,35 +563,48 @@ class Analyzer:
             self._last_checkpoint = now
         self._inflight.append(batch)
 
-    def _count_sequence(self, sid: str, frame, res) -> None:
-        m = self.metrics
-        if res.status == "new_session":
-            m.sequence.labels("new_session").inc()
-        if res.reordered:
-            m.sequence.labels("reordered").inc(res.reordered)
-        if res.gap_samples:
-            m.sequence.labels("gap").inc()
-            m.gap_seconds.inc(res.gap_samples / frame.sample_rate)
-            log.info("stream %r: gap of %.3f s before sequence %d%s", sid, res.gap_samples / frame.sample_rate,
-                     frame.sequence, " (resynchronised)" if res.resynced else " (zero-filled, windows flagged)")
-            self._gap_marker(sid, frame, res)
-        if res.resynced:
-            m.sequence.labels("resync").inc()
-        if res.producer_gap:
-            m.sequence.labels("producer_gap").inc()
+    def _handle(self, events: list) -> None:
+        """Publish the engine's events in their order (one inference call for all windows): windows,
+        gap markers; count every sequence fact. Events of records a previous owner already processed
+        (a replay after a restart or rebalance) only rebuild state."""
+        m, replay_until = self.metrics, self._replay_until
+        fresh = []
+        windows = []
+        for ev in events:
+            tp = self._stream_partition.get(ev.stream_id)
+            if ev.tag is not None and tp is not None and ev.tag < replay_until.get(tp, -1):
+                if isinstance(ev, Window):
+                    m.replayed.inc()
+                continue
+            fresh.append(ev)
+            if isinstance(ev, Window):
+                windows.append(ev)
+        scores = iter(self._infer(windows)) if windows else None
+        for ev in fresh:
+            if isinstance(ev, Window):
+                self._publish_window(ev, next(scores))
+            elif isinstance(ev, Gap):
+                self._gap(ev)
+            elif isinstance(ev, SequenceEvent):
+                m.sequence.labels(ev.kind).inc()
 
-    def _gap_marker(self, sid: str, frame, res) -> None:
-        sr = frame.sample_rate
-        st = self.engine.streams.get(sid)
-        marker = {"schema": FEATURES_SCHEMA, "type": "gap", "stream_id": sid,
-                  "session_id": (st.session_id if st else frame.session_id).hex(),
-                  "gap_start_sample": res.gap_start, "gap_end_sample": res.gap_start + res.gap_samples,
-                  "gap_start_s": round(res.gap_start / sr, 6), "gap_s": round(res.gap_samples / sr, 6),
-                  "missing_frames": res.missing_frames, "resynced": res.resynced,
-                  "handling": "resynchronised" if res.resynced else "zero_filled_and_flagged",
+    def _gap(self, g: Gap) -> None:
+        m, sr = self.metrics, g.sample_rate
+        m.sequence.labels("gap").inc()
+        if g.resynced:
+            m.sequence.labels("resync").inc()
+        m.gap_seconds.inc(g.samples / sr)
+        log.info("stream %r: gap of %.3f s at sample %d%s", g.stream_id, g.samples / sr, g.start,
+                 " (resynchronised)" if g.resynced else " (zero-filled, windows flagged)")
+        marker = {"schema": FEATURES_SCHEMA, "type": "gap", "stream_id": g.stream_id,
+                  "session_id": g.session_id.hex(),
+                  "gap_start_sample": g.start, "gap_end_sample": g.start + g.samples,
+                  "gap_start_s": round(g.start / sr, 6), "gap_s": round(g.samples / sr, 6),
+                  "missing_frames": g.missing_frames, "resynced": g.resynced,
+                  "handling": "resynchronised" if g.resynced else "zero_filled_and_flagged",
                   "sample_rate": sr}
-        self.metrics.gap_events.inc()
-        self._emit(self.config.features_topic, json.dumps(marker).encode(), sid.encode())
+        m.gap_events.inc()
+        self._emit(self.config.features_topic, json.dumps(marker).encode(), g.stream_id.encode())
 
     def _settle(self) -> None:
         """Release the commits of every leading batch whose outputs Kafka has acknowledged.
@@ -655,7 +656,7 @@ class Analyzer:
             self.metrics.delivery_errors.labels(msg.topic()).inc()
             log.error("output to %s not delivered: %s", msg.topic(), err.str())
 
-    def _publish(self, windows: list[Window]) -> None:
+    def _infer(self, windows: list[Window]) -> np.ndarray:
         c, m, b = self.config, self.metrics, self.bundle
         if c.before_inference is not None:
             c.before_inference(windows)
@@ -664,33 +665,34 @@ class Analyzer:
         m.inference_seconds.labels(m.model).observe(time.perf_counter() - t0)
         m.batch_windows.observe(len(windows))
         m.windows.labels(m.model).inc(len(windows))
+        return scores
+
+    def _publish_window(self, w: Window, s: np.ndarray) -> None:
+        c, m, b = self.config, self.metrics, self.bundle
         labels = b.labels
-        model = {"task": b.task, "version": b.version}
-        finite = np.isfinite(scores).all(axis=1)
-        for w, s, ok in zip(windows, scores, finite):
-            key = w.stream_id.encode()
-            common = {
-                "id": w.window_id, "stream_id": w.stream_id, "session_id": w.session_id.hex(),
-                "window_index": w.index, "window_start_s": round(w.start / w.sample_rate, 6),
-                "window_end_s": round(w.end / w.sample_rate, 6), "start_sample": w.start, "end_sample": w.end,
-                "sample_rate": w.sample_rate, "gap": w.gap,
-            }
-            head = json.dumps({"schema": FEATURES_SCHEMA, "type": "window", **common, "metrics": w.metrics})
-            feats = head[:-1] + ', "features": ' + self._features_template % tuple(w.vector.tolist()) + "}"
-            self._emit(c.features_topic, feats.encode(), key)
-            if not ok:
-                m.invalid_outputs.labels(m.model).inc()
-                log.error("model %s returned non-finite scores for window %s; not published", b.ref, w.window_id)
-                continue
-            best = int(np.argmax(s))
-            pred = {"schema": PREDICTION_SCHEMA, **common, "label": labels[best],
-                    "confidence": round(float(s[best]), 6),
-                    "scores": {lab: round(float(v), 6) for lab, v in zip(labels, s)},
-                    "model": model, "rms_dbfs": w.metrics["rms_dbfs"],
-                    "capture_time": _iso(w.capture_time_ns),
-                    "latency_ms": round((time.monotonic() - w.arrival) * 1000, 3),
-                    "analyzer": self.instance}
-            self._emit(c.predictions_topic, json.dumps(pred).encode(), key, on_ok=self._prediction_ack(w, labels[best]))
+        key = w.stream_id.encode()
+        common = {
+            "id": w.window_id, "stream_id": w.stream_id, "session_id": w.session_id.hex(),
+            "window_index": w.index, "window_start_s": round(w.start / w.sample_rate, 6),
+            "window_end_s": round(w.end / w.sample_rate, 6), "start_sample": w.start, "end_sample": w.end,
+            "sample_rate": w.sample_rate, "gap": w.gap, "padded": w.padded,
+        }
+        head = json.dumps({"schema": FEATURES_SCHEMA, "type": "window", **common, "metrics": w.metrics})
+        feats = head[:-1] + ', "features": ' + self._features_template % tuple(w.vector.tolist()) + "}"
+        self._emit(c.features_topic, feats.encode(), key)
+        if not np.isfinite(s).all():
+            m.invalid_outputs.labels(m.model).inc()
+            log.error("model %s returned non-finite scores for window %s; not published", b.ref, w.window_id)
+            return
+        best = int(np.argmax(s))
+        pred = {"schema": PREDICTION_SCHEMA, **common, "label": labels[best],
+                "confidence": round(float(s[best]), 6),
+                "scores": {lab: round(float(v), 6) for lab, v in zip(labels, s)},
+                "model": {"task": b.task, "version": b.version}, "rms_dbfs": w.metrics["rms_dbfs"],
+                "capture_time": _iso(w.capture_time_ns),
+                "latency_ms": round((time.monotonic() - w.arrival) * 1000, 3),
+                "analyzer": self.instance}
+        self._emit(c.predictions_topic, json.dumps(pred).encode(), key, on_ok=self._prediction_ack(w, labels[best]))
 
     def _prediction_ack(self, w: Window, label: str):
         m = self.metrics

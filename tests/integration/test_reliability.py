@@ -603,3 +603,57 @@ def test_sasl_scram(tmp_path, private_broker):
     assert password not in out
     shown = subprocess.run(cli("config", "show", *b, *sasl), capture_output=True, text=True, env=env, timeout=30)
     assert password not in shown.stdout + shown.stderr and "***" in shown.stdout
+
+
+# -- gaps released by the reorder timeout, and crashes in exactly-once mode ---------------------------------
+@pytest.mark.parametrize("traffic", ["quiet", "busy"])
+def test_a_gap_released_by_the_reorder_timeout_is_reported(kafka_conf, topics, start_analyzer, traffic):
+    """A frame lost near a stream's end: fewer than --max-reorder frames follow it, so the engine
+    holds them until the reorder timeout and then zero-fills the hole. That gap is counted, its
+    seconds added and a gap marker published like any other (it once went unreported), and the
+    held frames are released even when no other record arrives ("quiet": they once waited for
+    the next record on any stream)."""
+    t = topics()
+    a = start_analyzer(t)
+    stop = threading.Event()
+    if traffic == "busy":  # another stream keeps the analyzer's polls non-empty
+        def tick():
+            tp, other = Producer(producer_config(kafka_conf)), uuid.uuid4().bytes
+            for seq in range(600):
+                if stop.wait(0.1):
+                    break
+                tp.produce(t["frames"], key=b"ticker", value=wire.encode_pcm(
+                    bytes(3200), channels=1, n_frames=1600, sample_rate=SR, sequence=seq, sample_offset=seq * 1600,
+                    capture_time_ns=time.time_ns(), session_id=other))
+                tp.poll(0)
+            tp.flush(10)
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+    pcm = signal_for(3, 3.0)
+    session, n, sid = uuid.uuid4().bytes, 1600, "late-loss"
+    p = Producer(producer_config(kafka_conf))
+    for seq in [s for s in range(30) if s != 25]:  # frame 25 lost; 26..29 (4 frames, not more) are held
+        p.produce(t["frames"], key=sid.encode(), value=wire.encode_pcm(
+            pcm[seq * n:(seq + 1) * n].tobytes(), channels=1, n_frames=n, sample_rate=SR, sequence=seq,
+            sample_offset=seq * n, capture_time_ns=time.time_ns(), session_id=session,
+            flags=wire.FLAG_END_OF_STREAM if seq == 29 else 0))
+    assert p.flush(30) == 0
+    bounds = SPEC.window_bounds(len(pcm))
+    ids = {f"{sid}/{session.hex()}/{s}" for s, _ in bounds}
+    try:
+        preds = [p_ for p_ in read_predictions(kafka_conf, t["predictions"], ids, timeout=60)
+                 if p_["stream_id"] == sid]
+    finally:
+        stop.set()
+    assert sorted(p_["start_sample"] for p_ in preds) == [s for s, _ in bounds]
+    assert sorted(p_["start_sample"] for p_ in preds if p_["gap"]) == [32000]  # the window over 40000..41600
+    feats = [json.loads(m.value()) for m in consume(kafka_conf, t["features"], until=lambda ms: sum(
+        m.key() == sid.encode() for m in ms) > len(bounds), timeout=10)]  # waits past the windows for a marker
+    markers = [f for f in feats if f["type"] == "gap" and f["stream_id"] == sid]
+    assert len(markers) == 1, markers
+    assert markers[0]["gap_start_sample"] == 25 * n and markers[0]["gap_end_sample"] == 26 * n
+    assert markers[0]["missing_frames"] == 1 and markers[0]["handling"] == "zero_filled_and_flagged"
+    reg = a.metrics.registry
+    assert reg.get_sample_value("audiostream_stream_sequence_events_total", {"event": "gap"}) == 1.0
+    assert reg.get_sample_value("audiostream_stream_gap_seconds_total") == 0.1
+
