@@ -156,6 +156,7 @@ class Analyzer:
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self._fatal: str | None = None
+        self._failed = False  # an unexpected exception: exit aborts the transaction and commits nothing
         self._fatal_type: type = OutputDeliveryError
         self._delivery_failures = 0
         self._delivery_lock = threading.Lock()
@@ -295,7 +296,9 @@ class Analyzer:
     def _on_revoke(self, consumer, partitions) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
         log.info("revoked %s", sorted(gone))
-        if self.config.exactly_once:
+        if self._failed:  # closing after a crash: nothing of ours is committed
+            pass
+        elif self.config.exactly_once:
             self._commit_transaction()
         else:
             self._flush_and_commit()  # everything delivered, for the partitions' next owner
@@ -348,6 +351,11 @@ class Analyzer:
                 if now - last_house > 1.0:
                     self._housekeeping(now)
                     last_house = now
+        except BaseException:
+            # whatever went wrong may have left part of a batch's outputs in the open transaction (or in
+            # flight) while the offsets point before that batch: commit nothing, abort (quixstreams' _failed)
+            self._failed = True
+            raise
         finally:
             self.metrics.up.set(0)
             self._close()
@@ -398,8 +406,11 @@ class Analyzer:
         return lag
 
     def _close(self) -> None:
-        if self.producer is not None and self.consumer is not None and self._fatal is None:
-            if self.config.exactly_once:
+        if self.producer is not None and self.consumer is not None:
+            if self._failed or self._fatal is not None:
+                if self.config.exactly_once and self._txn_open:
+                    self._abort_transaction()
+            elif self.config.exactly_once:
                 self._commit_transaction()
             else:
                 self._flush_and_commit()
@@ -432,7 +443,7 @@ class Analyzer:
 
     def _commit(self, sync: bool) -> None:
         """Commit what settled batches allow (at-least-once mode)."""
-        if not self._to_commit or self._fatal:
+        if not self._to_commit or self._fatal or self._failed:
             return
         offsets = self._commit_offsets(self._to_commit)
         self._to_commit = {}
@@ -453,7 +464,7 @@ class Analyzer:
 
     def _commit_transaction(self) -> None:
         """Exactly-once: this transaction's outputs and its input offsets become visible together."""
-        if not self._txn_open or self._fatal:
+        if not self._txn_open or self._fatal or self._failed:
             return
         offsets = self._commit_offsets(self._checkpoint())
         try:

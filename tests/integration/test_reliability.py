@@ -657,3 +657,43 @@ def test_a_gap_released_by_the_reorder_timeout_is_reported(kafka_conf, topics, s
     assert reg.get_sample_value("audiostream_stream_sequence_events_total", {"event": "gap"}) == 1.0
     assert reg.get_sample_value("audiostream_stream_gap_seconds_total") == 0.1
 
+
+def test_exactly_once_crash_inside_a_batch_aborts_and_commits_nothing(kafka_conf, topics, start_analyzer):
+    """An unexpected exception inside process_batch (here: raised just before inference, after the
+    batch's dead letter was produced into the open transaction) must abort the transaction: a
+    read_committed reader then sees each output exactly once after a restart."""
+    t = topics()
+    pcm = signal_for(4, 2.0)
+    session, n, sid = uuid.uuid4().bytes, 1600, "crashy"
+    p = Producer(producer_config(kafka_conf))
+    p.produce(t["frames"], key=b"garbage", value=b"not a frame at all, just bytes")
+    for seq in range(20):
+        p.produce(t["frames"], key=sid.encode(), value=wire.encode_pcm(
+            pcm[seq * n:(seq + 1) * n].tobytes(), channels=1, n_frames=n, sample_rate=SR, sequence=seq,
+            sample_offset=seq * n, capture_time_ns=time.time_ns(), session_id=session,
+            flags=wire.FLAG_END_OF_STREAM if seq == 19 else 0))
+    assert p.flush(30) == 0  # all produced before the analyzer starts: one fetch, one batch
+
+    class Boom(RuntimeError):
+        pass
+
+    def explode(windows):
+        raise Boom("unexpected failure inside process_batch")
+
+    from consumers.analyzer import Analyzer, AnalyzerConfig
+    group = f"test-analyzer-{uuid.uuid4().hex[:8]}"
+    first = Analyzer(AnalyzerConfig(kafka=dict(kafka_conf), frames_topic=t["frames"], predictions_topic=t["predictions"],
+                                    features_topic=t["features"], deadletter_topic=t["deadletter"], group_id=group,
+                                    metrics_port=None, create_topics=False, exactly_once=True,
+                                    before_inference=explode))
+    th = first.run_in_background()
+    th.join(120)
+    assert not th.is_alive()
+    assert len(th.errors) == 1 and isinstance(th.errors[0], Boom), th.errors  # the crash surfaces as itself
+    start_analyzer(t, group_id=group, exactly_once=True)  # the restart
+    ids = {f"{sid}/{session.hex()}/{s}" for s, _ in SPEC.window_bounds(len(pcm))}
+    preds = read_predictions(kafka_conf, t["predictions"], ids, timeout=90, read_committed=True)
+    assert classify(preds, ids)["verdict"] == "all-delivered"
+    dead = consume({**kafka_conf, "isolation.level": "read_committed"}, t["deadletter"],
+                   until=lambda ms: len(ms) > 1, timeout=5)  # wait past the first: a second is the defect
+    assert len(dead) == 1, f"{len(dead)} dead letters for one bad record"
