@@ -9,17 +9,18 @@ complete in one batch per poll, and publishes:
   and a gap marker for every gap in a stream;
 - ``audio.deadletter``: every frame it cannot accept, original bytes + reason.
 
-Delivery (docs/guarantees.md): at-least-once by default, exactly-once with
-``--exactly-once`` (Kafka transactions). Either way the committed offset of a
-partition is the oldest record an open window on it still needs, and the
-commit's metadata says how far outputs were already published, so whoever
-owns the partition next rebuilds each stream's window state from Kafka and does
-not publish a window twice.
+The service is a loop and its callbacks: poll, decode (or dead-letter), file frames into
+the engine, step it, publish the events it drained (streamproc.records builds every record),
+let the checkpoint commit. Delivery (docs/guarantees.md) belongs to the checkpoint
+(consumers/checkpoint.py): at-least-once by default, exactly-once with ``--exactly-once``
+(Kafka transactions); either way the committed offset of a partition is the oldest record an
+open window on it still needs, and the commit's metadata says how far outputs were already
+published, so whoever owns the partition next rebuilds each stream's window state from Kafka
+and does not publish a window twice.
 """
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import signal
 import sys
@@ -33,7 +34,7 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from producers.kafka import check_reachable, client_logging, ensure_topics, produce, producer_config
-from streamproc import wire
+from streamproc import records, wire
 from streamproc.engine import Gap, Engine, SequenceEvent, Window
 from streamproc.errors import AudiostreamError, ConfigError, FrameError, WindowSpecError
 from streamproc.inference import ModelBundle
@@ -41,13 +42,10 @@ from streamproc.windowing import WindowSpec
 from streamproc.settings import (DEFAULT_MODEL, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES,
                                  TOPIC_PREDICTIONS, add_kafka_arguments, masked)
 
+from .checkpoint import Checkpoint, for_mode
 from .metrics import AnalyzerMetrics
 
 log = logging.getLogger("audiostream.analyzer")
-
-PREDICTION_SCHEMA = 1
-FEATURES_SCHEMA = 1
-COMMIT_METADATA_VERSION = 1
 
 
 class OutputDeliveryError(AudiostreamError):
@@ -90,26 +88,6 @@ class AnalyzerConfig:
     before_inference: Callable | None = None  # test hook: called with each batch's windows (e.g. a slow model)
 
 
-def _iso(ns: int) -> str:
-    t = ns / 1e9
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(ns % 1_000_000_000) // 1_000_000:03d}Z"
-
-
-def commit_metadata(done: int) -> str:
-    """Offset-commit metadata: every window completed by a record below ``done`` was published."""
-    return json.dumps({"v": COMMIT_METADATA_VERSION, "done": done}, separators=(",", ":"))
-
-
-def parse_commit_metadata(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        data = json.loads(text)
-        return int(data["done"]) if data.get("v") == COMMIT_METADATA_VERSION else None
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
 try:  # glibc: give freed heap pages back after mass eviction (small numpy buffers live in malloc arenas)
     import ctypes
     _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
@@ -120,18 +98,6 @@ except (OSError, AttributeError):
 def _release_freed_memory() -> None:
     if _malloc_trim is not None:
         _malloc_trim(0)
-
-
-class _Batch:
-    """Outputs still unacknowledged for one consumed batch, and the commits it allows:
-    ``offsets[(topic, partition)] = (offset to commit, done marker)``."""
-
-    __slots__ = ("pending", "offsets", "started")
-
-    def __init__(self, started: float):
-        self.pending = 0
-        self.offsets: dict[tuple[str, int], tuple[int, int]] = {}
-        self.started = started
 
 
 class Analyzer:
@@ -149,28 +115,17 @@ class Analyzer:
                                        output_topics=(config.predictions_topic, config.features_topic,
                                                       config.deadletter_topic))
         self.instance = config.instance_id or uuid.uuid4().hex[:8]
+        self.metrics.up.set_function(lambda: 1.0 if self.ready else 0.0)  # read at scrape time: what /ready says
         self._stop = threading.Event()
         self._stream_partition: dict[str, tuple[str, int]] = {}
         self._http = None
         self.metrics_port: int | None = None
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+        self.checkpoint: Checkpoint | None = None
         self._fatal: str | None = None
-        self._failed = False  # an unexpected exception: exit aborts the transaction and commits nothing
         self._fatal_type: type = OutputDeliveryError
-        self._delivery_failures = 0
-        self._delivery_lock = threading.Lock()
-        self._assigned: set[tuple[str, int]] = set()
-        self._replay_until: dict[tuple[str, int], int] = {}  # from the commit metadata: outputs already out
-        self._inflight: collections.deque[_Batch] = collections.deque()
-        self._batch: _Batch | None = None
-        self._to_commit: dict[tuple[str, int], tuple[int, int]] = {}
-        self._last_commit = 0.0
-        self._last_checkpoint = 0.0
-        self._read_upto: dict[tuple[str, int], int] = {}  # last offset processed, per partition
-        self._txn_open = False
-        self._txn_started = 0.0
-        self._features_template = self._features_json_template()
+        self._features = records.FeaturesEncoder(self.spec)
         self.latencies = collections.deque(maxlen=config.record_latencies) if config.record_latencies else None
         self.last_lag: dict[tuple[str, int], int] = {}
         self._down_since: float | None = None
@@ -180,6 +135,11 @@ class Analyzer:
     # -- lifecycle ----------------------------------------------------------------
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def assigned(self) -> set[tuple[str, int]]:
+        """The (topic, partition)s this analyzer owns right now."""
+        return set(self.checkpoint.assigned) if self.checkpoint is not None else set()
 
     @property
     def ready(self) -> bool:
@@ -246,6 +206,11 @@ class Analyzer:
             except KafkaException as exc:
                 raise ConfigError(f"--exactly-once: the cluster refused transactions ({exc.args[0].str()}); "
                                   f"transactions need a broker with a transaction state log") from None
+        self.checkpoint = for_mode(
+            c.exactly_once, self.consumer, self.producer, needs=self._partition_needs, on_fail=self._fail,
+            on_commit=lambda outcome: self.metrics.commits.labels(outcome).inc(),
+            interval_s=c.transaction_interval_s if c.exactly_once else c.commit_interval_s,
+            unavailable_timeout_s=c.unavailable_timeout_s)
         self.consumer.subscribe([c.frames_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         self._started = True
@@ -269,24 +234,16 @@ class Analyzer:
 
     def _on_assign(self, consumer, partitions) -> None:
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
-        self._assigned |= {(p.topic, p.partition) for p in partitions}
         try:  # the previous owner's commit: where to re-read from, and how far outputs were published
             committed = consumer.committed(partitions, timeout=30)
         except KafkaException as exc:
             raise OutputDeliveryError(f"cannot read committed offsets on assignment: {exc}") from None
-        for tp in committed:
-            done = parse_commit_metadata(tp.metadata)
-            if done is not None and tp.offset >= 0 and done > tp.offset:
-                self._replay_until[(tp.topic, tp.partition)] = done
-                log.info("%s[%d]: rebuilding window state from offset %d; outputs up to %d already published",
-                         tp.topic, tp.partition, tp.offset, done)
+        for (topic, partition), (offset, done) in self.checkpoint.assign(committed).items():
+            log.info("%s[%d]: rebuilding window state from offset %d; outputs up to %d already published",
+                     topic, partition, offset, done)
 
     def _drop_partitions(self, tps: set) -> None:
-        self._assigned -= tps
         for t, p in tps:
-            self._replay_until.pop((t, p), None)
-            self._read_upto.pop((t, p), None)
-            self._to_commit.pop((t, p), None)
             if self.last_lag.pop((t, p), None) is not None:
                 self.metrics.lag.remove(t, str(p))  # a partition we no longer own has no lag of ours
         for sid in [s for s, tp in self._stream_partition.items() if tp in tps]:
@@ -296,12 +253,7 @@ class Analyzer:
     def _on_revoke(self, consumer, partitions) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
         log.info("revoked %s", sorted(gone))
-        if self._failed:  # closing after a crash: nothing of ours is committed
-            pass
-        elif self.config.exactly_once:
-            self._commit_transaction()
-        else:
-            self._flush_and_commit()  # everything delivered, for the partitions' next owner
+        self.checkpoint.revoke(gone)  # everything delivered and committed for the next owner (unless failed)
         self._drop_partitions(gone)
 
     def _on_lost(self, consumer, partitions) -> None:
@@ -310,26 +262,19 @@ class Analyzer:
         gone = {(p.topic, p.partition) for p in partitions}
         log.warning("partitions lost %s: not committing them", sorted(gone))
         self.metrics.partitions_lost.inc(len(gone))
-        if self.config.exactly_once and self._txn_open:
-            # the open transaction mixes lost and kept partitions: abort it all and restart from the commits
-            self._abort_transaction()
-            self._fail(f"partitions {sorted(gone)} lost mid-transaction; transaction aborted")
-        for b in self._inflight:
-            for tp in gone:
-                b.offsets.pop(tp, None)
+        self.checkpoint.lost(gone)
         self._drop_partitions(gone)
 
     def run(self) -> None:
         """Consume until stop(); raises on unrecoverable errors (after closing cleanly)."""
         self._connect()
-        self.metrics.up.set(1)
         self.metrics.kafka_up.set(1)
         last_house = time.monotonic()
         try:
             while not self._stop.is_set():
                 # while outputs await acknowledgement, come back quickly to serve their callbacks
                 # (acks and the offsets they release are noticed at our next poll)
-                timeout = 0.002 if self._inflight and not self.config.exactly_once else self.config.poll_timeout
+                timeout = 0.002 if self.checkpoint.busy else self.config.poll_timeout
                 msgs = self.consumer.consume(num_messages=self.config.batch_size, timeout=timeout)
                 now = time.monotonic()
                 self.last_loop = now
@@ -340,13 +285,7 @@ class Analyzer:
                 elif self.engine.holding:  # frames held for a reorder are released on time, traffic or not
                     self.process_batch([])
                 self.producer.poll(0)  # delivery callbacks
-                if self.config.exactly_once:
-                    if self._txn_open and now - self._txn_started >= self.config.transaction_interval_s:
-                        self._commit_transaction()
-                else:
-                    self._settle()
-                    if self._to_commit and now - self._last_commit >= self.config.commit_interval_s:
-                        self._commit(sync=False)
+                self.checkpoint.tick(now)
                 now = time.monotonic()  # a slow batch may have taken seconds: lag and eviction must not wait
                 if now - last_house > 1.0:
                     self._housekeeping(now)
@@ -354,10 +293,9 @@ class Analyzer:
         except BaseException:
             # whatever went wrong may have left part of a batch's outputs in the open transaction (or in
             # flight) while the offsets point before that batch: commit nothing, abort (quixstreams' _failed)
-            self._failed = True
+            self.checkpoint.fail()
             raise
         finally:
-            self.metrics.up.set(0)
             self._close()
         if self._fatal:
             raise self._fatal_type(self._fatal)
@@ -388,9 +326,9 @@ class Analyzer:
         Call from the analyzer's own thread only (the run loop does, every second); other
         threads read ``last_lag``. A confluent-kafka consumer must not be used concurrently.
         """
-        if not self._assigned or self.consumer is None:
+        if self.consumer is None or not self.checkpoint.assigned:
             return {}
-        tps = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        tps = [TopicPartition(t, p) for t, p in sorted(self.checkpoint.assigned)]
         lag = {}
         for tp in self.consumer.position(tps):
             try:
@@ -406,14 +344,8 @@ class Analyzer:
         return lag
 
     def _close(self) -> None:
-        if self.producer is not None and self.consumer is not None:
-            if self._failed or self._fatal is not None:
-                if self.config.exactly_once and self._txn_open:
-                    self._abort_transaction()
-            elif self.config.exactly_once:
-                self._commit_transaction()
-            else:
-                self._flush_and_commit()
+        if self.checkpoint is not None:
+            self.checkpoint.close()  # commits what is due, or after a failure aborts and commits nothing
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
@@ -421,82 +353,12 @@ class Analyzer:
             self._http.shutdown()
             self._http = None
 
-    # -- offsets ------------------------------------------------------------------
-    def _flush_and_commit(self) -> None:
-        """Wait for every output, then commit the current state synchronously (revoke, close)."""
-        remaining = self.producer.flush(self.config.unavailable_timeout_s)
-        self._settle()
-        if remaining or self._inflight or self._fatal:
-            return  # not everything acknowledged: commit nothing newer than what settled
-        self._to_commit.update(self._checkpoint())
-        self._commit(sync=True)
-
-    def _checkpoint(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """What to commit for the current state: per partition, re-read from the oldest record an open
-        window still needs; outputs are out for every record up to the last one read."""
-        needs = self._partition_needs(self._read_upto)
-        out = {}
-        for tp, last in self._read_upto.items():
-            done = max(last + 1, self._replay_until.get(tp, 0))
-            out[tp] = (min(needs.get(tp, last + 1), last + 1), done)
-        return out
-
-    def _commit(self, sync: bool) -> None:
-        """Commit what settled batches allow (at-least-once mode)."""
-        if not self._to_commit or self._fatal or self._failed:
-            return
-        offsets = self._commit_offsets(self._to_commit)
-        self._to_commit = {}
-        self._last_commit = time.monotonic()
-        if not offsets:
-            return
-        try:  # the outcome is counted by _on_commit (librdkafka reports every commit there)
-            self.consumer.commit(offsets=offsets, asynchronous=not sync)
-        except KafkaException as exc:  # e.g. the group rebalanced: the next owner re-reads, nothing lost
-            log.warning("offset commit failed: %s", exc.args[0].str() if exc.args else exc)
-
     def _on_commit(self, err, partitions) -> None:
         failed = err is not None or any(p.error is not None for p in partitions)
         self.metrics.commits.labels("failed" if failed else "ok").inc()
         if failed:
             log.warning("offset commit failed: %s", err.str() if err is not None else
                         [f"{p.topic}[{p.partition}]: {p.error}" for p in partitions if p.error is not None])
-
-    def _commit_transaction(self) -> None:
-        """Exactly-once: this transaction's outputs and its input offsets become visible together."""
-        if not self._txn_open or self._fatal or self._failed:
-            return
-        offsets = self._commit_offsets(self._checkpoint())
-        try:
-            if offsets:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(max(30.0, self.config.unavailable_timeout_s))
-            self.metrics.commits.labels("ok").inc()
-        except KafkaException as exc:
-            self.metrics.commits.labels("failed").inc()
-            err = exc.args[0] if exc.args else None
-            if err is not None and err.txn_requires_abort():
-                self._abort_transaction()
-            self._txn_open = False
-            self._fail(f"transaction not committed ({err.str() if err is not None else exc}); its outputs are "
-                       f"aborted")
-            return
-        self._txn_open = False
-        self._inflight.clear()
-
-    def _abort_transaction(self) -> None:
-        """Abort the open transaction (its outputs never become visible); an abort that fails too
-        leaves the same outcome for read_committed readers, so it is not an error of its own."""
-        try:
-            self.producer.abort_transaction(30)
-        except KafkaException:
-            pass
-        self._txn_open = False
-
-    def _commit_offsets(self, marks: dict) -> list:
-        """TopicPartitions to commit for ``{(topic, partition): (offset, done)}``, partitions we still own only."""
-        return [TopicPartition(t, p, o, metadata=commit_metadata(done))
-                for (t, p), (o, done) in marks.items() if (t, p) in self._assigned]
 
     def _partition_needs(self, tps) -> dict[tuple[str, int], int]:
         """Per partition, the oldest record an open window on it still needs."""
@@ -515,15 +377,10 @@ class Analyzer:
 
     # -- the work -------------------------------------------------------------------
     def process_batch(self, msgs) -> None:
-        c, m = self.config, self.metrics
+        c, m, cp = self.config, self.metrics, self.checkpoint
         now = time.monotonic()
         high: dict[tuple[str, int], int] = {}
-        if c.exactly_once and not self._txn_open:
-            self.producer.begin_transaction()
-            self._txn_open = True
-            self._txn_started = now
-        self._batch = batch = _Batch(now)
-        replay_until = self._replay_until
+        cp.begin(now)
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -533,7 +390,7 @@ class Analyzer:
             tp = (msg.topic(), msg.partition())
             offset = msg.offset()
             high[tp] = max(high.get(tp, -1), offset)
-            replay = offset < replay_until.get(tp, -1)  # already processed by a previous owner
+            replay = cp.replaying(tp, offset)  # already processed (and published) by a previous owner
             value = msg.value()
             if not replay:
                 m.frames.labels(msg.topic()).inc()
@@ -561,29 +418,19 @@ class Analyzer:
         for sid in self.engine.finished():
             self._stream_partition.pop(sid, None)
         m.active_streams.set(len(self.engine.streams))
-
-        for tp, last in high.items():
-            self._read_upto[tp] = last
-            if tp in replay_until and last + 1 >= replay_until[tp]:
-                del replay_until[tp]  # caught up with what the previous owner had published
-        # at-least-once: twice per commit interval a batch carries a checkpoint (scanning every stream's
-        # needs per batch would cost more than the features); it is committed once its outputs, and all
-        # earlier ones, are acknowledged
-        if not c.exactly_once and now - self._last_checkpoint >= c.commit_interval_s / 2:
-            batch.offsets = self._checkpoint()
-            self._last_checkpoint = now
-        self._inflight.append(batch)
+        cp.store(high)
+        cp.end(now)
 
     def _handle(self, events: list) -> None:
         """Publish the engine's events in their order (one inference call for all windows): windows,
         gap markers; count every sequence fact. Events of records a previous owner already processed
         (a replay after a restart or rebalance) only rebuild state."""
-        m, replay_until = self.metrics, self._replay_until
+        m, cp = self.metrics, self.checkpoint
         fresh = []
         windows = []
         for ev in events:
             tp = self._stream_partition.get(ev.stream_id)
-            if ev.tag is not None and tp is not None and ev.tag < replay_until.get(tp, -1):
+            if ev.tag is not None and tp is not None and cp.replaying(tp, ev.tag):
                 if isinstance(ev, Window):
                     m.replayed.inc()
                 continue
@@ -607,65 +454,30 @@ class Analyzer:
         m.gap_seconds.inc(g.samples / sr)
         log.info("stream %r: gap of %.3f s at sample %d%s", g.stream_id, g.samples / sr, g.start,
                  " (resynchronised)" if g.resynced else " (zero-filled, windows flagged)")
-        marker = {"schema": FEATURES_SCHEMA, "type": "gap", "stream_id": g.stream_id,
-                  "session_id": g.session_id.hex(),
-                  "gap_start_sample": g.start, "gap_end_sample": g.start + g.samples,
-                  "gap_start_s": round(g.start / sr, 6), "gap_s": round(g.samples / sr, 6),
-                  "missing_frames": g.missing_frames, "resynced": g.resynced,
-                  "handling": "resynchronised" if g.resynced else "zero_filled_and_flagged",
-                  "sample_rate": sr}
         m.gap_events.inc()
-        self._emit(self.config.features_topic, json.dumps(marker).encode(), g.stream_id.encode())
-
-    def _settle(self) -> None:
-        """Release the commits of every leading batch whose outputs Kafka has acknowledged.
-
-        Batches settle in order, so a committed offset never passes an unacknowledged output.
-        A refused output, or one unacknowledged for ``unavailable_timeout_s``, stops the
-        analyzer without committing: a restart re-reads that input.
-        """
-        failed = self._take_delivery_failures()
-        if failed:
-            self._fail(f"{failed} output record(s) refused by Kafka")
-            return
-        while self._inflight and self._inflight[0].pending == 0:
-            self._to_commit.update(self._inflight.popleft().offsets)  # later batches hold later offsets
-        if self._inflight and time.monotonic() - self._inflight[0].started > self.config.unavailable_timeout_s:
-            self._fail(f"{self._inflight[0].pending} output record(s) not acknowledged by Kafka within "
-                       f"{self.config.unavailable_timeout_s:.0f}s")
+        self._emit(self.config.features_topic, records.dumps(records.gap(g)), g.stream_id.encode())
 
     def _fail(self, what: str) -> None:
+        """Stop without committing anything more: a restart re-reads from the last commit."""
         if self._fatal is None:
             self._fatal = f"{what}; input offsets not committed, exiting so they are re-read on restart"
             log.error("%s", self._fatal)
-        self._inflight.clear()
-        self._to_commit = {}
+        if self.checkpoint is not None:
+            self.checkpoint.fail()
         self._stop.set()
 
-    def _emit(self, topic: str, value: bytes, key: bytes | None, headers=None, on_ok=None) -> None:
-        """Produce one output record counted against the current batch."""
-        batch = self._batch
-        batch.pending += 1
+    def _emit(self, topic: str, value: bytes | None, key: bytes | None, headers=None, on_ok=None) -> None:
+        """Produce one output record, tracked by the checkpoint for the current batch."""
+        delivered_to_checkpoint = self.checkpoint.track()
 
         def delivered(err, msg):
-            batch.pending -= 1
+            delivered_to_checkpoint(err)
             if err is not None:
-                self._on_output(err, msg)
+                self.metrics.delivery_errors.labels(msg.topic()).inc()
+                log.error("output to %s not delivered: %s", msg.topic(), err.str())
             elif on_ok is not None:
                 on_ok(msg)
         produce(self.producer, topic, value, key, on_delivery=delivered, headers=headers)
-
-    def _take_delivery_failures(self) -> int:
-        with self._delivery_lock:
-            n, self._delivery_failures = self._delivery_failures, 0
-        return n
-
-    def _on_output(self, err, msg) -> None:
-        if err is not None:
-            with self._delivery_lock:
-                self._delivery_failures += 1
-            self.metrics.delivery_errors.labels(msg.topic()).inc()
-            log.error("output to %s not delivered: %s", msg.topic(), err.str())
 
     def _infer(self, windows: list[Window]) -> np.ndarray:
         c, m, b = self.config, self.metrics, self.bundle
@@ -680,30 +492,16 @@ class Analyzer:
 
     def _publish_window(self, w: Window, s: np.ndarray) -> None:
         c, m, b = self.config, self.metrics, self.bundle
-        labels = b.labels
         key = w.stream_id.encode()
-        common = {
-            "id": w.window_id, "stream_id": w.stream_id, "session_id": w.session_id.hex(),
-            "window_index": w.index, "window_start_s": round(w.start / w.sample_rate, 6),
-            "window_end_s": round(w.end / w.sample_rate, 6), "start_sample": w.start, "end_sample": w.end,
-            "sample_rate": w.sample_rate, "gap": w.gap, "padded": w.padded,
-        }
-        head = json.dumps({"schema": FEATURES_SCHEMA, "type": "window", **common, "metrics": w.metrics})
-        feats = head[:-1] + ', "features": ' + self._features_template % tuple(w.vector.tolist()) + "}"
-        self._emit(c.features_topic, feats.encode(), key)
+        common = records.window_fields(w)
+        self._emit(c.features_topic, self._features.encode(w, common), key)
         if not np.isfinite(s).all():
             m.invalid_outputs.labels(m.model).inc()
             log.error("model %s returned non-finite scores for window %s; not published", b.ref, w.window_id)
             return
-        best = int(np.argmax(s))
-        pred = {"schema": PREDICTION_SCHEMA, **common, "label": labels[best],
-                "confidence": round(float(s[best]), 6),
-                "scores": {lab: round(float(v), 6) for lab, v in zip(labels, s)},
-                "model": {"task": b.task, "version": b.version}, "rms_dbfs": w.metrics["rms_dbfs"],
-                "capture_time": _iso(w.capture_time_ns),
-                "latency_ms": round((time.monotonic() - w.arrival) * 1000, 3),
-                "analyzer": self.instance}
-        self._emit(c.predictions_topic, json.dumps(pred).encode(), key, on_ok=self._prediction_ack(w, labels[best]))
+        pred = records.prediction(w, s, b.labels, task=b.task, version=b.version, analyzer=self.instance,
+                                  latency_s=time.monotonic() - w.arrival, common=common)
+        self._emit(c.predictions_topic, records.dumps(pred), key, on_ok=self._prediction_ack(w, pred["label"]))
 
     def _prediction_ack(self, w: Window, label: str):
         m = self.metrics
@@ -718,25 +516,13 @@ class Analyzer:
             m.e2e_latency.observe(max(0.0, (time.time_ns() - w.capture_time_ns) / 1e9))
         return ack
 
-    def _features_json_template(self) -> str:
-        """One %-format string for the features object: ``template % tuple(vector)`` is a single
-        C-level call per window (formatting 74 floats one by one in Python cost ~60 us)."""
-        parts = []
-        for name in self.spec.features:
-            width = self.spec.feature_width(name)
-            for stat in ("mean", "std"):
-                value = "[" + ", ".join(["%.7g"] * width) + "]" if width > 1 else "%.7g"
-                parts.append(f'"{name}_{stat}": {value}')
-        return "{" + ", ".join(parts) + "}"
-
     def _deadletter(self, msg, exc: FrameError) -> None:
         self.metrics.deadletter.labels(exc.reason).inc()
         log.warning("dead-letter %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(), exc.reason, exc)
-        headers = list(msg.headers() or []) + [
-            ("audiostream.reason", exc.reason.encode()), ("audiostream.error", str(exc).encode()[:1000]),
-            ("audiostream.source", f"{msg.topic()}[{msg.partition()}]@{msg.offset()}".encode()),
-            ("audiostream.analyzer", self.instance.encode())]
-        self._emit(self.config.deadletter_topic, msg.value() or b"", msg.key(), headers=headers)
+        headers = records.deadletter_headers(msg.headers(), reason=exc.reason, error=str(exc),
+                                             source=f"{msg.topic()}[{msg.partition()}]@{msg.offset()}",
+                                             analyzer=self.instance)
+        self._emit(self.config.deadletter_topic, msg.value(), msg.key(), headers=headers)  # NULL stays NULL
 
 
 # -- CLI ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from streamproc import records
 from streamproc.errors import AudioInputError, BundleError, ConfigError
 from streamproc.settings import DEFAULT_MODEL, TOPIC_FEATURES, TOPIC_PREDICTIONS, add_kafka_arguments
 
@@ -85,7 +86,7 @@ class LiveStreams:
                         continue
                     if m.topic() == self.topics[0] and "label" in rec:
                         self._prediction(rec)
-                    elif m.topic() == self.topics[1] and rec.get("type", "window") == "window":
+                    elif m.topic() == self.topics[1] and records.is_window(rec):
                         self._features(rec)
         finally:
             c.close()
@@ -103,15 +104,10 @@ class LiveStreams:
                 self.vectors.pop(sid, None)
 
     def _features(self, f: dict) -> None:
-        feats = f.get("features") or {}
-        flat = []
-        for name in self.spec.features:
-            for stat in ("mean", "std"):
-                v = feats.get(f"{name}_{stat}")
-                flat += v if isinstance(v, list) else [v]
-        if len(flat) != self.width or any(x is None for x in flat):
+        vector = records.features_vector(f, self.spec)
+        if vector is None:
             return
-        x = np.asarray(flat, dtype=np.float64)[self.cols]
+        x = vector[self.cols]
         with self._lock:
             acc = self.vectors.setdefault(f["stream_id"], [np.zeros_like(x), np.zeros_like(x), 0])
             acc[0] += x

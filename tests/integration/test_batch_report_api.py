@@ -82,10 +82,12 @@ def test_batch_local_spark_and_live_stream_agree(corpus, tmp_path, kafka_conf, t
     replay(pcm, producer=Producer(producer_config(kafka_conf)), topic=t["frames"], stream_id="song.wav",
            sr=SPEC.sr, frame_samples=1600, speed=float("inf"))
     n = len(song_local)
-    preds = {p["start_sample"]: p for p in map(lambda m: json.loads(m.value()),
-                                                consume(kafka_conf, t["predictions"], count=n, timeout=60))}
-    feats = {f["start_sample"]: f for f in map(lambda m: json.loads(m.value()),
-                                                consume(kafka_conf, t["features"], count=n, timeout=60))}
+    # read on past the n-th record (settle): a late duplicate must show, not vanish into the dict
+    pred_list = [json.loads(m.value()) for m in consume(kafka_conf, t["predictions"], count=n, timeout=60, settle=2.0)]
+    feat_list = [json.loads(m.value()) for m in consume(kafka_conf, t["features"], count=n, timeout=60, settle=1.0)]
+    assert len(pred_list) == len(feat_list) == n  # one per window, no more
+    preds = {p["start_sample"]: p for p in pred_list}
+    feats = {f["start_sample"]: f for f in feat_list}
     assert sorted(preds) == [x["start_sample"] for x in song_local] == [x["start_sample"] for x in song_spark]
     for a, b in zip(song_local, song_spark):
         live, lf = preds[a["start_sample"]], feats[a["start_sample"]]
@@ -168,8 +170,8 @@ def test_report_from_live_topics(kafka_conf, topics, start_analyzer, tmp_path):
     replay(pcm, producer=Producer(producer_config(kafka_conf)), topic=t["frames"], stream_id="live-mic",
            sr=16000, frame_samples=1600, speed=float("inf"))
     n = len(SPEC.window_bounds(len(pcm)))
-    assert len(consume(kafka_conf, t["predictions"], count=n, timeout=60)) == n
-    assert len(consume(kafka_conf, t["features"], count=n, timeout=60)) == n  # two topics: wait for both
+    assert len(consume(kafka_conf, t["predictions"], count=n, timeout=60, settle=2.0)) == n  # no more either
+    assert len(consume(kafka_conf, t["features"], count=n, timeout=60, settle=1.0)) == n  # two topics: wait for both
     rep = tmp_path / "live"
     r = subprocess.run(cli("report", "--topic", t["features"], "--predictions-topic", t["predictions"],
                            "--since", "10m", "--out", str(rep), "-b", kafka_conf["bootstrap.servers"]),

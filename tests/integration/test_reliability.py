@@ -220,11 +220,13 @@ def test_rebalance_second_joins_then_first_leaves(kafka_conf, topics, start_anal
     producers = streams.produce(kafka_conf, t["frames"], speed=3.0)  # 30 s in 10 s
     wait_for(lambda: count_records(kafka_conf, t["predictions"]) >= len(streams.expected) // 4, 60, "a quarter")
     b = start_analyzer(t, group_id=group, commit_interval_s=0.5)
-    wait_for(lambda: len(b._assigned) > 0, 60, "the second analyzer to get partitions")
-    assert len(a._assigned) + len(b._assigned) == 4
-    time.sleep(1.0)
+    wait_for(lambda: len(b.assigned) > 0, 60, "the second analyzer to get partitions")
+    assert len(a.assigned) + len(b.assigned) == 4
+    wait_for(lambda: b.metrics.registry.get_sample_value("audiostream_windows_analyzed_total",
+                                                         {"model": b.metrics.model}) > 0, 60,
+             "the second analyzer to analyse windows while the first still works")
     a.stop()  # leaves the group: its partitions move to b
-    wait_for(lambda: len(b._assigned) == 4, 60, "the second analyzer to own every partition")
+    wait_for(lambda: len(b.assigned) == 4, 60, "the second analyzer to own every partition")
     assert count_records(kafka_conf, t["predictions"]) < len(streams.expected), "hand-over was not mid-stream"
     for th in producers:
         th.join(120)
@@ -242,9 +244,10 @@ def test_rebalance_second_joins_then_first_leaves(kafka_conf, topics, start_anal
                 starts.append(p["start_sample"])
         assert starts == sorted(starts), sid
     assert {p["analyzer"] for p in preds} == {a.instance, b.instance}  # both really worked
-    assert a.metrics.commits.labels("ok")._value.get() > 0 and a.metrics.commits.labels("failed")._value.get() == 0
+    assert a.metrics.registry.get_sample_value("audiostream_offset_commits_total", {"outcome": "ok"}) > 0
+    assert a.metrics.registry.get_sample_value("audiostream_offset_commits_total", {"outcome": "failed"}) == 0
     # the new owner re-read what open windows needed and did not publish those windows again
-    assert b.metrics.replayed._value.get() > 0
+    assert b.metrics.registry.get_sample_value("audiostream_windows_replayed_total") > 0
 
 
 # -- 4: broker outage -----------------------------------------------------------------------------------
@@ -276,7 +279,9 @@ def test_broker_restart_during_replay(private_broker):
     t_stop = time.monotonic()
     broker.stop(remove=False)  # SIGTERM: a controlled shutdown, data kept
     wait_for(lambda: ready() == 503, 30, "/ready to report the outage")
-    time.sleep(3)
+    scrape = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "audiostream_analyzer_ready 0.0" in scrape  # the gauge says what /ready says
+    time.sleep(3)  # the outage lasts a while
     broker.start()
     print(f"broker outage: stopped and started again in {time.monotonic() - t_stop:.1f} s")
     wait_for(lambda: ready() == 200, 60, "/ready after the broker came back")
@@ -411,6 +416,8 @@ def test_bad_input_parade_through_the_live_analyzer(kafka_conf, topics, start_an
     for m in dead:
         h = dict(m.headers())
         assert h["audiostream.error"] and h["audiostream.source"].startswith(t["frames"].encode())
+        if h["audiostream.reason"] == b"empty":
+            assert m.value() is None  # a NULL record's dead letter keeps its NULL value (not b"")
     bounds = SPEC.window_bounds(len(good))
     preds = [json.loads(m.value()) for m in consume(kafka_conf, t["predictions"], count=len(bounds), timeout=60)]
     assert sorted(p_["start_sample"] for p_ in preds if p_["stream_id"] == "good") == [a_ for a_, _ in bounds]
@@ -432,7 +439,7 @@ def test_ten_thousand_short_lived_streams(kafka_conf, topics, start_analyzer):
     eviction, the active-streams gauge returns to 0, and no metric carries a stream id."""
     t = topics(partitions=2)
     a = start_analyzer(t, metrics_port=0, idle_timeout_s=3.0)
-    wait_for(lambda: len(a._assigned) == 2, 30, "assignment")
+    wait_for(lambda: len(a.assigned) == 2, 30, "assignment")
     baseline = _rss()
     p = Producer(producer_config(kafka_conf, **{"linger.ms": 20}))
     n_streams, n = 10_000, 1600
@@ -451,10 +458,14 @@ def test_ten_thousand_short_lived_streams(kafka_conf, topics, start_analyzer):
     def consumed():
         peak[0] = max(peak[0], len(a.engine.streams))
         peak[1] = max(peak[1], _rss())
-        return a.metrics.frames.labels(t["frames"])._value.get() >= 2 * n_streams
+        return a.metrics.registry.get_sample_value("audiostream_frames_consumed_total",
+                                                   {"topic": t["frames"]}) >= 2 * n_streams
     wait_for(consumed, 120, "all frames consumed", step=0.05)
     wait_for(lambda: len(a.engine.streams) == 0, 30, "idle eviction")
-    time.sleep(1.5)  # the next housekeeping pass publishes the gauges
+    reg = a.metrics.registry
+    wait_for(lambda: reg.get_sample_value("audiostream_active_streams") == 0
+             and reg.get_sample_value("audiostream_stream_state_bytes") == 0, 30,
+             "the next housekeeping pass to publish the gauges")
     body = urllib.request.urlopen(f"http://127.0.0.1:{a.metrics_port}/metrics", timeout=5).read().decode()
     assert "audiostream_active_streams 0.0" in body
     assert "audiostream_stream_state_bytes 0.0" in body
@@ -525,9 +536,9 @@ def test_max_poll_interval_exceeded_is_survived_without_committing_lost_partitio
     preds = read_predictions(kafka_conf, t["predictions"], streams.expected, timeout=90)
     report = classify(preds, streams.expected)
     assert stalled.is_set()
-    assert a.metrics.partitions_lost._value.get() >= 1  # the group really took the partition away
+    assert a.metrics.registry.get_sample_value("audiostream_partitions_lost_total") >= 1  # the group really took the partition away
     assert report["missing"] == 0 and report["unexpected"] == 0, report
-    assert a.metrics.commits.labels("failed")._value.get() == 0  # lost partitions were never committed
+    assert a.metrics.registry.get_sample_value("audiostream_offset_commits_total", {"outcome": "failed"}) == 0  # lost partitions were never committed
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "wrong_shape", "nan"])
@@ -561,7 +572,8 @@ def test_nan_scores_at_run_time_are_counted_not_published(kafka_conf, topics, st
     n = len(streams.expected)
     feats = consume(kafka_conf, t["features"], count=n, timeout=60)
     assert len(feats) == n  # the audio metrics are still published
-    wait_for(lambda: a.metrics.invalid_outputs.labels(a.metrics.model)._value.get() == n, 10, "invalid outputs")
+    wait_for(lambda: a.metrics.registry.get_sample_value(
+        "audiostream_model_invalid_outputs_total", {"model": a.metrics.model}) == n, 10, "invalid outputs")
     assert consume(kafka_conf, t["predictions"], timeout=3) == []
 
 
