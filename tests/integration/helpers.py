@@ -41,6 +41,21 @@ def values(msgs) -> list[dict]:
     return [json.loads(m.value()) for m in msgs]
 
 
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+
+
+def validate(record: dict, schema: str) -> None:
+    """Check one record against docs/schemas/<schema>.schema.json (the contract a client implements)."""
+    import jsonschema
+    spec = json.loads((SCHEMAS / f"{schema}.schema.json").read_text())
+    jsonschema.validate(record, spec, cls=jsonschema.Draft202012Validator)
+
+
+def deadletter_header_object(msg) -> dict:
+    """A dead letter's audiostream.* headers as {name: UTF-8 text} (what the headers schema describes)."""
+    return {k: v.decode() for k, v in (msg.headers() or []) if k.startswith("audiostream.")}
+
+
 def cli(*args: str) -> list[str]:
     """The installed console script when present, else the same entry point via -m."""
     script = Path(sys.executable).parent / "audiostream"

@@ -17,7 +17,7 @@ from streamproc import audio, records, wire
 from streamproc.features import reference_window_vector
 from streamproc.windowing import WindowSpec
 
-from .helpers import cli, consume, values
+from .helpers import cli, consume, deadletter_header_object, validate, values
 
 pytestmark = pytest.mark.integration
 SPEC = WindowSpec()  # the starter bundle's spec
@@ -84,6 +84,10 @@ def test_replayed_file_yields_offline_windows_and_librosa_features(kafka_conf, t
     preds = values(consume(kafka_conf, t["predictions"], count=len(bounds), settle=3.0))
     feats = values(consume(kafka_conf, t["features"], count=len(bounds), settle=1.0))
     assert len(preds) == len(feats) == len(bounds)  # one per window, no more
+    for p in preds:  # real analyzer output against the published contract (docs/schemas/)
+        validate(p, "audio.predictions")
+    for f in feats:
+        validate(f, "audio.features")
     assert [(p["start_sample"], p["end_sample"]) for p in preds] == bounds  # in order, on sample time
     assert [p["window_index"] for p in preds] == list(range(len(bounds)))
     assert all(p["stream_id"] == "kitchen" and p["model"] == {"task": "starter", "version": "1"} for p in preds)
@@ -168,6 +172,8 @@ def test_bad_frames_are_dead_lettered_while_a_good_stream_is_analysed(kafka_conf
     assert producer.flush(30) == 0
 
     dead = consume(kafka_conf, t["deadletter"], count=5, settle=1.0)
+    for m in dead:
+        validate(deadletter_header_object(m), "audio.deadletter.headers")
     reasons = sorted(dict(m.headers())["audiostream.reason"].decode() for m in dead)
     assert reasons == sorted(["bad_magic", "length_mismatch", "unsupported_version", "sample_rate_mismatch",
                               "bad_stream_id"])

@@ -28,7 +28,7 @@ from streamproc import wire
 from streamproc.audio import to_s16
 from streamproc.windowing import WindowSpec
 
-from .helpers import cli, consume, free_port
+from .helpers import cli, consume, free_port, validate
 
 pytestmark = pytest.mark.integration
 SPEC = WindowSpec()
@@ -337,6 +337,7 @@ def test_sequence_faults_counted_and_flagged(kafka_conf, topics, start_analyzer)
     assert len(markers) == 1
     assert markers[0]["gap_start_sample"] == 40 * n and markers[0]["gap_s"] == 2.0
     assert markers[0]["missing_frames"] == 20 and markers[0]["handling"] == "resynchronised"
+    validate(markers[0], "audio.features")
 
 
 def test_short_gap_is_zero_filled_and_flagged_not_silent(kafka_conf, topics, start_analyzer):
@@ -665,6 +666,7 @@ def test_a_gap_released_by_the_reorder_timeout_is_reported(kafka_conf, topics, s
     assert len(markers) == 1, markers
     assert markers[0]["gap_start_sample"] == 25 * n and markers[0]["gap_end_sample"] == 26 * n
     assert markers[0]["missing_frames"] == 1 and markers[0]["handling"] == "zero_filled_and_flagged"
+    validate(markers[0], "audio.features")
     reg = a.metrics.registry
     assert reg.get_sample_value("audiostream_stream_sequence_events_total", {"event": "gap"}) == 1.0
     assert reg.get_sample_value("audiostream_stream_gap_seconds_total") == 0.1
