@@ -165,6 +165,8 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         confidence: float | None
         scores: dict[str, float]
         gap: bool
+        padded: bool = Field(False, description="the clip is shorter than one window: this window is the clip "
+                                                "followed by zeros (docs/predictions.md)")
 
     class Classification(BaseModel):
         model: str
@@ -242,6 +244,7 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         return {"model": b.ref, "labels": b.labels, "duration_s": round(duration, 6), "label_share": share,
                 "windows": [{"index": r["window_index"], "start_s": r["start_s"], "end_s": r["end_s"],
                              "label": r["label"], "confidence": r["confidence"], "gap": r["gap"],
+                             "padded": r["padded"],
                              "scores": {lab: r[f"score_{lab}"] for lab in b.labels}} for r in rows]}
 
     @app.get("/v1/models", response_model=list[ModelInfo], summary="Model bundles available")

@@ -331,3 +331,17 @@ def test_api_odd_upload_names_are_not_server_errors(api_server, filename):
     r = httpx.post(api_server + "/v1/classify", files={"file": (filename, _wav_bytes(np.zeros(20000)))}, timeout=60)
     # a 5000-character name is refused by the multipart parser itself, with a 400
     assert r.status_code == (400 if len(filename) > 1000 else 200), r.text
+
+
+@pytest.mark.parametrize("seconds", [0.3, 0.5])
+def test_api_classify_a_clip_shorter_than_a_window_gives_one_padded_window(api_server, seconds):
+    """issue 21 item 5: not 200 with "windows": [] but the one zero-padded window, flagged, as batch and
+    the live analyzer give (streamproc.analysis.analyze_pcm)."""
+    import httpx
+    y = 0.2 * np.random.default_rng(5).standard_normal(int(seconds * 16000))
+    r = httpx.post(api_server + "/v1/classify", files={"file": ("short.wav", _wav_bytes(y))}, timeout=60)
+    assert r.status_code == 200, r.text
+    windows = r.json()["windows"]
+    assert [(w["index"], w["start_s"], w["end_s"], w["padded"], w["gap"]) for w in windows] == \
+        [(0, 0.0, SPEC.window_length / SPEC.sr, True, False)]
+    assert windows[0]["label"] in r.json()["labels"]

@@ -203,3 +203,30 @@ def test_bad_frames_are_dead_lettered_while_a_good_stream_is_analysed(kafka_conf
     assert a.metrics.registry.get_sample_value("audiostream_predictions_total",
                                                {"model": "starter:1", "label": "tonal"}) == len(preds)
 
+
+@pytest.mark.parametrize("seconds", [0.3, 0.5])
+def test_a_clip_shorter_than_a_window_gives_one_padded_window_through_kafka(kafka_conf, topics, start_analyzer,
+                                                                            rng, seconds):
+    """produce-file's replay ends the stream with the end-of-stream flag: the analyzer publishes ONE
+    window, zero-padded and flagged, equal to what batch and /v1/classify compute (analyze_pcm)."""
+    from streamproc.analysis import analyze_pcm
+    from streamproc.inference import ModelBundle
+    from streamproc.settings import DEFAULT_MODEL
+    t = topics()
+    start_analyzer(t)
+    pcm = audio.to_s16(0.2 * rng.standard_normal(int(seconds * SPEC.sr)))
+    sid = f"short-{seconds}"
+    replay(pcm, producer=Producer(producer_config(kafka_conf)), topic=t["frames"], stream_id=sid, sr=SPEC.sr,
+           frame_samples=1600, speed=float("inf"))
+    preds = values(consume(kafka_conf, t["predictions"], count=1, settle=3.0))  # and nothing after it
+    feats = values(consume(kafka_conf, t["features"], count=1, settle=1.0))
+    assert [(p["stream_id"], p["start_sample"], p["end_sample"], p["padded"], p["gap"]) for p in preds] == \
+        [(sid, 0, SPEC.window_length, True, False)]
+    assert [(f["type"], f["padded"]) for f in feats] == [("window", True)]
+    validate(preds[0], "audio.predictions")
+    validate(feats[0], "audio.features")
+    offline = analyze_pcm(pcm, ModelBundle.load(DEFAULT_MODEL), file=sid, stream_id=sid)
+    assert [r["padded"] for r in offline] == [True] and offline[0]["label"] == preds[0]["label"]
+    np.testing.assert_allclose(vector_from_features_record(feats[0]), offline[0]["features"], rtol=1e-6, atol=1e-6)
+    for lab, v in preds[0]["scores"].items():
+        assert abs(offline[0][f"score_{lab}"] - v) < 1e-5
