@@ -142,7 +142,7 @@ class StreamState:
         self.gaps: list[tuple[int, int]] = []  # zero-filled sample ranges still in view
         self.held: dict[int, tuple[AudioFrame, object, float]] = {}  # sequence -> (frame, tag, arrival): ahead of order
         self.held_since = 0.0
-        self.skipped: list[tuple[int, int]] = []  # recent sequence ranges given up as gaps (to tell late from duplicate)
+        self.skipped: list[tuple[int, int]] = []  # recent sequence ranges given up as gaps (late vs duplicate)
         # per applied record: the sample just past it, its tag (recovery), capture time and arrival (the
         # window it completes carries them)
         self.mark_end: list[int] = []

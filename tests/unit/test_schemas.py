@@ -28,7 +28,8 @@ def spec():
 
 @pytest.fixture
 def win(spec, rng):
-    return Window("kitchen", bytes(range(16)), 1, 8000, 24000, 16000, rng.standard_normal(spec.n_features).astype(np.float32),
+    vector = rng.standard_normal(spec.n_features).astype(np.float32)
+    return Window("kitchen", bytes(range(16)), 1, 8000, 24000, 16000, vector,
                   {"rms_dbfs": -20.0, "peak_dbfs": -6.0, "spectral_centroid_hz": 900.0, "zero_crossing_rate": 0.1,
                    "spectral_flux": 1.2, "onset_rate_hz": 2.0, "onset_strength": 0.4, "tempo_bpm": None,
                    "tempo_confidence": None}, False, 1.0, 1_764_000_000_000_000_000, 3)
