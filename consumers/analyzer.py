@@ -39,8 +39,8 @@ from streamproc.engine import Gap, Engine, SequenceEvent, Window
 from streamproc.errors import AudiostreamError, ConfigError, FrameError, WindowSpecError
 from streamproc.inference import ModelBundle
 from streamproc.windowing import WindowSpec
-from streamproc.settings import (DEFAULT_MODEL, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES,
-                                 TOPIC_PREDICTIONS, add_kafka_arguments, masked)
+from streamproc.config import ANALYZER_SETTINGS, add_analyzer_arguments, analyzer_flags
+from streamproc.settings import add_kafka_arguments, masked
 
 from .checkpoint import Checkpoint, for_mode
 from .metrics import AnalyzerMetrics
@@ -56,31 +56,37 @@ class KafkaUnavailableTooLong(AudiostreamError):
     """The cluster was unreachable for longer than ``unavailable_timeout_s``."""
 
 
+_D = {s.name: s.default for s in ANALYZER_SETTINGS}  # the one definition: streamproc.config.ANALYZER_SETTINGS
+
+
 @dataclass
 class AnalyzerConfig:
+    """What an Analyzer runs with. The fields named in ``streamproc.config.ANALYZER_SETTINGS`` (settable by
+    flag, environment and config file) take their defaults from there; the others are for code and tests."""
+
     kafka: dict
-    model: str = DEFAULT_MODEL
-    group_id: str = "audiostream-analyzer"
-    frames_topic: str = TOPIC_FRAMES
-    predictions_topic: str = TOPIC_PREDICTIONS
-    features_topic: str = TOPIC_FEATURES
-    deadletter_topic: str = TOPIC_DEADLETTER
-    metrics_port: int | None = 9400   # None = no HTTP endpoint; 0 = any free port
-    metrics_addr: str = "127.0.0.1"
-    max_frame_bytes: int = wire.DEFAULT_MAX_PAYLOAD_BYTES
-    max_frame_seconds: float = 10.0
+    model: str = _D["model"]
+    group_id: str = _D["group_id"]
+    frames_topic: str = _D["frames_topic"]
+    predictions_topic: str = _D["predictions_topic"]
+    features_topic: str = _D["features_topic"]
+    deadletter_topic: str = _D["deadletter_topic"]
+    metrics_port: int | None = _D["metrics_port"]  # None = no HTTP endpoint; 0 = any free port
+    metrics_addr: str = _D["metrics_addr"]
+    max_frame_bytes: int = _D["max_frame_bytes"]
+    max_frame_seconds: float = _D["max_frame_seconds"]
+    idle_timeout_s: float = _D["idle_timeout_s"]
+    create_topics: bool = _D["create_topics"]
+    partitions: int = _D["partitions"]
+    auto_offset_reset: str = _D["auto_offset_reset"]
+    exactly_once: bool = _D["exactly_once"]
+    instance_id: str | None = _D["instance_id"]
+    unavailable_timeout_s: float = _D["unavailable_timeout_s"]
+    max_reorder: int = _D["max_reorder"]
     batch_size: int = 1000
     poll_timeout: float = 0.02
-    idle_timeout_s: float = 60.0
-    create_topics: bool = True
-    partitions: int = 6
-    auto_offset_reset: str = "earliest"
-    exactly_once: bool = False
-    instance_id: str | None = None        # stable member id (group.instance.id; transactional.id in exactly-once)
-    unavailable_timeout_s: float = 120.0  # brokers unreachable (or outputs unacknowledged) this long: exit non-zero
     commit_interval_s: float = 1.0        # at-least-once: how often acknowledged progress is committed
     transaction_interval_s: float = 0.1   # exactly-once: how long one transaction collects batches
-    max_reorder: int = 4                  # frames held back per stream to put a reorder right
     queued_max_kbytes: int = 65536        # librdkafka prefetch bound (its default; 16 MiB starved 1000 streams)
     consumer_overrides: dict = field(default_factory=dict)
     expect_spec: WindowSpec | None = None  # refuse a bundle trained with any other window/feature spec
@@ -529,37 +535,10 @@ class Analyzer:
 def add_parser(sub):
     p = sub.add_parser("analyze", help="run the analyzer service (consumer group member)", description=__doc__)
     add_kafka_arguments(p)
-    p.add_argument("--model", default=None,
-                   help=f"model bundle: a directory, or task[:version] under models/ (default {DEFAULT_MODEL})")
     p.add_argument("--window-spec", default=None, metavar="FILE",
                    help="YAML window/feature spec this deployment expects; a bundle trained otherwise is refused")
-    p.add_argument("--group-id", default=None, help="consumer group (default audiostream-analyzer)")
-    p.add_argument("--frames-topic", default=None)
-    p.add_argument("--predictions-topic", default=None)
-    p.add_argument("--features-topic", default=None)
-    p.add_argument("--deadletter-topic", default=None)
-    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 9400; 0 = any)")
+    add_analyzer_arguments(p)  # one flag per setting of streamproc.config.ANALYZER_SETTINGS
     p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
-    p.add_argument("--metrics-addr", default=None,
-                   help="address /metrics binds to; loopback by default, 0.0.0.0 to expose it")
-    p.add_argument("--max-frame-bytes", type=int, default=None, help="largest frame payload accepted (1 MiB)")
-    p.add_argument("--max-frame-seconds", type=float, default=None, help="longest frame accepted, in seconds (10)")
-    p.add_argument("--idle-timeout", type=float, default=None, help="seconds before a silent stream is evicted (60)")
-    p.add_argument("--partitions", type=int, default=None, help="partitions for topics the analyzer creates (6)")
-    p.add_argument("--no-create-topics", action="store_true")
-    p.add_argument("--exactly-once", action="store_true", default=None,
-                   help="Kafka transactions: outputs and input offsets commit together (read outputs with "
-                        "isolation.level=read_committed); default is at-least-once with deterministic ids")
-    p.add_argument("--instance-id", default=None,
-                   help="stable id of this replica (e.g. the pod name): static group membership, so a restart "
-                        "gets its partitions back without a rebalance, and the transactional id that fences a "
-                        "crashed predecessor's open transaction in --exactly-once mode")
-    p.add_argument("--unavailable-timeout", type=float, default=None, metavar="SECONDS",
-                   help="exit non-zero if Kafka stays unreachable (or outputs unacknowledged) this long (120)")
-    p.add_argument("--max-reorder", type=int, default=None, metavar="FRAMES",
-                   help="frames held back per stream to put a reordering right before calling it a gap (4)")
-    p.add_argument("--from", dest="offset_reset", choices=("earliest", "latest"), default=None,
-                   help="where a new consumer group starts reading (earliest)")
     p.set_defaults(func=run)
 
 
@@ -575,18 +554,6 @@ def read_window_spec(path: str) -> WindowSpec:
         return WindowSpec.from_dict(data.get("window_spec", data) if isinstance(data, dict) else data)
     except (WindowSpecError, TypeError) as exc:
         raise ConfigError(f"--window-spec {path!r}: {exc}") from None
-
-
-def analyzer_flags(args) -> dict:
-    return {"model": args.model, "group_id": args.group_id, "frames_topic": args.frames_topic,
-            "predictions_topic": args.predictions_topic, "features_topic": args.features_topic,
-            "deadletter_topic": args.deadletter_topic, "metrics_port": args.metrics_port,
-            "metrics_addr": args.metrics_addr, "max_frame_bytes": args.max_frame_bytes,
-            "max_frame_seconds": args.max_frame_seconds,
-            "idle_timeout_s": args.idle_timeout, "partitions": args.partitions,
-            "create_topics": False if args.no_create_topics else None, "auto_offset_reset": args.offset_reset,
-            "exactly_once": args.exactly_once, "instance_id": args.instance_id, "unavailable_timeout_s": args.unavailable_timeout,
-            "max_reorder": args.max_reorder}
 
 
 def config_from_args(args) -> AnalyzerConfig:
