@@ -40,7 +40,7 @@ from streamproc.errors import AudiostreamError, ConfigError, FrameError, WindowS
 from streamproc.inference import ModelBundle
 from streamproc.windowing import WindowSpec
 from streamproc.config import ANALYZER_SETTINGS, add_analyzer_arguments, analyzer_flags
-from streamproc.settings import add_kafka_arguments, masked
+from streamproc.settings import DEFAULT_MODEL, add_kafka_arguments, masked  # noqa: F401 (demo, bench import it)
 
 from .checkpoint import Checkpoint, for_mode
 from .metrics import AnalyzerMetrics
