@@ -128,7 +128,7 @@ class StreamState:
     __slots__ = ("stream_id", "session_id", "sample_rate", "next_seq", "next_sample", "buf", "buf_len", "buf_start",
                  "next_frame", "feats", "feats_len", "feats_start", "next_window", "gaps", "last_seen",
                  "ended", "emitted", "buf_cap", "feats_cap", "onset", "onset_start", "padded_from",
-                 "last_db", "held", "held_since", "mark_end", "mark_tag", "mark_capture", "mark_arrival", "skipped")
+                 "last_db", "held", "held_since", "mark_end", "mark_info", "skipped")
 
     def __init__(self, stream_id: str, frame: AudioFrame, now: float, spec: WindowSpec, n_columns: int):
         self.stream_id = stream_id
@@ -146,9 +146,7 @@ class StreamState:
         # per applied record: the sample just past it, its tag (recovery), capture time and arrival (the
         # window it completes carries them)
         self.mark_end: list[int] = []
-        self.mark_tag: list = []
-        self.mark_capture: list[int] = []
-        self.mark_arrival: list[float] = []
+        self.mark_info: list[tuple] = []  # (tag, capture_time_ns, arrival)
         # steady-state sizes: raw samples for a window (the first one is computed in one go) + an FFT + a Kafka
         # frame of slack; per-frame rows for a window + a hop. Both start small and grow on demand.
         self.buf_cap = spec.window_length + spec.n_fft + 4096
@@ -200,24 +198,21 @@ class StreamState:
             self.feats = small
 
     def nbytes(self) -> int:
-        return self.buf.nbytes + self.feats.nbytes + self.onset.nbytes + 32 * len(self.mark_end)  # 4 refs a record
+        # marks: ~ an int and a tuple a record
+        return self.buf.nbytes + self.feats.nbytes + self.onset.nbytes + 32 * len(self.mark_end)
 
     def mark(self, tag, capture_time_ns: int, arrival: float) -> None:
         """The record ``tag`` (captured at ``capture_time_ns``, arrived at ``arrival``) brought samples up
         to ``next_sample``."""
         self.mark_end.append(self.next_sample)
-        self.mark_tag.append(tag)
-        self.mark_capture.append(capture_time_ns)
-        self.mark_arrival.append(arrival)
+        self.mark_info.append((tag, capture_time_ns, arrival))
 
     def trim_marks(self, need_sample: int) -> None:
         """Forget records whose samples all lie before ``need_sample``."""
         i = bisect.bisect_right(self.mark_end, need_sample)
         if i > 64 or (i and i * 2 >= len(self.mark_end)):  # amortised: slice only now and then
             del self.mark_end[:i]
-            del self.mark_tag[:i]
-            del self.mark_capture[:i]
-            del self.mark_arrival[:i]
+            del self.mark_info[:i]
 
     def mark_at(self, sample: int) -> int:
         """Index of the record that brought sample ``sample - 1``: for a window, the end of its last STFT
@@ -226,14 +221,14 @@ class StreamState:
 
     def tag_at(self, sample: int):
         i = bisect.bisect_left(self.mark_end, sample)
-        return self.mark_tag[i] if i < len(self.mark_tag) else None
+        return self.mark_info[i][0] if i < len(self.mark_info) else None
 
     def needed_tag(self, need_sample: int):
         """The oldest tag a re-reader needs: the record holding ``need_sample`` or any held-back record."""
         i = bisect.bisect_right(self.mark_end, need_sample)
         tags = [t for _f, t, _a in self.held.values()]
-        if i < len(self.mark_tag):
-            tags.append(self.mark_tag[i])
+        if i < len(self.mark_info):
+            tags.append(self.mark_info[i][0])
         tags = [t for t in tags if t is not None]
         return min(tags) if tags else None
 
@@ -499,9 +494,9 @@ class Engine:
             start = k * spec.hop
             end = start + spec.window_length
             gap = any(a < end and b > start for a, b in st.gaps)
-            j = st.mark_at((k * fph + F - 1) * hl + n_fft)  # the record that completed the window
+            tag, capture_ns, arrival = st.mark_info[st.mark_at((k * fph + F - 1) * hl + n_fft)]  # completing record
             out.append(Window(st.stream_id, st.session_id, k, start, end, st.sample_rate, vectors[i],
-                              metrics[i], gap, st.mark_arrival[j], st.mark_capture[j], st.mark_tag[j],
+                              metrics[i], gap, arrival, capture_ns, tag,
                               st.padded_from is not None and end > st.padded_from))
             st.emitted = True
         # drop per-frame rows and gap records no future window needs
