@@ -490,7 +490,7 @@ class Analyzer:
         if c.before_inference is not None:
             c.before_inference(windows)
         t0 = time.perf_counter()
-        scores = b.predict(np.stack([w.vector for w in windows]))
+        scores = b.gate(b.predict(np.stack([w.vector for w in windows])), [w.metrics["rms_dbfs"] for w in windows])
         m.inference_seconds.labels(m.model).observe(time.perf_counter() - t0)
         m.batch_windows.observe(len(windows))
         m.windows.labels(m.model).inc(len(windows))
@@ -506,7 +506,8 @@ class Analyzer:
             log.error("model %s returned non-finite scores for window %s; not published", b.ref, w.window_id)
             return
         pred = records.prediction(w, s, b.labels, task=b.task, version=b.version, analyzer=self.instance,
-                                  latency_s=time.monotonic() - w.arrival, common=common)
+                                  latency_s=time.monotonic() - w.arrival, gated=bool(b.is_gated(w.metrics["rms_dbfs"])),
+                                  common=common)
         self._emit(c.predictions_topic, records.dumps(pred), key, on_ok=self._prediction_ack(w, pred["label"]))
 
     def _prediction_ack(self, w: Window, label: str):

@@ -8,13 +8,21 @@
 - ``GET /v1/similar``: the clips (``--index`` batch results) and live streams
   most similar to one of them, by an embedding of MFCC and chroma statistics.
 
-Limits: uploads over ``--max-upload-mb`` get 413, longer than
-``--max-duration`` seconds 413, not decodable 415, empty 400.
+Limits (docs/security.md has the threat model and the memory bound): a body over
+``--max-upload-mb`` gets 413 (by its Content-Length before it is read, or as soon as
+a chunked body passes it), audio longer than ``--max-duration`` seconds 413 (by the
+container's header before decoding, or when decoding reaches the limit), more than
+``--max-concurrent`` classifications at once 503 with Retry-After, a body not
+received within ``--body-timeout`` seconds 408, headers not received within
+``--header-timeout`` seconds close the connection, not decodable 415, empty 400.
 """
 
+import asyncio
+import collections
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -25,7 +33,7 @@ import numpy as np
 
 from streamproc import records
 from streamproc.errors import AudioInputError, BundleError, ConfigError
-from streamproc.settings import DEFAULT_MODEL, TOPIC_FEATURES, TOPIC_PREDICTIONS, add_kafka_arguments
+from streamproc.settings import DEFAULT_MODEL, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS, add_kafka_arguments
 
 log = logging.getLogger("audiostream.api")
 
@@ -44,6 +52,11 @@ class LiveStreams:
         self.started = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        # for the live page: per stream its window and gap counts, level and last labels; a version number
+        # that grows with every prediction, so each page connection sends only what changed since its last look
+        self.history: dict[str, dict] = {}
+        self.version = 0
+        self.changed_at: dict[str, int] = {}
         from streamproc.analysis import embedding_columns
         self.cols = embedding_columns(spec)
         self.width = spec.n_features
@@ -99,9 +112,26 @@ class LiveStreams:
                                            "model": f"{p['model']['task']}:{p['model']['version']}",
                                            "seen": time.time()}
             self.latest.move_to_end(p["stream_id"])
+            h = self.history.setdefault(p["stream_id"], {"windows": 0, "gaps": 0, "recent": collections.deque(maxlen=60)})
+            h["windows"] += 1
+            h["gaps"] += int(bool(p.get("gap")))
+            h["rms_dbfs"] = p.get("rms_dbfs")
+            h["recent"].append(p["label"])
+            self.version += 1
+            self.changed_at[p["stream_id"]] = self.version
             while len(self.latest) > self.max_streams:
                 sid, _ = self.latest.popitem(last=False)
                 self.vectors.pop(sid, None)
+                self.history.pop(sid, None)
+                self.changed_at.pop(sid, None)
+
+    def changes(self, since: int) -> tuple[int, list[dict]]:
+        """(current version, the streams whose prediction changed after ``since``) for the live page."""
+        with self._lock:
+            rows = [{**self.latest[sid], "windows": self.history[sid]["windows"], "gaps": self.history[sid]["gaps"],
+                     "rms_dbfs": self.history[sid]["rms_dbfs"], "recent": list(self.history[sid]["recent"])}
+                    for sid, v in self.changed_at.items() if v > since and sid in self.latest]
+            return self.version, rows
 
     def _features(self, f: dict) -> None:
         vector = records.features_vector(f, self.spec)
@@ -143,17 +173,151 @@ def load_index(path: str, spec) -> dict[str, np.ndarray]:
     return {sid: embedding(np.asarray(v, np.float32), spec) for sid, v in groups.items()}
 
 
+MULTIPART_OVERHEAD = 64 << 10  # boundaries, part headers and a long file name, on top of the file itself
+
+
+def display_name(filename: str | None, limit: int = 120) -> str:
+    """An upload's name as it may appear in a message: printable, at most ``limit`` characters."""
+    name = "".join(c if c.isprintable() else "?" for c in (filename or "upload"))
+    return name if len(name) <= limit else name[:limit] + f"... ({len(name)} characters)"
+
+
+class UploadGuard:
+    """ASGI middleware in front of the upload route: the limits that must hold before FastAPI reads a byte.
+
+    - request line + headers over ``max_header_bytes`` get 431 on every route (uvicorn's h11 limit only
+      closes a connection whose headers are still incomplete at that size);
+    - a Content-Length over ``max_body`` is refused (413) before the body is read;
+    - a body without one (chunked) is counted as it arrives and refused the moment it passes ``max_body``;
+    - more than ``max_active`` uploads in flight (receiving, decoding or analysing) get 503 with Retry-After,
+      so memory is bounded by ``max_active`` times one request's worst case; the refused body is read and
+      dropped first (bounded by ``max_body`` and ``body_timeout_s``) so that a client still sending it gets
+      the answer, unless it asked ``Expect: 100-continue`` and so has sent nothing yet;
+    - the whole body must arrive within ``body_timeout_s`` (408 otherwise): a client trickling bytes holds
+      its slot for that long at most.
+    """
+
+    def __init__(self, app, *, path: str, max_body: int, limit_text: str, max_active: int, body_timeout_s: float,
+                 max_header_bytes: int = 16 << 10, retry_after_s: int = 5):
+        self.max_header_bytes = max_header_bytes
+        self.app, self.path, self.max_body, self.limit_text = app, path, max_body, limit_text
+        self.max_active, self.body_timeout_s, self.retry_after_s = max_active, body_timeout_s, retry_after_s
+        self.active = 0  # only touched on the event loop
+
+    async def _refuse(self, send, status: int, detail: str, headers: dict | None = None) -> None:
+        import json
+        body = json.dumps({"detail": detail}).encode()
+        hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close")] + [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _discard_body(self, receive) -> None:
+        """Read and drop a body (at most ``max_body`` bytes, within ``body_timeout_s``): no slot, no memory."""
+        loop = asyncio.get_running_loop()
+        deadline, n = loop.time() + self.body_timeout_s, 0
+        try:
+            while n <= self.max_body:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                if message["type"] != "http.request":
+                    return
+                n += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+        except asyncio.TimeoutError:
+            return
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
+            len(k) + len(v) + 4 for k, v in scope["headers"])
+        if size > self.max_header_bytes:
+            log.warning("refused a request with %d bytes of headers", size)
+            return await self._refuse(send, 431, f"the request line and headers are {size} bytes; "
+                                                 f"the limit is {self.max_header_bytes}")
+        if scope["path"] != self.path or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        from fastapi import HTTPException
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await self._refuse(send, 400, f"bad Content-Length {length[:40]!r}")
+            if int(length) > self.max_body:
+                log.warning("refused an upload of %s bytes by its Content-Length", int(length))
+                return await self._refuse(send, 413, f"the upload is larger than {self.limit_text}")
+        if self.active >= self.max_active:
+            log.warning("refused an upload: %d classifications in flight (--max-concurrent)", self.active)
+            if headers.get(b"expect", b"").lower() != b"100-continue":
+                await self._discard_body(receive)  # else the client, still sending, may never read the answer
+            return await self._refuse(send, 503, f"busy: {self.active} uploads are being classified (the limit is "
+                                                 f"{self.max_active}); retry after {self.retry_after_s} s",
+                                      {"retry-after": str(self.retry_after_s)})
+        self.active += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
+        received, done = 0, False
+
+        async def guarded_receive():
+            nonlocal received, done
+            if done:  # after the body only a disconnect can come: no deadline on waiting for it
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                log.warning("an upload's body was not received within %g s (--body-timeout)", self.body_timeout_s)
+                raise HTTPException(408, f"the request body was not received within {self.body_timeout_s:g} s "
+                                         f"({received} bytes arrived)") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    log.warning("stopped reading an upload at %d bytes", received)
+                    raise HTTPException(413, f"the upload is larger than {self.limit_text}")
+                done = not message.get("more_body", False)
+            return message
+
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, tracked_send)
+        except HTTPException as exc:  # raised where FastAPI's own handler did not turn it into a response
+            if started:
+                raise
+            await self._refuse(send, exc.status_code, exc.detail)
+        finally:
+            self.active -= 1
+
+
+def warm_up(bundle) -> None:
+    """One short clip through decoding and analysis before the server listens: the first upload then pays
+    no imports or JIT compilation (~240 MB and seconds), and the memory bound starts from a steady base."""
+    import soundfile as sf
+    from streamproc.analysis import analyze_pcm
+    from streamproc.audio import load, to_s16
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        sf.write(tmp.name, np.zeros(2 * bundle.spec.sr + 123, np.float32), bundle.spec.sr + 1, subtype="PCM_16")
+        analyze_pcm(to_s16(load(tmp.name, bundle.spec.sr, max_seconds=10)), bundle, file="warm-up", stream_id="warm-up")
+
+
 def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, max_duration_s: float = 600.0,
-               index: str | None = None, live: LiveStreams | None = None):
+               index: str | None = None, live: LiveStreams | None = None, max_concurrent: int = 2,
+               body_timeout_s: float = 60.0, max_header_bytes: int = 16 << 10, gateway=None):
     from fastapi import FastAPI, File, HTTPException, Query, UploadFile
     from pydantic import BaseModel, Field
 
     from streamproc.analysis import analyze_pcm
-    from streamproc.audio import load, to_s16
+    from streamproc.audio import AudioTooLongError, load, to_s16
     from streamproc.inference import ModelBundle
     from streamproc.training.registry import bundles as list_bundles
 
     default = ModelBundle.load(model)  # a bad bundle stops the server before it listens
+    warm_up(default)
     loaded: dict[str, ModelBundle] = {model: default}
     clips = load_index(index, default.spec) if index else {}
 
@@ -165,6 +329,7 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         confidence: float | None
         scores: dict[str, float]
         gap: bool
+        gated: bool = Field(False, description="silence by level: rms_dbfs below the model's silence_below_dbfs")
         padded: bool = Field(False, description="the clip is shorter than one window: this window is the clip "
                                                 "followed by zeros (docs/predictions.md)")
 
@@ -179,7 +344,11 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         task: str
         version: str
         labels: list[str] | None = None
-        macro_f1: float | None = None
+        macro_f1: float | None = Field(None, description="macro-F1 on held-out clips")
+        real_macro_f1: float | None = Field(None, description="macro-F1 on real recordings "
+                                                              "(evaluation_debian_real.json), as `models list` shows")
+        real_b_macro_f1: float | None = Field(None, description="macro-F1 on the frozen independent real set B "
+                                                                "(evaluation_real_b.json), scored once")
         latest: bool | None = None
         default: bool = False
         error: str | None = None
@@ -195,14 +364,21 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
 
     class Neighbour(BaseModel):
         id: str
-        kind: str = Field(description="clip (batch index) or stream (live)")
+        kind: str = Field(description="clip (batch index), stream (live), or clip+stream when a live stream has "
+                                      "the id of an indexed clip (a replayed file; the clip's embedding is used)")
         similarity: float
 
     class Similar(BaseModel):
         query: str
         neighbours: list[Neighbour]
 
-    app = FastAPI(title="audiostream", version="1", description=__doc__)
+    app = FastAPI(title="audiostream", version="1", description=__doc__, docs_url=None, redoc_url=None)
+    limit_text = f"{max_upload_bytes / (1 << 20):g} MiB"
+    app.add_middleware(UploadGuard, path="/v1/classify", max_body=max_upload_bytes + MULTIPART_OVERHEAD,
+                       limit_text=limit_text, max_active=max_concurrent, body_timeout_s=body_timeout_s,
+                       max_header_bytes=max_header_bytes)
+    mount_docs(app)
+    app.state.default_model = default.ref
 
     def bundle_for(ref: str | None) -> ModelBundle:
         ref = ref or model
@@ -215,35 +391,43 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
 
     @app.post("/v1/classify", response_model=Classification, summary="Classify an uploaded audio file",
               responses={400: {"description": "empty upload"}, 404: {"description": "unknown model"},
-                         413: {"description": "too large or too long"}, 415: {"description": "not decodable audio"}})
+                         408: {"description": "the body did not arrive within --body-timeout"},
+                         413: {"description": "too large (--max-upload-mb) or too long (--max-duration)"},
+                         415: {"description": "not decodable audio"},
+                         503: {"description": "busy: --max-concurrent uploads in progress; see Retry-After"}})
     def classify(file: UploadFile = File(..., description="wav, flac, ogg, mp3, ..."),
                  model_ref: str | None = Query(None, alias="model", description="task[:version]")):
         b = bundle_for(model_ref)
-        data = file.file.read(max_upload_bytes + 1)
-        if not data:
-            raise HTTPException(400, "the upload is empty")
-        if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"the upload is larger than {max_upload_bytes >> 20} MiB")
+        name = display_name(file.filename)
         ext = re.sub(r"[^A-Za-z0-9]", "", os.path.splitext(file.filename or "")[1])[:8]  # a hint for decoders only
         with tempfile.NamedTemporaryFile(suffix="." + ext if ext else "") as tmp:
-            tmp.write(data)
+            file.file.seek(0)
+            shutil.copyfileobj(file.file, tmp, 1 << 16)  # already on disk (or <= 1 MiB in memory): copied in blocks
+            size = tmp.tell()
+            if not size:
+                raise HTTPException(400, "the upload is empty")
+            if size > max_upload_bytes:
+                raise HTTPException(413, f"the upload is larger than {limit_text}")
             tmp.flush()
             try:
-                y = load(tmp.name, b.spec.sr)
+                y = load(tmp.name, b.spec.sr, max_seconds=max_duration_s)
+            except AudioTooLongError as exc:
+                raise HTTPException(413, str(exc).replace(tmp.name, name)) from None
             except AudioInputError as exc:
-                msg = str(exc).replace(tmp.name, file.filename or "upload")
+                msg = str(exc).replace(tmp.name, name)
                 raise HTTPException(415, f"not audio we can decode: {msg}") from None
         duration = len(y) / b.spec.sr
-        if duration > max_duration_s:
-            raise HTTPException(413, f"the audio is {duration:.0f} s long; the limit is {max_duration_s:.0f} s")
-        rows = analyze_pcm(to_s16(y), b, file=file.filename or "upload", stream_id=file.filename or "upload")
+        pcm = to_s16(y)
+        del y
+        rows = analyze_pcm(pcm, b, file=file.filename or "upload", stream_id=file.filename or "upload")
+        del pcm
         share: dict[str, float] = {}
         for r in rows:
             if r["label"]:
                 share[r["label"]] = share.get(r["label"], 0) + 1 / len(rows)
         return {"model": b.ref, "labels": b.labels, "duration_s": round(duration, 6), "label_share": share,
                 "windows": [{"index": r["window_index"], "start_s": r["start_s"], "end_s": r["end_s"],
-                             "label": r["label"], "confidence": r["confidence"], "gap": r["gap"],
+                             "label": r["label"], "confidence": r["confidence"], "gap": r["gap"], "gated": r["gated"],
                              "padded": r["padded"],
                              "scores": {lab: r[f"score_{lab}"] for lab in b.labels}} for r in rows]}
 
@@ -251,7 +435,8 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
     def models():
         out = []
         for m in list_bundles():
-            out.append({**{k: m.get(k) for k in ("task", "version", "labels", "macro_f1", "latest", "error")},
+            out.append({**{k: m.get(k) for k in ("task", "version", "labels", "macro_f1", "real_macro_f1",
+                                                 "real_b_macro_f1", "latest", "error")},
                         "default": f"{m['task']}:{m['version']}" == default.ref})
         return out
 
@@ -269,18 +454,28 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
     def similar(id: str = Query(..., min_length=1, max_length=1024, description="a clip (batch index) or stream id"),
                 k: int = Query(5, ge=1, le=100)):
         items = [(cid, "clip", e) for cid, e in clips.items()]
-        if live is not None:
-            items += [(sid, "stream", e) for sid, e in live.embeddings().items()]
+        if live is not None:  # a replayed file's stream id equals its clip id: one entry, both kinds
+            live_ids = set()
+            for sid, e in live.embeddings().items():
+                if sid in clips:
+                    live_ids.add(sid)
+                else:
+                    items.append((sid, "stream", e))
+            items = [(i, "clip+stream" if i in live_ids else kind, e) for i, kind, e in items]
         ids = [i for i, _, _ in items]
         if id not in ids:
-            raise HTTPException(404, f"{id!r} is neither an indexed clip nor a live stream "
-                                     f"({len(clips)} clips, {len(items) - len(clips)} streams known)")
+            raise HTTPException(404, f"{display_name(id)!r} is neither an indexed clip nor a live stream "
+                                     f"({len(clips)} clips, {len(items) - len(clips)} other streams known)")
         from streamproc.analysis import nearest
         q = ids.index(id)
         X = np.stack([e for _, _, e in items])
         found = [(i, s) for i, s in nearest(X[q], X, k + 1) if i != q][:k]
         return {"query": id, "neighbours": [{"id": items[i][0], "kind": items[i][1], "similarity": round(s, 6)}
                                             for i, s in found]}
+
+    if gateway is not None:  # ingest: browsers, phones and HTTP clients onto audio.frames (consumers/gateway.py)
+        gateway.add_routes(app)
+    add_pages(app, live)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():
@@ -289,20 +484,183 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
     return app
 
 
+def mount_docs(app) -> None:
+    """/docs (Swagger UI) and /redoc from assets served by this server (the fastapi-offline package ships them):
+    the API docs work without Internet access, and the page loads nothing from a CDN."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    try:
+        import fastapi_offline
+    except ImportError:
+        raise ConfigError("serve needs the api extra (fastapi-offline ships the docs' assets): "
+                          "pip install 'audiostream[api]'") from None
+    static = os.path.join(os.path.dirname(fastapi_offline.__file__), "static")
+    app.mount("/static/docs", StaticFiles(directory=static), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
+                                   swagger_js_url="/static/docs/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/docs/swagger-ui.css",
+                                   swagger_favicon_url="/static/docs/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc():
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} - API reference",
+                              redoc_js_url="/static/docs/redoc.standalone.js",
+                              redoc_favicon_url="/static/docs/favicon.png", with_google_fonts=False)
+
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+
+
+def add_pages(app, live: LiveStreams | None) -> None:
+    """The live page (/), the microphone page (/record) and the event stream they read (/v1/events): plain
+    HTML/JS/CSS from consumers/static, no build step, nothing from a CDN."""
+    import asyncio
+    import json
+
+    from fastapi import Request
+    from fastapi.responses import FileResponse, StreamingResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(os.path.join(STATIC, "index.html"))
+
+    @app.get("/record", include_in_schema=False)
+    def record():
+        return FileResponse(os.path.join(STATIC, "record.html"))
+
+    @app.get("/v1/events", summary="Server-sent events: live streams as their predictions arrive",
+             responses={200: {"content": {"text/event-stream": {}},
+                              "description": "event 'streams': a JSON list of the streams that changed"}})
+    async def events(request: Request):
+        async def stream():
+            if live is None:
+                yield "event: error\ndata: " + json.dumps("live streams are off: start serve with -b HOST:PORT") + "\n\n"
+                return
+            seen, quiet = -1, 0.0
+            yield "retry: 2000\n\n"
+            while not await request.is_disconnected():
+                version, rows = live.changes(seen)
+                if rows or seen < 0:
+                    seen = version
+                    yield "event: streams\ndata: " + json.dumps(rows) + "\n\n"
+                    quiet = 0.0
+                elif quiet > 15:
+                    yield ": still here\n\n"  # keeps proxies from closing an idle connection
+                    quiet = 0.0
+                await asyncio.sleep(0.5)
+                quiet += 0.5
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
 def add_parser(sub):
     p = sub.add_parser("serve", help="HTTP API: classify uploads, models, live streams, similar clips",
                        description=__doc__)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default; 0.0.0.0 to expose)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default: 127.0.0.1, loopback only; 0.0.0.0 exposes it: see docs/security.md)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 = any free port)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"default model bundle (default: {DEFAULT_MODEL})")
     p.add_argument("--index", default=None, metavar="RESULTS", help="batch results (Parquet) to recommend from")
-    p.add_argument("--max-upload-mb", type=float, default=20.0)
-    p.add_argument("--max-duration", type=float, default=600.0, help="seconds of audio per upload")
-    p.add_argument("--predictions-topic", default=TOPIC_PREDICTIONS)
-    p.add_argument("--features-topic", default=TOPIC_FEATURES)
-    p.add_argument("--streams-since", type=float, default=600.0, help="seconds of live history to read at start")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload in MiB (default: 20)")
+    p.add_argument("--max-duration", type=float, default=600.0,
+                   help="seconds of audio per upload, checked before decoding (default: 600)")
+    p.add_argument("--max-concurrent", type=int, default=2,
+                   help="uploads received/classified at once; more get 503 with Retry-After (default: 2)")
+    p.add_argument("--body-timeout", type=float, default=60.0,
+                   help="seconds a client has to send an upload's whole body; 408 after (default: 60)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a request's headers; the connection is closed after "
+                        "(default: 10)")
+    p.add_argument("--max-connections", type=int, default=100,
+                   help="open connections and requests at once; more get 503 (default: 100)")
+    p.add_argument("--max-header-kb", type=int, default=16,
+                   help="largest request line + headers in KiB: 431, or the connection is closed while they are "
+                        "still arriving (default: 16)")
+    p.add_argument("--no-access-log", "--quiet", "-q", dest="access_log", action="store_false",
+                   help="do not log each request (on by default)")
+    p.add_argument("--predictions-topic", default=TOPIC_PREDICTIONS, help=f"(default: {TOPIC_PREDICTIONS})")
+    p.add_argument("--features-topic", default=TOPIC_FEATURES, help=f"(default: {TOPIC_FEATURES})")
+    p.add_argument("--streams-since", type=float, default=600.0,
+                   help="seconds of live history to read at start (default: 600)")
+    p.add_argument("--ingest-token", default=os.environ.get("AUDIOSTREAM_INGEST_TOKEN"),
+                   help="bearer token the ingest routes require (env AUDIOSTREAM_INGEST_TOKEN); without one they "
+                        "answer only while serve listens on loopback")
+    p.add_argument("--ingest-topic", default=TOPIC_FRAMES, help="where ingested streams go")
+    p.add_argument("--ingest-max-speed", type=float, default=2.0,
+                   help="a stream may send at most this many times real time, after 10 s ahead")
     add_kafka_arguments(p)
     p.set_defaults(func=run)
+
+
+def _return_large_blocks_to_the_system() -> None:
+    """glibc raises its mmap threshold after a large block is freed (up to 32 MiB), so the next requests'
+    sample arrays come from arenas that keep their pages: RSS crept ~40 MiB per upload slot. A fixed 1 MiB
+    threshold gives every large array back when it is freed (docs/security.md, measured)."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def header_timeout_protocol(timeout_s: float):
+    """uvicorn's h11 protocol, plus a deadline for a request's headers: ``timeout_s`` from the connection's
+    start or from the previous response's end. uvicorn has none (its keep-alive timer stops at the first
+    byte), so a client sending a header line now and then would hold its connection for ever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def connection_lost(self, exc):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(timeout_s, self._headers_due, self.cycle)
+
+        def _headers_due(self, cycle):
+            if self.cycle is cycle and not self.transport.is_closing():  # no request began since
+                log.warning("closed a connection whose request headers did not arrive within %g s "
+                            "(--header-timeout)", timeout_s)
+                self.transport.close()
+
+    return HeaderTimeoutH11
+
+
+def _bind(host: str, port: int):
+    """The listening socket, bound here so a taken port is a clear error, and port 0 works."""
+    import socket
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                          f"(another server there? choose another --port)") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def run(args) -> int:
@@ -310,13 +668,44 @@ def run(args) -> int:
         import uvicorn
     except ImportError:
         raise ConfigError("serve needs the api extra: pip install 'audiostream[api]'") from None
-    live = None
+    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-duration", args.max_duration),
+                        ("--max-concurrent", args.max_concurrent), ("--body-timeout", args.body_timeout),
+                        ("--max-connections", args.max_connections), ("--max-header-kb", args.max_header_kb),
+                        ("--header-timeout", args.header_timeout)):
+        if not value > 0:
+            raise ConfigError(f"{flag} {value} must be positive")
+    live = gateway = None
     if args.bootstrap_servers or args.config or args.kafka_config or os.environ.get("AUDIOSTREAM_BOOTSTRAP_SERVERS"):
         from streamproc.inference import ModelBundle
         from streamproc.settings import kafka_config_from_args
-        live = LiveStreams(kafka_config_from_args(args), args.predictions_topic, args.features_topic,
+
+        from .gateway import Gateway
+        kafka = kafka_config_from_args(args)
+        live = LiveStreams(kafka, args.predictions_topic, args.features_topic,
                            ModelBundle.load(args.model).spec, since_s=args.streams_since).start()
+        gateway = Gateway(kafka, args.ingest_topic, token=args.ingest_token,
+                          require_token=args.host not in ("127.0.0.1", "::1", "localhost"),
+                          max_speed=args.ingest_max_speed, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+                          max_duration_s=args.max_duration)
     app = create_app(model=args.model, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
-                     max_duration_s=args.max_duration, index=args.index, live=live)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+                     max_duration_s=args.max_duration, index=args.index, live=live,
+                     max_concurrent=args.max_concurrent, body_timeout_s=args.body_timeout,
+                     max_header_bytes=args.max_header_kb << 10, gateway=gateway)
+    _return_large_blocks_to_the_system()
+    sock = _bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    from uvicorn.config import LOGGING_CONFIG
+    log_config = {**LOGGING_CONFIG, "loggers": {**LOGGING_CONFIG["loggers"],
+                                                "uvicorn.error": {"level": "WARNING"},
+                                                "uvicorn.access": {"handlers": ["access"], "level": "INFO",
+                                                                   "propagate": False}}}
+    config = uvicorn.Config(app, log_config=log_config, log_level=None, access_log=args.access_log,
+                            http=header_timeout_protocol(args.header_timeout),
+                            h11_max_incomplete_event_size=args.max_header_kb << 10,
+                            limit_concurrency=args.max_connections)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving on http://{shown}:{port} (docs at /docs), model {app.state.default_model}; limits: "
+          f"{args.max_upload_mb:g} MiB, {args.max_duration:g} s of audio, {args.max_concurrent} at once",
+          flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamproc.audio import AUDIO_SUFFIXES, is_url
+from streamproc.audio import AUDIO_SUFFIXES, FILE_MAX_SECONDS, is_url
 from streamproc.errors import AudiostreamError, ConfigError
 from streamproc.settings import DEFAULT_MODEL
 
@@ -60,7 +60,7 @@ def arrow_schema(labels: list[str], n_features: int):
     fields = [("file", pa.string()), ("stream_id", pa.string()), ("window_index", pa.int64()),
               ("start_s", pa.float64()), ("end_s", pa.float64()), ("start_sample", pa.int64()),
               ("end_sample", pa.int64()), ("label", pa.string()), ("confidence", pa.float64()),
-              ("model", pa.string()), ("gap", pa.bool_()), ("padded", pa.bool_())]
+              ("model", pa.string()), ("gap", pa.bool_()), ("gated", pa.bool_()), ("padded", pa.bool_())]
     fields += [(f"score_{lab}", pa.float64()) for lab in labels]
     from streamproc.analysis import METRIC_COLUMNS
     fields += [(m, pa.float64()) for m in METRIC_COLUMNS]
@@ -73,18 +73,30 @@ def arrow_schema(labels: list[str], n_features: int):
 _BUNDLE = None
 
 
+def single_threaded_blas() -> None:
+    """Run BLAS on one thread in this worker process, for the rest of its life.
+
+    Both engines must give bit-identical rows. With OpenBLAS's Haswell/Zen kernels a float32 matmul
+    rounds differently on one thread than on two (the rows of the mel/chroma product are split between
+    threads), and PySpark starts its Python workers with ``OMP_NUM_THREADS=1`` while a process pool
+    inherits the machine's thread count: pinning one thread in both makes them agree on every CPU.
+    One file per worker process is the parallelism anyway."""
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1)
+
+
 def _init_worker(model: str) -> None:
     global _BUNDLE
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    single_threaded_blas()
     from streamproc.inference import ModelBundle
     _BUNDLE = ModelBundle.load(model, intra_op_threads=1)
 
 
 def _work(item):
-    path, root = item
+    path, root, max_s = item
     from streamproc.analysis import analyze_file
     try:
-        return path, analyze_file(path, _BUNDLE, root=root), None
+        return path, analyze_file(path, _BUNDLE, root=root, max_seconds=max_s), None
     except AudiostreamError as exc:
         return path, [], str(exc)
     except Exception as exc:  # a file the decoders choke on must not stop the corpus
@@ -127,13 +139,14 @@ def _spark_partition(items, bundle_files, columns):
     import tempfile as tf
     from streamproc.analysis import analyze_file
     from streamproc.inference import ModelBundle
+    single_threaded_blas()
     with tf.TemporaryDirectory(prefix="audiostream-bundle-") as d:
         for name, data in bundle_files.value.items():
             Path(d, name).write_bytes(data)
         bundle = ModelBundle.load(d, intra_op_threads=1)
-        for path, root in items:
+        for path, root, max_s in items:
             try:
-                rows = analyze_file(path, bundle, root=root)
+                rows = analyze_file(path, bundle, root=root, max_seconds=max_s)
             except Exception as exc:  # counted on the driver through the error rows
                 yield ("__error__", f"{path}: {exc}") + (None,) * (len(columns) - 2)
                 continue
@@ -182,12 +195,14 @@ def add_parser(sub):
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model bundle: task[:version] or a directory ({DEFAULT_MODEL})")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="local engine: processes")
     p.add_argument("--master", default="local[*]", help="spark engine: master URL (local[*], spark://..., yarn)")
+    p.add_argument("--max-duration", type=float, default=FILE_MAX_SECONDS, metavar="SECONDS",
+                   help=f"skip a file longer than this, checked before decoding (default: {FILE_MAX_SECONDS:g}; 0 = none)")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    items = find_audio(args.inputs)
+    items = [(p, r, args.max_duration or None) for p, r in find_audio(args.inputs)]  # a hostile file is skipped
     if not items:
         raise ConfigError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {' '.join(args.inputs)}")
     from streamproc.inference import ModelBundle

@@ -1,10 +1,15 @@
 """``audiostream demo``: the whole product on one machine in one command.
 
-Starts a local Apache Kafka broker (deploy/kafka, unless ``--bootstrap-servers``
-points at a cluster), the analyzer with the default model, replays a demo clip
-as a live stream, and prints each prediction as it arrives. The demo clip is
-made on first use (deterministic: tones, noise, silence) unless ``--clip`` names
-your own file.
+Starts a local Apache Kafka broker (deploy/kafka), the analyzer with the default
+model, replays a demo clip as a live stream, and prints each prediction as it
+arrives. The demo clip is made on first use and cached (deterministic: 4 s of
+espeak-ng speech, 4 s of fluidsynth music, 3 s of an environment sound, 3 s of
+silence) unless ``--clip`` names your own file.
+
+With ``--bootstrap-servers`` it runs against your cluster without touching its
+data: it creates topics of its own (``audiostream-demo-<id>.frames``,
+``.predictions``, ``.features``, ``.deadletter``), analyses only its own stream
+there, and deletes them at exit (``--keep-topics`` keeps them).
 """
 from __future__ import annotations
 
@@ -22,9 +27,10 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from producers.file import parse_speed, replay
-from producers.kafka import ensure_topics, producer_config
+from producers.kafka import admin_client, ensure_topics, producer_config
 from streamproc import audio
-from streamproc.settings import TOPIC_FRAMES, kafka_config
+from streamproc.errors import ConfigError
+from streamproc.settings import TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS, kafka_config
 
 from .analyzer import DEFAULT_MODEL, Analyzer, AnalyzerConfig
 from .watch import format_line, subscribe
@@ -77,7 +83,10 @@ def demo_clip() -> Path:
 def add_parser(sub):
     p = sub.add_parser("demo", help="local broker + analyzer + replayed clip, printing live predictions",
                        description=__doc__)
-    p.add_argument("--bootstrap-servers", "-b", default=None, help="use this cluster instead of a local broker")
+    p.add_argument("--bootstrap-servers", "-b", default=None,
+                   help="use this cluster instead of a local broker (in topics of the demo's own, deleted at exit)")
+    p.add_argument("--keep-topics", action="store_true",
+                   help="with --bootstrap-servers: keep the demo's own topics at exit")
     p.add_argument("--clip", default=None, help="audio file to replay (default: the generated demo clip)")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--speed", type=parse_speed, default=1.0, help="replay speed (1.0 = real time, 'max' = unpaced)")
@@ -86,10 +95,38 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
+def demo_topics(external: bool) -> dict[str, str]:
+    """The topics the demo uses: the standard ones on its own broker; on a user's cluster, topics of this
+    run's own, so it neither reads other producers' frames nor publishes predictions for their streams."""
+    if not external:
+        return {"frames": TOPIC_FRAMES, "predictions": TOPIC_PREDICTIONS, "features": TOPIC_FEATURES,
+                "deadletter": TOPIC_DEADLETTER}
+    run_id = uuid.uuid4().hex[:8]
+    return {kind: f"audiostream-demo-{run_id}.{kind}" for kind in ("frames", "predictions", "features", "deadletter")}
+
+
+def delete_topics(conf: dict, names: list[str], timeout: float = 15.0) -> str | None:
+    """Delete the demo's own topics; the error text if the cluster refused (e.g. no DeleteTopics ACL)."""
+    admin = admin_client(conf)  # held until the futures resolve: a destroyed client fails them all
+    futures = admin.delete_topics(names, operation_timeout=timeout)
+    errors = []
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout)
+        except Exception as exc:  # KafkaException with the broker's reason
+            errors.append(f"{name}: {exc}")
+    return "; ".join(errors) or None
+
+
+def speed_text(speed: float) -> str:
+    return "as fast as Kafka takes it" if speed == float("inf") else f"at {speed:g}x"
+
+
 def run(args) -> int:
     logging.getLogger("audiostream.analyzer").setLevel(logging.WARNING)
     broker = None
-    if args.bootstrap_servers:
+    external = bool(args.bootstrap_servers)
+    if external:
         conf = kafka_config(args.bootstrap_servers)
     else:
         lk = load_local_kafka()
@@ -98,17 +135,27 @@ def run(args) -> int:
         broker = lk.LocalKafka().start()
         conf = kafka_config(broker.bootstrap_servers)
         print(f"demo: broker ready on {broker.bootstrap_servers}", file=sys.stderr, flush=True)
+    topics = demo_topics(external)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     analyzer = analyzer_thread = None
+    created: list[str] = []
     try:
-        ensure_topics(conf, {TOPIC_FRAMES: 3})
+        partitions = 1 if external else 3
+        created = ensure_topics(conf, {name: partitions for name in topics.values()})
+        if external:
+            print(f"demo: analysing in topics of its own on {args.bootstrap_servers}: "
+                  f"{topics['frames'].rsplit('.', 1)[0]}.* "
+                  f"({'kept' if args.keep_topics else 'deleted'} at exit)", file=sys.stderr, flush=True)
         analyzer = Analyzer(AnalyzerConfig(kafka=conf, model=args.model, metrics_port=args.metrics_port,
-                                           partitions=3, group_id=f"audiostream-demo-{uuid.uuid4().hex[:6]}"))
+                                           partitions=partitions, frames_topic=topics["frames"],
+                                           predictions_topic=topics["predictions"], features_topic=topics["features"],
+                                           deadletter_topic=topics["deadletter"],
+                                           group_id=f"audiostream-demo-{uuid.uuid4().hex[:6]}"))
         try:
             port = analyzer.start_metrics_server()
-        except OSError:
+        except ConfigError:  # the default port is taken (an analyzer runs here): any free one will do
             analyzer.config.metrics_port = 0
             port = analyzer.start_metrics_server()
         analyzer_thread = analyzer.run_in_background(on_error=lambda exc: stop.set())
@@ -121,14 +168,14 @@ def run(args) -> int:
         stream_id = f"demo-{uuid.uuid4().hex[:6]}"
         expected = len(analyzer.spec.window_bounds(len(y)))
         print(f"demo: model {analyzer.bundle.ref} ({', '.join(analyzer.bundle.labels)}); replaying {clip.name} "
-              f"({len(y) / analyzer.spec.sr:.1f} s at {args.speed}x) as stream {stream_id!r}; "
+              f"({len(y) / analyzer.spec.sr:.1f} s, {speed_text(args.speed)}) as stream {stream_id!r}; "
               f"{expected} windows of {analyzer.spec.window_seconds:g} s every {analyzer.spec.hop_seconds:g} s; "
               f"metrics on http://127.0.0.1:{port}/metrics", file=sys.stderr, flush=True)
         sent = {}
 
         def produce_clip():
             producer = Producer(producer_config(conf))
-            sent["result"] = replay(audio.to_s16(y), producer=producer, topic=TOPIC_FRAMES, stream_id=stream_id,
+            sent["result"] = replay(audio.to_s16(y), producer=producer, topic=topics["frames"], stream_id=stream_id,
                                     sr=analyzer.spec.sr, frame_samples=analyzer.spec.sr // 10, speed=args.speed,
                                     stop=stop)
 
@@ -145,7 +192,8 @@ def run(args) -> int:
             watch_stop.set()
 
         threading.Thread(target=watchdog, name="watchdog", daemon=True).start()
-        for p in subscribe(kafka=conf, from_beginning=True, stop=watch_stop, poll_timeout=0.1):
+        for p in subscribe(kafka=conf, topic=topics["predictions"], from_beginning=True, stop=watch_stop,
+                           poll_timeout=0.1):
             if p.stream_id != stream_id:
                 continue
             got += 1
@@ -164,5 +212,9 @@ def run(args) -> int:
             analyzer.stop()
             if analyzer_thread is not None:
                 analyzer_thread.join(15)
+        if external and created and not args.keep_topics:
+            err = delete_topics(conf, created)
+            if err:
+                print(f"demo: could not delete its topics ({err}); delete them by hand", file=sys.stderr)
         if broker is not None:
             broker.stop()

@@ -15,9 +15,12 @@ from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streamproc.errors import bind_error
+
 
 def serve(addr: str, port: int, registry, *, ready: Callable[[], bool], live: Callable[[], bool]) -> ThreadingHTTPServer:
-    """Start the endpoint in a daemon thread; ``shutdown()`` the returned server to stop it."""
+    """Start the endpoint in a daemon thread; ``shutdown()`` the returned server to stop it.
+    A port that cannot be bound (taken, privileged) raises ConfigError naming it, not a traceback."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's name)
@@ -43,7 +46,10 @@ def serve(addr: str, port: int, registry, *, ready: Callable[[], bool], live: Ca
         def log_message(self, *args):  # scrapes every few seconds: keep them out of the logs
             pass
 
-    server = ThreadingHTTPServer((addr, port), Handler)
+    try:
+        server = ThreadingHTTPServer((addr, port), Handler)
+    except OSError as exc:
+        raise bind_error(exc, addr, port) from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="audiostream-http", daemon=True).start()
     return server

@@ -106,6 +106,15 @@ def read_live(kafka: dict, features_topic: str, predictions_topic: str, since_s:
     return rows
 
 
+def fit(text: str, width: int) -> str:
+    """A label in ``width`` characters, cut in the middle with an ellipsis (both ends of a path matter)."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "\u2026" + text[len(text) - (width - 1 - head):]
+
+
 def _by_stream(rows):
     streams = defaultdict(list)
     for r in rows:
@@ -137,24 +146,31 @@ def make_report(rows: list[dict], out: Path, *, title: str, spectrogram_file: st
     figures = {}
 
     # labels: a timeline per stream + overall share
-    fig, axes = plt.subplots(len(shown) + 1, 1, figsize=(11, 1.1 * len(shown) + 3), squeeze=False)
+    more = f" (first {len(shown)} of {len(streams)} streams; the table in index.html lists all)" \
+        if len(streams) > len(shown) else ""
+    fig, axes = plt.subplots(len(shown) + 1, 1, figsize=(11, 1.1 * len(shown) + 3.4), squeeze=False)
     for ax, sid in zip(axes[:-1, 0], shown):
+        # each window owns its stretch up to the next window's start: windows overlap by half, and
+        # translucent overlapping bars made colours that are not in the legend
+        rs = streams[sid]
         for lab in labels:
-            spans = [(r["start_s"], r["end_s"] - r["start_s"]) for r in streams[sid] if r.get("label") == lab]
+            spans = [(r["start_s"], (rs[i + 1]["start_s"] if i + 1 < len(rs) else r["end_s"]) - r["start_s"])
+                     for i, r in enumerate(rs) if r.get("label") == lab]
             if spans:
-                ax.broken_barh(spans, (0, 1), facecolors=colors[lab], alpha=0.55)
+                ax.broken_barh(spans, (0, 1), facecolors=colors[lab])
         ax.set_yticks([])
-        ax.set_ylabel(sid[-24:], rotation=0, ha="right", va="center", fontsize=8)
-        ax.set_xlim(0, max(r["end_s"] for r in streams[sid]))
+        ax.set_title(fit(sid, 90), loc="left", fontsize=8)  # above the bar: a long id is never clipped
+        ax.set_xlim(0, max(r["end_s"] for r in rs))
     share = Counter(r["label"] for r in rows if r.get("label"))
     total = sum(share.values()) or 1
     ax = axes[-1, 0]
     ax.barh(labels, [share[lab] / total for lab in labels], color=[colors[lab] for lab in labels])
-    ax.set_xlabel("share of windows")
-    axes[0, 0].set_title(f"Labels over stream time (s): {title}")
+    ax.set_xlabel(f"share of windows, all {len(streams)} stream(s)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[lab]) for lab in labels]
-    fig.legend(handles, labels, loc="upper right", fontsize=8)
-    fig.tight_layout()
+    fig.suptitle(f"Labels over stream time (s): {title}{more}", fontsize=10)
+    fig.legend(handles, labels, loc="upper center", ncol=max(1, len(labels)), fontsize=8,
+               bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))  # room for the title and the legend
     figures["labels"] = out / "labels.png"
     fig.savefig(figures["labels"], dpi=100)
     plt.close(fig)
@@ -163,31 +179,34 @@ def make_report(rows: list[dict], out: Path, *, title: str, spectrogram_file: st
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
     for sid in shown:
         t = [r["start_s"] + (r["end_s"] - r["start_s"]) / 2 for r in streams[sid]]
-        a1.plot(t, [r.get("rms_dbfs") for r in streams[sid]], label=sid[-24:], lw=1)
+        a1.plot(t, [r.get("rms_dbfs") for r in streams[sid]], label=fit(sid, 40), lw=1)
         a2.plot(t, [r.get("spectral_centroid_hz") for r in streams[sid]], lw=1)
     a1.set_ylabel("RMS (dBFS)")
     a2.set_ylabel("spectral centroid (Hz)")
     a2.set_xlabel("stream time (s)")
-    a1.legend(fontsize=7, ncol=2)
-    a1.set_title("Loudness and spectral trends")
+    a1.legend(fontsize=7, ncol=2, loc="lower left")
+    a1.set_title("Loudness and spectral trends" + more, fontsize=10)
     fig.tight_layout()
     figures["trends"] = out / "trends.png"
     fig.savefig(figures["trends"], dpi=100)
     plt.close(fig)
 
-    # tempo
+    # tempo: the streams that have one (music with a pulse, heard for 8 s), not simply the first ones
+    with_tempo = [sid for sid in streams if any(r.get("tempo_bpm") for r in streams[sid])]
     fig, ax = plt.subplots(figsize=(11, 4))
-    any_tempo = False
-    for sid in shown:
+    for sid in with_tempo[:MAX_STREAMS]:
         pts = [(r["end_s"], r["tempo_bpm"]) for r in streams[sid] if r.get("tempo_bpm")]
-        if pts:
-            any_tempo = True
-            ax.plot(*zip(*pts), marker=".", lw=1, label=sid[-24:])
+        ax.plot(*zip(*pts), marker=".", lw=1, label=fit(sid, 40))
     ax.set_ylabel("tempo (BPM, 8 s context)")
     ax.set_xlabel("stream time (s)")
-    ax.set_title("Tempo over time" + ("" if any_tempo else ": no stream was long enough (8 s) for a tempo"))
-    if any_tempo:
+    if with_tempo:
+        extra = f" (first {MAX_STREAMS} of {len(with_tempo)} streams with a tempo)" \
+            if len(with_tempo) > MAX_STREAMS else ""
+        ax.set_title(f"Tempo over time{extra}", fontsize=10)
         ax.legend(fontsize=7)
+    else:
+        ax.set_title("Tempo over time: no stream has a tempo (it needs 8 s of audio with a pulse "
+                     "between 40 and 240 BPM)", fontsize=10)
     fig.tight_layout()
     figures["tempo"] = out / "tempo.png"
     fig.savefig(figures["tempo"], dpi=100)
@@ -199,7 +218,8 @@ def make_report(rows: list[dict], out: Path, *, title: str, spectrogram_file: st
     if spec_file:
         figures["spectrogram"] = _spectrogram(spec_file, [r for r in rows if r.get("file") == spec_file], out,
                                               colors)
-    _write_html(out, title, source, streams, labels, figures)
+    shows = {"labels": shown, "trends": shown, "tempo": with_tempo[:MAX_STREAMS]}
+    _write_html(out, title, source, streams, labels, figures, shows)
     return figures
 
 
@@ -228,7 +248,8 @@ def _spectrogram(path: str, rows: list[dict], out: Path, colors: dict) -> Path:
     return dest
 
 
-def _write_html(out: Path, title: str, source: str, streams: dict, labels: list[str], figures: dict) -> None:
+def _write_html(out: Path, title: str, source: str, streams: dict, labels: list[str], figures: dict,
+                shows: dict) -> None:
     def cell(v, fmt="{:.1f}"):
         return "" if v is None else html.escape(fmt.format(v) if isinstance(v, float) else str(v))
     head = "".join(f"<th>{html.escape(h)}</th>" for h in
@@ -245,7 +266,13 @@ def _write_html(out: Path, title: str, source: str, streams: dict, labels: list[
             *[cell(100.0 * share[lab] / len(rs)) for lab in labels],
             cell(sum(rms) / len(rms) if rms else None), cell(tempo[len(tempo) // 2] if tempo else None),
             sum(1 for r in rs if r.get("gap"))]) + "</tr>")
-    imgs = "".join(f'<h2>{html.escape(name)}</h2><img src="{p.name}" alt="{html.escape(name)}">'
+    def which(name):  # say which streams a figure shows when it cannot show them all
+        sids = shows.get(name)
+        if sids is None or len(sids) == len(streams):
+            return ""
+        return (f'<p class="note">{len(sids)} of {len(streams)} streams shown: '
+                f'{html.escape(", ".join(sids)) or "none"}</p>')
+    imgs = "".join(f'<h2>{html.escape(name)}</h2>{which(name)}<img src="{p.name}" alt="{html.escape(name)}">'
                    for name, p in figures.items())
     (out / "index.html").write_text(f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>audiostream report: {html.escape(title)}</title>

@@ -1,7 +1,7 @@
 """``audiostream topics``: create the project's topics with explicit partition counts."""
 from __future__ import annotations
 
-from producers.kafka import admin_client, ensure_topics
+from producers.kafka import admin_client, check_reachable, ensure_topics
 from streamproc.settings import (TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
                                  add_kafka_arguments, kafka_config_from_args)
 
@@ -19,6 +19,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     conf = kafka_config_from_args(args)
+    check_reachable(conf)  # unreachable: one clear error, exit 2 (not a KafkaException traceback)
     if args.action == "create":
         created = ensure_topics(conf, {t: args.partitions for t in ALL_TOPICS})
         for t in ALL_TOPICS:

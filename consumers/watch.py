@@ -23,7 +23,7 @@ from typing import Iterator
 
 from confluent_kafka import Consumer, KafkaError
 
-from producers.kafka import client_logging
+from producers.kafka import check_reachable, client_logging
 from streamproc.settings import TOPIC_PREDICTIONS, add_kafka_arguments, kafka_config, kafka_config_from_args
 
 
@@ -106,6 +106,11 @@ def level_meter(dbfs: float | None, width: int = 12) -> str:
     return "#" * filled + "." * (width - filled)
 
 
+def fit(text: str, width: int) -> str:
+    """``text`` in ``width`` columns: cut with an ellipsis when longer, so a cut id never passes for another."""
+    return text if len(text) <= width else text[:width - 1] + "\u2026"
+
+
 def format_line(p: Prediction) -> str:
     gap = " GAP" if p.gap else ""
     level = f"{p.rms_dbfs:6.1f} dBFS" if p.rms_dbfs is not None else ""
@@ -128,18 +133,24 @@ class Table:
         self.windows[p.stream_id] = self.windows.get(p.stream_id, 0) + 1
         self.gaps[p.stream_id] = self.gaps.get(p.stream_id, 0) + int(p.gap)
 
-    def render(self) -> str:
-        head = f"{'STREAM':<20} {'LABEL':<12} {'CONF':>5}  {'LEVEL':<12} {'dBFS':>6} {'WINDOWS':>7} {'GAPS':>4}  {'AT (s)':>8}"
+    MAX_ID = 40  # longer stream ids are cut with an ellipsis
+
+    def render(self, waiting: str | None = None) -> str:
+        w = max([6] + [min(len(sid), self.MAX_ID) for sid in self.rows])
+        head = (f"{'STREAM':<{w}} {'LABEL':<12} {'CONF':>5}  {'LEVEL':<12} {'dBFS':>6} {'WINDOWS':>7} {'GAPS':>4}  "
+                f"{'AT (s)':>8}")
         lines = [head]
         for sid in sorted(self.rows):
             p = self.rows[sid]
             db = f"{p.rms_dbfs:6.1f}" if p.rms_dbfs is not None else "     -"
-            lines.append(f"{sid[:20]:<20} {p.label[:12]:<12} {p.confidence:5.2f}  {level_meter(p.rms_dbfs)} {db} "
-                         f"{self.windows[sid]:>7} {self.gaps[sid]:>4}  {p.window_end_s:8.1f}")
+            lines.append(f"{fit(sid, w):<{w}} {fit(p.label, 12):<12} {p.confidence:5.2f}  {level_meter(p.rms_dbfs)} "
+                         f"{db} {self.windows[sid]:>7} {self.gaps[sid]:>4}  {p.window_end_s:8.1f}")
+        if waiting and not self.rows:
+            lines.append(waiting)
         return "\n".join(lines)
 
-    def draw(self) -> None:
-        text = self.render()
+    def draw(self, waiting: str | None = None) -> None:
+        text = self.render(waiting)
         if self._drawn:
             self.out.write(f"\033[{self._drawn}F\033[J")
         self.out.write(text + "\n")
@@ -164,10 +175,15 @@ def run(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     table_mode = sys.stdout.isatty() and not (args.lines or args.json)
+    kafka = kafka_config_from_args(args)
+    check_reachable(kafka)  # an unreachable cluster is one clear error (exit 2), not an endless retry
     table = Table()
+    if table_mode:  # the header at once, not a blank screen until the first prediction
+        table.draw(waiting=f"waiting for predictions on {args.topic} "
+                           f"({'from the oldest retained' if args.from_beginning else 'new ones only'}) ...")
     n = 0
     last_draw = 0.0
-    for p in subscribe(topic=args.topic, from_beginning=args.from_beginning, kafka=kafka_config_from_args(args),
+    for p in subscribe(topic=args.topic, from_beginning=args.from_beginning, kafka=kafka,
                        stop=stop, idle_timeout=args.idle_timeout):
         n += 1
         if args.json:

@@ -126,6 +126,8 @@ def add_parser(sub):
     p.add_argument("--loop", action="store_true", help="repeat the file until interrupted")
     p.add_argument("--encoding", choices=sorted(wire.ENCODING_IDS), default="pcm_s16le")
     p.add_argument("--partitions", type=int, default=6, help="partitions if the frames topic must be created")
+    p.add_argument("--max-duration", type=float, default=audio.FILE_MAX_SECONDS, metavar="SECONDS",
+                   help=f"refuse a longer file, checked before decoding (default: {audio.FILE_MAX_SECONDS:g}; 0 = none)")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=run)
 
@@ -139,7 +141,7 @@ def run(args) -> int:
     if frame_samples < 1:
         raise ConfigError(f"--frame-ms {args.frame_ms} gives no samples at {args.rate} Hz")
     stream_id = args.stream_id or Path(args.path).stem
-    y = audio.load(args.path, args.rate)
+    y = audio.load(args.path, args.rate, max_seconds=args.max_duration or None)
     pcm = audio.to_s16(y) if args.encoding == "pcm_s16le" else y
     conf = kafka_config_from_args(args)
     check_reachable(conf)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import time
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -18,7 +20,7 @@ class KafkaUnavailable(AudiostreamError):
 
 
 def admin_client(conf: dict) -> AdminClient:
-    return AdminClient(dict(conf))
+    return AdminClient(client_logging(conf))
 
 
 def check_reachable(conf: dict, timeout: float = 10.0) -> None:
@@ -36,9 +38,11 @@ def check_reachable(conf: dict, timeout: float = 10.0) -> None:
             raise KafkaUnavailable(f"Kafka at {conf.get('bootstrap.servers')!r} refused the credentials"
                                    f"{f' of user {user!r}' if user else ''}: {auth[-1].str()}; check sasl.username / "
                                    f"sasl.password (not shown) and sasl.mechanism") from None
+        security = masked({k: v for k, v in conf.items() if k.startswith(("security.", "sasl.", "ssl."))})
         raise KafkaUnavailable(f"cannot reach Kafka at {conf.get('bootstrap.servers')!r} within {timeout:.0f}s "
-                               f"({exc.args[0].str() if exc.args else exc}); check --bootstrap-servers and "
-                               f"security settings {masked({k: v for k, v in conf.items() if k != 'bootstrap.servers'})}") from None
+                               f"({exc.args[0].str() if exc.args else exc}); check --bootstrap-servers"
+                               + (f" and the security settings {security}" if security else
+                                  " (and -X security.protocol=... if the cluster needs TLS or SASL)")) from None
     if not md.brokers:
         raise KafkaUnavailable(f"Kafka at {conf.get('bootstrap.servers')!r} reports no brokers")
 
@@ -102,10 +106,58 @@ def produce(producer: Producer, topic: str, value: bytes, key: bytes | None = No
             producer.poll(0.05)
 
 
+class RepeatFilter(logging.Filter):
+    """One line per distinct librdkafka complaint. librdkafka retries an unreachable broker every few
+    milliseconds and logs each try (~20 identical ERROR lines a second); a repeat within ``window``
+    seconds is counted instead of printed, and the next time that complaint prints it says how many
+    were held back. Complaints are the same when they differ only in the client handle and timings."""
+
+    _VARYING = re.compile(r"rdkafka#\w+-\d+|\(after \d+ms.*$|\d+ms")
+
+    def __init__(self, window: float = 300.0, clock=time.monotonic):
+        super().__init__()
+        self.window, self.clock = window, clock
+        self._seen: dict[str, list] = {}  # complaint -> [printed at, held back since]
+        self._lock = threading.Lock()
+
+    # librdkafka retries these by itself and they pass in a second (a fresh broker loading its coordinator):
+    # debug detail, not a warning to greet every start with
+    TRANSIENT = ("Coordinator load in progress: retrying",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if any(t in text for t in self.TRANSIENT):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        key = self._VARYING.sub("", text)
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.window:
+                seen[1] += 1
+                return False
+            held = seen[1] if seen else 0
+            self._seen[key] = [now, 0]
+            if len(self._seen) > 1000:  # bounded: forget the oldest complaints
+                for k in sorted(self._seen, key=lambda k: self._seen[k][0])[:500]:
+                    del self._seen[k]
+        if held:
+            record.msg, record.args = f"{text} (and {held} more like it in the last {self.window:.0f} s)", None
+        return True
+
+
+_KAFKA_LOGGERS: set[str] = set()
+
+
 def client_logging(conf: dict, name: str = "audiostream.kafka") -> dict:
-    """Route librdkafka's own log lines through Python logging instead of raw stderr."""
+    """Route librdkafka's own log lines through Python logging instead of raw stderr, one line per distinct
+    complaint (``RepeatFilter``)."""
     out = dict(conf)
-    out.setdefault("logger", logging.getLogger(name))
+    logger = logging.getLogger(name)
+    if name not in _KAFKA_LOGGERS:
+        logger.addFilter(RepeatFilter())
+        _KAFKA_LOGGERS.add(name)
+    out.setdefault("logger", logger)
     out.setdefault("log.connection.close", False)
     return out
 

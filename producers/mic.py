@@ -34,12 +34,13 @@ import numpy as np
 from confluent_kafka import Producer
 
 from streamproc import wire
-from streamproc.errors import AudiostreamError, ConfigError
+from streamproc.errors import AudiostreamError, ConfigError, bind_error
 from streamproc.settings import TOPIC_FRAMES, add_kafka_arguments, kafka_config_from_args
 
 from .kafka import KafkaUnavailable, check_reachable, ensure_topics, produce, producer_config
 
 log = logging.getLogger("audiostream.mic")
+CAPTURE_QUEUE_SECONDS = 10.0
 
 
 class MicError(AudiostreamError):
@@ -149,7 +150,9 @@ class MicProducer:
         self.outbox: collections.deque = collections.deque()
         self.outbox_limit = max(1, round(buffer_seconds * 1000 / frame_ms))
         self.max_in_flight = max_in_flight
-        self.capture_q: queue.Queue = queue.Queue(maxsize=max(8, round(2000 / frame_ms)))  # ~2 s of blocks
+        # ~10 s of blocks between PortAudio's thread and ours (320 KB at 16 kHz mono): a loaded edge device
+        # can stall the sending thread for seconds (CPU, a slow log reader); only a longer stall loses audio
+        self.capture_q: queue.Queue = queue.Queue(maxsize=max(8, round(CAPTURE_QUEUE_SECONDS * 1000 / frame_ms)))
         self.stats = MicStats()
         self.metrics = metrics
         self.stop_event = threading.Event()
@@ -373,12 +376,15 @@ def run(args) -> int:
         print(f"warning: {exc}; capturing anyway and buffering up to {args.buffer_seconds:g} s until it answers",
               file=sys.stderr)
     metrics = ProducerMetrics() if args.metrics_port is not None else None
+    if metrics:  # before the device opens: a taken port is an error naming it, not a traceback
+        from prometheus_client import start_http_server
+        try:
+            start_http_server(args.metrics_port, addr=args.metrics_addr, registry=metrics.registry)
+        except OSError as exc:
+            raise bind_error(exc, args.metrics_addr, args.metrics_port) from None
     mic = MicProducer(kafka=conf, topic=args.topic, stream_id=args.stream_id, device=args.device, rate=args.rate,
                       frame_ms=args.frame_ms, channels=args.channels, buffer_seconds=args.buffer_seconds,
                       max_in_flight=args.max_in_flight, metrics=metrics)
-    if metrics:
-        from prometheus_client import start_http_server
-        start_http_server(args.metrics_port, addr=args.metrics_addr, registry=metrics.registry)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: mic.stop())
     resample = f", resampled from {mic.capture_rate} Hz (soxr HQ)" if mic.resampler else ""

@@ -50,7 +50,7 @@ def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: s
     labels = bundle.labels
     for i in range(0, len(windows), PREDICT_CHUNK):
         part = windows[i:i + PREDICT_CHUNK]
-        scores = bundle.predict(np.stack([w.vector for w in part]))
+        scores = bundle.gate(bundle.predict(np.stack([w.vector for w in part])), [w.metrics["rms_dbfs"] for w in part])
         for w, s in zip(part, scores):
             ok = bool(np.isfinite(s).all())
             best = int(np.argmax(s)) if ok else -1
@@ -58,7 +58,8 @@ def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: s
                    "start_s": w.start / spec.sr, "end_s": w.end / spec.sr,
                    "start_sample": w.start, "end_sample": w.end,
                    "label": labels[best] if ok else None, "confidence": float(s[best]) if ok else None,
-                   "model": bundle.ref, "gap": w.gap, "padded": w.padded}
+                   "model": bundle.ref, "gap": w.gap, "gated": bundle.is_gated(w.metrics["rms_dbfs"]),
+                   "padded": w.padded}
             for lab, v in zip(labels, s):
                 row[f"score_{lab}"] = float(v)
             for m in METRIC_COLUMNS:
@@ -69,9 +70,11 @@ def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: s
     return rows
 
 
-def analyze_file(path: str, bundle: ModelBundle, *, root: str | None = None) -> list[dict]:
-    """Decode (as produce-file does: soxr HQ to the bundle's rate, int16) and analyse one file."""
-    pcm = to_s16(load(path, bundle.spec.sr))
+def analyze_file(path: str, bundle: ModelBundle, *, root: str | None = None,
+                 max_seconds: float | None = None) -> list[dict]:
+    """Decode (as produce-file does: soxr HQ to the bundle's rate, int16) and analyse one file; a file
+    longer than ``max_seconds`` is refused (``AudioTooLongError``) before it is decoded whole."""
+    pcm = to_s16(load(path, bundle.spec.sr, max_seconds=max_seconds))
     return analyze_pcm(pcm, bundle, file=str(path), stream_id=stream_id_for(path, root))
 
 

@@ -10,7 +10,9 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
+import textwrap
 
 from . import __version__
 from .errors import AudiostreamError
@@ -38,11 +40,43 @@ COMMANDS = {
 }
 
 
+def plain(text: str | None) -> str | None:
+    """A module docstring as terminal text: reStructuredText's ``code`` marks and ``::`` dropped, the
+    line structure (paragraphs, bullet lists) kept."""
+    if not text:
+        return text
+    text = textwrap.dedent(text).strip("\n")
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    return re.sub(r"(\S)::$", r"\1:", text, flags=re.M).replace("\n::\n", "\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks; an option's help ends with its default when it has one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or "default" in text.lower() or not action.option_strings \
+                or action.default is None or action.default is False or action.default in ([], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class Parser(argparse.ArgumentParser):
+    """Every audiostream (sub)command parser: plain-text descriptions, defaults in the help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        if kwargs.get("description"):
+            kwargs["description"] = plain(kwargs["description"])
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="audiostream", description="Kafka real-time audio streaming analyzer")
+    ap = Parser(prog="audiostream", description="Kafka real-time audio streaming analyzer")
     ap.add_argument("--version", action="version", version=f"audiostream {__version__}")
     ap.add_argument("--log-level", default=os.environ.get("AUDIOSTREAM_LOG_LEVEL", "INFO"))
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    ap.commands = sub
     for name, (module, help_text) in COMMANDS.items():
         if name == only:
             importlib.import_module(module).add_parser(sub)
@@ -55,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser(command)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # answered by the subcommand's own usage, not the top-level one
+        (parser.commands.choices.get(args.command) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -536,8 +536,9 @@ class Engine:
             from .features import tempo
             bpm, conf = tempo(np.stack(envs), self.fps)
             for i, b, c in zip(rows, bpm, conf):
-                metrics[i]["tempo_bpm"] = round(float(b), 1)
-                metrics[i]["tempo_confidence"] = round(float(c), 3)
+                if np.isfinite(b):  # NaN: no pulse in the context, so no tempo (None), not a made-up number
+                    metrics[i]["tempo_bpm"] = round(float(b), 1)
+                    metrics[i]["tempo_confidence"] = round(float(c), 3)
 
     # -- lifecycle --------------------------------------------------------------
     def finished(self) -> list[str]:

@@ -33,3 +33,16 @@ class ConfigError(AudiostreamError, ValueError):
 
 class AudioInputError(AudiostreamError):
     """An audio file could not be read or converted."""
+
+
+def bind_error(exc: OSError, addr: str, port: int, flag: str = "--metrics-port") -> AudiostreamError:
+    """A clear error for an HTTP endpoint that cannot listen (port taken, privileged, bad address)."""
+    import errno
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"{flag} {port}: {addr}:{port} is already in use (another audiostream process on this "
+                           f"host?); give each process its own port, or {flag} 0 for any free one (the start-up "
+                           f"line says which)")
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"{flag} {port}: not allowed to listen on {addr}:{port} (ports below 1024 need root); "
+                           f"choose a port from 1024 up")
+    return ConfigError(f"{flag} {port}: cannot listen on {addr}:{port}: {exc.strerror or exc}")

@@ -219,14 +219,18 @@ class FeatureExtractor:
             return np.empty((0, self.spec.n_fft), dtype=np.float32)
         return sliding_window_view(y, self.spec.n_fft)[:: self.spec.hop_length]
 
-    def vectors_for_signal(self, y: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
-        """Offline: every complete window of ``y`` and its feature vector (same code as live)."""
+    def vectors_for_signal(self, y: np.ndarray, *, with_metrics: bool = False):
+        """Offline: every complete window of ``y`` and its feature vector (same code as live); with
+        ``with_metrics`` also each window's metrics (``window_metrics``, e.g. ``rms_dbfs``) as a third item."""
         bounds = self.spec.window_bounds(len(y))
         if not bounds:
-            return [], np.empty((0, self.spec.n_features), dtype=np.float32)
+            empty = np.empty((0, self.spec.n_features), dtype=np.float32)
+            return ([], empty, []) if with_metrics else ([], empty)
         ff = self.frame_features(self.frames_of(y))
         F, fph = self.spec.frames_per_window, self.spec.frames_per_hop
         stacked = np.stack([ff[k * fph: k * fph + F] for k in range(len(bounds))])
+        if with_metrics:
+            return bounds, self.window_vectors(stacked), self.window_metrics(stacked)
         return bounds, self.window_vectors(stacked)
 
 
@@ -257,7 +261,11 @@ def tempo(envelopes: np.ndarray, fps: float, *, min_bpm: float = 40.0, max_bpm: 
     curve = a - 2 * b + c
     delta = np.clip(np.divide(0.5 * (a - c), curve, out=np.zeros_like(b), where=curve != 0), -0.5, 0.5)
     confidence = np.clip(b / np.maximum(ac[:, 0], 1e-12), 0.0, 1.0)
-    return 60.0 * fps / (k + delta), confidence
+    bpm = 60.0 * fps / (k + delta)
+    # no pulse (a steady tone, silence): nothing in the allowed range correlates, and the argmax of an
+    # all-zero or negative curve lands outside it (3000 BPM before this check). No tempo, not a made-up one.
+    pulse = (np.max(ac * prior, axis=1) > 0) & (bpm >= min_bpm * 0.97) & (bpm <= max_bpm * 1.03)
+    return np.where(pulse, bpm, np.nan), np.where(pulse, confidence, 0.0)
 
 
 def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,13 @@ from .errors import BundleError, WindowSpecError
 from .windowing import WindowSpec
 
 BUNDLE_FORMAT = 1
+# Silence, defined (docs/training.md): a window whose level (the engine's rms_dbfs metric) is below this
+# is `silence` whatever its spectral shape. A bundle's model.yaml may set `silence_below_dbfs` (a number,
+# or null for no gate); a deployment overrides it with $AUDIOSTREAM_SILENCE_BELOW_DBFS or a command's
+# --silence-below-dbfs ("off" turns the gate off). Only bundles with a `silence` label are gated.
+DEFAULT_SILENCE_BELOW_DBFS = -60.0
+SILENCE_ENV = "AUDIOSTREAM_SILENCE_BELOW_DBFS"
+_FROM_BUNDLE = object()
 REQUIRED_KEYS = ("format", "task", "version", "labels", "input", "output", "window_spec")
 
 
@@ -75,10 +82,13 @@ class ModelBundle:
     spec: WindowSpec
     meta: dict = field(repr=False)
     session: object = field(repr=False)
+    silence_below_dbfs: float | None = None
 
     @classmethod
     def load(cls, ref: str | os.PathLike, *, expect_spec: WindowSpec | None = None,
-             intra_op_threads: int = 1) -> "ModelBundle":
+             intra_op_threads: int = 1, silence_below_dbfs=_FROM_BUNDLE) -> "ModelBundle":
+        """``silence_below_dbfs``: a deployment's gate level (a number, or None / "off" for no gate);
+        by default $AUDIOSTREAM_SILENCE_BELOW_DBFS, else the bundle's model.yaml, else -60 dBFS."""
         path = resolve(ref)
         meta_path = path / "model.yaml"
         onnx_path = path / "model.onnx"
@@ -133,8 +143,9 @@ class ModelBundle:
         if isinstance(onnx_width, int) and onnx_width != spec.n_features:
             raise BundleError(f"{onnx_path}: input {inp['name']!r} takes {onnx_width} features but the "
                               f"window_spec produces {spec.n_features}")
+        gate = _silence_level(meta, labels, meta_path, silence_below_dbfs)
         bundle = cls(path, str(meta["task"]), str(meta["version"]), labels, inp["name"], out["name"], spec,
-                     meta, session)
+                     meta, session, gate)
         try:
             probe = bundle.predict(np.stack([np.zeros(spec.n_features, np.float32),
                                              np.ones(spec.n_features, np.float32)]))
@@ -155,6 +166,58 @@ class ModelBundle:
         scores = self.session.run([self.output_name], {self.input_name: X})[0]
         return np.asarray(scores, dtype=np.float32)
 
+    def is_gated(self, rms_dbfs) -> bool | np.ndarray:
+        """True where a window of level ``rms_dbfs`` (the engine's metric) is silence by definition."""
+        if self.silence_below_dbfs is None:
+            return np.zeros(np.shape(rms_dbfs), bool) if np.ndim(rms_dbfs) else False
+        below = np.asarray(rms_dbfs, dtype=np.float64) < self.silence_below_dbfs
+        return below if np.ndim(rms_dbfs) else bool(below)
+
+    def gate(self, scores: np.ndarray, rms_dbfs) -> np.ndarray:
+        """Scores with the silence rule applied: a window below the level gets silence 1, every other
+        label 0. The one place the rule lives (live analyzer, batch, API, evaluate). A row the model
+        returned non-finite is left as it is, so a broken model is still reported, never hidden."""
+        gated = self.is_gated(np.asarray(rms_dbfs, dtype=np.float64).reshape(-1))
+        gated &= np.isfinite(scores).all(axis=1)
+        if not gated.any():
+            return scores
+        out = np.array(scores, dtype=np.float32, copy=True)
+        out[gated] = 0.0
+        out[gated, self.labels.index("silence")] = 1.0
+        return out
+
     @property
     def ref(self) -> str:
         return f"{self.task}:{self.version}"
+
+
+def _silence_level(meta: dict, labels: list[str], meta_path: Path, override) -> float | None:
+    """The gate level in force: argument > $AUDIOSTREAM_SILENCE_BELOW_DBFS > model.yaml > default."""
+    if override is _FROM_BUNDLE:
+        override = os.environ.get(SILENCE_ENV, _FROM_BUNDLE)
+        source = f"${SILENCE_ENV}"
+    else:
+        source = "silence_below_dbfs"
+    if override is not _FROM_BUNDLE:
+        if override is None or str(override).strip().lower() in ("off", "none", ""):
+            return None
+        try:
+            level = float(override)
+        except ValueError:
+            raise BundleError(f"{source}={override!r} is not a level in dBFS (a number such as -60, or 'off')") from None
+    elif "silence_below_dbfs" in meta:
+        level = meta["silence_below_dbfs"]
+        if level is None:
+            return None
+        if not isinstance(level, (int, float)) or isinstance(level, bool):
+            raise BundleError(f"{meta_path}: silence_below_dbfs must be a number (dBFS) or null, got {level!r}")
+        if "silence" not in labels:
+            raise BundleError(f"{meta_path}: silence_below_dbfs is set but the bundle has no 'silence' label")
+    else:
+        level = DEFAULT_SILENCE_BELOW_DBFS
+    if "silence" not in labels:
+        return None  # a deployment-wide level does not apply to a model without a silence label
+    level = float(level)
+    if not -120.0 <= level <= 0.0:
+        raise BundleError(f"silence_below_dbfs={level} is outside -120..0 dBFS")
+    return level

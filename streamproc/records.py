@@ -52,13 +52,14 @@ def window_fields(w) -> dict:
 
 
 def prediction(w, scores, labels, *, task: str, version: str, analyzer: str, latency_s: float,
-               common: dict | None = None) -> dict:
-    """The ``audio.predictions`` record of window ``w`` with the model's (finite) ``scores``."""
+               gated: bool = False, common: dict | None = None) -> dict:
+    """The ``audio.predictions`` record of window ``w`` with the model's (finite, already gated) ``scores``;
+    ``gated``: the window is silence by level (docs/predictions.md)."""
     best = int(np.argmax(scores))
     return {"schema": PREDICTION_SCHEMA, **(common or window_fields(w)), "label": labels[best],
             "confidence": round(float(scores[best]), 6),
             "scores": {lab: round(float(v), 6) for lab, v in zip(labels, scores)},
-            "model": {"task": task, "version": version}, "rms_dbfs": w.metrics["rms_dbfs"],
+            "model": {"task": task, "version": version}, "rms_dbfs": w.metrics["rms_dbfs"], "gated": gated,
             "capture_time": iso_time(w.capture_time_ns), "latency_ms": round(latency_s * 1000, 3),
             "analyzer": analyzer}
 

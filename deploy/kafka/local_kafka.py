@@ -9,6 +9,7 @@ Standard library only, so it can run before the project is installed::
 
     python deploy/kafka/local_kafka.py fetch            # download the jars once
     python deploy/kafka/local_kafka.py run --port 9092  # foreground broker, Ctrl-C stops it
+    python deploy/kafka/local_kafka.py run --nodes 3    # a three-node KRaft cluster (replication 3, min ISR 2)
     python deploy/kafka/local_kafka.py start --port 9092 --dir /tmp/kafka  # background
     python deploy/kafka/local_kafka.py stop --dir /tmp/kafka
 
@@ -56,8 +57,8 @@ def libs_dir() -> Path:
 def fetch(quiet: bool = False) -> Path:
     """Download Kafka's broker jars with Maven into the cache (once)."""
     libs = libs_dir()
-    marker = libs / f"kafka_2.13-{kafka_version()}.jar"
-    if marker.exists():
+    marker = libs / f"kafka-tools-{kafka_version()}.jar"  # the last artifact added to pom.xml: older caches refetch
+    if marker.exists() and (libs / f"kafka_2.13-{kafka_version()}.jar").exists():
         return libs
     mvn = shutil.which("mvn")
     if mvn is None:
@@ -101,8 +102,16 @@ class LocalKafka:
 
     def __init__(self, port: int = 0, workdir: str | os.PathLike | None = None,
                  extra_properties: dict[str, str] | None = None, heap: str = "512m", die_with_parent: bool = True,
-                 scram_users: dict[str, str] | None = None):
+                 scram_users: dict[str, str] | None = None, host: str = "127.0.0.1", advertise: str | None = None,
+                 node_id: int = 1, cluster_id: str | None = None):
         self.port = port or free_port()
+        self.node_id = node_id
+        self.cluster_id = cluster_id  # None: a fresh one when the storage is formatted (a single node)
+        self.voters: str | None = None  # a cluster's controller.quorum.voters (LocalCluster sets it)
+        # PLAINTEXT clients: bind address and the host name given to clients (a container binds 0.0.0.0
+        # and advertises its service name); the controller stays on loopback
+        self.host = host
+        self.advertise = advertise or ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host)
         # SCRAM-SHA-256 users get a SASL_PLAINTEXT listener on ``sasl_port`` (credentials are written into the
         # KRaft metadata when the storage is formatted); PLAINTEXT stays for the broker's own traffic
         self.scram_users = dict(scram_users or {})
@@ -133,10 +142,10 @@ class LocalKafka:
     def _write_config(self) -> Path:
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters or f"{self.node_id}@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.advertise}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name": "PLAINTEXT",
@@ -169,13 +178,18 @@ class LocalKafka:
         return path
 
     def start(self, timeout: float = 90.0) -> "LocalKafka":
+        """Start the broker and wait until it serves clients."""
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> "LocalKafka":
+        """Start the process without waiting (a cluster's nodes must all be running to elect a quorum)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         java, cp = java_bin(), self._classpath()
         base = [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={LOG4J}", "-cp", cp]
         if not (self.workdir / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = self.cluster_id or new_cluster_id()
             # '=' form: a base64 id may start with '-', which would otherwise parse as an option
             scram = [f"--add-scram=SCRAM-SHA-256=[name={u},password={pw}]" for u, pw in self.scram_users.items()]
             fmt = subprocess.run(base + ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
@@ -183,16 +197,19 @@ class LocalKafka:
             if fmt.returncode != 0:
                 raise RuntimeError(f"formatting KRaft storage failed:\n{fmt.stdout}\n{fmt.stderr}")
         log = open(self.log_path, "ab")
-        log_start = self.log_path.stat().st_size  # a restart appends: look only at this run's lines
+        self._log_start = self.log_path.stat().st_size  # a restart appends: look only at this run's lines
         self.proc = subprocess.Popen(base + ["kafka.Kafka", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True,
-                                     preexec_fn=_die_with_parent if self.die_with_parent else None)
+                                     preexec_fn=_die_with_parent if self.die_with_parent else _unblock_signals)
         (self.workdir / "broker.pid").write_text(str(self.proc.pid))
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> "LocalKafka":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Kafka exited with code {self.proc.returncode}; log:\n{self._log_tail()}")
-            if b"Kafka Server started" in self.log_path.read_bytes()[log_start:] and _port_open(self.port):
+            if b"Kafka Server started" in self.log_path.read_bytes()[self._log_start:] and _port_open(self.port):
                 return self
             time.sleep(0.2)
         self.stop()
@@ -231,6 +248,109 @@ class LocalKafka:
         self.stop()
 
 
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+class LocalCluster:
+    """``nodes`` KRaft nodes (each broker+controller) on loopback: one quorum, replication factor ``nodes``
+    and ``min.insync.replicas`` ``nodes - 1`` for every topic by default, as production runs Kafka.
+
+    ``kill(i)`` (SIGKILL, data kept) and ``restart(i)`` bounce one node; ``leader(topic, partition)`` and
+    ``controller()`` say which node to hit.
+    """
+
+    def __init__(self, nodes: int = 3, workdir: str | os.PathLike | None = None, heap: str = "384m",
+                 extra_properties: dict[str, str] | None = None):
+        if nodes < 1:
+            raise ValueError(f"nodes={nodes} must be at least 1")
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="audiostream-kafka-cluster-"))
+        rf, isr = str(nodes), str(max(1, nodes - 1))
+        props = {"default.replication.factor": rf, "min.insync.replicas": isr,
+                 "offsets.topic.replication.factor": rf, "transaction.state.log.replication.factor": rf,
+                 "transaction.state.log.min.isr": isr, "share.coordinator.state.topic.replication.factor": rf,
+                 "share.coordinator.state.topic.min.isr": isr, **(extra_properties or {})}
+        cid = new_cluster_id()
+        self.nodes = [LocalKafka(workdir=self.workdir / f"node-{i}", heap=heap, node_id=i, cluster_id=cid,
+                                 extra_properties=props) for i in range(1, nodes + 1)]
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        for n in self.nodes:
+            n.voters = voters
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(n.bootstrap_servers for n in self.nodes)
+
+    def node(self, node_id: int) -> LocalKafka:
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout: float = 120.0) -> "LocalCluster":
+        for n in self.nodes:
+            n.launch()
+        try:
+            for n in self.nodes:
+                n.wait_ready(timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
+
+    def kill(self, node_id: int) -> None:
+        self.node(node_id).kill()
+
+    def restart(self, node_id: int, timeout: float = 120.0) -> None:
+        """Start a killed or stopped node again on its data and ports."""
+        self.node(node_id).start(timeout)
+
+    def stop_node(self, node_id: int, timeout: float = 30.0) -> None:
+        """Controlled shutdown of one node (SIGTERM), data kept: a rolling restart's first half."""
+        self.node(node_id).stop(timeout, remove=False)
+
+    def leader(self, topic: str, partition: int = 0, timeout: float = 10.0) -> int:
+        """The node id leading ``topic[partition]`` now."""
+        from confluent_kafka.admin import AdminClient
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        md = admin.list_topics(topic, timeout=timeout)
+        return md.topics[topic].partitions[partition].leader
+
+    def controller(self, timeout: float = 60.0) -> int:
+        """The node id of the active KRaft controller (the quorum leader), from Kafka's own
+        MetadataQuorumCommand: a client's DescribeCluster names a random broker under KRaft."""
+        live = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        cmd = [java_bin(), "-Xmx128m", f"-Dlog4j2.configurationFile={LOG4J}", "-cp", self.nodes[0]._classpath(),
+               "org.apache.kafka.tools.MetadataQuorumCommand", "--bootstrap-server",
+               ",".join(n.bootstrap_servers for n in live), "describe", "--status"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        for line in out.stdout.splitlines():
+            if line.strip().startswith("LeaderId:"):
+                return int(line.split(":", 1)[1])
+        raise RuntimeError(f"no LeaderId in the quorum's status (exit {out.returncode}): {out.stderr[-1000:]}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to every node at once (one by one, the last ones lose their quorum and wait out the
+        timeout), then SIGKILL what is still running after ``timeout``."""
+        for n in self.nodes:
+            if n.proc is not None and n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for n in self.nodes:
+            if n.proc is not None:
+                try:
+                    n.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            n.stop(timeout=1, remove=False)  # kills what did not exit
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 try:  # resolved here, in the parent: the forked child must not import or load anything
     import ctypes
     _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
@@ -239,9 +359,16 @@ except (OSError, AttributeError):
 PR_SET_PDEATHSIG = 1
 
 
+def _unblock_signals() -> None:
+    """In the child before exec: a signal mask is inherited, and ``run`` blocks SIGTERM/SIGINT in its own
+    process to wait for them; the broker must still stop on them."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the process that started us dies (Linux), so a test run
     or bench killed without cleanup does not leave a broker behind."""
+    _unblock_signals()
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
@@ -260,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help="foreground broker" if name == "run" else "background broker")
         p.add_argument("--port", type=int, default=9092)
         p.add_argument("--dir", default=None, help="storage/work directory (kept)")
+        p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+        p.add_argument("--advertise", default=None, help="host name clients are told to connect to")
+        p.add_argument("--heap", default="512m", help="Java heap (-Xmx)")
+        if name == "run":
+            p.add_argument("--nodes", type=int, default=1,
+                           help="a KRaft cluster of this many nodes on free loopback ports (replication factor N, "
+                                "min.insync.replicas N-1)")
     p = sub.add_parser("stop", help="stop a broker started with 'start'")
     p.add_argument("--dir", required=True)
     args = ap.parse_args(argv)
@@ -283,12 +417,24 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 time.sleep(0.1)
             pid_file.unlink()
+        elif args.cmd == "run" and args.nodes > 1:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            cluster = LocalCluster(args.nodes, workdir=args.dir or None, heap=args.heap).start()
+            print(f"Kafka {kafka_version()} cluster of {args.nodes} ready on {cluster.bootstrap_servers}", flush=True)
+            try:
+                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            finally:
+                cluster.stop()
         else:
-            broker = LocalKafka(port=args.port, workdir=args.dir or None, die_with_parent=args.cmd == "run")
-            broker.start()
-            print(f"Kafka {kafka_version()} ready on {broker.bootstrap_servers} (dir {broker.workdir})", flush=True)
-            if args.cmd == "run":
+            broker = LocalKafka(port=args.port, workdir=args.dir or None, die_with_parent=args.cmd == "run",
+                                host=args.host, advertise=args.advertise, heap=args.heap)
+            if args.cmd == "run":  # held from the start: a SIGTERM during start-up stops it too (as PID 1 in a
+                # container a signal without a handler would be ignored)
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            broker.start()
+            print(f"Kafka {kafka_version()} ready on {broker.host}:{broker.port}, advertised as "
+                  f"{broker.advertise}:{broker.port} (dir {broker.workdir})", flush=True)
+            if args.cmd == "run":
                 try:
                     signal.sigwait({signal.SIGINT, signal.SIGTERM})
                 finally:

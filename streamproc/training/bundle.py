@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..inference import BUNDLE_FORMAT, ModelBundle
+from ..inference import BUNDLE_FORMAT, DEFAULT_SILENCE_BELOW_DBFS, ModelBundle
 from ..windowing import WindowSpec
 
 INPUT_NAME = "features"
@@ -48,6 +48,7 @@ def export_sklearn(model, spec: WindowSpec, out_dir: str | Path, *, task: str, v
                   "feature_names": spec.feature_names()},
         "output": {"name": OUTPUT_NAME, "kind": "probabilities"},
         "window_spec": spec.to_dict(),
+        **({"silence_below_dbfs": DEFAULT_SILENCE_BELOW_DBFS} if "silence" in labels else {}),  # docs/training.md
         "training": training,
         "evaluation": evaluation,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),

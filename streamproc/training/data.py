@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis import signal_of
-from ..audio import AUDIO_SUFFIXES
+from ..audio import AUDIO_SUFFIXES, from_s16, load, to_s16
 from ..errors import AudioInputError
 from ..features import FeatureExtractor
 from ..progress import Progress
@@ -25,28 +25,42 @@ def list_clips(root: str | Path) -> list[tuple[Path, str]]:
     return clips
 
 
-def clip_vectors(path: Path, spec: WindowSpec, fx: FeatureExtractor) -> np.ndarray:
-    """Window vectors of one file exactly as the live analyzer sees it (decoded, resampled, s16 on the wire)."""
-    y = signal_of(path, spec.sr)
+def clip_vectors(path: Path, spec: WindowSpec, fx: FeatureExtractor, *, with_rms: bool = False,
+                 gain_db: float = 0.0):
+    """Window vectors of one file exactly as the live analyzer sees it (decoded, resampled, s16 on the wire);
+    with ``with_rms`` also each window's ``rms_dbfs`` metric, (vectors, rms). ``gain_db``: the recording
+    made that much louder or quieter before the s16 quantisation (clipped at full scale, as a hot input)."""
+    if gain_db:
+        y = from_s16(to_s16(load(path, spec.sr) * np.float32(10 ** (gain_db / 20))))
+    else:
+        y = signal_of(path, spec.sr)
     if len(y) < spec.window_length:  # shorter than a window: pad with silence so the clip still counts
         y = np.pad(y, (0, spec.window_length - len(y)))
+    if with_rms:
+        _, V, metrics = fx.vectors_for_signal(y, with_metrics=True)
+        return V, np.array([m["rms_dbfs"] for m in metrics], dtype=np.float64)
     return fx.vectors_for_signal(y)[1]
 
 
 def featurise(clips, spec: WindowSpec, what: str = "featurising clips", quiet: bool = False,
-              skipped: list | None = None):
+              skipped: list | None = None, rms: list | None = None, gain_db: float = 0.0):
     """X (windows x features), y (label per window), clip index per window.
 
     With ``skipped`` (a list), a file that cannot be decoded is left out with a message on stderr and
     ``(path, reason)`` appended there; the clip indices then count only the files kept. Without it the
-    first bad file raises AudioInputError."""
+    first bad file raises AudioInputError. With ``rms`` (a list), each window's rms_dbfs metric is appended
+    there, in the order of X. ``gain_db``: see clip_vectors."""
     import sys
     fx = FeatureExtractor(spec)
     bar = Progress(what, len(clips), enabled=not quiet)
     X, y, idx = [], [], []
     for i, (path, label) in enumerate(clips):
         try:
-            V = clip_vectors(path, spec, fx)
+            if rms is None:
+                V = clip_vectors(path, spec, fx, gain_db=gain_db)
+            else:
+                V, levels = clip_vectors(path, spec, fx, with_rms=True, gain_db=gain_db)
+                rms.extend(levels.tolist())
         except AudioInputError as exc:
             if skipped is None:
                 raise

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..progress import Progress
 
 LABELS = ("speech", "music", "environment", "silence")
@@ -201,7 +202,14 @@ GENERATORS = {"speech": speech, "music": music, "environment": environment, "sil
 
 
 # -- augmentation ---------------------------------------------------------------------------
-def augment(x: np.ndarray, rng, label: str, tmp: Path) -> tuple[np.ndarray, list[str]]:
+PEAK_DBFS = (-30.0, 3.0)  # default random peak level of a clip (soundtype:1-3 were made with it)
+
+
+def augment(x: np.ndarray, rng, label: str, tmp: Path,
+            peak_dbfs: tuple[float, float] = PEAK_DBFS) -> tuple[np.ndarray, list[str]]:
+    """``peak_dbfs``: the clip's peak is drawn uniformly from this range (about 1 dB lower after the 0.9
+    headroom; above 0 dBFS it clips), then 10% of clips are driven into hard clipping. One draw of the
+    seeded rng whatever the range, so a dataset is reproducible from its command."""
     from scipy.signal import butter, sosfilt
     applied = []
     if label != "silence":
@@ -227,7 +235,7 @@ def augment(x: np.ndarray, rng, label: str, tmp: Path) -> tuple[np.ndarray, list
             bg = _noise(rng, len(x), rng.uniform(0, 2)) * np.sqrt(np.mean(x ** 2) + 1e-12) * 10 ** (-snr / 20)
             x = x + bg
             applied.append(f"noise snr {snr:.0f} dB")
-        gain_db = rng.uniform(-30, 3)
+        gain_db = rng.uniform(*peak_dbfs)
         x = x / (np.max(np.abs(x)) + 1e-9) * 10 ** (gain_db / 20) * 0.9
         applied.append(f"peak {gain_db:.0f} dBFS")
         if rng.random() < 0.1:  # a hot microphone input: driven into hard clipping
@@ -246,7 +254,8 @@ def augment(x: np.ndarray, rng, label: str, tmp: Path) -> tuple[np.ndarray, list
 
 
 def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 4.0, quiet: bool = False,
-          real_fraction: float = 0.0, real_cache: str | Path | None = None) -> Path:
+          real_fraction: float = 0.0, real_cache: str | Path | None = None,
+          peak_dbfs: tuple[float, float] = PEAK_DBFS) -> Path:
     """``real_fraction`` of the speech/music/environment clips come from real recordings in Debian game
     packages (training.debian.RealPool), the rest is generated; silence is always generated."""
     import soundfile as sf
@@ -270,7 +279,7 @@ def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 
                     x, source, license_ = pool.clip(label, rng, n)
                 else:
                     (x, source), license_ = GENERATORS[label](rng, n, tmp), LICENSES[label]
-                x, applied = augment(np.asarray(x, dtype=float), rng, label, tmp)
+                x, applied = augment(np.asarray(x, dtype=float), rng, label, tmp, peak_dbfs)
                 rel = Path(label) / f"{label}-{i:05d}.wav"
                 (out / label).mkdir(parents=True, exist_ok=True)
                 sf.write(out / rel, x, SR, subtype="PCM_16")
@@ -285,13 +294,28 @@ def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 
     # how to make this exact dataset again; `train` copies it into the bundle's model.yaml
     command = f"audiostream dataset synth --out {out} --minutes {minutes:g} --seed {seed}" + \
         (f" --clip-seconds {clip_seconds:g}" if clip_seconds != 4.0 else "") + \
-        (f" --real-fraction {real_fraction:g}" if real_fraction else "")
+        (f" --real-fraction {real_fraction:g}" if real_fraction else "") + \
+        (f" --peak-dbfs={peak_dbfs[0]:g},{peak_dbfs[1]:g}" if tuple(peak_dbfs) != PEAK_DBFS else "")
     from .debian import TRAIN_PACKAGES
     (out / "dataset.json").write_text(json.dumps({
         "command": command, "seed": seed, "minutes": minutes, "clip_seconds": clip_seconds,
         "real_fraction": real_fraction, "clips": len(rows),
+        **({"peak_dbfs": list(peak_dbfs)} if tuple(peak_dbfs) != PEAK_DBFS else {}),
         "real_packages": sorted(TRAIN_PACKAGES) if pool is not None else []}, indent=2) + "\n")
     return out
+
+
+def parse_peak(text: str | None) -> tuple[float, float]:
+    """``LOW,HIGH`` in dBFS -> (low, high); None -> the default range."""
+    if text is None:
+        return PEAK_DBFS
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--peak-dbfs {text!r} must be LOW,HIGH in dBFS, e.g. -45,3") from None
+    if not -120 <= low <= high <= 20:
+        raise ConfigError(f"--peak-dbfs {text!r}: need -120 <= LOW <= HIGH <= 20")
+    return low, high
 
 
 def add_parser(sub):
@@ -305,14 +329,32 @@ def add_parser(sub):
     p.add_argument("--real-fraction", type=float, default=0.0,
                    help="synth: share of speech/music/environment clips cut from real recordings in Debian "
                         "packages (docs/training.md lists them; downloaded once next to --out, not installed)")
+    p.add_argument("--peak-dbfs", default=None, metavar="LOW,HIGH",
+                   help="synth: range of each speech/music/environment clip's random peak level in dBFS "
+                        "(default -30,3; e.g. -45,3 to train from quiet to clipped; above 0 clips)")
+    p.add_argument("--set", default="a", choices=["a", "b"], dest="real_set",
+                   help="debian: a = the development set (KLettres, Pingus, Colobot); b = the frozen "
+                        "independent set, rebuilt from streamproc/training/sets/b.json with every hash checked")
+    p.add_argument("--only", type=int, default=None, metavar="N",
+                   help="debian --set b: only the first N clips of each label (a quick check of the manifest)")
+    p.add_argument("--freeze", action="store_true",
+                   help="debian --set b: select the clips anew and rewrite the manifest (done once; never "
+                        "after a model was scored on the set)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if args.kind == "debian":
+    if args.kind == "debian" and args.real_set == "b":
+        from . import setb
+        if args.freeze:
+            setb.freeze(args.out)
+        else:
+            setb.build(args.out, only=args.only)
+    elif args.kind == "debian":
         from .debian import build
         build(args.out, seed=args.seed)
     else:
-        synth(args.out, args.minutes, args.seed, args.clip_seconds, real_fraction=args.real_fraction)
+        synth(args.out, args.minutes, args.seed, args.clip_seconds, real_fraction=args.real_fraction,
+              peak_dbfs=parse_peak(args.peak_dbfs))
     print(f"wrote {args.out}/manifest.csv", file=sys.stderr)
     return 0

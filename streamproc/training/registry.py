@@ -26,8 +26,11 @@ def bundles(root=None) -> list[dict]:
                 held = ev.get("held_out", ev)
                 real = d / "evaluation_debian_real.json"  # real recordings (audiostream dataset debian)
                 real_f1 = json.loads(real.read_text()).get("macro_f1") if real.exists() else None
+                real_b = d / "evaluation_real_b.json"  # the frozen independent set B, scored once
+                real_b_f1 = json.loads(real_b.read_text()).get("macro_f1") if real_b.exists() else None
                 out.append({"task": task_dir.name, "version": d.name, "labels": meta.get("labels"),
                             "macro_f1": held.get("macro_f1"), "real_macro_f1": real_f1,
+                            "real_b_macro_f1": real_b_f1,
                             "latest": i == len(versions) - 1, "default": d == default, "path": str(d)})
             except (OSError, ValueError, yaml.YAMLError, AttributeError) as exc:
                 out.append({"task": task_dir.name, "version": d.name, "error": str(exc), "path": str(d)})
@@ -48,13 +51,14 @@ def run(args) -> int:
         return 0
     def score(v):
         return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
-    print(f"{'TASK':<12} {'VERSION':<8} {'HELD-OUT':>8} {'REAL':>6}  LABELS")
+    print(f"{'TASK':<12} {'VERSION':<8} {'HELD-OUT':>8} {'REAL':>6} {'REAL-B':>6}  LABELS")
     for r in rows:
         if "error" in r:
-            print(f"{r['task']:<12} {r['version']:<8} {'-':>8} {'-':>6}  unreadable: {r['error']}")
+            print(f"{r['task']:<12} {r['version']:<8} {'-':>8} {'-':>6} {'-':>6}  unreadable: {r['error']}")
             continue
         print(f"{r['task']:<12} {r['version'] + ('*' if r['latest'] else ''):<8} {score(r['macro_f1']):>8} "
-              f"{score(r['real_macro_f1']):>6}  {', '.join(r['labels'])}" + ("   (default)" if r["default"] else ""))
-    print("(* = what task name alone resolves to; HELD-OUT / REAL = macro-F1 on held-out clips / on real "
-          "recordings; default = served without --model)")
+              f"{score(r['real_macro_f1']):>6} {score(r['real_b_macro_f1']):>6}  {', '.join(r['labels'])}" + ("   (default)" if r["default"] else ""))
+    print("(* = what task name alone resolves to; HELD-OUT / REAL / REAL-B = macro-F1 on held-out clips / on "
+          "the real development set / on the frozen independent real set B, scored once (docs/training.md); "
+          "default = served without --model)")
     return 0

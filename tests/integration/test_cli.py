@@ -40,6 +40,78 @@ def test_demo_runs_and_prints_live_predictions():
     assert labels[:6] == ["speech"] * 6 and labels[-4:] == ["silence"] * 4, labels
 
 
+def test_demo_against_a_cluster_touches_only_its_own_stream_and_topics(kafka_conf):
+    """`demo -b` on a cluster that already carries other streams: it analyses only its own clip, publishes
+    nothing into the cluster's standard topics, and deletes the topics it made."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    from producers.file import replay
+    from producers.kafka import ensure_topics, producer_config
+    from streamproc.settings import TOPIC_FRAMES, TOPIC_PREDICTIONS
+
+    other = f"someone-else-{uuid.uuid4().hex[:6]}"
+    ensure_topics(kafka_conf, {TOPIC_FRAMES: 1})
+    noise = (np.random.default_rng(1).standard_normal(3 * 16000) * 3000).astype(np.int16)
+    r = replay(noise, producer=Producer(producer_config(kafka_conf)), topic=TOPIC_FRAMES, stream_id=other,
+               sr=16000, frame_samples=1600, speed=float("inf"))
+    assert r.delivered == r.frames
+    proc = subprocess.run(cli("demo", "-b", kafka_conf["bootstrap.servers"], "--speed", "max", "--duration", "3",
+                              "--metrics-port", "0"), capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 5 and all(ln.startswith("demo-") for ln in lines), proc.stdout
+    admin = AdminClient(dict(kafka_conf))
+    deadline = time.monotonic() + 60  # deletion is acknowledged before every broker's metadata forgets the topic
+    while True:
+        names = set(admin.list_topics(timeout=10).topics)
+        mine = [n for n in names if n.startswith("audiostream-demo-")]
+        if not mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not mine, names
+    if TOPIC_PREDICTIONS in names:  # nothing was published for the stream the demo did not send
+        published = values(consume(kafka_conf, TOPIC_PREDICTIONS, timeout=5))
+        assert not [p for p in published if p.get("stream_id") == other], published[:3]
+    assert "5/5 windows predicted" in proc.stderr and "topics of its own" in proc.stderr, proc.stderr
+
+
+def test_a_taken_metrics_port_is_a_clear_error_not_a_traceback(kafka_conf, topics):
+    """A second analyzer on a host whose metrics port is taken: one line naming the port and the way out
+    (`--metrics-port 0`), exit 2 (before: a traceback ending in `OSError: [Errno 98]`, exit 1)."""
+    import socket
+    t = topics()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        r = subprocess.run(cli("analyze", "-b", kafka_conf["bootstrap.servers"], "--frames-topic", t["frames"],
+                               "--metrics-port", str(port)), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"--metrics-port {port}: 127.0.0.1:{port} is already in use" in r.stderr, r.stderr[-3000:]
+    assert "--metrics-port 0" in r.stderr
+
+
+@pytest.mark.parametrize("command", [["watch"], ["produce-file", "CLIP"], ["topics", "list"]])
+def test_an_unreachable_broker_is_one_line_per_complaint_then_a_clear_error(command, tmp_path):
+    """Nothing listens at the address: the command gives up with a message a person can act on, exit 2,
+    after one librdkafka line per distinct complaint (before: watch retried forever, 1158 ERROR lines in
+    60 s; the others printed ~190 identical lines and a stray '{}')."""
+    from .helpers import free_port
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.zeros(1600, np.float32), 16000)
+    address = f"127.0.0.1:{free_port()}"  # free right now: connection refused
+    args = [str(clip) if a == "CLIP" else a for a in command]
+    r = subprocess.run(cli(*args, "-b", address), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert f"cannot reach Kafka at '{address}'" in last and "check --bootstrap-servers" in last, last
+    assert not last.endswith("{}"), last
+    errors = [ln for ln in r.stderr.splitlines() if " ERROR " in ln]
+    assert len(errors) <= 3, r.stderr[-3000:]
+
+
 def committed(kafka_conf, group: str, topic: str, partitions: int) -> list[int]:
     c = Consumer({**kafka_conf, "group.id": group, "enable.auto.commit": False})
     try:

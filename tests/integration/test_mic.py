@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -35,18 +36,25 @@ def known_signal(seconds: float, seed: int = 3) -> np.ndarray:
 
 
 def start_producer(mic, boot, topic, *extra):
+    """produce-mic with its stderr read continuously, as journald or a terminal would: an unread pipe
+    fills (64 KiB) during a long outage and then blocks the producer's own log writes, which is a test
+    artefact, not what a device does."""
     p = subprocess.Popen(cli("produce-mic", "--device", "pulse", "--stream-id", "porch", "-b", boot,
-                             "--topic", topic, *extra), env=mic.env, stdout=subprocess.PIPE,
+                             "--topic", topic, *extra), env=mic.env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     line = p.stderr.readline()  # "capturing 'pulse' at 16000 Hz ..." once the device is open
     assert "capturing" in line, line + p.stderr.read()
+    p.err_lines = [line]
+    p.err_reader = threading.Thread(target=lambda: p.err_lines.extend(p.stderr), daemon=True)
+    p.err_reader.start()
     return p
 
 
 def stop_producer(p, timeout=60):
     p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=timeout)
-    return p.returncode, err
+    p.wait(timeout)
+    p.err_reader.join(timeout)
+    return p.returncode, "".join(p.err_lines)
 
 
 def frames_of(msgs):

@@ -134,10 +134,12 @@ def test_models_list_shows_both_scores_and_the_default():
     default = resolve("soundtype")
     ev = json.loads((default / "evaluation.json").read_text())["held_out"]
     real = json.loads((default / "evaluation_debian_real.json").read_text())
+    real_b = json.loads((default / "evaluation_real_b.json").read_text())
     rows = [ln for ln in p.stdout.splitlines() if ln.endswith("(default)")]
     assert len(rows) == 1, p.stdout
     cols = rows[0].split()
-    assert cols[:4] == ["soundtype", default.name + "*", f"{ev['macro_f1']:.3f}", f"{real['macro_f1']:.3f}"], rows
+    assert cols[:5] == ["soundtype", default.name + "*", f"{ev['macro_f1']:.3f}", f"{real['macro_f1']:.3f}",
+                        f"{real_b['macro_f1']:.3f}"], rows
 
 
 def test_train_ensemble_exports_one_graph_of_all_members(tiny, tmp_path):

@@ -42,7 +42,7 @@ def test_a_clip_of_a_window_or_more_is_not_padded_and_its_tail_is_not_analysed(b
 def test_batch_rows_carry_the_padded_column(bundle, rng, tmp_path):
     path = tmp_path / "short.wav"
     sf.write(path, 0.2 * rng.standard_normal(int(0.3 * bundle.spec.sr)), bundle.spec.sr, subtype="PCM_16")
-    rows, errors = run_local([(str(path), str(tmp_path))], DEFAULT_MODEL, workers=1, progress=False)
+    rows, errors = run_local([(str(path), str(tmp_path), None)], DEFAULT_MODEL, workers=1, progress=False)
     assert errors == []
     table = pa.Table.from_pylist(rows, schema=arrow_schema(bundle.labels, bundle.spec.n_features))
     assert table.column("padded").to_pylist() == [True]

@@ -265,6 +265,17 @@ def test_tempo_of_a_click_track_after_the_context_fills(spec, fx, bpm):
     assert all(w.metrics["onset_strength"] > 0 for w in wins)
 
 
+@pytest.mark.parametrize("kind", ["tone", "silence"])
+def test_no_pulse_means_no_tempo(spec, fx, kind):
+    """A steady tone or silence has no beat: tempo is None (before: 3000 BPM for a 200 Hz tone)."""
+    t = np.arange(12 * SR) / SR
+    y = 0.3 * np.sin(2 * np.pi * 200 * t) if kind == "tone" else np.zeros(t.size)
+    wins = run(Engine(spec, extractor=fx), kind, frames(to_s16(y), [1600]))
+    assert len(wins) > 10
+    assert all(w.metrics["tempo_bpm"] is None and w.metrics["tempo_confidence"] is None for w in wins), \
+        [w.metrics["tempo_bpm"] for w in wins]
+
+
 def test_tempo_context_survives_a_backlog_burst(spec, fx):
     """Windows completed together in one step each get the tempo of their own context."""
     y = np.zeros(12 * SR)

@@ -1,0 +1,108 @@
+"""The live page and the microphone page in a real browser (issue #18): headless Debian chromium whose fake
+microphone plays a WAV file streams it through /record into the real broker; the analyzer labels it; the live
+page shows the stream with those labels. Screenshots go to the test's directory (and to docs/images with
+AUDIOSTREAM_UPDATE_SCREENSHOTS=1)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from .browser import Browser, chromium
+from .helpers import cli, consume, free_port, values
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def page_server(kafka_conf, topics, start_analyzer, tmp_path):
+    if chromium() is None:
+        pytest.skip("no chromium (deploy/setup.sh installs Debian's chromium)")
+    t = topics()
+    start_analyzer(t)
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(cli("serve", "--port", str(port), "-b", kafka_conf["bootstrap.servers"],
+                                "--ingest-topic", t["frames"], "--predictions-topic", t["predictions"],
+                                "--features-topic", t["features"], "--streams-since", "60"),
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+        time.sleep(0.3)
+    yield base, t
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_browser_microphone_to_labels_on_the_live_page(page_server, kafka_conf, tmp_path):
+    base, t = page_server
+    sr = 48000  # what a browser's microphone usually runs at: the page's AudioContext resamples to 16 kHz
+    tt = np.arange(6 * sr) / sr
+    clip = 0.3 * np.sin(2 * np.pi * 440 * tt) * (1 + 0.5 * np.sin(2 * np.pi * 2 * tt))
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, clip.astype(np.float32), sr, subtype="PCM_16")
+    browser = Browser(tmp_path / "profile", fake_audio=wav)
+    try:
+        browser.goto(f"{base}/record?stream=browser-mic&autostart=1")
+        browser.wait_for("document.body.dataset.state === 'streaming'", "the page to stream the microphone")
+        preds = values(consume(kafka_conf, t["predictions"], count=6, timeout=90))
+        assert len(preds) >= 6 and {p["stream_id"] for p in preds} == {"browser-mic"}
+        shots = [browser.screenshot(tmp_path / "record.png")]
+
+        browser.goto(f"{base}/")
+        row = 'document.querySelector(\'tr[data-stream="browser-mic"]\')'
+        try:
+            browser.wait_for(f"!!{row}", "the live page to list the stream")
+        except AssertionError:
+            page_status = browser.js("document.getElementById('status').textContent")
+            raise AssertionError(f"/v1/streams: {httpx.get(base + '/v1/streams', timeout=5).text[:500]}; "
+                                 f"page status: {page_status}") from None
+        label = browser.js(f"{row}.querySelector('.label').textContent")
+        labels = {p["label"] for p in preds} | {p["label"] for p in values(consume(kafka_conf, t["predictions"],
+                                                                                     timeout=2))}
+        assert label in labels, (label, labels)
+        windows = int(browser.js(f"{row}.cells[6].textContent"))
+        assert windows >= 1
+        assert browser.js("document.getElementById('status').textContent").startswith("1 stream(s)")
+        browser.js("document.getElementById('search').value = 'nothing-like-it';"
+                   "document.getElementById('search').dispatchEvent(new Event('input'))")
+        assert browser.js("document.querySelectorAll('#streams tbody tr').length") == 0  # search filters
+        browser.js("document.getElementById('search').value = '';"
+                   "document.getElementById('search').dispatchEvent(new Event('input'))")
+        shots.append(browser.screenshot(tmp_path / "live.png"))
+    finally:
+        browser.close()
+    for shot in shots:
+        assert shot.stat().st_size > 5000  # a rendered page, not an empty canvas
+        if os.environ.get("AUDIOSTREAM_UPDATE_SCREENSHOTS"):
+            (REPO / "docs" / "images").mkdir(exist_ok=True)
+            shutil.copy(shot, REPO / "docs" / "images" / shot.name)
+
+
+def test_pages_need_no_internet(page_server):
+    """Every script and stylesheet the pages load comes from this server (offline sites, no CDN)."""
+    base, _ = page_server
+    import re
+    for path in ("/", "/record"):
+        html = httpx.get(base + path, timeout=10).text
+        refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert refs and all(r.startswith("/") for r in refs), refs
+        for r in refs:
+            if r.startswith("/static/"):
+                assert httpx.get(base + r, timeout=10).status_code == 200, r
+    assert httpx.get(base + "/static/recorder-worklet.js", timeout=10).status_code == 200
