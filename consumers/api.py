@@ -33,7 +33,8 @@ import numpy as np
 
 from streamproc import records
 from streamproc.errors import AudioInputError, BundleError, ConfigError
-from streamproc.settings import DEFAULT_MODEL, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS, add_kafka_arguments
+from streamproc.settings import (DEFAULT_MODEL, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
+                                 add_kafka_arguments)
 
 log = logging.getLogger("audiostream.api")
 
@@ -43,8 +44,9 @@ class LiveStreams:
     """Latest prediction and a running embedding per stream, from the output topics (a background thread)."""
 
     def __init__(self, kafka: dict, predictions_topic: str, features_topic: str, spec, since_s: float = 600,
-                 max_streams: int = 10000):
+                 max_streams: int = 10000, deadletter_topic: str | None = None):
         self.kafka, self.topics = kafka, (predictions_topic, features_topic)
+        self.deadletter_topic = deadletter_topic  # counted per stream (its records keep the stream's key)
         self.spec, self.since_s, self.max_streams = spec, since_s, max_streams
         self.latest: OrderedDict[str, dict] = OrderedDict()
         self.vectors: dict[str, list] = {}  # stream -> [sum, sum of squares, n] of embedding columns
@@ -76,11 +78,17 @@ class LiveStreams:
                           "enable.auto.commit": False, "isolation.level": "read_committed",
                           "auto.offset.reset": "latest"})
             since_ms = int((time.time() - self.since_s) * 1000)
-            tps = []
-            for topic in self.topics:
-                md = c.list_topics(topic, timeout=10)
-                if topic in md.topics and md.topics[topic].error is None:
-                    tps += [TopicPartition(topic, p, since_ms) for p in md.topics[topic].partitions]
+            wanted = [*self.topics, *([self.deadletter_topic] if self.deadletter_topic else [])]
+            while True:  # serve may start before the analyzer has created its output topics: wait for them
+                tps = []
+                for topic in wanted:
+                    md = c.list_topics(topic, timeout=10)
+                    if topic in md.topics and md.topics[topic].error is None:
+                        tps += [TopicPartition(topic, p, since_ms) for p in md.topics[topic].partitions]
+                if any(tp.topic == self.topics[0] for tp in tps) or self._stop.wait(2.0):
+                    break
+            if not tps:
+                return
             c.assign([tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, -1)
                       for tp in c.offsets_for_times(tps, timeout=10)])
         except KafkaException as exc:
@@ -92,6 +100,9 @@ class LiveStreams:
             while not self._stop.is_set():
                 for m in c.consume(500, timeout=0.5):
                     if m.error() is not None:
+                        continue
+                    if m.topic() == self.deadletter_topic:  # a raw bad frame, not JSON: count it for its stream
+                        self._dead_letter(m.key())
                         continue
                     try:
                         rec = json.loads(m.value())
@@ -112,7 +123,7 @@ class LiveStreams:
                                            "model": f"{p['model']['task']}:{p['model']['version']}",
                                            "seen": time.time()}
             self.latest.move_to_end(p["stream_id"])
-            h = self.history.setdefault(p["stream_id"], {"windows": 0, "gaps": 0, "recent": collections.deque(maxlen=60)})
+            h = self.history.setdefault(p["stream_id"], self._new_history())
             h["windows"] += 1
             h["gaps"] += int(bool(p.get("gap")))
             h["rms_dbfs"] = p.get("rms_dbfs")
@@ -125,11 +136,25 @@ class LiveStreams:
                 self.history.pop(sid, None)
                 self.changed_at.pop(sid, None)
 
+    @staticmethod
+    def _new_history() -> dict:
+        return {"windows": 0, "gaps": 0, "dead_letters": 0, "rms_dbfs": None, "recent": collections.deque(maxlen=60)}
+
+    def _dead_letter(self, key: bytes | None) -> None:
+        sid = (key or b"").decode("utf-8", "replace")
+        with self._lock:
+            if sid not in self.history and len(self.history) >= self.max_streams:
+                return
+            self.history.setdefault(sid, self._new_history())["dead_letters"] += 1
+            self.version += 1
+            self.changed_at[sid] = self.version
+
     def changes(self, since: int) -> tuple[int, list[dict]]:
         """(current version, the streams whose prediction changed after ``since``) for the live page."""
         with self._lock:
-            rows = [{**self.latest[sid], "windows": self.history[sid]["windows"], "gaps": self.history[sid]["gaps"],
-                     "rms_dbfs": self.history[sid]["rms_dbfs"], "recent": list(self.history[sid]["recent"])}
+            rows = [{**self.latest[sid], **{k: self.history[sid][k] for k in ("windows", "gaps", "dead_letters",
+                                                                                "rms_dbfs")},
+                     "recent": list(self.history[sid]["recent"])}
                     for sid, v in self.changed_at.items() if v > since and sid in self.latest]
             return self.version, rows
 
@@ -587,6 +612,7 @@ def add_parser(sub):
     p.add_argument("--features-topic", default=TOPIC_FEATURES, help=f"(default: {TOPIC_FEATURES})")
     p.add_argument("--streams-since", type=float, default=600.0,
                    help="seconds of live history to read at start (default: 600)")
+    p.add_argument("--deadletter-topic", default=TOPIC_DEADLETTER, help="bad frames, counted per stream on the page")
     p.add_argument("--ingest-token", default=os.environ.get("AUDIOSTREAM_INGEST_TOKEN"),
                    help="bearer token the ingest routes require (env AUDIOSTREAM_INGEST_TOKEN); without one they "
                         "answer only while serve listens on loopback")
@@ -682,7 +708,8 @@ def run(args) -> int:
         from .gateway import Gateway
         kafka = kafka_config_from_args(args)
         live = LiveStreams(kafka, args.predictions_topic, args.features_topic,
-                           ModelBundle.load(args.model).spec, since_s=args.streams_since).start()
+                           ModelBundle.load(args.model).spec, since_s=args.streams_since,
+                           deadletter_topic=args.deadletter_topic).start()
         gateway = Gateway(kafka, args.ingest_topic, token=args.ingest_token,
                           require_token=args.host not in ("127.0.0.1", "::1", "localhost"),
                           max_speed=args.ingest_max_speed, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),

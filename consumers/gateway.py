@@ -21,7 +21,6 @@ import hmac
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException, Producer
 from fastapi import HTTPException, Query, Request, WebSocket  # module level: the routes' annotations resolve here
@@ -41,11 +40,32 @@ class IngestRefused(AudiostreamError):
         self.status, self.ws_code = status, ws_code
 
 
-@dataclass
-class IngestStats:
-    frames: int = 0
-    samples: int = 0
-    refused: dict = field(default_factory=lambda: {"token": 0, "too_fast": 0, "bad_input": 0, "undeliverable": 0})
+REFUSAL_REASONS = ("token", "too_fast", "bad_input", "undeliverable")
+
+
+class IngestMetrics:
+    """The gateway's counters, on serve's /metrics (docs/metrics.md)."""
+
+    def __init__(self, registry=None):
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.streams = Counter("audiostream_ingest_streams_total", "Ingest sessions started, by route",
+                               ["route"], registry=r)
+        self.frames = Counter("audiostream_ingest_frames_total", "Frames the gateway put on the frames topic",
+                              registry=r)
+        self.audio_seconds = Counter("audiostream_ingest_audio_seconds_total", "Seconds of audio ingested",
+                                     registry=r)
+        self.refused = Counter("audiostream_ingest_refused_total", "Ingest requests or streams refused, by reason",
+                               ["reason"], registry=r)
+        self.dropped = Counter("audiostream_ingest_dropped_connections_total",
+                               "WebSocket sessions ended by a dropped connection (flagged GAP_BEFORE)", registry=r)
+        self.open = Gauge("audiostream_ingest_open_connections", "WebSocket ingest connections open now",
+                          registry=r)
+        for reason in REFUSAL_REASONS:  # series exist at zero
+            self.refused.labels(reason=reason)
+        for route in ("ws", "http"):
+            self.streams.labels(route=route)
 
 
 class StreamIngest:
@@ -119,7 +139,7 @@ class Gateway:
         self.topic, self.token, self.require_token = topic, token, require_token
         self.max_speed, self.burst_s = max_speed, burst_s
         self.max_upload_bytes, self.max_duration_s = max_upload_bytes, max_duration_s
-        self.stats = IngestStats()
+        self.metrics = IngestMetrics()
         self.failed: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -135,8 +155,15 @@ class Gateway:
                 return
 
     def count(self, reason: str) -> None:
-        with self._lock:
-            self.stats.refused[reason] += 1
+        self.metrics.refused.labels(reason=reason).inc()
+
+    def counted(self, summary: dict, route: str, dropped: bool = False) -> dict:
+        self.metrics.streams.labels(route=route).inc()
+        self.metrics.frames.inc(summary["frames"])
+        self.metrics.audio_seconds.inc(summary["seconds"])
+        if dropped:
+            self.metrics.dropped.inc()
+        return summary
 
     def authorised(self, authorization: str | None, token_param: str | None) -> str | None:
         """None when allowed, else why not."""
@@ -152,6 +179,8 @@ class Gateway:
         return "a valid ingest token is required (Authorization: Bearer TOKEN, or ?token= on a WebSocket)"
 
     def add_routes(self, app) -> None:
+        from fastapi.responses import Response
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
         from starlette.concurrency import run_in_threadpool
         from starlette.websockets import WebSocketDisconnect
 
@@ -160,6 +189,10 @@ class Gateway:
         @app.websocket("/v1/streams/{stream_id}/ws")
         async def ws_ingest(websocket: WebSocket, stream_id: str, rate: int = 16000, token: str | None = None):
             await websocket.accept()  # then a refusal is a close frame with its reason (a bare 403 says nothing)
+            with gw.metrics.open.track_inprogress():
+                await session(websocket, stream_id, rate, token)
+
+        async def session(websocket: WebSocket, stream_id: str, rate: int, token: str | None):
             why = gw.authorised(websocket.headers.get("authorization"), token)
             if why:
                 gw.count("token")
@@ -183,7 +216,7 @@ class Gateway:
                         ingest.feed(msg["bytes"])
                     elif (msg.get("text") or "").strip() == "end":
                         dropped = False
-                        summary = await run_in_threadpool(ingest.end)
+                        summary = gw.counted(await run_in_threadpool(ingest.end), "ws")
                         await websocket.send_json(summary)
                         await websocket.close(code=1000)
                         return
@@ -191,14 +224,18 @@ class Gateway:
                 gw.count("too_fast" if exc.status == 429 else "undeliverable")
                 log.warning("ingest refused: %s", exc)
                 dropped = False
-                await run_in_threadpool(ingest.end)
+                gw.counted(await run_in_threadpool(ingest.end), "ws")
                 await websocket.close(code=exc.ws_code, reason=str(exc)[:120])
                 return
             except WebSocketDisconnect as exc:
                 dropped = exc.code not in (1000, 1001)
-            summary = await run_in_threadpool(ingest.end, dropped)
+            summary = gw.counted(await run_in_threadpool(ingest.end, dropped), "ws", dropped)
             log.info("ingest %s: %s frames, %s s%s", stream_id, summary["frames"], summary["seconds"],
                      " (connection dropped)" if dropped else "")
+
+        @app.get("/metrics", include_in_schema=False)
+        def metrics():
+            return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
         @app.put("/v1/streams/{stream_id}/audio", summary="Send an audio file into Kafka as one live stream",
                  responses={401: {"description": "no or wrong ingest token"}, 400: {"description": "bad stream id"},
@@ -252,8 +289,9 @@ class Gateway:
         if r.failed:
             self.count("undeliverable")
             raise HTTPException(503, f"Kafka did not acknowledge {r.failed} of {r.frames} frames ({r.last_error})")
-        return {"stream_id": stream_id, "session_id": r.session_id.hex(), "frames": r.frames,
-                "seconds": round(r.samples / rate, 6), "delivered": r.delivered, "failed": r.failed}
+        return self.counted({"stream_id": stream_id, "session_id": r.session_id.hex(), "frames": r.frames,
+                             "seconds": round(r.samples / rate, 6), "delivered": r.delivered, "failed": r.failed},
+                            "http")
 
     def close(self) -> None:
         self._stop.set()

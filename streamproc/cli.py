@@ -37,6 +37,7 @@ COMMANDS = {
     "batch": ("consumers.batch", "analyse audio files into Parquet (local processes or Spark)"),
     "report": ("consumers.report", "HTML + PNG report from batch results or the live output topics"),
     "serve": ("consumers.api", "HTTP API: classify uploads, models, live streams, similar clips"),
+    "transcribe": ("streamproc.transcribe", "speech to text for an audio file (offline Whisper on CPU)"),
 }
 
 

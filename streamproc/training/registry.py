@@ -31,7 +31,8 @@ def bundles(root=None) -> list[dict]:
                 out.append({"task": task_dir.name, "version": d.name, "labels": meta.get("labels"),
                             "macro_f1": held.get("macro_f1"), "real_macro_f1": real_f1,
                             "real_b_macro_f1": real_b_f1,
-                            "latest": i == len(versions) - 1, "default": d == default, "path": str(d)})
+                            "latest": i == len(versions) - 1, "default": d == default, "path": str(d),
+                            "description": meta.get("description")})
             except (OSError, ValueError, yaml.YAMLError, AttributeError) as exc:
                 out.append({"task": task_dir.name, "version": d.name, "error": str(exc), "path": str(d)})
     return out
@@ -57,7 +58,8 @@ def run(args) -> int:
             print(f"{r['task']:<12} {r['version']:<8} {'-':>8} {'-':>6} {'-':>6}  unreadable: {r['error']}")
             continue
         print(f"{r['task']:<12} {r['version'] + ('*' if r['latest'] else ''):<8} {score(r['macro_f1']):>8} "
-              f"{score(r['real_macro_f1']):>6} {score(r['real_b_macro_f1']):>6}  {', '.join(r['labels'])}" + ("   (default)" if r["default"] else ""))
+              f"{score(r['real_macro_f1']):>6} {score(r['real_b_macro_f1']):>6}  "
+              f"{', '.join(r['labels'] or []) or r['description'] or '-'}" + ("   (default)" if r["default"] else ""))
     print("(* = what task name alone resolves to; HELD-OUT / REAL / REAL-B = macro-F1 on held-out clips / on "
           "the real development set / on the frozen independent real set B, scored once (docs/training.md); "
           "default = served without --model)")

@@ -85,3 +85,54 @@ def load_isr(cluster, topic):
     from confluent_kafka.admin import AdminClient
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers})
     return admin.list_topics(topic, timeout=10).topics[topic].partitions[0].isrs
+
+
+def full_isr(cluster, topic: str, partitions: int) -> bool:
+    from confluent_kafka.admin import AdminClient
+    md = AdminClient({"bootstrap.servers": cluster.bootstrap_servers}).list_topics(topic, timeout=10).topics[topic]
+    return all(len(md.partitions[p].isrs) == len(cluster.nodes) for p in range(partitions))
+
+
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_analyzer_delivers_every_window_through_two_leader_kills(cluster, exactly_once):
+    """Six streams replay while the leader of a frames partition, then (once it is back) the leader of a
+    predictions partition, are SIGKILLed: every expected window is predicted (after dedupe); with
+    --exactly-once a read_committed reader sees none twice."""
+    from consumers.analyzer import Analyzer, AnalyzerConfig
+
+    from .test_reliability import Streams, classify, read_predictions
+    conf = {"bootstrap.servers": cluster.bootstrap_servers}
+    tag = uuid.uuid4().hex[:6]
+    t = {k: f"cl.{tag}.{k}" for k in ("frames", "predictions", "features", "deadletter")}
+    ensure_topics(conf, {name: 3 for name in t.values()})
+    wait_for("full ISRs", lambda: all(full_isr(cluster, n, 3) for n in t.values()))
+    analyzer = Analyzer(AnalyzerConfig(kafka=dict(conf), frames_topic=t["frames"], predictions_topic=t["predictions"],
+                                       features_topic=t["features"], deadletter_topic=t["deadletter"],
+                                       group_id=f"cluster-{tag}", metrics_port=None, create_topics=False,
+                                       exactly_once=exactly_once))
+    th = analyzer.run_in_background()
+    try:
+        streams = Streams(6, 12.0)
+        senders = streams.produce(conf, t["frames"], speed=2.0)  # ~6 s of sending
+        time.sleep(1.5)
+        first = cluster.leader(t["frames"], 0)
+        cluster.kill(first)
+        time.sleep(1.5)
+        cluster.restart(first)
+        wait_for("the first victim back in every ISR", lambda: full_isr(cluster, t["predictions"], 3), timeout=120)
+        second = cluster.leader(t["predictions"], 0)
+        cluster.kill(second)
+        for s in senders:
+            s.join(180)
+        results = senders[0].results
+        assert len(results) == 6 and all(r.failed == 0 and r.delivered == r.frames for r in results), results
+        preds = read_predictions(conf, t["predictions"], streams.expected, timeout=240, read_committed=exactly_once)
+        report = classify(preds, streams.expected)
+        assert report["missing"] == 0 and report["unexpected"] == 0, report
+        if exactly_once:
+            assert report["duplicates"] == 0, report
+        cluster.restart(second)
+    finally:
+        analyzer.stop()
+        th.join(60)
+    assert not th.is_alive() and not th.errors, th.errors

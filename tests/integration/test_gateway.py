@@ -102,6 +102,21 @@ def test_refusals_say_why(gateway):
                 ws.send(np.zeros(SR, np.int16).tobytes())
             ws.recv(timeout=10)
     assert fast.value.rcvd.code == 1008 and "faster than real time" in fast.value.rcvd.reason
+    with pytest.raises(ConnectionClosed) as bad_rate, connect(f"ws://{base}/v1/streams/k/ws?token=s3cret&rate=5") as ws:
+        ws.recv(timeout=10)
+    assert bad_rate.value.rcvd.code == 1008 and "rate=5 Hz" in bad_rate.value.rcvd.reason
+    metrics = httpx.get(f"http://{base}/metrics", timeout=10).text  # every refusal counted, by reason
+    counted = {r: metric(metrics, "audiostream_ingest_refused_total", reason=r) for r in ("token", "too_fast",
+                                                                                          "bad_input")}
+    assert counted == {"token": 2, "too_fast": 1, "bad_input": 1}, counted
+
+
+def metric(text: str, name: str, **labels) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} " if want else f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{{{want}}} not in /metrics")
 
 
 def test_a_dropped_socket_ends_the_stream_flagged_not_a_crash(gateway, kafka_conf):
@@ -114,6 +129,11 @@ def test_a_dropped_socket_ends_the_stream_flagged_not_a_crash(gateway, kafka_con
     assert [f.sequence for f in frames] == list(range(len(frames))) and len(frames) == 11
     assert frames[-1].end_of_stream and frames[-1].gap_before  # ended, and flagged: audio may be missing
     assert httpx.get(f"http://{base}/healthz", timeout=5).status_code == 200  # the server carries on
+    deadline = time.monotonic() + 30
+    while metric(httpx.get(f"http://{base}/metrics", timeout=5).text,
+                 "audiostream_ingest_dropped_connections_total") < 1:
+        assert time.monotonic() < deadline, "the dropped connection was not counted"
+        time.sleep(0.2)
 
 
 def rss_mib(pid: int) -> float:

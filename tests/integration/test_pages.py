@@ -28,11 +28,16 @@ def page_server(kafka_conf, topics, start_analyzer, tmp_path):
         pytest.skip("no chromium (deploy/setup.sh installs Debian's chromium)")
     t = topics()
     start_analyzer(t)
+    yield from serve_for(kafka_conf, t, tmp_path)
+
+
+def serve_for(kafka_conf, t, tmp_path):
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(cli("serve", "--port", str(port), "-b", kafka_conf["bootstrap.servers"],
                                 "--ingest-topic", t["frames"], "--predictions-topic", t["predictions"],
-                                "--features-topic", t["features"], "--streams-since", "60"),
+                                "--features-topic", t["features"], "--deadletter-topic", t["deadletter"],
+                                "--streams-since", "60"),
                             stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -63,6 +68,10 @@ def test_browser_microphone_to_labels_on_the_live_page(page_server, kafka_conf, 
         preds = values(consume(kafka_conf, t["predictions"], count=6, timeout=90))
         assert len(preds) >= 6 and {p["stream_id"] for p in preds} == {"browser-mic"}
         shots = [browser.screenshot(tmp_path / "record.png")]
+        from confluent_kafka import Producer  # one garbage record for the stream: a dead letter on its row
+        garbage = Producer(dict(kafka_conf))
+        garbage.produce(t["frames"], value=b"not a frame", key=b"browser-mic")
+        garbage.flush(10)
 
         browser.goto(f"{base}/")
         row = 'document.querySelector(\'tr[data-stream="browser-mic"]\')'
@@ -78,6 +87,7 @@ def test_browser_microphone_to_labels_on_the_live_page(page_server, kafka_conf, 
         assert label in labels, (label, labels)
         windows = int(browser.js(f"{row}.cells[6].textContent"))
         assert windows >= 1
+        browser.wait_for(f"{row}.cells[8].textContent === '1'", "the dead letter counted on the stream's row")
         assert browser.js("document.getElementById('status').textContent").startswith("1 stream(s)")
         browser.js("document.getElementById('search').value = 'nothing-like-it';"
                    "document.getElementById('search').dispatchEvent(new Event('input'))")
@@ -106,3 +116,28 @@ def test_pages_need_no_internet(page_server):
             if r.startswith("/static/"):
                 assert httpx.get(base + r, timeout=10).status_code == 200, r
     assert httpx.get(base + "/static/recorder-worklet.js", timeout=10).status_code == 200
+
+
+def test_live_streams_appear_when_the_topics_are_created_after_serve_starts(kafka_conf, start_analyzer, tmp_path):
+    """serve started before the analyzer made its output topics (a compose stack, a fresh cluster) still
+    shows the streams once they exist (before: one failed read, then nothing until a restart)."""
+    import uuid
+
+    from producers.kafka import ensure_topics
+    tag = uuid.uuid4().hex[:8]
+    t = {k: f"late.{tag}.{k}" for k in ("frames", "predictions", "features", "deadletter")}
+    gen = serve_for(kafka_conf, t, tmp_path)
+    base = next(gen)[0]
+    try:
+        ensure_topics(kafka_conf, {name: 1 for name in t.values()})
+        start_analyzer(t)
+        buf = __import__("io").BytesIO()
+        sf.write(buf, (0.3 * np.sin(2 * np.pi * 440 * np.arange(2 * 16000) / 16000)).astype(np.float32), 16000,
+                 format="WAV")
+        assert httpx.put(f"{base}/v1/streams/late-one/audio", content=buf.getvalue(), timeout=60).status_code == 200
+        deadline = time.monotonic() + 90
+        while not any(s["stream_id"] == "late-one" for s in httpx.get(base + "/v1/streams", timeout=5).json()):
+            assert time.monotonic() < deadline, httpx.get(base + "/v1/streams", timeout=5).text
+            time.sleep(0.5)
+    finally:
+        gen.close()

