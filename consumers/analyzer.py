@@ -9,17 +9,18 @@ complete in one batch per poll, and publishes:
   and a gap marker for every gap in a stream;
 - ``audio.deadletter``: every frame it cannot accept, original bytes + reason.
 
-Delivery (docs/guarantees.md): at-least-once by default, exactly-once with
-``--exactly-once`` (Kafka transactions). Either way the committed offset of a
-partition is the oldest record an open window on it still needs, and the
-commit's metadata says how far outputs were already published, so whoever
-owns the partition next rebuilds each stream's window state from Kafka and does
-not publish a window twice.
+The service is a loop and its callbacks: poll, decode (or dead-letter), file frames into
+the engine, step it, publish the events it drained (streamproc.records builds every record),
+let the checkpoint commit. Delivery (docs/guarantees.md) belongs to the checkpoint
+(consumers/checkpoint.py): at-least-once by default, exactly-once with ``--exactly-once``
+(Kafka transactions); either way the committed offset of a partition is the oldest record an
+open window on it still needs, and the commit's metadata says how far outputs were already
+published, so whoever owns the partition next rebuilds each stream's window state from Kafka
+and does not publish a window twice.
 """
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import signal
 import sys
@@ -33,21 +34,18 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from producers.kafka import check_reachable, client_logging, ensure_topics, produce, producer_config
-from streamproc import wire
-from streamproc.engine import Engine, Window
+from streamproc import records, wire
+from streamproc.engine import Gap, Engine, SequenceEvent, Window
 from streamproc.errors import AudiostreamError, ConfigError, FrameError, WindowSpecError
 from streamproc.inference import ModelBundle
 from streamproc.windowing import WindowSpec
-from streamproc.settings import (DEFAULT_MODEL, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES,
-                                 TOPIC_PREDICTIONS, add_kafka_arguments, masked)
+from streamproc.config import ANALYZER_SETTINGS, add_analyzer_arguments, analyzer_flags
+from streamproc.settings import DEFAULT_MODEL, add_kafka_arguments, masked  # noqa: F401 (demo, bench import it)
 
+from .checkpoint import Checkpoint, for_mode
 from .metrics import AnalyzerMetrics
 
 log = logging.getLogger("audiostream.analyzer")
-
-PREDICTION_SCHEMA = 1
-FEATURES_SCHEMA = 1
-COMMIT_METADATA_VERSION = 1
 
 
 class OutputDeliveryError(AudiostreamError):
@@ -58,56 +56,42 @@ class KafkaUnavailableTooLong(AudiostreamError):
     """The cluster was unreachable for longer than ``unavailable_timeout_s``."""
 
 
+_D = {s.name: s.default for s in ANALYZER_SETTINGS}  # the one definition: streamproc.config.ANALYZER_SETTINGS
+
+
 @dataclass
 class AnalyzerConfig:
+    """What an Analyzer runs with. The fields named in ``streamproc.config.ANALYZER_SETTINGS`` (settable by
+    flag, environment and config file) take their defaults from there; the others are for code and tests."""
+
     kafka: dict
-    model: str = DEFAULT_MODEL
-    group_id: str = "audiostream-analyzer"
-    frames_topic: str = TOPIC_FRAMES
-    predictions_topic: str = TOPIC_PREDICTIONS
-    features_topic: str = TOPIC_FEATURES
-    deadletter_topic: str = TOPIC_DEADLETTER
-    metrics_port: int | None = 9400   # None = no HTTP endpoint; 0 = any free port
-    metrics_addr: str = "127.0.0.1"
-    max_frame_bytes: int = wire.DEFAULT_MAX_PAYLOAD_BYTES
-    max_frame_seconds: float = 10.0
+    model: str = _D["model"]
+    group_id: str = _D["group_id"]
+    frames_topic: str = _D["frames_topic"]
+    predictions_topic: str = _D["predictions_topic"]
+    features_topic: str = _D["features_topic"]
+    deadletter_topic: str = _D["deadletter_topic"]
+    metrics_port: int | None = _D["metrics_port"]  # None = no HTTP endpoint; 0 = any free port
+    metrics_addr: str = _D["metrics_addr"]
+    max_frame_bytes: int = _D["max_frame_bytes"]
+    max_frame_seconds: float = _D["max_frame_seconds"]
+    idle_timeout_s: float = _D["idle_timeout_s"]
+    create_topics: bool = _D["create_topics"]
+    partitions: int = _D["partitions"]
+    auto_offset_reset: str = _D["auto_offset_reset"]
+    exactly_once: bool = _D["exactly_once"]
+    instance_id: str | None = _D["instance_id"]
+    unavailable_timeout_s: float = _D["unavailable_timeout_s"]
+    max_reorder: int = _D["max_reorder"]
     batch_size: int = 1000
     poll_timeout: float = 0.02
-    idle_timeout_s: float = 60.0
-    create_topics: bool = True
-    partitions: int = 6
-    auto_offset_reset: str = "earliest"
-    exactly_once: bool = False
-    instance_id: str | None = None        # stable member id (group.instance.id; transactional.id in exactly-once)
-    unavailable_timeout_s: float = 120.0  # brokers unreachable (or outputs unacknowledged) this long: exit non-zero
     commit_interval_s: float = 1.0        # at-least-once: how often acknowledged progress is committed
     transaction_interval_s: float = 0.1   # exactly-once: how long one transaction collects batches
-    max_reorder: int = 4                  # frames held back per stream to put a reorder right
     queued_max_kbytes: int = 65536        # librdkafka prefetch bound (its default; 16 MiB starved 1000 streams)
     consumer_overrides: dict = field(default_factory=dict)
     expect_spec: WindowSpec | None = None  # refuse a bundle trained with any other window/feature spec
     record_latencies: int = 0  # keep the last N window latencies (arrival -> acknowledged) for bench
     before_inference: Callable | None = None  # test hook: called with each batch's windows (e.g. a slow model)
-
-
-def _iso(ns: int) -> str:
-    t = ns / 1e9
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(ns % 1_000_000_000) // 1_000_000:03d}Z"
-
-
-def commit_metadata(done: int) -> str:
-    """Offset-commit metadata: every window completed by a record below ``done`` was published."""
-    return json.dumps({"v": COMMIT_METADATA_VERSION, "done": done}, separators=(",", ":"))
-
-
-def parse_commit_metadata(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        data = json.loads(text)
-        return int(data["done"]) if data.get("v") == COMMIT_METADATA_VERSION else None
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
 
 
 try:  # glibc: give freed heap pages back after mass eviction (small numpy buffers live in malloc arenas)
@@ -122,18 +106,6 @@ def _release_freed_memory() -> None:
         _malloc_trim(0)
 
 
-class _Batch:
-    """Outputs still unacknowledged for one consumed batch, and the commits it allows:
-    ``offsets[(topic, partition)] = (offset to commit, done marker)``."""
-
-    __slots__ = ("pending", "offsets", "started")
-
-    def __init__(self, started: float):
-        self.pending = 0
-        self.offsets: dict[tuple[str, int], tuple[int, int]] = {}
-        self.started = started
-
-
 class Analyzer:
     """Build with a config, then ``run()`` until ``stop()`` (or SIGTERM in the CLI)."""
 
@@ -142,33 +114,24 @@ class Analyzer:
         # Fail fast, before consuming anything: a bad bundle never moves an offset.
         self.bundle = ModelBundle.load(config.model, expect_spec=config.expect_spec)
         self.spec = self.bundle.spec
-        self.engine = Engine(self.spec, idle_timeout_s=config.idle_timeout_s, max_reorder=config.max_reorder)
+        self.engine = Engine(self.spec, idle_timeout_s=config.idle_timeout_s, max_reorder=config.max_reorder,
+                             events=True)
         self.metrics = AnalyzerMetrics(registry, model_task=self.bundle.task, model_version=self.bundle.version,
                                        labels=self.bundle.labels, frames_topic=config.frames_topic,
                                        output_topics=(config.predictions_topic, config.features_topic,
                                                       config.deadletter_topic))
         self.instance = config.instance_id or uuid.uuid4().hex[:8]
+        self.metrics.up.set_function(lambda: 1.0 if self.ready else 0.0)  # read at scrape time: what /ready says
         self._stop = threading.Event()
         self._stream_partition: dict[str, tuple[str, int]] = {}
         self._http = None
         self.metrics_port: int | None = None
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+        self.checkpoint: Checkpoint | None = None
         self._fatal: str | None = None
         self._fatal_type: type = OutputDeliveryError
-        self._delivery_failures = 0
-        self._delivery_lock = threading.Lock()
-        self._assigned: set[tuple[str, int]] = set()
-        self._replay_until: dict[tuple[str, int], int] = {}  # from the commit metadata: outputs already out
-        self._inflight: collections.deque[_Batch] = collections.deque()
-        self._batch: _Batch | None = None
-        self._to_commit: dict[tuple[str, int], tuple[int, int]] = {}
-        self._last_commit = 0.0
-        self._last_checkpoint = 0.0
-        self._read_upto: dict[tuple[str, int], int] = {}  # last offset processed, per partition
-        self._txn_open = False
-        self._txn_started = 0.0
-        self._features_template = self._features_json_template()
+        self._features = records.FeaturesEncoder(self.spec)
         self.latencies = collections.deque(maxlen=config.record_latencies) if config.record_latencies else None
         self.last_lag: dict[tuple[str, int], int] = {}
         self._down_since: float | None = None
@@ -178,6 +141,11 @@ class Analyzer:
     # -- lifecycle ----------------------------------------------------------------
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def assigned(self) -> set[tuple[str, int]]:
+        """The (topic, partition)s this analyzer owns right now."""
+        return set(self.checkpoint.assigned) if self.checkpoint is not None else set()
 
     @property
     def ready(self) -> bool:
@@ -244,6 +212,11 @@ class Analyzer:
             except KafkaException as exc:
                 raise ConfigError(f"--exactly-once: the cluster refused transactions ({exc.args[0].str()}); "
                                   f"transactions need a broker with a transaction state log") from None
+        self.checkpoint = for_mode(
+            c.exactly_once, self.consumer, self.producer, needs=self._partition_needs, on_fail=self._fail,
+            on_commit=lambda outcome: self.metrics.commits.labels(outcome).inc(),
+            interval_s=c.transaction_interval_s if c.exactly_once else c.commit_interval_s,
+            unavailable_timeout_s=c.unavailable_timeout_s)
         self.consumer.subscribe([c.frames_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         self._started = True
@@ -267,37 +240,26 @@ class Analyzer:
 
     def _on_assign(self, consumer, partitions) -> None:
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
-        self._assigned |= {(p.topic, p.partition) for p in partitions}
         try:  # the previous owner's commit: where to re-read from, and how far outputs were published
             committed = consumer.committed(partitions, timeout=30)
         except KafkaException as exc:
             raise OutputDeliveryError(f"cannot read committed offsets on assignment: {exc}") from None
-        for tp in committed:
-            done = parse_commit_metadata(tp.metadata)
-            if done is not None and tp.offset >= 0 and done > tp.offset:
-                self._replay_until[(tp.topic, tp.partition)] = done
-                log.info("%s[%d]: rebuilding window state from offset %d; outputs up to %d already published",
-                         tp.topic, tp.partition, tp.offset, done)
+        for (topic, partition), (offset, done) in self.checkpoint.assign(committed).items():
+            log.info("%s[%d]: rebuilding window state from offset %d; outputs up to %d already published",
+                     topic, partition, offset, done)
 
     def _drop_partitions(self, tps: set) -> None:
-        self._assigned -= tps
         for t, p in tps:
-            self._replay_until.pop((t, p), None)
-            self._read_upto.pop((t, p), None)
-            self._to_commit.pop((t, p), None)
             if self.last_lag.pop((t, p), None) is not None:
                 self.metrics.lag.remove(t, str(p))  # a partition we no longer own has no lag of ours
         for sid in [s for s, tp in self._stream_partition.items() if tp in tps]:
-            self.engine.streams.pop(sid, None)
+            self.engine.drop(sid)
             del self._stream_partition[sid]
 
     def _on_revoke(self, consumer, partitions) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
         log.info("revoked %s", sorted(gone))
-        if self.config.exactly_once:
-            self._commit_transaction()
-        else:
-            self._flush_and_commit()  # everything delivered, for the partitions' next owner
+        self.checkpoint.revoke(gone)  # everything delivered and committed for the next owner (unless failed)
         self._drop_partitions(gone)
 
     def _on_lost(self, consumer, partitions) -> None:
@@ -306,26 +268,19 @@ class Analyzer:
         gone = {(p.topic, p.partition) for p in partitions}
         log.warning("partitions lost %s: not committing them", sorted(gone))
         self.metrics.partitions_lost.inc(len(gone))
-        if self.config.exactly_once and self._txn_open:
-            # the open transaction mixes lost and kept partitions: abort it all and restart from the commits
-            self._abort_transaction()
-            self._fail(f"partitions {sorted(gone)} lost mid-transaction; transaction aborted")
-        for b in self._inflight:
-            for tp in gone:
-                b.offsets.pop(tp, None)
+        self.checkpoint.lost(gone)
         self._drop_partitions(gone)
 
     def run(self) -> None:
         """Consume until stop(); raises on unrecoverable errors (after closing cleanly)."""
         self._connect()
-        self.metrics.up.set(1)
         self.metrics.kafka_up.set(1)
         last_house = time.monotonic()
         try:
             while not self._stop.is_set():
                 # while outputs await acknowledgement, come back quickly to serve their callbacks
                 # (acks and the offsets they release are noticed at our next poll)
-                timeout = 0.002 if self._inflight and not self.config.exactly_once else self.config.poll_timeout
+                timeout = 0.002 if self.checkpoint.busy else self.config.poll_timeout
                 msgs = self.consumer.consume(num_messages=self.config.batch_size, timeout=timeout)
                 now = time.monotonic()
                 self.last_loop = now
@@ -333,26 +288,26 @@ class Analyzer:
                     if self._down_since is not None and any(m.error() is None for m in msgs):
                         self._kafka_back()
                     self.process_batch(msgs)
+                elif self.engine.holding:  # frames held for a reorder are released on time, traffic or not
+                    self.process_batch([])
                 self.producer.poll(0)  # delivery callbacks
-                if self.config.exactly_once:
-                    if self._txn_open and now - self._txn_started >= self.config.transaction_interval_s:
-                        self._commit_transaction()
-                else:
-                    self._settle()
-                    if self._to_commit and now - self._last_commit >= self.config.commit_interval_s:
-                        self._commit(sync=False)
+                self.checkpoint.tick(now)
                 now = time.monotonic()  # a slow batch may have taken seconds: lag and eviction must not wait
                 if now - last_house > 1.0:
                     self._housekeeping(now)
                     last_house = now
+        except BaseException:
+            # whatever went wrong may have left part of a batch's outputs in the open transaction (or in
+            # flight) while the offsets point before that batch: commit nothing, abort (quixstreams' _failed)
+            self.checkpoint.fail()
+            raise
         finally:
-            self.metrics.up.set(0)
             self._close()
         if self._fatal:
             raise self._fatal_type(self._fatal)
 
     def _housekeeping(self, now: float) -> None:
-        evicted = self.engine.evict_idle(now)
+        evicted = self.engine.evict_idle(now)  # (held frames of an evicted stream go with it)
         for sid in evicted:
             self._stream_partition.pop(sid, None)
         if len(evicted) >= 100:
@@ -377,9 +332,9 @@ class Analyzer:
         Call from the analyzer's own thread only (the run loop does, every second); other
         threads read ``last_lag``. A confluent-kafka consumer must not be used concurrently.
         """
-        if not self._assigned or self.consumer is None:
+        if self.consumer is None or not self.checkpoint.assigned:
             return {}
-        tps = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        tps = [TopicPartition(t, p) for t, p in sorted(self.checkpoint.assigned)]
         lag = {}
         for tp in self.consumer.position(tps):
             try:
@@ -395,11 +350,8 @@ class Analyzer:
         return lag
 
     def _close(self) -> None:
-        if self.producer is not None and self.consumer is not None and self._fatal is None:
-            if self.config.exactly_once:
-                self._commit_transaction()
-            else:
-                self._flush_and_commit()
+        if self.checkpoint is not None:
+            self.checkpoint.close()  # commits what is due, or after a failure aborts and commits nothing
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
@@ -407,82 +359,12 @@ class Analyzer:
             self._http.shutdown()
             self._http = None
 
-    # -- offsets ------------------------------------------------------------------
-    def _flush_and_commit(self) -> None:
-        """Wait for every output, then commit the current state synchronously (revoke, close)."""
-        remaining = self.producer.flush(self.config.unavailable_timeout_s)
-        self._settle()
-        if remaining or self._inflight or self._fatal:
-            return  # not everything acknowledged: commit nothing newer than what settled
-        self._to_commit.update(self._checkpoint())
-        self._commit(sync=True)
-
-    def _checkpoint(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """What to commit for the current state: per partition, re-read from the oldest record an open
-        window still needs; outputs are out for every record up to the last one read."""
-        needs = self._partition_needs(self._read_upto)
-        out = {}
-        for tp, last in self._read_upto.items():
-            done = max(last + 1, self._replay_until.get(tp, 0))
-            out[tp] = (min(needs.get(tp, last + 1), last + 1), done)
-        return out
-
-    def _commit(self, sync: bool) -> None:
-        """Commit what settled batches allow (at-least-once mode)."""
-        if not self._to_commit or self._fatal:
-            return
-        offsets = self._commit_offsets(self._to_commit)
-        self._to_commit = {}
-        self._last_commit = time.monotonic()
-        if not offsets:
-            return
-        try:  # the outcome is counted by _on_commit (librdkafka reports every commit there)
-            self.consumer.commit(offsets=offsets, asynchronous=not sync)
-        except KafkaException as exc:  # e.g. the group rebalanced: the next owner re-reads, nothing lost
-            log.warning("offset commit failed: %s", exc.args[0].str() if exc.args else exc)
-
     def _on_commit(self, err, partitions) -> None:
         failed = err is not None or any(p.error is not None for p in partitions)
         self.metrics.commits.labels("failed" if failed else "ok").inc()
         if failed:
             log.warning("offset commit failed: %s", err.str() if err is not None else
                         [f"{p.topic}[{p.partition}]: {p.error}" for p in partitions if p.error is not None])
-
-    def _commit_transaction(self) -> None:
-        """Exactly-once: this transaction's outputs and its input offsets become visible together."""
-        if not self._txn_open or self._fatal:
-            return
-        offsets = self._commit_offsets(self._checkpoint())
-        try:
-            if offsets:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(max(30.0, self.config.unavailable_timeout_s))
-            self.metrics.commits.labels("ok").inc()
-        except KafkaException as exc:
-            self.metrics.commits.labels("failed").inc()
-            err = exc.args[0] if exc.args else None
-            if err is not None and err.txn_requires_abort():
-                self._abort_transaction()
-            self._txn_open = False
-            self._fail(f"transaction not committed ({err.str() if err is not None else exc}); its outputs are "
-                       f"aborted")
-            return
-        self._txn_open = False
-        self._inflight.clear()
-
-    def _abort_transaction(self) -> None:
-        """Abort the open transaction (its outputs never become visible); an abort that fails too
-        leaves the same outcome for read_committed readers, so it is not an error of its own."""
-        try:
-            self.producer.abort_transaction(30)
-        except KafkaException:
-            pass
-        self._txn_open = False
-
-    def _commit_offsets(self, marks: dict) -> list:
-        """TopicPartitions to commit for ``{(topic, partition): (offset, done)}``, partitions we still own only."""
-        return [TopicPartition(t, p, o, metadata=commit_metadata(done))
-                for (t, p), (o, done) in marks.items() if (t, p) in self._assigned]
 
     def _partition_needs(self, tps) -> dict[tuple[str, int], int]:
         """Per partition, the oldest record an open window on it still needs."""
@@ -501,15 +383,10 @@ class Analyzer:
 
     # -- the work -------------------------------------------------------------------
     def process_batch(self, msgs) -> None:
-        c, m = self.config, self.metrics
+        c, m, cp = self.config, self.metrics, self.checkpoint
         now = time.monotonic()
         high: dict[tuple[str, int], int] = {}
-        if c.exactly_once and not self._txn_open:
-            self.producer.begin_transaction()
-            self._txn_open = True
-            self._txn_started = now
-        self._batch = batch = _Batch(now)
-        replay_until = self._replay_until
+        cp.begin(now)
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -519,7 +396,7 @@ class Analyzer:
             tp = (msg.topic(), msg.partition())
             offset = msg.offset()
             high[tp] = max(high.get(tp, -1), offset)
-            replay = offset < replay_until.get(tp, -1)  # already processed by a previous owner
+            replay = cp.replaying(tp, offset)  # already processed (and published) by a previous owner
             value = msg.value()
             if not replay:
                 m.frames.labels(msg.topic()).inc()
@@ -537,125 +414,78 @@ class Analyzer:
                 continue
             res = self.engine.accept(sid, frame, now, tag=offset)
             self._stream_partition[sid] = tp
-            if replay:
-                continue
-            if res.status == "duplicate":
-                m.sequence.labels("duplicate").inc()
-                continue
-            self._count_sequence(sid, frame, res)
-            m.audio_seconds.inc(frame.n_frames / frame.sample_rate)
+            if not replay and res.status not in ("duplicate", "late"):
+                m.audio_seconds.inc(frame.n_frames / frame.sample_rate)
 
         t0 = time.perf_counter()
-        windows = self.engine.step(now)
-        if windows:
-            t1 = time.perf_counter()
-            m.feature_seconds.observe(t1 - t0)
-            fresh = []
-            for w in windows:
-                tp = self._stream_partition.get(w.stream_id)
-                if w.tag is not None and tp is not None and w.tag < replay_until.get(tp, -1):
-                    m.replayed.inc()
-                else:
-                    fresh.append(w)
-            if fresh:
-                self._publish(fresh)
+        if self.engine.step(now):
+            m.feature_seconds.observe(time.perf_counter() - t0)
+        self._handle(self.engine.drain())
         for sid in self.engine.finished():
             self._stream_partition.pop(sid, None)
         m.active_streams.set(len(self.engine.streams))
+        cp.store(high)
+        cp.end(now)
 
-        for tp, last in high.items():
-            self._read_upto[tp] = last
-            if tp in replay_until and last + 1 >= replay_until[tp]:
-                del replay_until[tp]  # caught up with what the previous owner had published
-        # at-least-once: twice per commit interval a batch carries a checkpoint (scanning every stream's
-        # needs per batch would cost more than the features); it is committed once its outputs, and all
-        # earlier ones, are acknowledged
-        if not c.exactly_once and now - self._last_checkpoint >= c.commit_interval_s / 2:
-            batch.offsets = self._checkpoint()
-            self._last_checkpoint = now
-        self._inflight.append(batch)
+    def _handle(self, events: list) -> None:
+        """Publish the engine's events in their order (one inference call for all windows): windows,
+        gap markers; count every sequence fact. Events of records a previous owner already processed
+        (a replay after a restart or rebalance) only rebuild state."""
+        m, cp = self.metrics, self.checkpoint
+        fresh = []
+        windows = []
+        for ev in events:
+            tp = self._stream_partition.get(ev.stream_id)
+            if ev.tag is not None and tp is not None and cp.replaying(tp, ev.tag):
+                if isinstance(ev, Window):
+                    m.replayed.inc()
+                continue
+            fresh.append(ev)
+            if isinstance(ev, Window):
+                windows.append(ev)
+        scores = iter(self._infer(windows)) if windows else None
+        for ev in fresh:
+            if isinstance(ev, Window):
+                self._publish_window(ev, next(scores))
+            elif isinstance(ev, Gap):
+                self._gap(ev)
+            elif isinstance(ev, SequenceEvent):
+                m.sequence.labels(ev.kind).inc()
 
-    def _count_sequence(self, sid: str, frame, res) -> None:
-        m = self.metrics
-        if res.status == "new_session":
-            m.sequence.labels("new_session").inc()
-        if res.reordered:
-            m.sequence.labels("reordered").inc(res.reordered)
-        if res.gap_samples:
-            m.sequence.labels("gap").inc()
-            m.gap_seconds.inc(res.gap_samples / frame.sample_rate)
-            log.info("stream %r: gap of %.3f s before sequence %d%s", sid, res.gap_samples / frame.sample_rate,
-                     frame.sequence, " (resynchronised)" if res.resynced else " (zero-filled, windows flagged)")
-            self._gap_marker(sid, frame, res)
-        if res.resynced:
+    def _gap(self, g: Gap) -> None:
+        m, sr = self.metrics, g.sample_rate
+        m.sequence.labels("gap").inc()
+        if g.resynced:
             m.sequence.labels("resync").inc()
-        if res.producer_gap:
-            m.sequence.labels("producer_gap").inc()
-
-    def _gap_marker(self, sid: str, frame, res) -> None:
-        sr = frame.sample_rate
-        st = self.engine.streams.get(sid)
-        marker = {"schema": FEATURES_SCHEMA, "type": "gap", "stream_id": sid,
-                  "session_id": (st.session_id if st else frame.session_id).hex(),
-                  "gap_start_sample": res.gap_start, "gap_end_sample": res.gap_start + res.gap_samples,
-                  "gap_start_s": round(res.gap_start / sr, 6), "gap_s": round(res.gap_samples / sr, 6),
-                  "missing_frames": res.missing_frames, "resynced": res.resynced,
-                  "handling": "resynchronised" if res.resynced else "zero_filled_and_flagged",
-                  "sample_rate": sr}
-        self.metrics.gap_events.inc()
-        self._emit(self.config.features_topic, json.dumps(marker).encode(), sid.encode())
-
-    def _settle(self) -> None:
-        """Release the commits of every leading batch whose outputs Kafka has acknowledged.
-
-        Batches settle in order, so a committed offset never passes an unacknowledged output.
-        A refused output, or one unacknowledged for ``unavailable_timeout_s``, stops the
-        analyzer without committing: a restart re-reads that input.
-        """
-        failed = self._take_delivery_failures()
-        if failed:
-            self._fail(f"{failed} output record(s) refused by Kafka")
-            return
-        while self._inflight and self._inflight[0].pending == 0:
-            self._to_commit.update(self._inflight.popleft().offsets)  # later batches hold later offsets
-        if self._inflight and time.monotonic() - self._inflight[0].started > self.config.unavailable_timeout_s:
-            self._fail(f"{self._inflight[0].pending} output record(s) not acknowledged by Kafka within "
-                       f"{self.config.unavailable_timeout_s:.0f}s")
+        m.gap_seconds.inc(g.samples / sr)
+        log.info("stream %r: gap of %.3f s at sample %d%s", g.stream_id, g.samples / sr, g.start,
+                 " (resynchronised)" if g.resynced else " (zero-filled, windows flagged)")
+        m.gap_events.inc()
+        self._emit(self.config.features_topic, records.dumps(records.gap(g)), g.stream_id.encode())
 
     def _fail(self, what: str) -> None:
+        """Stop without committing anything more: a restart re-reads from the last commit."""
         if self._fatal is None:
             self._fatal = f"{what}; input offsets not committed, exiting so they are re-read on restart"
             log.error("%s", self._fatal)
-        self._inflight.clear()
-        self._to_commit = {}
+        if self.checkpoint is not None:
+            self.checkpoint.fail()
         self._stop.set()
 
-    def _emit(self, topic: str, value: bytes, key: bytes | None, headers=None, on_ok=None) -> None:
-        """Produce one output record counted against the current batch."""
-        batch = self._batch
-        batch.pending += 1
+    def _emit(self, topic: str, value: bytes | None, key: bytes | None, headers=None, on_ok=None) -> None:
+        """Produce one output record, tracked by the checkpoint for the current batch."""
+        delivered_to_checkpoint = self.checkpoint.track()
 
         def delivered(err, msg):
-            batch.pending -= 1
+            delivered_to_checkpoint(err)
             if err is not None:
-                self._on_output(err, msg)
+                self.metrics.delivery_errors.labels(msg.topic()).inc()
+                log.error("output to %s not delivered: %s", msg.topic(), err.str())
             elif on_ok is not None:
                 on_ok(msg)
         produce(self.producer, topic, value, key, on_delivery=delivered, headers=headers)
 
-    def _take_delivery_failures(self) -> int:
-        with self._delivery_lock:
-            n, self._delivery_failures = self._delivery_failures, 0
-        return n
-
-    def _on_output(self, err, msg) -> None:
-        if err is not None:
-            with self._delivery_lock:
-                self._delivery_failures += 1
-            self.metrics.delivery_errors.labels(msg.topic()).inc()
-            log.error("output to %s not delivered: %s", msg.topic(), err.str())
-
-    def _publish(self, windows: list[Window]) -> None:
+    def _infer(self, windows: list[Window]) -> np.ndarray:
         c, m, b = self.config, self.metrics, self.bundle
         if c.before_inference is not None:
             c.before_inference(windows)
@@ -664,33 +494,21 @@ class Analyzer:
         m.inference_seconds.labels(m.model).observe(time.perf_counter() - t0)
         m.batch_windows.observe(len(windows))
         m.windows.labels(m.model).inc(len(windows))
-        labels = b.labels
-        model = {"task": b.task, "version": b.version}
-        finite = np.isfinite(scores).all(axis=1)
-        for w, s, ok in zip(windows, scores, finite):
-            key = w.stream_id.encode()
-            common = {
-                "id": w.window_id, "stream_id": w.stream_id, "session_id": w.session_id.hex(),
-                "window_index": w.index, "window_start_s": round(w.start / w.sample_rate, 6),
-                "window_end_s": round(w.end / w.sample_rate, 6), "start_sample": w.start, "end_sample": w.end,
-                "sample_rate": w.sample_rate, "gap": w.gap,
-            }
-            head = json.dumps({"schema": FEATURES_SCHEMA, "type": "window", **common, "metrics": w.metrics})
-            feats = head[:-1] + ', "features": ' + self._features_template % tuple(w.vector.tolist()) + "}"
-            self._emit(c.features_topic, feats.encode(), key)
-            if not ok:
-                m.invalid_outputs.labels(m.model).inc()
-                log.error("model %s returned non-finite scores for window %s; not published", b.ref, w.window_id)
-                continue
-            best = int(np.argmax(s))
-            pred = {"schema": PREDICTION_SCHEMA, **common, "label": labels[best],
-                    "confidence": round(float(s[best]), 6),
-                    "scores": {lab: round(float(v), 6) for lab, v in zip(labels, s)},
-                    "model": model, "rms_dbfs": w.metrics["rms_dbfs"], "gated": b.is_gated(w.metrics["rms_dbfs"]),
-                    "capture_time": _iso(w.capture_time_ns),
-                    "latency_ms": round((time.monotonic() - w.arrival) * 1000, 3),
-                    "analyzer": self.instance}
-            self._emit(c.predictions_topic, json.dumps(pred).encode(), key, on_ok=self._prediction_ack(w, labels[best]))
+        return scores
+
+    def _publish_window(self, w: Window, s: np.ndarray) -> None:
+        c, m, b = self.config, self.metrics, self.bundle
+        key = w.stream_id.encode()
+        common = records.window_fields(w)
+        self._emit(c.features_topic, self._features.encode(w, common), key)
+        if not np.isfinite(s).all():
+            m.invalid_outputs.labels(m.model).inc()
+            log.error("model %s returned non-finite scores for window %s; not published", b.ref, w.window_id)
+            return
+        pred = records.prediction(w, s, b.labels, task=b.task, version=b.version, analyzer=self.instance,
+                                  latency_s=time.monotonic() - w.arrival, gated=bool(b.is_gated(w.metrics["rms_dbfs"])),
+                                  common=common)
+        self._emit(c.predictions_topic, records.dumps(pred), key, on_ok=self._prediction_ack(w, pred["label"]))
 
     def _prediction_ack(self, w: Window, label: str):
         m = self.metrics
@@ -705,62 +523,23 @@ class Analyzer:
             m.e2e_latency.observe(max(0.0, (time.time_ns() - w.capture_time_ns) / 1e9))
         return ack
 
-    def _features_json_template(self) -> str:
-        """One %-format string for the features object: ``template % tuple(vector)`` is a single
-        C-level call per window (formatting 74 floats one by one in Python cost ~60 us)."""
-        parts = []
-        for name in self.spec.features:
-            width = self.spec.feature_width(name)
-            for stat in ("mean", "std"):
-                value = "[" + ", ".join(["%.7g"] * width) + "]" if width > 1 else "%.7g"
-                parts.append(f'"{name}_{stat}": {value}')
-        return "{" + ", ".join(parts) + "}"
-
     def _deadletter(self, msg, exc: FrameError) -> None:
         self.metrics.deadletter.labels(exc.reason).inc()
         log.warning("dead-letter %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(), exc.reason, exc)
-        headers = list(msg.headers() or []) + [
-            ("audiostream.reason", exc.reason.encode()), ("audiostream.error", str(exc).encode()[:1000]),
-            ("audiostream.source", f"{msg.topic()}[{msg.partition()}]@{msg.offset()}".encode()),
-            ("audiostream.analyzer", self.instance.encode())]
-        self._emit(self.config.deadletter_topic, msg.value() or b"", msg.key(), headers=headers)
+        headers = records.deadletter_headers(msg.headers(), reason=exc.reason, error=str(exc),
+                                             source=f"{msg.topic()}[{msg.partition()}]@{msg.offset()}",
+                                             analyzer=self.instance)
+        self._emit(self.config.deadletter_topic, msg.value(), msg.key(), headers=headers)  # NULL stays NULL
 
 
 # -- CLI ---------------------------------------------------------------------------
 def add_parser(sub):
     p = sub.add_parser("analyze", help="run the analyzer service (consumer group member)", description=__doc__)
     add_kafka_arguments(p)
-    p.add_argument("--model", default=None,
-                   help=f"model bundle: a directory, or task[:version] under models/ (default {DEFAULT_MODEL})")
     p.add_argument("--window-spec", default=None, metavar="FILE",
                    help="YAML window/feature spec this deployment expects; a bundle trained otherwise is refused")
-    p.add_argument("--group-id", default=None, help="consumer group (default audiostream-analyzer)")
-    p.add_argument("--frames-topic", default=None)
-    p.add_argument("--predictions-topic", default=None)
-    p.add_argument("--features-topic", default=None)
-    p.add_argument("--deadletter-topic", default=None)
-    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 9400; 0 = any)")
+    add_analyzer_arguments(p)  # one flag per setting of streamproc.config.ANALYZER_SETTINGS
     p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
-    p.add_argument("--metrics-addr", default=None,
-                   help="address /metrics binds to; loopback by default, 0.0.0.0 to expose it")
-    p.add_argument("--max-frame-bytes", type=int, default=None, help="largest frame payload accepted (1 MiB)")
-    p.add_argument("--max-frame-seconds", type=float, default=None, help="longest frame accepted, in seconds (10)")
-    p.add_argument("--idle-timeout", type=float, default=None, help="seconds before a silent stream is evicted (60)")
-    p.add_argument("--partitions", type=int, default=None, help="partitions for topics the analyzer creates (6)")
-    p.add_argument("--no-create-topics", action="store_true")
-    p.add_argument("--exactly-once", action="store_true", default=None,
-                   help="Kafka transactions: outputs and input offsets commit together (read outputs with "
-                        "isolation.level=read_committed); default is at-least-once with deterministic ids")
-    p.add_argument("--instance-id", default=None,
-                   help="stable id of this replica (e.g. the pod name): static group membership, so a restart "
-                        "gets its partitions back without a rebalance, and the transactional id that fences a "
-                        "crashed predecessor's open transaction in --exactly-once mode")
-    p.add_argument("--unavailable-timeout", type=float, default=None, metavar="SECONDS",
-                   help="exit non-zero if Kafka stays unreachable (or outputs unacknowledged) this long (120)")
-    p.add_argument("--max-reorder", type=int, default=None, metavar="FRAMES",
-                   help="frames held back per stream to put a reordering right before calling it a gap (4)")
-    p.add_argument("--from", dest="offset_reset", choices=("earliest", "latest"), default=None,
-                   help="where a new consumer group starts reading (earliest)")
     p.set_defaults(func=run)
 
 
@@ -776,18 +555,6 @@ def read_window_spec(path: str) -> WindowSpec:
         return WindowSpec.from_dict(data.get("window_spec", data) if isinstance(data, dict) else data)
     except (WindowSpecError, TypeError) as exc:
         raise ConfigError(f"--window-spec {path!r}: {exc}") from None
-
-
-def analyzer_flags(args) -> dict:
-    return {"model": args.model, "group_id": args.group_id, "frames_topic": args.frames_topic,
-            "predictions_topic": args.predictions_topic, "features_topic": args.features_topic,
-            "deadletter_topic": args.deadletter_topic, "metrics_port": args.metrics_port,
-            "metrics_addr": args.metrics_addr, "max_frame_bytes": args.max_frame_bytes,
-            "max_frame_seconds": args.max_frame_seconds,
-            "idle_timeout_s": args.idle_timeout, "partitions": args.partitions,
-            "create_topics": False if args.no_create_topics else None, "auto_offset_reset": args.offset_reset,
-            "exactly_once": args.exactly_once, "instance_id": args.instance_id, "unavailable_timeout_s": args.unavailable_timeout,
-            "max_reorder": args.max_reorder}
 
 
 def config_from_args(args) -> AnalyzerConfig:

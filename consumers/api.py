@@ -31,6 +31,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from streamproc import records
 from streamproc.errors import AudioInputError, BundleError, ConfigError
 from streamproc.settings import (DEFAULT_MODEL, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
                                  add_kafka_arguments)
@@ -109,7 +110,7 @@ class LiveStreams:
                         continue
                     if m.topic() == self.topics[0] and "label" in rec:
                         self._prediction(rec)
-                    elif m.topic() == self.topics[1] and rec.get("type", "window") == "window":
+                    elif m.topic() == self.topics[1] and records.is_window(rec):
                         self._features(rec)
         finally:
             c.close()
@@ -158,15 +159,10 @@ class LiveStreams:
             return self.version, rows
 
     def _features(self, f: dict) -> None:
-        feats = f.get("features") or {}
-        flat = []
-        for name in self.spec.features:
-            for stat in ("mean", "std"):
-                v = feats.get(f"{name}_{stat}")
-                flat += v if isinstance(v, list) else [v]
-        if len(flat) != self.width or any(x is None for x in flat):
+        vector = records.features_vector(f, self.spec)
+        if vector is None:
             return
-        x = np.asarray(flat, dtype=np.float64)[self.cols]
+        x = vector[self.cols]
         with self._lock:
             acc = self.vectors.setdefault(f["stream_id"], [np.zeros_like(x), np.zeros_like(x), 0])
             acc[0] += x
@@ -359,6 +355,8 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         scores: dict[str, float]
         gap: bool
         gated: bool = Field(False, description="silence by level: rms_dbfs below the model's silence_below_dbfs")
+        padded: bool = Field(False, description="the clip is shorter than one window: this window is the clip "
+                                                "followed by zeros (docs/predictions.md)")
 
     class Classification(BaseModel):
         model: str
@@ -455,6 +453,7 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         return {"model": b.ref, "labels": b.labels, "duration_s": round(duration, 6), "label_share": share,
                 "windows": [{"index": r["window_index"], "start_s": r["start_s"], "end_s": r["end_s"],
                              "label": r["label"], "confidence": r["confidence"], "gap": r["gap"], "gated": r["gated"],
+                             "padded": r["padded"],
                              "scores": {lab: r[f"score_{lab}"] for lab in b.labels}} for r in rows]}
 
     @app.get("/v1/models", response_model=list[ModelInfo], summary="Model bundles available")

@@ -60,7 +60,7 @@ def arrow_schema(labels: list[str], n_features: int):
     fields = [("file", pa.string()), ("stream_id", pa.string()), ("window_index", pa.int64()),
               ("start_s", pa.float64()), ("end_s", pa.float64()), ("start_sample", pa.int64()),
               ("end_sample", pa.int64()), ("label", pa.string()), ("confidence", pa.float64()),
-              ("model", pa.string()), ("gap", pa.bool_()), ("gated", pa.bool_())]
+              ("model", pa.string()), ("gap", pa.bool_()), ("gated", pa.bool_()), ("padded", pa.bool_())]
     fields += [(f"score_{lab}", pa.float64()) for lab in labels]
     from streamproc.analysis import METRIC_COLUMNS
     fields += [(m, pa.float64()) for m in METRIC_COLUMNS]

@@ -190,7 +190,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             th = analyzer.run_in_background()
             errors = th.errors
             join_deadline = time.monotonic() + 60
-            while not analyzer._assigned and not errors and time.monotonic() < join_deadline:
+            while not analyzer.assigned and not errors and time.monotonic() < join_deadline:
                 time.sleep(0.1)  # start the load once the analyzer owns its partitions (no artificial backlog)
             cmd = [sys.executable, "-m", "streamproc.cli", "loadgen", "-b", bootstrap, "--topic", topics["frames"],
                    "--streams", str(streams), "--duration", str(duration), "--cpu", str(loadgen_cpu),

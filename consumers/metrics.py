@@ -14,7 +14,7 @@ import streamproc
 DEADLETTER_REASONS = ("empty", "too_short", "bad_magic", "unsupported_version", "bad_header",
                       "unsupported_encoding", "bad_channels", "bad_sample_rate", "length_mismatch",
                       "checksum_mismatch", "oversized", "too_long", "non_finite", "bad_stream_id", "sample_rate_mismatch")
-SEQUENCE_EVENTS = ("duplicate", "gap", "resync", "new_session", "producer_gap", "reordered")
+SEQUENCE_EVENTS = ("duplicate", "late", "gap", "resync", "new_session", "producer_gap", "reordered")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -21,6 +21,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from streamproc import records
 from streamproc.errors import ConfigError
 from streamproc.settings import TOPIC_FEATURES, TOPIC_PREDICTIONS, add_kafka_arguments
 
@@ -91,7 +92,7 @@ def read_live(kafka: dict, features_topic: str, predictions_topic: str, since_s:
     preds = {p["id"]: p for p in read(predictions_topic) if "id" in p}
     rows = []
     for f in read(features_topic):
-        if f.get("type", "window") != "window":
+        if not records.is_window(f):
             continue
         p = preds.get(f.get("id"), {})
         row = {"file": None, "stream_id": f["stream_id"], "window_index": f["window_index"],

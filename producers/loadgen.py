@@ -12,7 +12,6 @@ import signal
 import sys
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,9 +83,9 @@ def generate(producer: Producer, *, topic: str, streams: int, duration: float, s
             c = clip_of[i]
             j = (phase[i] + local) % frames_per_clip[c]
             pcm = memoryview(pool_bytes[c])[j * n * 2:(j + 1) * n * 2]
-            header = wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.HEADER_SIZE, 1, 1, 0, 0, sr, n, local,
-                                      local * n, capture, sessions[i], zlib.crc32(pcm))
-            produce(producer, topic, header + pcm, keys[i], on_delivery=tracker)
+            value = wire.encode_pcm(pcm, channels=1, n_frames=n, sample_rate=sr, sequence=local,
+                                    sample_offset=local * n, capture_time_ns=capture, session_id=sessions[i])
+            produce(producer, topic, value, keys[i], on_delivery=tracker)
             sent += 1
         producer.poll(0)
         if report and tick % max(1, int(5000 / frame_ms)) == 0:

@@ -15,7 +15,7 @@ import numpy as np
 from .audio import from_s16, load, to_s16
 from .engine import Engine
 from .inference import ModelBundle
-from .wire import AudioFrame
+from .wire import FLAG_END_OF_STREAM, AudioFrame
 
 METRIC_COLUMNS = ("rms_dbfs", "peak_dbfs", "spectral_centroid_hz", "zero_crossing_rate", "spectral_flux",
                   "onset_rate_hz", "onset_strength", "tempo_bpm", "tempo_confidence")
@@ -33,14 +33,18 @@ def stream_id_for(path: str, root: str | None = None) -> str:
 
 
 def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: str) -> list[dict]:
-    """Rows (one per complete window) for int16 mono ``pcm`` at the bundle's sample rate."""
+    """Rows (one per complete window) for int16 mono ``pcm`` at the bundle's sample rate. The signal is
+    a whole stream (its last frame carries the end-of-stream flag): one shorter than a window gives one
+    zero-padded window, ``padded`` (docs/predictions.md), exactly as the live analyzer does."""
     spec = bundle.spec
     engine = Engine(spec, idle_timeout_s=float("inf"))
     session = b"\0" * 16
     windows = []
     for seq, start in enumerate(range(0, len(pcm), FRAME_SAMPLES)):
         chunk = pcm[start:start + FRAME_SAMPLES]
-        engine.accept(stream_id, AudioFrame(spec.sr, seq, start, 0, session, chunk[:, None]), now=0.0)
+        last = start + FRAME_SAMPLES >= len(pcm)
+        engine.accept(stream_id, AudioFrame(spec.sr, seq, start, 0, session, chunk[:, None],
+                                            flags=FLAG_END_OF_STREAM if last else 0), now=0.0)
         windows += engine.step(now=0.0)
     rows = []
     labels = bundle.labels
@@ -54,7 +58,8 @@ def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: s
                    "start_s": w.start / spec.sr, "end_s": w.end / spec.sr,
                    "start_sample": w.start, "end_sample": w.end,
                    "label": labels[best] if ok else None, "confidence": float(s[best]) if ok else None,
-                   "model": bundle.ref, "gap": w.gap, "gated": bundle.is_gated(w.metrics["rms_dbfs"])}
+                   "model": bundle.ref, "gap": w.gap, "gated": bundle.is_gated(w.metrics["rms_dbfs"]),
+                   "padded": w.padded}
             for lab, v in zip(labels, s):
                 row[f"score_{lab}"] = float(v)
             for m in METRIC_COLUMNS:

@@ -23,6 +23,7 @@ key upper-cased, dots as underscores) and ``AUDIOSTREAM_ANALYZER_<KEY>`` (e.g.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -31,28 +32,72 @@ from .errors import ConfigError
 from .settings import (DEFAULT_BOOTSTRAP, DEFAULT_MODEL, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES,
                        TOPIC_PREDICTIONS, from_env, masked, parse_kv)
 
-# analyzer settings: key -> (type, default)
-ANALYZER_KEYS: dict[str, tuple[type, object]] = {
-    "model": (str, DEFAULT_MODEL),
-    "group_id": (str, "audiostream-analyzer"),
-    "frames_topic": (str, TOPIC_FRAMES),
-    "predictions_topic": (str, TOPIC_PREDICTIONS),
-    "features_topic": (str, TOPIC_FEATURES),
-    "deadletter_topic": (str, TOPIC_DEADLETTER),
-    "metrics_port": (int, 9400),
-    "metrics_addr": (str, "127.0.0.1"),
-    "max_frame_bytes": (int, 1 << 20),
-    "max_frame_seconds": (float, 10.0),
-    "idle_timeout_s": (float, 60.0),
-    "partitions": (int, 6),
-    "create_topics": (bool, True),
-    "auto_offset_reset": (str, "earliest"),
-    "exactly_once": (bool, False),
-    "instance_id": (str, None),
-    "unavailable_timeout_s": (float, 120.0),
-    "max_reorder": (int, 4),
-}
+@dataclass(frozen=True)
+class Setting:
+    """One analyzer setting, defined once: its name is the key of the config file's ``analyzer:``
+    section, of ``AUDIOSTREAM_ANALYZER_<NAME>`` and of ``consumers.analyzer.AnalyzerConfig``; ``flag``
+    is the ``analyze`` option (its help shows ``default``). A bool's flag sets ``flag_sets``."""
+
+    name: str
+    type: type
+    default: object
+    flag: str
+    help: str
+    metavar: str | None = None
+    choices: tuple | None = None
+    flag_sets: bool = True
+
+
+ANALYZER_SETTINGS: tuple[Setting, ...] = (
+    Setting("model", str, DEFAULT_MODEL, "--model", "model bundle: a directory, or task[:version] under models/"),
+    Setting("group_id", str, "audiostream-analyzer", "--group-id", "consumer group"),
+    Setting("frames_topic", str, TOPIC_FRAMES, "--frames-topic", "topic the frames come from"),
+    Setting("predictions_topic", str, TOPIC_PREDICTIONS, "--predictions-topic", "topic predictions go to"),
+    Setting("features_topic", str, TOPIC_FEATURES, "--features-topic", "topic features and gap markers go to"),
+    Setting("deadletter_topic", str, TOPIC_DEADLETTER, "--deadletter-topic", "topic refused frames go to"),
+    Setting("metrics_port", int, 9400, "--metrics-port", "Prometheus /metrics port (0 = any free port)"),
+    Setting("metrics_addr", str, "127.0.0.1", "--metrics-addr",
+            "address /metrics binds to; loopback by default, 0.0.0.0 to expose it"),
+    Setting("max_frame_bytes", int, 1 << 20, "--max-frame-bytes", "largest frame payload accepted, in bytes"),
+    Setting("max_frame_seconds", float, 10.0, "--max-frame-seconds", "longest frame accepted, in seconds"),
+    Setting("idle_timeout_s", float, 60.0, "--idle-timeout", "seconds before a silent stream is evicted",
+            metavar="SECONDS"),
+    Setting("partitions", int, 6, "--partitions", "partitions for topics the analyzer creates"),
+    Setting("create_topics", bool, True, "--no-create-topics", "do not create missing topics", flag_sets=False),
+    Setting("auto_offset_reset", str, "earliest", "--from", "where a new consumer group starts reading",
+            choices=("earliest", "latest")),
+    Setting("exactly_once", bool, False, "--exactly-once",
+            "Kafka transactions: outputs and input offsets commit together (read outputs with "
+            "isolation.level=read_committed); without it, at-least-once with deterministic ids"),
+    Setting("instance_id", str, None, "--instance-id",
+            "stable id of this replica (e.g. the pod name): static group membership, so a restart gets its "
+            "partitions back without a rebalance, and the transactional id that fences a crashed "
+            "predecessor's open transaction in --exactly-once mode"),
+    Setting("unavailable_timeout_s", float, 120.0, "--unavailable-timeout",
+            "exit non-zero if Kafka stays unreachable (or outputs unacknowledged) this long", metavar="SECONDS"),
+    Setting("max_reorder", int, 4, "--max-reorder",
+            "frames held back per stream to put a reordering right before calling it a gap", metavar="FRAMES"),
+)
+# analyzer settings: key -> (type, default), derived from ANALYZER_SETTINGS
+ANALYZER_KEYS: dict[str, tuple[type, object]] = {s.name: (s.type, s.default) for s in ANALYZER_SETTINGS}
 SECTIONS = ("kafka", "analyzer")
+
+
+def add_analyzer_arguments(parser) -> None:
+    """One flag per analyzer setting (``ANALYZER_SETTINGS``); a flag not given is None (= not set)."""
+    for s in ANALYZER_SETTINGS:
+        if s.type is bool:
+            parser.add_argument(s.flag, dest=s.name, action="store_const", const=s.flag_sets, default=None,
+                                help=s.help)
+        else:
+            default = "none" if s.default is None else s.default
+            parser.add_argument(s.flag, dest=s.name, type=s.type, default=None, metavar=s.metavar,
+                                choices=s.choices, help=f"{s.help} (default {default})")
+
+
+def analyzer_flags(args) -> dict:
+    """The analyzer settings given as flags (None = not given), for ``resolve(flags_analyzer=...)``."""
+    return {s.name: getattr(args, s.name, None) for s in ANALYZER_SETTINGS}
 
 
 def _coerce(key: str, value, typ: type, source: str):

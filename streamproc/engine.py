@@ -26,6 +26,16 @@ computed (at most one window + n_fft + one Kafka frame), per-frame rows only for
 one window plus one hop. Buffers start small and grow up to that bound, so a
 short-lived stream costs little.
 
+Events (the engine's one output): with ``events=True`` every fact about a stream is appended,
+in stream order, to one list that ``drain()`` hands over: ``Window`` (also returned by
+``step()``), ``Gap`` (samples missing: zero-filled or resynchronised), and ``SequenceEvent``
+(``duplicate``, ``late`` -- a frame that arrives after its place was given up as a gap --,
+``reordered``, ``new_session``, ``producer_gap``). Whatever path finds a fact (``accept``, the
+reorder timeout in ``step``, a new session) reports it the same way, so nothing is silent.
+
+A stream that ends (end-of-stream flag) before it filled its first window is analysed as ONE
+window zero-padded to full length, flagged ``padded`` (docs/predictions.md).
+
 Recovery (docs/guarantees.md): ``accept(..., tag=kafka_offset)`` remembers which
 record brought which samples. ``Window.tag`` is the tag of the record that
 completed the window, and ``StreamState.needed_tag()`` the oldest record a
@@ -37,6 +47,7 @@ from __future__ import annotations
 import bisect
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -58,9 +69,12 @@ class Window:
     vector: np.ndarray    # (spec.n_features,) float32
     metrics: dict
     gap: bool             # some samples in it were zero-filled after a gap
-    arrival: float        # time.monotonic() when its last frame was accepted
+    arrival: float        # when the frame that completed it was accepted (accept()'s ``now``)
     capture_time_ns: int  # capture time of the frame that completed it
     tag: object = None    # accept()'s tag of the record that completed it (the Kafka offset in the analyzer)
+    padded: bool = False  # a stream shorter than one window: zeros after its end fill the window
+
+    kind: ClassVar[str] = "window"
 
     @property
     def window_id(self) -> str:
@@ -69,8 +83,39 @@ class Window:
 
 
 @dataclass
+class Gap:
+    """Samples ``[start, start + samples)`` of a session never arrived (an event)."""
+
+    stream_id: str
+    session_id: bytes
+    sample_rate: int
+    start: int
+    samples: int
+    missing_frames: int   # sequence numbers skipped
+    resynced: bool        # longer than max_gap_fill: windows restart after it; else zero-filled, windows flagged
+    tag: object = None    # tag of the record whose arrival (or release) revealed the gap
+
+    kind: ClassVar[str] = "gap"
+
+
+@dataclass
+class SequenceEvent:
+    """A sequence fact about one frame: ``duplicate`` (dropped), ``late`` (its place was already given
+    up as a gap; dropped), ``reordered`` (arrived after frames that follow it; put back in order),
+    ``new_session`` (the producer restarted) or ``producer_gap`` (the frame's GAP_BEFORE flag)."""
+
+    kind: str
+    stream_id: str
+    sequence: int
+    tag: object = None
+
+
+SEQUENCE_KINDS = ("duplicate", "late", "reordered", "new_session", "producer_gap")
+
+
+@dataclass
 class AcceptResult:
-    status: str              # "ok", "duplicate", "new_session", "held" (ahead of sequence: held back)
+    status: str              # "ok", "duplicate", "late", "new_session", "held" (ahead of sequence: held back)
     gap_samples: int = 0     # samples missing before this frame (0 = contiguous)
     resynced: bool = False   # gap too long to fill: windows restart after it
     missing_frames: int = 0  # sequence numbers skipped
@@ -82,8 +127,8 @@ class AcceptResult:
 class StreamState:
     __slots__ = ("stream_id", "session_id", "sample_rate", "next_seq", "next_sample", "buf", "buf_len", "buf_start",
                  "next_frame", "feats", "feats_len", "feats_start", "next_window", "gaps", "last_seen",
-                 "last_capture_ns", "ended", "windows_emitted", "buf_cap", "feats_cap", "onset", "onset_start",
-                 "last_db", "held", "held_since", "mark_end", "mark_tag")
+                 "ended", "emitted", "buf_cap", "feats_cap", "onset", "onset_start", "padded_from",
+                 "last_db", "held", "held_since", "mark_end", "mark_info", "skipped")
 
     def __init__(self, stream_id: str, frame: AudioFrame, now: float, spec: WindowSpec, n_columns: int):
         self.stream_id = stream_id
@@ -91,14 +136,17 @@ class StreamState:
         self.sample_rate = frame.sample_rate
         self.next_seq = frame.sequence
         self.ended = False
-        self.windows_emitted = 0
+        self.emitted = False  # a window of this session came out (a stream ending before that is padded)
+        self.padded_from: int | None = None  # zeros from this sample on fill a short stream's only window
         self.last_seen = now
-        self.last_capture_ns = frame.capture_time_ns
         self.gaps: list[tuple[int, int]] = []  # zero-filled sample ranges still in view
-        self.held: dict[int, tuple[AudioFrame, object]] = {}  # sequence -> (frame, tag) arrived ahead of order
+        self.held: dict[int, tuple[AudioFrame, object, float]] = {}  # sequence -> (frame, tag, arrival): ahead of order
         self.held_since = 0.0
-        self.mark_end: list[int] = []  # per applied record: sample just past it, and its tag (recovery)
-        self.mark_tag: list = []
+        self.skipped: list[tuple[int, int]] = []  # recent sequence ranges given up as gaps (late vs duplicate)
+        # per applied record: the sample just past it, its tag (recovery), capture time and arrival (the
+        # window it completes carries them)
+        self.mark_end: list[int] = []
+        self.mark_info: list[tuple] = []  # (tag, capture_time_ns, arrival)
         # steady-state sizes: raw samples for a window (the first one is computed in one go) + an FFT + a Kafka
         # frame of slack; per-frame rows for a window + a hop. Both start small and grow on demand.
         self.buf_cap = spec.window_length + spec.n_fft + 4096
@@ -150,32 +198,37 @@ class StreamState:
             self.feats = small
 
     def nbytes(self) -> int:
-        return self.buf.nbytes + self.feats.nbytes + self.onset.nbytes + 16 * len(self.mark_end)
+        # marks: ~ an int and a tuple a record
+        return self.buf.nbytes + self.feats.nbytes + self.onset.nbytes + 32 * len(self.mark_end)
 
-    def mark(self, tag) -> None:
-        """The record ``tag`` brought samples up to ``next_sample``."""
+    def mark(self, tag, capture_time_ns: int, arrival: float) -> None:
+        """The record ``tag`` (captured at ``capture_time_ns``, arrived at ``arrival``) brought samples up
+        to ``next_sample``."""
         self.mark_end.append(self.next_sample)
-        self.mark_tag.append(tag)
+        self.mark_info.append((tag, capture_time_ns, arrival))
 
     def trim_marks(self, need_sample: int) -> None:
         """Forget records whose samples all lie before ``need_sample``."""
         i = bisect.bisect_right(self.mark_end, need_sample)
         if i > 64 or (i and i * 2 >= len(self.mark_end)):  # amortised: slice only now and then
             del self.mark_end[:i]
-            del self.mark_tag[:i]
+            del self.mark_info[:i]
+
+    def mark_at(self, sample: int) -> int:
+        """Index of the record that brought sample ``sample - 1``: for a window, the end of its last STFT
+        frame (``center=False`` framing may leave a window's last few samples unused)."""
+        return min(bisect.bisect_left(self.mark_end, sample), len(self.mark_end) - 1)
 
     def tag_at(self, sample: int):
-        """Tag of the record that brought sample ``sample - 1``: for a window, the end of its last STFT frame
-        (``center=False`` framing may leave a window's last few samples unused)."""
         i = bisect.bisect_left(self.mark_end, sample)
-        return self.mark_tag[i] if i < len(self.mark_tag) else None
+        return self.mark_info[i][0] if i < len(self.mark_info) else None
 
     def needed_tag(self, need_sample: int):
         """The oldest tag a re-reader needs: the record holding ``need_sample`` or any held-back record."""
         i = bisect.bisect_right(self.mark_end, need_sample)
-        tags = [t for _f, t in self.held.values()]
-        if i < len(self.mark_tag):
-            tags.append(self.mark_tag[i])
+        tags = [t for _f, t, _a in self.held.values()]
+        if i < len(self.mark_info):
+            tags.append(self.mark_info[i][0])
         tags = [t for t in tags if t is not None]
         return min(tags) if tags else None
 
@@ -185,7 +238,7 @@ class Engine:
 
     def __init__(self, spec: WindowSpec, *, max_gap_fill: int | None = None, idle_timeout_s: float = 60.0,
                  extractor: FeatureExtractor | None = None, tempo_context_s: float = 8.0,
-                 max_reorder: int = 4, reorder_timeout_s: float = 1.0):
+                 max_reorder: int = 4, reorder_timeout_s: float = 1.0, events: bool = False):
         self.spec = spec
         self.fps = spec.sr / spec.hop_length
         self.tempo_frames = int(round(tempo_context_s * self.fps))  # 0 = no tempo
@@ -197,8 +250,31 @@ class Engine:
         self.streams: dict[str, StreamState] = {}
         self._dirty: set[str] = set()
         self._holding: set[str] = set()
-        self._early: list[Window] = []  # windows completed before a new session or a resync reset their stream
+        self._ready: list[Window] = []  # windows completed since the last step() (some before a reset of their stream)
+        self._keep_events = events
+        self._events: list = []  # Window | Gap | SequenceEvent, in the order they happened (drain())
         self._now = 0.0
+
+    def drain(self) -> list:
+        """Every event since the last drain, in order (``Engine(events=True)``; else always empty)."""
+        out, self._events = self._events, []
+        return out
+
+    def _event(self, ev) -> None:
+        if self._keep_events:
+            self._events.append(ev)
+
+    @property
+    def holding(self) -> bool:
+        """Some stream holds frames back (a reorder): ``step()`` releases them once the timeout passes,
+        so call it even when no new frame arrives."""
+        return bool(self._holding)
+
+    def drop(self, stream_id: str) -> bool:
+        """Forget a stream's state (eviction, a revoked partition); its held frames are discarded."""
+        self._dirty.discard(stream_id)
+        self._holding.discard(stream_id)
+        return self.streams.pop(stream_id, None) is not None
 
     # -- input ------------------------------------------------------------------
     def accept(self, stream_id: str, frame: AudioFrame, now: float | None = None, tag=None) -> AcceptResult:
@@ -216,18 +292,21 @@ class Engine:
                 if st.held:  # the old session's held-back frames: apply them, keep what they complete
                     self._release(st, result, force=True)
                 if stream_id in self._dirty:
-                    self._early.extend(self.step(now))
+                    self._compute(now)
                 self._holding.discard(stream_id)
+                self._event(SequenceEvent("new_session", stream_id, frame.sequence, tag))
             st = StreamState(stream_id, frame, now, self.spec, self.fx.n_columns)  # a session may start anywhere
             self.streams[stream_id] = st
         elif frame.sequence < st.next_seq or frame.sequence in st.held:
             st.last_seen = now
-            return AcceptResult("duplicate")
+            late = frame.sequence not in st.held and any(a <= frame.sequence < b for a, b in st.skipped)
+            self._event(SequenceEvent("late" if late else "duplicate", stream_id, frame.sequence, tag))
+            return AcceptResult("late" if late else "duplicate")
         elif frame.sequence > st.next_seq and self.max_reorder > 0:
             st.last_seen = now
             if not st.held:
                 st.held_since = now
-            st.held[frame.sequence] = (frame, tag)
+            st.held[frame.sequence] = (frame, tag, now)
             self._holding.add(stream_id)
             result.status = "held"
             if len(st.held) > self.max_reorder:
@@ -236,7 +315,8 @@ class Engine:
         st.last_seen = now
         if st.held:
             result.reordered = 1  # it arrived after frames that follow it
-        self._apply(st, frame, tag, result)
+            self._event(SequenceEvent("reordered", stream_id, frame.sequence, tag))
+        self._apply(st, frame, tag, now, result)
         if st.held:
             self._release(st, result, force=False)
         return result
@@ -245,12 +325,12 @@ class Engine:
         """Apply held frames that are now in order; with ``force``, skip to the lowest held one (a gap)."""
         while st.held:
             if st.next_seq in st.held:
-                frame, tag = st.held.pop(st.next_seq)
+                frame, tag, arrival = st.held.pop(st.next_seq)
             elif force:
-                frame, tag = st.held.pop(min(st.held))
+                frame, tag, arrival = st.held.pop(min(st.held))
             else:
                 break
-            self._apply(st, frame, tag, result)
+            self._apply(st, frame, tag, arrival, result)
             force = force and len(st.held) > self.max_reorder
         if st.held:
             self._holding.add(st.stream_id)
@@ -259,23 +339,29 @@ class Engine:
         if result.status == "held" and not st.held:
             result.status = "ok"
 
-    def _apply(self, st: StreamState, frame: AudioFrame, tag, result: AcceptResult) -> None:
+    def _apply(self, st: StreamState, frame: AudioFrame, tag, arrival: float, result: AcceptResult) -> None:
         """File one in-order (or given-up-on) frame into the stream's buffer."""
         spec = self.spec
+        missing = 0
         if frame.sequence > st.next_seq:
-            result.missing_frames += frame.sequence - st.next_seq
+            missing = frame.sequence - st.next_seq
+            result.missing_frames += missing
+            st.skipped.append((st.next_seq, frame.sequence))
+            if len(st.skipped) > 16:
+                del st.skipped[0]
         st.next_seq = frame.sequence + 1
-        st.last_capture_ns = frame.capture_time_ns
         y = frame.mono_float32()
         offset = frame.sample_offset
         if frame.gap_before:
             result.producer_gap = True
+            self._event(SequenceEvent("producer_gap", st.stream_id, frame.sequence, tag))
             if offset <= st.next_sample:  # no offset jump (amount unknown): flag the windows around this point
                 st.gaps.append((offset, offset + 1))
         if offset > st.next_sample:
             gap = offset - st.next_sample
+            gap_start = st.next_sample
             if not result.gap_samples:
-                result.gap_start = st.next_sample
+                result.gap_start = gap_start
             result.gap_samples += gap
             if gap <= self.max_gap_fill:
                 st.gaps.append((st.next_sample, offset))
@@ -283,18 +369,25 @@ class Engine:
             else:
                 result.resynced = True
                 if st.stream_id in self._dirty:  # windows the audio before the gap completes come out first
-                    self._early.extend(self._step(self._now))
+                    self._compute(self._now)
                 st.restart_at(offset, spec)
                 boundary = st.next_window * spec.hop  # the first window after the gap is flagged too
                 st.gaps.append((boundary, boundary + 1))
+            self._event(Gap(st.stream_id, st.session_id, st.sample_rate, gap_start, gap, missing,
+                            gap > self.max_gap_fill, tag))
         elif offset < st.next_sample:  # overlaps samples we already have: keep only the new part
             y = y[st.next_sample - offset:]
             offset = st.next_sample
         self._append(st, y, offset)
-        if tag is not None:
-            st.mark(tag)
+        st.mark(tag, frame.capture_time_ns, arrival)
         if frame.end_of_stream:
             st.ended = True
+            first_end = st.next_window * spec.hop + spec.window_length
+            if not st.emitted and st.buf_start < st.next_sample < first_end:
+                # ended before it filled its first window: analysed as that window, zero-padded, flagged
+                st.padded_from = st.next_sample
+                self._append(st, np.zeros(first_end - st.next_sample, dtype=np.float32), st.next_sample)
+                st.mark_end[-1] = st.next_sample  # the end-of-stream record completes it
         self._dirty.add(st.stream_id)
 
     def _append(self, st: StreamState, y: np.ndarray, offset: int) -> None:
@@ -326,15 +419,24 @@ class Engine:
         of once per Kafka frame).
         """
         now = time.monotonic() if now is None else now
+        self._now = now
         if self._holding:
             for sid in list(self._holding):
                 st = self.streams.get(sid)
                 if st is None or not st.held:
                     self._holding.discard(sid)
                 elif now - st.held_since >= self.reorder_timeout_s:
-                    self._release(st, AcceptResult("held"), force=True)
-        early, self._early = self._early, []
-        return early + self._step(now) if early else self._step(now)
+                    self._release(st, AcceptResult("held"), force=True)  # reports its gap like accept() does
+        self._compute(now)
+        out, self._ready = self._ready, []
+        return out
+
+    def _compute(self, now: float) -> None:
+        windows = self._step(now)
+        if windows:
+            self._ready += windows
+            if self._keep_events:
+                self._events += windows
 
     def _step(self, now: float) -> list[Window]:
         spec, fx = self.spec, self.fx
@@ -392,10 +494,11 @@ class Engine:
             start = k * spec.hop
             end = start + spec.window_length
             gap = any(a < end and b > start for a, b in st.gaps)
+            tag, capture_ns, arrival = st.mark_info[st.mark_at((k * fph + F - 1) * hl + n_fft)]  # completing record
             out.append(Window(st.stream_id, st.session_id, k, start, end, st.sample_rate, vectors[i],
-                              metrics[i], gap, now, st.last_capture_ns,
-                              st.tag_at((k * fph + F - 1) * hl + n_fft) if st.mark_end else None))
-            st.windows_emitted += 1
+                              metrics[i], gap, arrival, capture_ns, tag,
+                              st.padded_from is not None and end > st.padded_from))
+            st.emitted = True
         # drop per-frame rows and gap records no future window needs
         for st, _ in pending:
             first_needed = st.next_window * fph
@@ -440,9 +543,9 @@ class Engine:
     # -- lifecycle --------------------------------------------------------------
     def finished(self) -> list[str]:
         """Remove and return streams whose end-of-stream frame was processed."""
-        done = [sid for sid, st in self.streams.items() if st.ended and sid not in self._dirty]
+        done = [sid for sid, st in self.streams.items() if st.ended and sid not in self._dirty and not st.held]
         for sid in done:
-            del self.streams[sid]
+            self.drop(sid)
         return done
 
     def evict_idle(self, now: float | None = None) -> list[str]:
@@ -450,7 +553,7 @@ class Engine:
         now = time.monotonic() if now is None else now
         idle = [sid for sid, st in self.streams.items() if now - st.last_seen > self.idle_timeout_s]
         for sid in idle:
-            del self.streams[sid]
+            self.drop(sid)
         return idle
 
     def state_bytes(self) -> int:

@@ -19,7 +19,8 @@ chroma_stft          ``librosa.feature.chroma_stft(y=w, sr, n_fft, hop_length,
                      tuning=0.0, center=False)``
 ==================== ===========================================================
 
-:func:`reference_window_vector` is exactly that librosa code; the engine's
+:func:`reference_window_vector` is exactly that librosa code, taken from the feature registry
+(``streamproc.windowing.FEATURE_REGISTRY``: name, width, librosa reference, tolerance); the engine's
 :class:`FeatureExtractor` must agree with it (tests/unit/test_features.py states
 the tolerance). The engine computes each STFT frame once per stream (overlapping
 windows share frames), in float32, for many streams in one array.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .windowing import WindowSpec
+from .windowing import FEATURES, WindowSpec
 
 AMIN = 1e-10   # librosa.power_to_db's amin
 TOP_DB = 80.0  # librosa.power_to_db's top_db, applied over each window
@@ -43,7 +44,8 @@ class FeatureExtractor:
     """Per-frame features for a batch of STFT frames, and window vectors from them.
 
     Per-frame columns (``self.columns``): ``mel_db`` (n_mels, unclamped dB),
-    then centroid, bandwidth, rolloff, zcr, rms, peak, chroma (12).
+    then every other feature of the registry at its width (centroid, bandwidth, rolloff, zcr, rms,
+    chroma), then peak.
     """
 
     def __init__(self, spec: WindowSpec):
@@ -77,9 +79,10 @@ class FeatureExtractor:
 
         c = {}
         col = 0
-        for name, width in (("mel_db", spec.n_mels), ("spectral_centroid", 1), ("spectral_bandwidth", 1),
-                            ("spectral_rolloff", 1), ("zero_crossing_rate", 1), ("rms", 1), ("peak", 1),
-                            ("chroma_stft", 12)):
+        # mel dB (the MFCCs are computed per window from it), every other registered feature at its
+        # registry width, and the peak (a metric, not a model feature)
+        per_frame = [("mel_db", spec.n_mels)] + [(f.name, f.width) for f in FEATURES.values() if f.name != "mfcc"]
+        for name, width in per_frame + [("peak", 1)]:
             c[name] = slice(col, col + width)
             col += width
         self.columns = c
@@ -278,28 +281,9 @@ def reference_window_vector(y: np.ndarray, spec: WindowSpec) -> np.ndarray:
     This is the definition the engine is tested against, and the "naive" path
     a user would write from librosa's documentation.
     """
-    librosa = _import_librosa()
     y = np.asarray(y, dtype=np.float32)
-    common = dict(n_fft=spec.n_fft, hop_length=spec.hop_length, center=False)
     parts = []
     for name in spec.features:
-        if name == "mfcc":
-            v = librosa.feature.mfcc(y=y, sr=spec.sr, n_mfcc=spec.n_mfcc, n_mels=spec.n_mels, fmin=spec.fmin,
-                                     fmax=spec.fmax, **common)
-        elif name == "spectral_centroid":
-            v = librosa.feature.spectral_centroid(y=y, sr=spec.sr, **common)
-        elif name == "spectral_bandwidth":
-            v = librosa.feature.spectral_bandwidth(y=y, sr=spec.sr, **common)
-        elif name == "spectral_rolloff":
-            v = librosa.feature.spectral_rolloff(y=y, sr=spec.sr, roll_percent=spec.rolloff_percent, **common)
-        elif name == "zero_crossing_rate":
-            v = librosa.feature.zero_crossing_rate(y, frame_length=spec.n_fft, hop_length=spec.hop_length,
-                                                   center=False)
-        elif name == "rms":
-            v = librosa.feature.rms(y=y, frame_length=spec.n_fft, hop_length=spec.hop_length, center=False)
-        elif name == "chroma_stft":
-            v = librosa.feature.chroma_stft(y=y, sr=spec.sr, tuning=0.0, **common)
-        else:  # WindowSpec validation makes this unreachable
-            raise ValueError(name)
+        v = FEATURES[name].reference(y, spec)  # the librosa call of the feature registry (streamproc.windowing)
         parts += [v.mean(axis=1), v.std(axis=1)]
     return np.concatenate(parts).astype(np.float32)

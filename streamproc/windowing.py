@@ -10,20 +10,56 @@ shared by every window that contains it (computed once).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
 
 from .errors import WindowSpecError
 
-# Per-STFT-frame features the engine knows how to compute, in vector order,
-# with their width. Window vectors are [mean, std] of each, in this order.
-FRAME_FEATURES = {
-    "mfcc": None,  # n_mfcc
-    "spectral_centroid": 1,
-    "spectral_bandwidth": 1,
-    "spectral_rolloff": 1,
-    "zero_crossing_rate": 1,
-    "rms": 1,
-    "chroma_stft": 12,
-}
+
+def _librosa():
+    import librosa  # heavy (numba): imported only when a reference is computed
+    return librosa
+
+
+def _stft(spec) -> dict:
+    return dict(n_fft=spec.n_fft, hop_length=spec.hop_length, center=False)
+
+
+@dataclass(frozen=True)
+class FrameFeature:
+    """One per-STFT-frame feature, in one place: its name, its width (columns), its definition (the
+    librosa call on one window's samples, returning (width, frames)) and how close the engine must come
+    to it (``rtol``: |engine - librosa| <= rtol * (|librosa| + the feature's largest |mean|) + 1e-7,
+    tests/unit/test_features.py). The window vector holds the mean then the std over the window's frames.
+
+    Adding a feature: an entry here, and its column in ``FeatureExtractor._frame_chunk`` (the fast path,
+    fused with the other features' FFT work); the reference, the widths, the names, the vector layout,
+    the tests' tolerance and the features records follow from this entry."""
+
+    name: str
+    width: int | None  # None: spec.n_mfcc
+    reference: Callable  # (y, spec) -> (width, frames) array; what librosa returns with center=False
+    rtol: float = 1e-4
+
+
+FEATURE_REGISTRY: tuple[FrameFeature, ...] = (
+    FrameFeature("mfcc", None, lambda y, s: _librosa().feature.mfcc(
+        y=y, sr=s.sr, n_mfcc=s.n_mfcc, n_mels=s.n_mels, fmin=s.fmin, fmax=s.fmax, **_stft(s))),
+    FrameFeature("spectral_centroid", 1, lambda y, s: _librosa().feature.spectral_centroid(y=y, sr=s.sr, **_stft(s))),
+    FrameFeature("spectral_bandwidth", 1,
+                 lambda y, s: _librosa().feature.spectral_bandwidth(y=y, sr=s.sr, **_stft(s))),
+    FrameFeature("spectral_rolloff", 1, lambda y, s: _librosa().feature.spectral_rolloff(
+        y=y, sr=s.sr, roll_percent=s.rolloff_percent, **_stft(s))),
+    FrameFeature("zero_crossing_rate", 1, lambda y, s: _librosa().feature.zero_crossing_rate(
+        y, frame_length=s.n_fft, hop_length=s.hop_length, center=False)),
+    FrameFeature("rms", 1, lambda y, s: _librosa().feature.rms(
+        y=y, frame_length=s.n_fft, hop_length=s.hop_length, center=False)),
+    FrameFeature("chroma_stft", 12, lambda y, s: _librosa().feature.chroma_stft(y=y, sr=s.sr, tuning=0.0,
+                                                                                **_stft(s))),
+)
+FEATURES = {f.name: f for f in FEATURE_REGISTRY}
+# Per-STFT-frame features the engine knows how to compute, in vector order, with their width
+# (None = n_mfcc): derived from FEATURE_REGISTRY.
+FRAME_FEATURES = {f.name: f.width for f in FEATURE_REGISTRY}
 STATS = ("mean", "std")
 DEFAULT_FEATURES = tuple(FRAME_FEATURES)
 

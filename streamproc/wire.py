@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class AudioFrame:
     samples: np.ndarray
     encoding: str = "pcm_s16le"
     flags: int = 0
-    extra: dict = field(default_factory=dict, compare=False)
+    header_extension: bytes = b""  # header bytes 64..header_length: kept, re-encoded as they came (wire-format.md)
 
     @property
     def channels(self) -> int:
@@ -64,10 +64,6 @@ class AudioFrame:
     @property
     def gap_before(self) -> bool:
         return bool(self.flags & FLAG_GAP_BEFORE)
-
-    @property
-    def session_hex(self) -> str:
-        return self.session_id.hex()
 
     def mono_float32(self) -> np.ndarray:
         """Samples as float32 mono in [-1, 1): int16 / 32768, channels averaged."""
@@ -95,10 +91,13 @@ def encode(frame: AudioFrame) -> bytes:
     payload = np.ascontiguousarray(samples, dtype=ENCODINGS[eid][1]).tobytes()
     if len(frame.session_id) != 16:
         raise FrameError("bad_header", f"session_id must be 16 bytes, got {len(frame.session_id)}")
-    header = HEADER.pack(MAGIC, VERSION, HEADER_SIZE, eid, samples.shape[1], frame.flags & 0xFFFF, 0,
+    ext = bytes(frame.header_extension)
+    if HEADER_SIZE + len(ext) > 255:
+        raise FrameError("bad_header", f"header extension of {len(ext)} bytes: header_length would exceed 255")
+    header = HEADER.pack(MAGIC, VERSION, HEADER_SIZE + len(ext), eid, samples.shape[1], frame.flags & 0xFFFF, 0,
                          frame.sample_rate, samples.shape[0], frame.sequence, frame.sample_offset,
                          frame.capture_time_ns, frame.session_id, zlib.crc32(payload))
-    return header + payload
+    return header + ext + payload
 
 
 def encode_pcm(pcm: bytes | memoryview, *, channels: int, n_frames: int, sample_rate: int, sequence: int,
@@ -158,7 +157,8 @@ def decode(data: bytes | memoryview, *, max_payload_bytes: int = DEFAULT_MAX_PAY
     if dtype.kind == "f" and not np.isfinite(samples).all():
         raise FrameError("non_finite", "float samples contain NaN or Inf")
     return AudioFrame(sample_rate=sr, sequence=seq, sample_offset=offset, capture_time_ns=cap_ns,
-                      session_id=session, samples=samples, encoding=name, flags=flags)
+                      session_id=session, samples=samples, encoding=name, flags=flags,
+                      header_extension=bytes(mv[HEADER_SIZE:hlen]) if hlen > HEADER_SIZE else b"")
 
 
 def decode_stream_id(key: bytes | None) -> str:

@@ -11,8 +11,12 @@ from pathlib import Path
 from confluent_kafka import Consumer
 
 
-def consume(kafka_conf, topic: str, *, until=None, count: int | None = None, timeout: float = 60.0) -> list:
-    """All records of ``topic`` from the beginning until ``count`` records, ``until(records)``, or timeout."""
+def consume(kafka_conf, topic: str, *, until=None, count: int | None = None, timeout: float = 60.0,
+            settle: float = 0.0) -> list:
+    """All records of ``topic`` from the beginning until ``count`` records, ``until(records)``, or timeout.
+
+    ``settle``: once the condition holds, keep reading that many seconds more, so a test that expects
+    "exactly n" also sees a late duplicate or an extra record instead of returning at the n-th one."""
     c = Consumer({**kafka_conf, "group.id": f"test-reader-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
                   "enable.auto.commit": False})
     c.subscribe([topic])
@@ -24,6 +28,9 @@ def consume(kafka_conf, topic: str, *, until=None, count: int | None = None, tim
                 if m.error() is None:
                     out.append(m)
             if (count is not None and len(out) >= count) or (until is not None and until(out)):
+                settled = time.monotonic() + settle
+                while time.monotonic() < settled:
+                    out += [m for m in c.consume(num_messages=500, timeout=0.2) if m.error() is None]
                 break
     finally:
         c.close()
@@ -32,6 +39,21 @@ def consume(kafka_conf, topic: str, *, until=None, count: int | None = None, tim
 
 def values(msgs) -> list[dict]:
     return [json.loads(m.value()) for m in msgs]
+
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+
+
+def validate(record: dict, schema: str) -> None:
+    """Check one record against docs/schemas/<schema>.schema.json (the contract a client implements)."""
+    import jsonschema
+    spec = json.loads((SCHEMAS / f"{schema}.schema.json").read_text())
+    jsonschema.validate(record, spec, cls=jsonschema.Draft202012Validator)
+
+
+def deadletter_header_object(msg) -> dict:
+    """A dead letter's audiostream.* headers as {name: UTF-8 text} (what the headers schema describes)."""
+    return {k: v.decode() for k, v in (msg.headers() or []) if k.startswith("audiostream.")}
 
 
 def cli(*args: str) -> list[str]:

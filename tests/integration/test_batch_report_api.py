@@ -95,10 +95,12 @@ def test_batch_local_spark_and_live_stream_agree(corpus, tmp_path, kafka_conf, t
     replay(pcm, producer=Producer(producer_config(kafka_conf)), topic=t["frames"], stream_id="song.wav",
            sr=SPEC.sr, frame_samples=1600, speed=float("inf"))
     n = len(song_local)
-    preds = {p["start_sample"]: p for p in map(lambda m: json.loads(m.value()),
-                                                consume(kafka_conf, t["predictions"], count=n, timeout=60))}
-    feats = {f["start_sample"]: f for f in map(lambda m: json.loads(m.value()),
-                                                consume(kafka_conf, t["features"], count=n, timeout=60))}
+    # read on past the n-th record (settle): a late duplicate must show, not vanish into the dict
+    pred_list = [json.loads(m.value()) for m in consume(kafka_conf, t["predictions"], count=n, timeout=60, settle=2.0)]
+    feat_list = [json.loads(m.value()) for m in consume(kafka_conf, t["features"], count=n, timeout=60, settle=1.0)]
+    assert len(pred_list) == len(feat_list) == n  # one per window, no more
+    preds = {p["start_sample"]: p for p in pred_list}
+    feats = {f["start_sample"]: f for f in feat_list}
     assert sorted(preds) == [x["start_sample"] for x in song_local] == [x["start_sample"] for x in song_spark]
     for a, b in zip(song_local, song_spark):
         live, lf = preds[a["start_sample"]], feats[a["start_sample"]]
@@ -181,8 +183,8 @@ def test_report_from_live_topics(kafka_conf, topics, start_analyzer, tmp_path):
     replay(pcm, producer=Producer(producer_config(kafka_conf)), topic=t["frames"], stream_id="live-mic",
            sr=16000, frame_samples=1600, speed=float("inf"))
     n = len(SPEC.window_bounds(len(pcm)))
-    assert len(consume(kafka_conf, t["predictions"], count=n, timeout=60)) == n
-    assert len(consume(kafka_conf, t["features"], count=n, timeout=60)) == n  # two topics: wait for both
+    assert len(consume(kafka_conf, t["predictions"], count=n, timeout=60, settle=2.0)) == n  # no more either
+    assert len(consume(kafka_conf, t["features"], count=n, timeout=60, settle=1.0)) == n  # two topics: wait for both
     rep = tmp_path / "live"
     r = subprocess.run(cli("report", "--topic", t["features"], "--predictions-topic", t["predictions"],
                            "--since", "10m", "--out", str(rep), "-b", kafka_conf["bootstrap.servers"]),
@@ -342,3 +344,17 @@ def test_api_odd_upload_names_are_not_server_errors(api_server, filename):
     r = httpx.post(api_server + "/v1/classify", files={"file": (filename, _wav_bytes(np.zeros(20000)))}, timeout=60)
     # a 5000-character name is refused by the multipart parser itself, with a 400
     assert r.status_code == (400 if len(filename) > 1000 else 200), r.text
+
+
+@pytest.mark.parametrize("seconds", [0.3, 0.5])
+def test_api_classify_a_clip_shorter_than_a_window_gives_one_padded_window(api_server, seconds):
+    """issue 21 item 5: not 200 with "windows": [] but the one zero-padded window, flagged, as batch and
+    the live analyzer give (streamproc.analysis.analyze_pcm)."""
+    import httpx
+    y = 0.2 * np.random.default_rng(5).standard_normal(int(seconds * 16000))
+    r = httpx.post(api_server + "/v1/classify", files={"file": ("short.wav", _wav_bytes(y))}, timeout=60)
+    assert r.status_code == 200, r.text
+    windows = r.json()["windows"]
+    assert [(w["index"], w["start_s"], w["end_s"], w["padded"], w["gap"]) for w in windows] == \
+        [(0, 0.0, SPEC.window_length / SPEC.sr, True, False)]
+    assert windows[0]["label"] in r.json()["labels"]

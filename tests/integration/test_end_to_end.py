@@ -13,11 +13,11 @@ from confluent_kafka import Producer
 
 from producers.file import replay
 from producers.kafka import producer_config
-from streamproc import audio, wire
+from streamproc import audio, records, wire
 from streamproc.features import reference_window_vector
 from streamproc.windowing import WindowSpec
 
-from .helpers import cli, consume, values
+from .helpers import cli, consume, deadletter_header_object, validate, values
 
 pytestmark = pytest.mark.integration
 SPEC = WindowSpec()  # the starter bundle's spec
@@ -35,12 +35,9 @@ def tone_then_noise(tmp_path, rng):
 
 
 def vector_from_features_record(rec: dict) -> np.ndarray:
-    out = []
-    for name in SPEC.features:
-        for stat in ("mean", "std"):
-            v = rec["features"][f"{name}_{stat}"]
-            out += v if isinstance(v, list) else [v]
-    return np.array(out, dtype=np.float64)
+    vector = records.features_vector(rec, SPEC)
+    assert vector is not None, rec
+    return vector
 
 
 def test_default_model_tells_speech_from_music_through_kafka(kafka_conf, topics, start_analyzer, tmp_path):
@@ -83,9 +80,14 @@ def test_replayed_file_yields_offline_windows_and_librosa_features(kafka_conf, t
     bounds = SPEC.window_bounds(len(samples))
     assert len(bounds) == 19
 
-    preds = values(consume(kafka_conf, t["predictions"], count=len(bounds)))
-    feats = values(consume(kafka_conf, t["features"], count=len(bounds)))
+    # settle: read on past the last expected window, so a late duplicate or an extra window shows
+    preds = values(consume(kafka_conf, t["predictions"], count=len(bounds), settle=3.0))
+    feats = values(consume(kafka_conf, t["features"], count=len(bounds), settle=1.0))
     assert len(preds) == len(feats) == len(bounds)  # one per window, no more
+    for p in preds:  # real analyzer output against the published contract (docs/schemas/)
+        validate(p, "audio.predictions")
+    for f in feats:
+        validate(f, "audio.features")
     assert [(p["start_sample"], p["end_sample"]) for p in preds] == bounds  # in order, on sample time
     assert [p["window_index"] for p in preds] == list(range(len(bounds)))
     assert all(p["stream_id"] == "kitchen" and p["model"] == {"task": "starter", "version": "1"} for p in preds)
@@ -133,7 +135,7 @@ def test_two_interleaved_streams_keep_separate_buffers(kafka_conf, topics, start
         th.join(60)
     assert all(r.failed == 0 for r in results.values())
     expected = len(SPEC.window_bounds(n))
-    preds = values(consume(kafka_conf, t["predictions"], count=2 * expected))
+    preds = values(consume(kafka_conf, t["predictions"], count=2 * expected, settle=2.0))
     assert len(preds) == 2 * expected
     by_stream = {sid: [p for p in preds if p["stream_id"] == sid] for sid in ("tone-stream", "noise-stream")}
     for sid, label, pcm in (("tone-stream", "tonal", tone), ("noise-stream", "noise", noise)):
@@ -169,7 +171,9 @@ def test_bad_frames_are_dead_lettered_while_a_good_stream_is_analysed(kafka_conf
             producer.produce(t["frames"], value=payload, key=key, headers=[("origin", b"test")])
     assert producer.flush(30) == 0
 
-    dead = consume(kafka_conf, t["deadletter"], count=5)
+    dead = consume(kafka_conf, t["deadletter"], count=5, settle=1.0)
+    for m in dead:
+        validate(deadletter_header_object(m), "audio.deadletter.headers")
     reasons = sorted(dict(m.headers())["audiostream.reason"].decode() for m in dead)
     assert reasons == sorted(["bad_magic", "length_mismatch", "unsupported_version", "sample_rate_mismatch",
                               "bad_stream_id"])
@@ -198,3 +202,31 @@ def test_bad_frames_are_dead_lettered_while_a_good_stream_is_analysed(kafka_conf
         assert a.metrics.registry.get_sample_value(name) == len(preds)
     assert a.metrics.registry.get_sample_value("audiostream_predictions_total",
                                                {"model": "starter:1", "label": "tonal"}) == len(preds)
+
+
+@pytest.mark.parametrize("seconds", [0.3, 0.5])
+def test_a_clip_shorter_than_a_window_gives_one_padded_window_through_kafka(kafka_conf, topics, start_analyzer,
+                                                                            rng, seconds):
+    """produce-file's replay ends the stream with the end-of-stream flag: the analyzer publishes ONE
+    window, zero-padded and flagged, equal to what batch and /v1/classify compute (analyze_pcm)."""
+    from streamproc.analysis import analyze_pcm
+    from streamproc.inference import ModelBundle
+    from streamproc.settings import DEFAULT_MODEL
+    t = topics()
+    start_analyzer(t)
+    pcm = audio.to_s16(0.2 * rng.standard_normal(int(seconds * SPEC.sr)))
+    sid = f"short-{seconds}"
+    replay(pcm, producer=Producer(producer_config(kafka_conf)), topic=t["frames"], stream_id=sid, sr=SPEC.sr,
+           frame_samples=1600, speed=float("inf"))
+    preds = values(consume(kafka_conf, t["predictions"], count=1, settle=3.0))  # and nothing after it
+    feats = values(consume(kafka_conf, t["features"], count=1, settle=1.0))
+    assert [(p["stream_id"], p["start_sample"], p["end_sample"], p["padded"], p["gap"]) for p in preds] == \
+        [(sid, 0, SPEC.window_length, True, False)]
+    assert [(f["type"], f["padded"]) for f in feats] == [("window", True)]
+    validate(preds[0], "audio.predictions")
+    validate(feats[0], "audio.features")
+    offline = analyze_pcm(pcm, ModelBundle.load(DEFAULT_MODEL), file=sid, stream_id=sid)
+    assert [r["padded"] for r in offline] == [True] and offline[0]["label"] == preds[0]["label"]
+    np.testing.assert_allclose(vector_from_features_record(feats[0]), offline[0]["features"], rtol=1e-6, atol=1e-6)
+    for lab, v in preds[0]["scores"].items():
+        assert abs(offline[0][f"score_{lab}"] - v) < 1e-5

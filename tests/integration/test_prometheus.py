@@ -101,10 +101,15 @@ def test_every_alert_expression_evaluates_on_a_live_system(kafka_conf, topics, s
                     all(r["value"][1] == "1" for r in up["data"]["result"]):
                 break
             time.sleep(0.5)
-        time.sleep(6)  # several scrapes and rule evaluations
 
-        groups = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10).read())
-        loaded = [r for g in groups["data"]["groups"] for r in g["rules"]]
+        def loaded_rules():
+            groups = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10).read())
+            return [r for g in groups["data"]["groups"] for r in g["rules"]]
+        deadline = time.monotonic() + 60  # wait for every rule to have been evaluated, not a fixed time
+        while time.monotonic() < deadline and not all(
+                not r.get("lastEvaluation", "0001").startswith("0001") for r in loaded_rules()):
+            time.sleep(0.5)
+        loaded = loaded_rules()
         assert len(loaded) == 12 and all(r["health"] == "ok" for r in loaded), loaded
 
         alerts = yaml.safe_load(rules.read_text())["groups"][0]["rules"]
@@ -113,6 +118,10 @@ def test_every_alert_expression_evaluates_on_a_live_system(kafka_conf, topics, s
             res = query(port, rule["expr"])
             assert res["status"] == "success", (rule["alert"], res)
             names |= set(re.findall(r"\b(audiostream_[a-z_]+|up)\b", rule["expr"]))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+                query(port, name).get("data", {}).get("result") for name in names):
+            time.sleep(0.5)
         for name in sorted(names):
             res = query(port, name)
             assert res["status"] == "success" and res["data"]["result"], f"{name} has no data in Prometheus"
@@ -120,6 +129,10 @@ def test_every_alert_expression_evaluates_on_a_live_system(kafka_conf, topics, s
         dashboard = json.loads((PROM_DIR.parent / "grafana" / "dashboards" / "audiostream.json").read_text())
         exprs = [(p["title"], tgt["expr"]) for p in dashboard["panels"] for tgt in p["targets"]]
         assert len(dashboard["panels"]) >= 15 and len(exprs) >= 20
+        deadline = time.monotonic() + 60  # rate() panels need two scrapes in their range: wait for data
+        while time.monotonic() < deadline and not all(
+                query(port, expr).get("data", {}).get("result") for _, expr in exprs):
+            time.sleep(1.0)
         for title, expr in exprs:
             res = query(port, expr)
             assert res["status"] == "success" and res["data"]["result"], (title, expr, res)

@@ -28,7 +28,7 @@ from streamproc import wire
 from streamproc.audio import to_s16
 from streamproc.windowing import WindowSpec
 
-from .helpers import cli, consume, free_port
+from .helpers import cli, consume, free_port, validate
 
 pytestmark = pytest.mark.integration
 SPEC = WindowSpec()
@@ -220,11 +220,13 @@ def test_rebalance_second_joins_then_first_leaves(kafka_conf, topics, start_anal
     producers = streams.produce(kafka_conf, t["frames"], speed=3.0)  # 30 s in 10 s
     wait_for(lambda: count_records(kafka_conf, t["predictions"]) >= len(streams.expected) // 4, 60, "a quarter")
     b = start_analyzer(t, group_id=group, commit_interval_s=0.5)
-    wait_for(lambda: len(b._assigned) > 0, 60, "the second analyzer to get partitions")
-    assert len(a._assigned) + len(b._assigned) == 4
-    time.sleep(1.0)
+    wait_for(lambda: len(b.assigned) > 0, 60, "the second analyzer to get partitions")
+    assert len(a.assigned) + len(b.assigned) == 4
+    wait_for(lambda: b.metrics.registry.get_sample_value("audiostream_windows_analyzed_total",
+                                                         {"model": b.metrics.model}) > 0, 60,
+             "the second analyzer to analyse windows while the first still works")
     a.stop()  # leaves the group: its partitions move to b
-    wait_for(lambda: len(b._assigned) == 4, 60, "the second analyzer to own every partition")
+    wait_for(lambda: len(b.assigned) == 4, 60, "the second analyzer to own every partition")
     assert count_records(kafka_conf, t["predictions"]) < len(streams.expected), "hand-over was not mid-stream"
     for th in producers:
         th.join(120)
@@ -242,9 +244,10 @@ def test_rebalance_second_joins_then_first_leaves(kafka_conf, topics, start_anal
                 starts.append(p["start_sample"])
         assert starts == sorted(starts), sid
     assert {p["analyzer"] for p in preds} == {a.instance, b.instance}  # both really worked
-    assert a.metrics.commits.labels("ok")._value.get() > 0 and a.metrics.commits.labels("failed")._value.get() == 0
+    assert a.metrics.registry.get_sample_value("audiostream_offset_commits_total", {"outcome": "ok"}) > 0
+    assert a.metrics.registry.get_sample_value("audiostream_offset_commits_total", {"outcome": "failed"}) == 0
     # the new owner re-read what open windows needed and did not publish those windows again
-    assert b.metrics.replayed._value.get() > 0
+    assert b.metrics.registry.get_sample_value("audiostream_windows_replayed_total") > 0
 
 
 # -- 4: broker outage -----------------------------------------------------------------------------------
@@ -276,7 +279,9 @@ def test_broker_restart_during_replay(private_broker):
     t_stop = time.monotonic()
     broker.stop(remove=False)  # SIGTERM: a controlled shutdown, data kept
     wait_for(lambda: ready() == 503, 30, "/ready to report the outage")
-    time.sleep(3)
+    scrape = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "audiostream_analyzer_ready 0.0" in scrape  # the gauge says what /ready says
+    time.sleep(3)  # the outage lasts a while
     broker.start()
     print(f"broker outage: stopped and started again in {time.monotonic() - t_stop:.1f} s")
     wait_for(lambda: ready() == 200, 60, "/ready after the broker came back")
@@ -332,6 +337,7 @@ def test_sequence_faults_counted_and_flagged(kafka_conf, topics, start_analyzer)
     assert len(markers) == 1
     assert markers[0]["gap_start_sample"] == 40 * n and markers[0]["gap_s"] == 2.0
     assert markers[0]["missing_frames"] == 20 and markers[0]["handling"] == "resynchronised"
+    validate(markers[0], "audio.features")
 
 
 def test_short_gap_is_zero_filled_and_flagged_not_silent(kafka_conf, topics, start_analyzer):
@@ -411,6 +417,8 @@ def test_bad_input_parade_through_the_live_analyzer(kafka_conf, topics, start_an
     for m in dead:
         h = dict(m.headers())
         assert h["audiostream.error"] and h["audiostream.source"].startswith(t["frames"].encode())
+        if h["audiostream.reason"] == b"empty":
+            assert m.value() is None  # a NULL record's dead letter keeps its NULL value (not b"")
     bounds = SPEC.window_bounds(len(good))
     preds = [json.loads(m.value()) for m in consume(kafka_conf, t["predictions"], count=len(bounds), timeout=60)]
     assert sorted(p_["start_sample"] for p_ in preds if p_["stream_id"] == "good") == [a_ for a_, _ in bounds]
@@ -432,7 +440,7 @@ def test_ten_thousand_short_lived_streams(kafka_conf, topics, start_analyzer):
     eviction, the active-streams gauge returns to 0, and no metric carries a stream id."""
     t = topics(partitions=2)
     a = start_analyzer(t, metrics_port=0, idle_timeout_s=3.0)
-    wait_for(lambda: len(a._assigned) == 2, 30, "assignment")
+    wait_for(lambda: len(a.assigned) == 2, 30, "assignment")
     baseline = _rss()
     p = Producer(producer_config(kafka_conf, **{"linger.ms": 20}))
     n_streams, n = 10_000, 1600
@@ -451,10 +459,14 @@ def test_ten_thousand_short_lived_streams(kafka_conf, topics, start_analyzer):
     def consumed():
         peak[0] = max(peak[0], len(a.engine.streams))
         peak[1] = max(peak[1], _rss())
-        return a.metrics.frames.labels(t["frames"])._value.get() >= 2 * n_streams
+        return a.metrics.registry.get_sample_value("audiostream_frames_consumed_total",
+                                                   {"topic": t["frames"]}) >= 2 * n_streams
     wait_for(consumed, 120, "all frames consumed", step=0.05)
     wait_for(lambda: len(a.engine.streams) == 0, 30, "idle eviction")
-    time.sleep(1.5)  # the next housekeeping pass publishes the gauges
+    reg = a.metrics.registry
+    wait_for(lambda: reg.get_sample_value("audiostream_active_streams") == 0
+             and reg.get_sample_value("audiostream_stream_state_bytes") == 0, 30,
+             "the next housekeeping pass to publish the gauges")
     body = urllib.request.urlopen(f"http://127.0.0.1:{a.metrics_port}/metrics", timeout=5).read().decode()
     assert "audiostream_active_streams 0.0" in body
     assert "audiostream_stream_state_bytes 0.0" in body
@@ -525,9 +537,11 @@ def test_max_poll_interval_exceeded_is_survived_without_committing_lost_partitio
     preds = read_predictions(kafka_conf, t["predictions"], streams.expected, timeout=90)
     report = classify(preds, streams.expected)
     assert stalled.is_set()
-    assert a.metrics.partitions_lost._value.get() >= 1  # the group really took the partition away
+    reg = a.metrics.registry
+    assert reg.get_sample_value("audiostream_partitions_lost_total") >= 1  # the group really took the partition away
     assert report["missing"] == 0 and report["unexpected"] == 0, report
-    assert a.metrics.commits.labels("failed")._value.get() == 0  # lost partitions were never committed
+    # lost partitions were never committed
+    assert reg.get_sample_value("audiostream_offset_commits_total", {"outcome": "failed"}) == 0
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "wrong_shape", "nan"])
@@ -561,7 +575,8 @@ def test_nan_scores_at_run_time_are_counted_not_published(kafka_conf, topics, st
     n = len(streams.expected)
     feats = consume(kafka_conf, t["features"], count=n, timeout=60)
     assert len(feats) == n  # the audio metrics are still published
-    wait_for(lambda: a.metrics.invalid_outputs.labels(a.metrics.model)._value.get() == n, 10, "invalid outputs")
+    wait_for(lambda: a.metrics.registry.get_sample_value(
+        "audiostream_model_invalid_outputs_total", {"model": a.metrics.model}) == n, 10, "invalid outputs")
     assert consume(kafka_conf, t["predictions"], timeout=3) == []
 
 
@@ -603,3 +618,98 @@ def test_sasl_scram(tmp_path, private_broker):
     assert password not in out
     shown = subprocess.run(cli("config", "show", *b, *sasl), capture_output=True, text=True, env=env, timeout=30)
     assert password not in shown.stdout + shown.stderr and "***" in shown.stdout
+
+
+# -- gaps released by the reorder timeout, and crashes in exactly-once mode ---------------------------------
+@pytest.mark.parametrize("traffic", ["quiet", "busy"])
+def test_a_gap_released_by_the_reorder_timeout_is_reported(kafka_conf, topics, start_analyzer, traffic):
+    """A frame lost near a stream's end: fewer than --max-reorder frames follow it, so the engine
+    holds them until the reorder timeout and then zero-fills the hole. That gap is counted, its
+    seconds added and a gap marker published like any other (it once went unreported), and the
+    held frames are released even when no other record arrives ("quiet": they once waited for
+    the next record on any stream)."""
+    t = topics()
+    a = start_analyzer(t)
+    stop = threading.Event()
+    if traffic == "busy":  # another stream keeps the analyzer's polls non-empty
+        def tick():
+            tp, other = Producer(producer_config(kafka_conf)), uuid.uuid4().bytes
+            for seq in range(600):
+                if stop.wait(0.1):
+                    break
+                tp.produce(t["frames"], key=b"ticker", value=wire.encode_pcm(
+                    bytes(3200), channels=1, n_frames=1600, sample_rate=SR, sequence=seq, sample_offset=seq * 1600,
+                    capture_time_ns=time.time_ns(), session_id=other))
+                tp.poll(0)
+            tp.flush(10)
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+    pcm = signal_for(3, 3.0)
+    session, n, sid = uuid.uuid4().bytes, 1600, "late-loss"
+    p = Producer(producer_config(kafka_conf))
+    for seq in [s for s in range(30) if s != 25]:  # frame 25 lost; 26..29 (4 frames, not more) are held
+        p.produce(t["frames"], key=sid.encode(), value=wire.encode_pcm(
+            pcm[seq * n:(seq + 1) * n].tobytes(), channels=1, n_frames=n, sample_rate=SR, sequence=seq,
+            sample_offset=seq * n, capture_time_ns=time.time_ns(), session_id=session,
+            flags=wire.FLAG_END_OF_STREAM if seq == 29 else 0))
+    assert p.flush(30) == 0
+    bounds = SPEC.window_bounds(len(pcm))
+    ids = {f"{sid}/{session.hex()}/{s}" for s, _ in bounds}
+    try:
+        preds = [p_ for p_ in read_predictions(kafka_conf, t["predictions"], ids, timeout=60)
+                 if p_["stream_id"] == sid]
+    finally:
+        stop.set()
+    assert sorted(p_["start_sample"] for p_ in preds) == [s for s, _ in bounds]
+    assert sorted(p_["start_sample"] for p_ in preds if p_["gap"]) == [32000]  # the window over 40000..41600
+    feats = [json.loads(m.value()) for m in consume(kafka_conf, t["features"], until=lambda ms: sum(
+        m.key() == sid.encode() for m in ms) > len(bounds), timeout=10)]  # waits past the windows for a marker
+    markers = [f for f in feats if f["type"] == "gap" and f["stream_id"] == sid]
+    assert len(markers) == 1, markers
+    assert markers[0]["gap_start_sample"] == 25 * n and markers[0]["gap_end_sample"] == 26 * n
+    assert markers[0]["missing_frames"] == 1 and markers[0]["handling"] == "zero_filled_and_flagged"
+    validate(markers[0], "audio.features")
+    reg = a.metrics.registry
+    assert reg.get_sample_value("audiostream_stream_sequence_events_total", {"event": "gap"}) == 1.0
+    assert reg.get_sample_value("audiostream_stream_gap_seconds_total") == 0.1
+
+
+def test_exactly_once_crash_inside_a_batch_aborts_and_commits_nothing(kafka_conf, topics, start_analyzer):
+    """An unexpected exception inside process_batch (here: raised just before inference, after the
+    batch's dead letter was produced into the open transaction) must abort the transaction: a
+    read_committed reader then sees each output exactly once after a restart."""
+    t = topics()
+    pcm = signal_for(4, 2.0)
+    session, n, sid = uuid.uuid4().bytes, 1600, "crashy"
+    p = Producer(producer_config(kafka_conf))
+    p.produce(t["frames"], key=b"garbage", value=b"not a frame at all, just bytes")
+    for seq in range(20):
+        p.produce(t["frames"], key=sid.encode(), value=wire.encode_pcm(
+            pcm[seq * n:(seq + 1) * n].tobytes(), channels=1, n_frames=n, sample_rate=SR, sequence=seq,
+            sample_offset=seq * n, capture_time_ns=time.time_ns(), session_id=session,
+            flags=wire.FLAG_END_OF_STREAM if seq == 19 else 0))
+    assert p.flush(30) == 0  # all produced before the analyzer starts: one fetch, one batch
+
+    class Boom(RuntimeError):
+        pass
+
+    def explode(windows):
+        raise Boom("unexpected failure inside process_batch")
+
+    from consumers.analyzer import Analyzer, AnalyzerConfig
+    group = f"test-analyzer-{uuid.uuid4().hex[:8]}"
+    first = Analyzer(AnalyzerConfig(kafka=dict(kafka_conf), frames_topic=t["frames"],
+                                    predictions_topic=t["predictions"], features_topic=t["features"],
+                                    deadletter_topic=t["deadletter"], group_id=group, metrics_port=None,
+                                    create_topics=False, exactly_once=True, before_inference=explode))
+    th = first.run_in_background()
+    th.join(120)
+    assert not th.is_alive()
+    assert len(th.errors) == 1 and isinstance(th.errors[0], Boom), th.errors  # the crash surfaces as itself
+    start_analyzer(t, group_id=group, exactly_once=True)  # the restart
+    ids = {f"{sid}/{session.hex()}/{s}" for s, _ in SPEC.window_bounds(len(pcm))}
+    preds = read_predictions(kafka_conf, t["predictions"], ids, timeout=90, read_committed=True)
+    assert classify(preds, ids)["verdict"] == "all-delivered"
+    dead = consume({**kafka_conf, "isolation.level": "read_committed"}, t["deadletter"],
+                   until=lambda ms: len(ms) > 1, timeout=5)  # wait past the first: a second is the defect
+    assert len(dead) == 1, f"{len(dead)} dead letters for one bad record"

@@ -46,6 +46,12 @@ def test_bad_files(tmp_path, content, msg):
         audio.load(path, 16000)
 
 
+def test_float_to_s16_rounds_half_to_even_as_docs_wire_format_says():
+    """docs/wire-format.md: round half to even (C's lround / Java's Math.round differ by 1 LSB on ties)."""
+    ties = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 32767.5, -32768.5], np.float32) / np.float32(32768)
+    assert audio.to_s16(ties).tolist() == [0, 2, 2, 0, -2, -2, 32767, -32768]
+
+
 # -- hostile files: refused by the header before decoding, or stopped at the cap while decoding ---------------
 import struct  # noqa: E402
 import tracemalloc  # noqa: E402

@@ -86,3 +86,31 @@ def test_explicit_bootstrap_flag_beats_a_kafka_config_file(tmp_path):
     assert "bootstrap.servers: flag-host:2   # flag" in p.stdout and "client.id: from-x   # flag" in p.stdout
     from streamproc.settings import kafka_config
     assert kafka_config("flag-host:2", [], str(props), environ={})["bootstrap.servers"] == "flag-host:2"
+
+
+def test_every_analyzer_setting_is_defined_once():
+    """ANALYZER_SETTINGS is the one definition: the config keys, the AnalyzerConfig defaults and the
+    `analyze` flags (with their help's default) all come from it."""
+    import argparse
+    import dataclasses
+
+    from consumers.analyzer import AnalyzerConfig, add_parser, config_from_args
+    from streamproc.config import ANALYZER_KEYS, ANALYZER_SETTINGS
+    fields = {f.name: f.default for f in dataclasses.fields(AnalyzerConfig)}
+    assert set(ANALYZER_KEYS) == {s.name for s in ANALYZER_SETTINGS}
+    for s in ANALYZER_SETTINGS:
+        assert fields[s.name] == s.default, s.name
+    root = argparse.ArgumentParser()
+    add_parser(root.add_subparsers())
+    analyze = root._subparsers._group_actions[0].choices["analyze"]
+    help_text = " ".join(analyze.format_help().split())
+    for s in ANALYZER_SETTINGS:
+        assert s.flag in help_text, s.flag
+        if s.type is not bool:
+            assert f"(default {'none' if s.default is None else s.default})" in help_text, s.name
+    args = root.parse_args(["analyze", "--no-create-topics", "--exactly-once", "--from", "latest", "--idle-timeout",
+                            "5", "--max-reorder", "2", "-b", "h:1"])
+    cfg = config_from_args(args)
+    assert (cfg.create_topics, cfg.exactly_once, cfg.auto_offset_reset, cfg.idle_timeout_s, cfg.max_reorder) == \
+        (False, True, "latest", 5.0, 2)
+    assert cfg.model == fields["model"] and cfg.kafka["bootstrap.servers"] == "h:1"

@@ -1,4 +1,5 @@
 """Rolling stream state: windows on sample time, each STFT frame once, sequence faults never silent."""
+import dataclasses
 import itertools
 
 import numpy as np
@@ -163,6 +164,13 @@ def test_end_of_stream_and_idle_eviction(spec, fx):
     assert eng.streams == {}
 
 
+def marks_bound(eng, spec, frame_samples: int = 1600) -> int:
+    """Bytes of per-record marks (tag, capture time, arrival, end sample) a stream keeps: records over its
+    tempo context, a window and a hop, plus the amortised trim's slack of 64."""
+    seconds = eng.tempo_frames * spec.hop_length / spec.sr + (spec.window_length + 2 * spec.hop) / spec.sr
+    return 32 * (int(seconds * spec.sr / frame_samples) + 2 + 64)
+
+
 def test_memory_per_stream_is_bounded(rng, spec, fx):
     eng = Engine(spec, extractor=fx)
     pcm = to_s16(0.1 * rng.standard_normal(30 * SR))
@@ -175,7 +183,7 @@ def test_memory_per_stream_is_bounded(rng, spec, fx):
     # + the onset-strength ring for tempo: the context plus a window and a hop of frames
     tempo_ring = 4 * (eng.tempo_frames + spec.frames_per_window + 2 * spec.frames_per_hop)
     bound = 4 * (spec.window_length + spec.n_fft + 4096) + 4 * fx.n_columns * (spec.frames_per_window + spec.frames_per_hop + 8)
-    assert max(sizes) <= bound + tempo_ring <= 256 * 1024  # the issue's target: <= 256 KiB per active stream
+    assert max(sizes) <= bound + tempo_ring + marks_bound(eng, spec) <= 256 * 1024  # the target: <= 256 KiB a stream
     assert max(sizes[-50:]) == max(sizes[200:250])  # does not grow with stream length
 
 
@@ -198,11 +206,11 @@ def test_a_backlog_burst_does_not_keep_memory(rng, spec, fx):
     st0 = StreamState("x", fs[0], 0.0, spec, fx.n_columns)
     steady = 4 * st0.buf_cap + 4 * st0.feats_cap * fx.n_columns  # the bound buffers grow to
     tempo_ring = 4 * (eng.tempo_frames + spec.frames_per_window + 2 * spec.frames_per_hop)
-    assert eng.streams["s"].nbytes() <= steady + tempo_ring
+    assert eng.streams["s"].nbytes() <= steady + tempo_ring + marks_bound(eng, spec)
     for f in fs[100:]:
         eng.accept("s", f)
         eng.step()
-    assert eng.streams["s"].nbytes() <= steady + tempo_ring
+    assert eng.streams["s"].nbytes() <= steady + tempo_ring + marks_bound(eng, spec)
 
 
 def test_streaming_path_equals_librosa_directly(rng, spec, fx):
@@ -369,3 +377,84 @@ def test_recovery_from_needed_tag_rebuilds_windows_exactly(rng, spec, fx, crash_
     np.testing.assert_array_equal(np.stack([w.vector for w in got]), np.stack([w.vector for w in ref]))
     assert [w.metrics for w in got] == [w.metrics for w in ref]
     assert any(w.metrics["tempo_bpm"] for w in got[-10:])
+
+
+def test_capture_time_and_arrival_are_those_of_the_frame_that_completed_each_window(rng, spec, fx):
+    """A burst (backlog, --speed max): 30 frames accepted before one step. Each window carries the
+    capture time and arrival of the frame that completed it, not of the stream's last frame."""
+    pcm = to_s16(0.1 * rng.standard_normal(3 * SR))
+    eng = Engine(spec, extractor=fx)
+    for i, f in enumerate(frames(pcm, [1600])):
+        f = dataclasses.replace(f, capture_time_ns=1_000_000_000 * (i + 1))
+        eng.accept("s", f, now=float(i), tag=i)
+    wins = eng.step(now=100.0)
+    assert len(wins) == 5
+    for w in wins:
+        last_sample = (w.index * spec.frames_per_hop + spec.frames_per_window - 1) * spec.hop_length + spec.n_fft - 1
+        completing = last_sample // 1600  # the frame holding the window's last analysed sample
+        assert w.tag == completing
+        assert w.capture_time_ns == 1_000_000_000 * (completing + 1), (w.index, w.capture_time_ns)
+        assert w.arrival == float(completing)
+
+
+def test_events_report_every_sequence_fact_in_stream_order(rng, spec, fx):
+    """One list holds windows, gaps and sequence events as they happened: a duplicate, a late frame
+    (its place already given up as a gap), a reorder, a gap released by the reorder timeout (once
+    unreported) and a new session."""
+    from streamproc.engine import Gap, SequenceEvent, Window
+    pcm = to_s16(0.1 * rng.standard_normal(4 * SR))
+    fs = list(frames(pcm, [1600]))
+    eng = Engine(spec, extractor=fx, events=True, max_reorder=4, reorder_timeout_s=1.0)
+    for i, f in enumerate(fs[:10]):
+        eng.accept("s", f, now=0.0, tag=i)
+    eng.accept("s", fs[9], now=0.0, tag=100)          # duplicate
+    eng.accept("s", fs[11], now=0.0, tag=11)          # ahead: held
+    eng.accept("s", fs[10], now=0.0, tag=10)          # the missing one: reordered, both applied
+    for i in (13, 14):                                # 12 lost; 13, 14 held (fewer than max_reorder)
+        eng.accept("s", fs[i], now=0.0, tag=i)
+    eng.step(now=0.5)
+    assert eng.holding
+    mid = eng.drain()
+    assert [e.kind for e in mid if not isinstance(e, Window)] == ["duplicate", "reordered"]
+    eng.step(now=1.5)                                 # the timeout releases 13, 14: a gap, reported
+    assert not eng.holding
+    eng.accept("s", fs[12], now=1.6, tag=12)          # too late: its place is zeros now
+    evs = eng.drain()
+    gaps = [e for e in evs if isinstance(e, Gap)]
+    assert len(gaps) == 1 and (gaps[0].start, gaps[0].samples, gaps[0].missing_frames, gaps[0].resynced,
+                               gaps[0].tag) == (12 * 1600, 1600, 1, False, 13)
+    assert [e.kind for e in evs if isinstance(e, SequenceEvent)] == ["late"]
+    eng.accept("s", next(frames(pcm, [1600], session=b"N" * 16)), now=2.0, tag=200)
+    assert [e.kind for e in eng.drain()] == ["new_session"]
+    assert eng.drop("s") and eng.streams == {} and not eng.drop("s")
+
+
+def test_events_are_off_unless_asked_for(rng, spec, fx):
+    eng = Engine(spec, extractor=fx)
+    run(eng, "s", frames(to_s16(0.1 * rng.standard_normal(2 * SR)), [1600]))
+    assert eng.drain() == []
+
+
+@pytest.mark.parametrize("seconds", [0.3, 0.5, 0.99])
+def test_a_stream_shorter_than_a_window_is_one_padded_window(rng, spec, fx, seconds):
+    """Ended (end-of-stream flag) before its first window filled: one window, zero-padded, flagged,
+    whose vector is librosa's on the clip followed by zeros."""
+    from streamproc.features import reference_window_vector
+
+    from .test_features import assert_close_to_librosa
+    pcm = to_s16(0.2 * rng.standard_normal(int(seconds * SR)))
+    fs = list(frames(pcm, [1600]))
+    fs[-1] = dataclasses.replace(fs[-1], flags=wire.FLAG_END_OF_STREAM)
+    eng = Engine(spec, extractor=fx, events=True)
+    wins = run(eng, "short", fs)
+    assert [(w.start, w.end, w.padded, w.gap, w.tag) for w in wins] == [(0, spec.window_length, True, False, None)]
+    y = np.zeros(spec.window_length, np.float32)
+    y[:len(pcm)] = from_s16(pcm)
+    assert_close_to_librosa(wins[0].vector, reference_window_vector(y, spec), spec)
+    assert eng.finished() == ["short"]
+    # without the end-of-stream flag nothing is padded (the stream may go on), and a long stream's tail is not
+    assert run(Engine(spec, extractor=fx), "open", frames(pcm, [1600])) == []
+    long = to_s16(0.2 * rng.standard_normal(int(1.3 * SR)))
+    lf = list(frames(long, [1600]))
+    lf[-1] = dataclasses.replace(lf[-1], flags=wire.FLAG_END_OF_STREAM)
+    assert [(w.start, w.padded) for w in run(Engine(spec, extractor=fx), "long", lf)] == [(0, False)]

@@ -1,7 +1,8 @@
 """The engine's features equal librosa's, called directly on each window.
 
-Tolerance (stated in docs/architecture.md too): for every entry of the window
-vector, |engine - librosa| <= 1e-4 * (|librosa| + scale), where scale is the
+Tolerance (stated in docs/architecture.md too; per feature in the registry,
+streamproc.windowing.FEATURE_REGISTRY, 1e-4 for all today): for every entry of the window
+vector, |engine - librosa| <= rtol * (|librosa| + scale), where scale is the
 largest |mean| of that feature over the window (so a std that is tiny next to
 its mean is compared at the feature's own scale). The engine works in float32
 after a float64 FFT; librosa mixes float32 and float64.
@@ -13,9 +14,7 @@ import numpy as np
 import pytest
 
 from streamproc.features import FeatureExtractor, reference_window_vector
-from streamproc.windowing import WindowSpec
-
-RTOL = 1e-4
+from streamproc.windowing import FEATURES, WindowSpec
 SR = 16000
 
 
@@ -26,7 +25,7 @@ def assert_close_to_librosa(ours, ref, spec):
         w = spec.feature_width(f)
         scale = np.abs(ref[i:i + w]).max()  # the feature's mean entries
         a, b = ours[i:i + 2 * w], ref[i:i + 2 * w]
-        bad = np.abs(a - b) > RTOL * (np.abs(b) + scale) + 1e-7
+        bad = np.abs(a - b) > FEATURES[f].rtol * (np.abs(b) + scale) + 1e-7  # the registry's tolerance
         assert not bad.any(), [(names[i + j], float(a[j]), float(b[j])) for j in np.flatnonzero(bad)]
         i += 2 * w
 
@@ -121,3 +120,19 @@ def test_onset_rate_counts_clicks(rate):
     assert all(abs(r - rate) <= 1.05 for r in rates), rates
     noise = fx.frame_features(fx.frames_of((0.2 * np.random.default_rng(1).standard_normal(SR)).astype(np.float32)))
     assert fx.window_metrics(noise[None, :F])[0]["onset_rate_hz"] == 0.0  # steady noise has no onsets
+
+
+def test_the_feature_registry_defines_widths_references_and_columns(rng):
+    """streamproc.windowing.FEATURE_REGISTRY is the one place a feature is defined: its reference returns
+    (width, frames) at the registry width, and the engine has a per-frame column of that width for it."""
+    from streamproc.windowing import FEATURE_REGISTRY, FRAME_FEATURES
+    spec = WindowSpec()
+    fx = FeatureExtractor(spec)
+    y = (0.1 * rng.standard_normal(spec.window_length)).astype(np.float32)
+    assert list(FRAME_FEATURES) == [f.name for f in FEATURE_REGISTRY] == list(spec.features)
+    for f in FEATURE_REGISTRY:
+        assert f.reference(y, spec).shape == (spec.feature_width(f.name), spec.frames_per_window), f.name
+        if f.name != "mfcc":  # MFCCs come from the mel dB columns, per window
+            cols = fx.columns[f.name]
+            assert cols.stop - cols.start == f.width, f.name
+    assert sum(2 * spec.feature_width(f.name) for f in FEATURE_REGISTRY) == spec.n_features

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import struct
 import zlib
@@ -159,3 +160,59 @@ def test_random_bytes_never_crash(rng):
             wire.decode(bytes(data[:cut]))
         except FrameError:
             pass
+
+
+def test_a_longer_header_is_kept_not_checksummed_and_re_encoded_as_it_came():
+    """header_length > 64: bytes 64..header_length are a header extension (for a later minor version). A v1
+    decoder skips them for the payload, the CRC does not cover them, and re-encoding keeps them."""
+    data = good_bytes(8)
+    ext = b"EXT:" + bytes(range(12))
+    longer = data[:5] + bytes([64 + len(ext)]) + data[6:64] + ext + data[64:]
+    f = wire.decode(longer)
+    assert f.header_extension == ext and f.samples[:, 0].tolist() == list(range(8))
+    assert wire.encode(f) == longer
+    other = longer[:64] + b"x" * len(ext) + longer[64 + len(ext):]  # the CRC covers the payload only
+    assert wire.decode(other).samples.tolist() == f.samples.tolist()
+    with pytest.raises(FrameError) as exc:
+        wire.encode(dataclasses.replace(f, header_extension=bytes(192)))  # header_length is one byte
+    assert exc.value.reason == "bad_header"
+
+
+def reason_of(key, value, limits) -> str | None:
+    """What a v1 reader reports for one record, checks in docs/wire-format.md's order: key, value, model rate."""
+    try:
+        wire.decode_stream_id(key)
+        f = wire.decode(value, max_payload_bytes=limits["max_payload_bytes"], max_seconds=limits["max_seconds"])
+    except FrameError as exc:
+        return exc.reason
+    return "sample_rate_mismatch" if f.sample_rate != limits["model_sample_rate"] else None
+
+
+REJECTS = sorted(p.stem for p in (VECTORS / "reject").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", REJECTS)
+def test_reject_vectors_give_their_reason(name):
+    doc = json.loads((VECTORS / "reject" / f"{name}.json").read_text())
+    key = bytes.fromhex(doc["key_hex"]) if "key_hex" in doc else (None if doc["key"] is None else doc["key"].encode())
+    binf = VECTORS / "reject" / f"{name}.bin"
+    value = binf.read_bytes() if doc["value_hex"] is not None else None
+    assert binf.exists() == (value is not None)
+    if value is not None:
+        assert value.hex() == doc["value_hex"]
+    assert reason_of(key, value, doc) == doc["reason"]
+
+
+def test_one_reject_vector_per_reason_and_all_regenerate():
+    import importlib.util
+
+    from consumers.metrics import DEADLETTER_REASONS
+    spec = importlib.util.spec_from_file_location("mk", VECTORS / "make_vectors.py")
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    rejects = mk.rejects()
+    assert sorted(rejects) == REJECTS
+    assert {reason for _k, _v, reason in rejects.values()} == set(DEADLETTER_REASONS)
+    for name, (_k, value, _r) in rejects.items():
+        if value is not None:
+            assert (VECTORS / "reject" / f"{name}.bin").read_bytes() == value, name

@@ -48,7 +48,8 @@ def valid_frames(draw):
                                        capture_time_ns=draw(st.integers(-2**63, 2**63 - 1)),
                                        session_id=draw(st.binary(min_size=16, max_size=16)),
                                        samples=samples.reshape(n, ch), encoding=enc,
-                                       flags=draw(st.integers(0, 0xFFFF))))
+                                       flags=draw(st.integers(0, 0xFFFF)),
+                                       header_extension=draw(st.binary(max_size=24))))
 
 
 @FUZZ

@@ -1,0 +1,204 @@
+"""The checkpoint without a broker: when offsets are committed, with which done marker, and that a
+failure commits nothing (consumers/checkpoint.py). Kafka clients are replaced by recorders of the calls
+the checkpoint makes; the real-broker behaviour is proved in tests/integration/test_reliability.py."""
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from consumers.checkpoint import (AtLeastOnce, ExactlyOnce, commit_metadata, for_mode, parse_commit_metadata)
+
+TP0, TP1 = ("frames", 0), ("frames", 1)
+
+
+class Consumer:
+    def __init__(self):
+        self.commits = []
+
+    def commit(self, offsets, asynchronous):
+        self.commits.append(({(o.topic, o.partition): (o.offset, parse_commit_metadata(o.metadata)) for o in offsets},
+                             asynchronous))
+
+    def consumer_group_metadata(self):
+        return "group-metadata"
+
+
+class Producer:
+    def __init__(self, commit_error=None):
+        self.calls = []
+        self.sent = []
+        self.commit_error = commit_error
+
+    def begin_transaction(self):
+        self.calls.append("begin")
+
+    def send_offsets_to_transaction(self, offsets, meta, timeout):
+        assert meta == "group-metadata"
+        self.sent.append({(o.topic, o.partition): (o.offset, parse_commit_metadata(o.metadata)) for o in offsets})
+
+    def commit_transaction(self, timeout):
+        if self.commit_error is not None:
+            raise KafkaException(self.commit_error)
+        self.calls.append("commit")
+
+    def abort_transaction(self, timeout):
+        self.calls.append("abort")
+
+    def flush(self, timeout):
+        return 0
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def make(kind, needs=None, **kw):
+    consumer, producer, clock, failures, outcomes = Consumer(), kw.pop("producer", None) or Producer(), Clock(), [], []
+    cp = kind(consumer, producer, needs=lambda tps: dict(needs or {}), on_fail=failures.append,
+              on_commit=outcomes.append, interval_s=1.0, unavailable_timeout_s=10.0, clock=clock, **kw)
+    cp.assign([TopicPartition(*TP0, -1001), TopicPartition(*TP1, -1001)])
+    return cp, consumer, producer, clock, failures, outcomes
+
+
+def batch(cp, now, high, outputs=0):
+    """One consumed batch: ``outputs`` records produced for it; returns their delivery callbacks."""
+    cp.begin(now)
+    acks = [cp.track() for _ in range(outputs)]
+    cp.store(high)
+    cp.end(now)
+    return acks
+
+
+def test_commit_metadata_round_trip_and_garbage():
+    assert parse_commit_metadata(commit_metadata(42)) == 42
+    for bad in (None, "", "nonsense", '{"v":2,"done":3}', '{"v":1}', "[1]"):
+        assert parse_commit_metadata(bad) is None
+
+
+def test_at_least_once_commits_only_after_every_earlier_output_is_acknowledged():
+    cp, consumer, _p, clock, failures, _ = make(AtLeastOnce, needs={TP0: 5})
+    first = batch(cp, 0.0, {TP0: 9}, outputs=2)     # carries marks (first of the interval)
+    clock.t = 0.6
+    second = batch(cp, 0.6, {TP0: 19}, outputs=1)   # half an interval later: carries marks too
+    assert cp.busy
+    second[0](None)                                  # the later batch acknowledged first
+    cp.tick(1.0)
+    assert consumer.commits == []                    # never past the unacknowledged first batch
+    first[0](None)
+    first[1](None)
+    clock.t = 1.2
+    cp.tick(1.2)
+    # offset = the oldest record an open window needs (5); done marker = one past the last record read
+    assert consumer.commits == [({TP0: (5, 20)}, True)]
+    assert not cp.busy and failures == []
+
+
+def test_at_least_once_refused_output_stops_and_commits_nothing_even_on_close():
+    cp, consumer, _p, _c, failures, _ = make(AtLeastOnce)
+    acks = batch(cp, 0.0, {TP0: 3}, outputs=1)
+    acks[0](KafkaError(KafkaError._MSG_TIMED_OUT))
+    cp.tick(2.0)
+    assert failures and "refused" in failures[0]
+    cp.close()
+    cp.revoke({TP0})
+    assert consumer.commits == []
+
+
+def test_at_least_once_unacknowledged_too_long_stops():
+    cp, consumer, _p, clock, failures, _ = make(AtLeastOnce)
+    batch(cp, 0.0, {TP0: 3}, outputs=1)
+    clock.t = 11.0
+    cp.tick(11.0)
+    assert failures and "not acknowledged" in failures[0] and consumer.commits == []
+
+
+def test_at_least_once_after_an_unexpected_exception_close_and_revoke_commit_nothing():
+    cp, consumer, *_ = make(AtLeastOnce)
+    acks = batch(cp, 0.0, {TP0: 3}, outputs=1)
+    acks[0](None)
+    cp.fail()
+    cp.revoke({TP0, TP1})
+    cp.close()
+    assert consumer.commits == []
+
+
+def test_at_least_once_revoke_commits_synchronously_and_forgets_the_partition():
+    cp, consumer, *_ = make(AtLeastOnce, needs={TP1: 2})
+    acks = batch(cp, 0.0, {TP0: 7, TP1: 4}, outputs=1)
+    acks[0](None)
+    cp.revoke({TP0})
+    assert consumer.commits == [({TP0: (8, 8), TP1: (2, 5)}, False)]
+    assert TP0 not in cp.assigned and TP0 not in cp.read_upto
+    batch(cp, 0.1, {TP1: 9})
+    cp.close()
+    assert consumer.commits[-1] == ({TP1: (2, 10)}, False)  # a partition no longer owned is not committed
+
+
+def test_at_least_once_lost_partitions_are_never_committed():
+    cp, consumer, *_ = make(AtLeastOnce)
+    acks = batch(cp, 0.0, {TP0: 3, TP1: 3}, outputs=1)
+    cp.lost({TP0})
+    acks[0](None)
+    cp.tick(2.0)
+    assert consumer.commits == [({TP1: (4, 4)}, True)]
+
+
+def test_done_markers_of_the_previous_owner_suppress_a_replay_until_caught_up():
+    cp, *_ = make(AtLeastOnce)
+    resumed = cp.assign([TopicPartition(*TP0, 100, metadata=commit_metadata(130)),
+                         TopicPartition(*TP1, 50, metadata=commit_metadata(50))])
+    assert resumed == {TP0: (100, 130)}
+    assert cp.replaying(TP0, 129) and not cp.replaying(TP0, 130) and not cp.replaying(TP1, 50)
+    batch(cp, 0.0, {TP0: 120})
+    assert cp.marks()[TP0] == (121, 130)  # the marker never goes backwards while replaying
+    batch(cp, 0.1, {TP0: 129})
+    assert not cp.replaying(TP0, 110)  # caught up: the marker is forgotten
+
+
+def test_exactly_once_one_transaction_per_interval_with_offsets_and_marker():
+    cp, consumer, producer, _c, failures, outcomes = make(ExactlyOnce, needs={TP0: 4})
+    batch(cp, 0.0, {TP0: 9}, outputs=3)
+    batch(cp, 0.5, {TP0: 12}, outputs=1)
+    cp.tick(0.5)
+    assert producer.calls == ["begin"]  # one transaction collects both batches
+    cp.tick(1.0)
+    assert producer.calls == ["begin", "commit"] and producer.sent == [{TP0: (4, 13)}]
+    assert outcomes == ["ok"] and consumer.commits == [] and failures == []
+    batch(cp, 1.1, {TP0: 14})
+    assert producer.calls[-1] == "begin"
+
+
+def test_exactly_once_crash_aborts_instead_of_committing():
+    cp, _c, producer, *_ = make(ExactlyOnce)
+    batch(cp, 0.0, {TP0: 9}, outputs=2)
+    cp.fail()           # an unexpected exception in the middle of a batch
+    cp.revoke({TP0})    # consumer.close() revokes everything
+    cp.close()
+    assert producer.calls == ["begin", "abort"] and producer.sent == []
+
+
+def test_exactly_once_lost_partition_mid_transaction_aborts_and_stops():
+    cp, _c, producer, _clock, failures, _ = make(ExactlyOnce)
+    batch(cp, 0.0, {TP0: 9, TP1: 2}, outputs=1)
+    cp.lost({TP0})
+    assert producer.calls == ["begin", "abort"] and failures and "lost" in failures[0]
+    cp.close()
+    assert producer.calls == ["begin", "abort"]
+
+
+def test_exactly_once_failed_commit_aborts_and_stops():
+    err = KafkaError(KafkaError._FENCED, "fenced", txn_requires_abort=True)
+    cp, _c, producer, _clock, failures, outcomes = make(ExactlyOnce, producer=Producer(commit_error=err))
+    batch(cp, 0.0, {TP0: 1}, outputs=1)
+    cp.tick(5.0)
+    assert producer.calls == ["begin", "abort"] and outcomes == ["failed"] and failures
+
+
+@pytest.mark.parametrize("exactly_once,kind", [(False, AtLeastOnce), (True, ExactlyOnce)])
+def test_for_mode(exactly_once, kind):
+    assert type(for_mode(exactly_once, Consumer(), Producer(), interval_s=1, needs=dict, on_fail=print,
+                         unavailable_timeout_s=1)) is kind

@@ -1,0 +1,70 @@
+"""Output records are built and read in one place (streamproc/records.py): what the analyzer writes,
+every reader decodes back exactly."""
+import json
+
+import numpy as np
+import pytest
+
+from streamproc import records
+from streamproc.engine import Gap, Window
+from streamproc.windowing import WindowSpec
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return WindowSpec()
+
+
+def window(spec, rng, **kw):
+    vec = rng.standard_normal(spec.n_features).astype(np.float32)
+    fields = dict(stream_id="kitchen", session_id=bytes(range(16)), index=3, start=24000, end=40000,
+                  sample_rate=16000, vector=vec, metrics={"rms_dbfs": -20.5, "tempo_bpm": None}, gap=False,
+                  arrival=10.0, capture_time_ns=1_764_000_000_123_456_789, tag=7)
+    fields.update(kw)
+    return Window(**fields)
+
+
+def test_features_record_round_trips_its_vector_at_float32_precision(spec, rng):
+    w = window(spec, rng)
+    rec = json.loads(records.FeaturesEncoder(spec).encode(w))
+    assert rec["type"] == "window" and records.is_window(rec) and not records.is_gap(rec)
+    assert rec["id"] == "kitchen/000102030405060708090a0b0c0d0e0f/24000" and rec["padded"] is False
+    assert rec["window_start_s"] == 1.5 and rec["metrics"] == w.metrics
+    np.testing.assert_allclose(records.features_vector(rec, spec), w.vector, rtol=1e-6)  # %.7g
+
+
+def test_features_vector_refuses_an_incomplete_or_foreign_record(spec, rng):
+    rec = json.loads(records.FeaturesEncoder(spec).encode(window(spec, rng)))
+    assert records.features_vector({**rec, "features": None}, spec) is None
+    short = dict(rec["features"])
+    short.pop(next(iter(short)))
+    assert records.features_vector({**rec, "features": short}, spec) is None
+    nulls = {k: None for k in rec["features"]}
+    assert records.features_vector({**rec, "features": nulls}, spec) is None
+    assert records.is_window({"stream_id": "old"})  # records written before `type` existed were windows
+
+
+def test_prediction_record(spec, rng):
+    w = window(spec, rng, padded=True)
+    p = records.prediction(w, np.array([0.1, 0.7, 0.2]), ["music", "speech", "noise"], task="soundtype",
+                           version="3", analyzer="a1", latency_s=0.0123456)
+    assert p["label"] == "speech" and p["confidence"] == 0.7 and p["padded"] is True
+    assert p["scores"] == {"music": 0.1, "speech": 0.7, "noise": 0.2}
+    assert p["capture_time"] == "2025-11-24T16:00:00.123Z" and p["latency_ms"] == 12.346
+    assert p["model"] == {"task": "soundtype", "version": "3"} and p["schema"] == records.PREDICTION_SCHEMA
+
+
+@pytest.mark.parametrize("resynced,handling", [(False, "zero_filled_and_flagged"), (True, "resynchronised")])
+def test_gap_record(resynced, handling):
+    g = Gap("s", b"\x01" * 16, 16000, 32000, 4800, 3, resynced, tag=9)
+    assert records.gap(g) == {"schema": 1, "type": "gap", "stream_id": "s", "session_id": "01" * 16,
+                              "gap_start_sample": 32000, "gap_end_sample": 36800, "gap_start_s": 2.0, "gap_s": 0.3,
+                              "missing_frames": 3, "resynced": resynced, "handling": handling, "sample_rate": 16000}
+
+
+def test_deadletter_headers_keep_the_original_ones_first():
+    h = records.deadletter_headers([("trace", b"1")], reason="bad_magic", error="x" * 2000, source="t[0]@5",
+                                   analyzer="a1")
+    assert h[0] == ("trace", b"1")
+    assert dict(h[1:]) == {"audiostream.reason": b"bad_magic", "audiostream.error": b"x" * 1000,
+                           "audiostream.source": b"t[0]@5", "audiostream.analyzer": b"a1"}
