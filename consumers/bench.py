@@ -166,7 +166,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
     from streamproc.settings import kafka_config
 
     from .analyzer import Analyzer, AnalyzerConfig
-    from .demo import load_local_kafka
+    from .local_broker import load_local_kafka
 
     broker = None
     if bootstrap is None:

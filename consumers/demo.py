@@ -14,7 +14,6 @@ there, and deletes them at exit (``--keep-topics`` keeps them).
 from __future__ import annotations
 
 import collections
-import importlib.util
 import logging
 import os
 import signal
@@ -33,19 +32,9 @@ from streamproc.errors import ConfigError
 from streamproc.settings import TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS, kafka_config
 
 from .analyzer import DEFAULT_MODEL, Analyzer, AnalyzerConfig
+from .local_broker import load_local_kafka
 from .watch import format_line, subscribe
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_local_kafka():
-    """deploy/kafka/local_kafka.py as a module (it is a standalone script, not a package)."""
-    path = REPO / "deploy" / "kafka" / "local_kafka.py"
-    spec = importlib.util.spec_from_file_location("audiostream_local_kafka", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def demo_clip() -> Path:

@@ -110,7 +110,6 @@ def check_bootstrap(servers: str) -> None:
 
 @dataclass
 class MicStats:
-    captured_frames: int = 0   # wire frames cut from captured audio
     sent: int = 0              # acknowledged by Kafka
     bytes_sent: int = 0
     dropped: collections.Counter = None
@@ -215,7 +214,6 @@ class MicProducer:
                                 session_id=self.session, flags=flags)
         self.sequence += 1
         self.offset += chunk.size
-        self.stats.captured_frames += 1
         if len(self.outbox) >= self.outbox_limit:
             self.outbox.popleft()  # oldest first: the newest audio matters most to a live analyzer
             with self._lock:

@@ -62,9 +62,3 @@ def export_sklearn(model, spec: WindowSpec, out_dir: str | Path, *, task: str, v
         if err > 1e-4:
             raise RuntimeError(f"ONNX export disagrees with scikit-learn by {err:.2e}; bundle not trustworthy")
     return out
-
-
-def write_report(out_dir: str | Path, report: dict) -> Path:
-    path = Path(out_dir) / "evaluation.json"
-    path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    return path

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from consumers.analyzer import Analyzer, AnalyzerConfig
-from consumers.demo import load_local_kafka
+from consumers.local_broker import load_local_kafka
 from producers.kafka import ensure_topics
 from streamproc.settings import from_env
 

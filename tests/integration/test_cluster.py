@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from consumers.demo import load_local_kafka
+from consumers.local_broker import load_local_kafka
 from producers.file import replay
 from producers.kafka import ensure_topics, producer_config
 from streamproc import wire
