@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from producers.kafka import check_reachable, client_logging, ensure_topics, produce, producer_config
+from streamproc.kafka import check_reachable, client_logging, ensure_topics, produce, producer_config
 from streamproc import records, wire
 from streamproc.engine import Gap, Engine, SequenceEvent, Window
 from streamproc.errors import AudiostreamError, ConfigError, FrameError, WindowSpecError

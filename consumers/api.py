@@ -703,7 +703,7 @@ def run(args) -> int:
     live = gateway = None
     if args.bootstrap_servers or args.config or args.kafka_config or os.environ.get("AUDIOSTREAM_BOOTSTRAP_SERVERS"):
         from streamproc.inference import ModelBundle
-        from streamproc.settings import kafka_config_from_args
+        from streamproc.config import kafka_config_from_args
 
         from .gateway import Gateway
         kafka = kafka_config_from_args(args)

@@ -162,8 +162,8 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
                 partitions: int = 6, warmup_s: float = 10.0, progress=None) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from producers.kafka import ensure_topics
-    from streamproc.settings import kafka_config
+    from streamproc.kafka import ensure_topics
+    from streamproc.config import kafka_config
 
     from .analyzer import Analyzer, AnalyzerConfig
     from .local_broker import load_local_kafka

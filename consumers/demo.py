@@ -26,10 +26,11 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from producers.file import parse_speed, replay
-from producers.kafka import admin_client, ensure_topics, producer_config
+from streamproc.kafka import admin_client, ensure_topics, producer_config
 from streamproc import audio
 from streamproc.errors import ConfigError
-from streamproc.settings import TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS, kafka_config
+from streamproc.settings import TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS
+from streamproc.config import kafka_config
 
 from .analyzer import DEFAULT_MODEL, Analyzer, AnalyzerConfig
 from .local_broker import load_local_kafka

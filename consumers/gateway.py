@@ -25,7 +25,7 @@ import time
 from confluent_kafka import KafkaException, Producer
 from fastapi import HTTPException, Query, Request, WebSocket  # module level: the routes' annotations resolve here
 
-from producers.kafka import DeliveryTracker, produce, producer_config
+from streamproc.kafka import DeliveryTracker, produce, producer_config
 from streamproc import wire
 from streamproc.errors import AudiostreamError, FrameError
 

@@ -305,8 +305,8 @@ def run(args) -> int:
     if bool(args.results) == bool(args.topic):
         raise ConfigError("give either a results file or --topic (live output topics), not both")
     if args.topic:
-        from streamproc.settings import kafka_config_from_args
-        from producers.kafka import check_reachable
+        from streamproc.config import kafka_config_from_args
+        from streamproc.kafka import check_reachable
         kafka = kafka_config_from_args(args)
         check_reachable(kafka)
         rows = read_live(kafka, args.topic, args.predictions_topic, parse_since(args.since))

@@ -1,9 +1,10 @@
 """``audiostream topics``: create the project's topics with explicit partition counts."""
 from __future__ import annotations
 
-from producers.kafka import admin_client, check_reachable, ensure_topics
+from streamproc.kafka import admin_client, check_reachable, ensure_topics
+from streamproc.config import kafka_config_from_args
 from streamproc.settings import (TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
-                                 add_kafka_arguments, kafka_config_from_args)
+                                 add_kafka_arguments)
 
 ALL_TOPICS = (TOPIC_FRAMES, TOPIC_PREDICTIONS, TOPIC_FEATURES, TOPIC_DEADLETTER)
 

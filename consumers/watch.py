@@ -23,8 +23,9 @@ from typing import Iterator
 
 from confluent_kafka import Consumer, KafkaError
 
-from producers.kafka import check_reachable, client_logging
-from streamproc.settings import TOPIC_PREDICTIONS, add_kafka_arguments, kafka_config, kafka_config_from_args
+from streamproc.kafka import check_reachable, client_logging
+from streamproc.settings import TOPIC_PREDICTIONS, add_kafka_arguments
+from streamproc.config import kafka_config, kafka_config_from_args
 
 
 @dataclass(frozen=True)

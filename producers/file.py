@@ -24,9 +24,10 @@ from confluent_kafka import Producer
 from streamproc import audio, wire
 from streamproc.errors import ConfigError
 from streamproc.progress import Progress
-from streamproc.settings import TOPIC_FRAMES, add_kafka_arguments, kafka_config_from_args
+from streamproc.settings import TOPIC_FRAMES, add_kafka_arguments
+from streamproc.config import kafka_config_from_args
 
-from .kafka import DeliveryTracker, check_reachable, ensure_topics, produce, producer_config
+from streamproc.kafka import DeliveryTracker, check_reachable, ensure_topics, produce, producer_config
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ import numpy as np
 from confluent_kafka import Producer
 
 from streamproc import wire
-from streamproc.settings import TOPIC_FRAMES, add_kafka_arguments, kafka_config_from_args
+from streamproc.settings import TOPIC_FRAMES, add_kafka_arguments
+from streamproc.config import kafka_config_from_args
 
-from .kafka import DeliveryTracker, check_reachable, ensure_topics, produce, producer_config
+from streamproc.kafka import DeliveryTracker, check_reachable, ensure_topics, produce, producer_config
 
 
 def clip_pool(sr: int, seconds: float = 4.0, seed: int = 0) -> list[np.ndarray]:

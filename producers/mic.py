@@ -35,9 +35,10 @@ from confluent_kafka import Producer
 
 from streamproc import wire
 from streamproc.errors import AudiostreamError, ConfigError, bind_error
-from streamproc.settings import TOPIC_FRAMES, add_kafka_arguments, kafka_config_from_args
+from streamproc.settings import TOPIC_FRAMES, add_kafka_arguments
+from streamproc.config import kafka_config_from_args
 
-from .kafka import KafkaUnavailable, check_reachable, ensure_topics, produce, producer_config
+from streamproc.kafka import KafkaUnavailable, check_reachable, ensure_topics, produce, producer_config
 
 log = logging.getLogger("audiostream.mic")
 CAPTURE_QUEUE_SECONDS = 10.0

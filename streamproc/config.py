@@ -30,7 +30,7 @@ import yaml
 
 from .errors import ConfigError
 from .settings import (DEFAULT_BOOTSTRAP, DEFAULT_MODEL, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES,
-                       TOPIC_PREDICTIONS, from_env, masked, parse_kv)
+                       TOPIC_PREDICTIONS, add_kafka_arguments, from_env, masked, parse_kv, read_properties)
 
 @dataclass(frozen=True)
 class Setting:
@@ -213,17 +213,32 @@ def resolve(*, config_file: str | None = None, kafka_properties: dict | None = N
 
 def resolve_args(args, flags_analyzer: dict | None = None, environ=None) -> Settings:
     """``resolve`` for a command's parsed arguments (the flags ``add_kafka_arguments`` adds)."""
-    from .settings import read_properties
     props = read_properties(args.kafka_config) if getattr(args, "kafka_config", None) else None
     return resolve(config_file=getattr(args, "config", None), kafka_properties=props,
                    bootstrap=args.bootstrap_servers, flags_kafka=parse_kv(getattr(args, "kafka_overrides", None), "-X"),
                    flags_analyzer=flags_analyzer, environ=environ)
 
 
+def kafka_config(bootstrap_servers: str | None = None, overrides=None, config_file: str | None = None,
+                 environ=None) -> dict:
+    """Base librdkafka config (bootstrap + security) for producers, consumers and admin clients.
+
+    The same resolution as every command (streamproc.config.resolve): ``config_file`` is a
+    ``--kafka-config`` properties file, ``overrides`` are ``-X key=value`` items.
+    """
+    props = read_properties(config_file) if config_file else None
+    return resolve(kafka_properties=props, bootstrap=bootstrap_servers,
+                   flags_kafka=parse_kv(overrides, "-X"), environ=environ).kafka
+
+
+def kafka_config_from_args(args) -> dict:
+    """Flags > environment > --config file > defaults (streamproc.config)."""
+    return resolve_args(args).kafka
+
+
 def add_parser(sub):
     p = sub.add_parser("config", help="show the effective configuration (secrets masked)", description=__doc__)
     p.add_argument("action", choices=["show"])
-    from .settings import add_kafka_arguments
     add_kafka_arguments(p)
     p.set_defaults(func=run)
 

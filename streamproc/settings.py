@@ -78,19 +78,6 @@ def from_env(environ=None) -> dict:
     return conf
 
 
-def kafka_config(bootstrap_servers: str | None = None, overrides=None, config_file: str | None = None,
-                 environ=None) -> dict:
-    """Base librdkafka config (bootstrap + security) for producers, consumers and admin clients.
-
-    The same resolution as every command (streamproc.config.resolve): ``config_file`` is a
-    ``--kafka-config`` properties file, ``overrides`` are ``-X key=value`` items.
-    """
-    from .config import resolve
-    props = read_properties(config_file) if config_file else None
-    return resolve(kafka_properties=props, bootstrap=bootstrap_servers,
-                   flags_kafka=parse_kv(overrides, "-X"), environ=environ).kafka
-
-
 def add_kafka_arguments(parser) -> None:
     """The connection flags every Kafka command takes."""
     parser.add_argument("--bootstrap-servers", "-b", default=None,
@@ -101,9 +88,3 @@ def add_kafka_arguments(parser) -> None:
                         help="librdkafka settings file (key=value lines)")
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="audiostream YAML config (env AUDIOSTREAM_CONFIG); flags > environment > file")
-
-
-def kafka_config_from_args(args) -> dict:
-    """Flags > environment > --config file > defaults (streamproc.config)."""
-    from .config import resolve_args
-    return resolve_args(args).kafka

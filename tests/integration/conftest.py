@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from consumers.analyzer import Analyzer, AnalyzerConfig
 from consumers.local_broker import load_local_kafka
-from producers.kafka import ensure_topics
+from streamproc.kafka import ensure_topics
 from streamproc.settings import from_env
 
 REPO = Path(__file__).resolve().parents[2]

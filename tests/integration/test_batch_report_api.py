@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 
 import schemathesis
 from producers.file import replay
-from producers.kafka import producer_config
+from streamproc.kafka import producer_config
 from streamproc import audio
 from streamproc.inference import resolve
 from streamproc.settings import DEFAULT_MODEL

@@ -47,7 +47,7 @@ def test_demo_against_a_cluster_touches_only_its_own_stream_and_topics(kafka_con
     from confluent_kafka.admin import AdminClient
 
     from producers.file import replay
-    from producers.kafka import ensure_topics, producer_config
+    from streamproc.kafka import ensure_topics, producer_config
     from streamproc.settings import TOPIC_FRAMES, TOPIC_PREDICTIONS
 
     other = f"someone-else-{uuid.uuid4().hex[:6]}"

@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 
 from consumers.local_broker import load_local_kafka
 from producers.file import replay
-from producers.kafka import ensure_topics, producer_config
+from streamproc.kafka import ensure_topics, producer_config
 from streamproc import wire
 
 from .helpers import consume

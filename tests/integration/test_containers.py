@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Producer
 
 from producers.file import replay
-from producers.kafka import producer_config
+from streamproc.kafka import producer_config
 
 from .helpers import consume, free_port, values
 

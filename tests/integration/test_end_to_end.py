@@ -12,7 +12,7 @@ import soundfile as sf
 from confluent_kafka import Producer
 
 from producers.file import replay
-from producers.kafka import producer_config
+from streamproc.kafka import producer_config
 from streamproc import audio, records, wire
 from streamproc.features import reference_window_vector
 from streamproc.windowing import WindowSpec

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from producers.kafka import ensure_topics
+from streamproc.kafka import ensure_topics
 from streamproc import wire
 
 from .fakemic import PulseMic

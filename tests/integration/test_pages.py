@@ -125,7 +125,7 @@ def test_live_streams_appear_when_the_topics_are_created_after_serve_starts(kafk
     shows the streams once they exist (before: one failed read, then nothing until a restart)."""
     import uuid
 
-    from producers.kafka import ensure_topics
+    from streamproc.kafka import ensure_topics
     tag = uuid.uuid4().hex[:8]
     t = {k: f"late.{tag}.{k}" for k in ("frames", "predictions", "features", "deadletter")}
     gen = serve_for(kafka_conf, t, tmp_path)

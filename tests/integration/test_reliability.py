@@ -23,7 +23,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from producers.file import replay
-from producers.kafka import producer_config
+from streamproc.kafka import producer_config
 from streamproc import wire
 from streamproc.audio import to_s16
 from streamproc.windowing import WindowSpec
@@ -257,7 +257,7 @@ def test_broker_restart_during_replay(private_broker):
     --unavailable-timeout makes the analyzer exit non-zero with a message."""
     broker = private_broker()
     conf = {"bootstrap.servers": broker.bootstrap_servers}
-    from producers.kafka import ensure_topics
+    from streamproc.kafka import ensure_topics
     t = {k: f"outage.{k}" for k in ("frames", "predictions", "features", "deadletter")}
     ensure_topics(conf, {n: 2 for n in t.values()})
     streams = Streams(2, 40.0)

@@ -84,7 +84,7 @@ def test_explicit_bootstrap_flag_beats_a_kafka_config_file(tmp_path):
     p = cli("config", "show", "--kafka-config", str(props), "-b", "flag-host:2", "-X", "client.id=from-x")
     assert p.returncode == 0, p.stderr
     assert "bootstrap.servers: flag-host:2   # flag" in p.stdout and "client.id: from-x   # flag" in p.stdout
-    from streamproc.settings import kafka_config
+    from streamproc.config import kafka_config
     assert kafka_config("flag-host:2", [], str(props), environ={})["bootstrap.servers"] == "flag-host:2"
 
 

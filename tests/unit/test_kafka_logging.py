@@ -1,7 +1,7 @@
 """librdkafka's log lines: one line per distinct complaint, not one per retry."""
 import logging
 
-from producers.kafka import RepeatFilter
+from streamproc.kafka import RepeatFilter
 
 REFUSED = ("FAIL [rdkafka#producer-1] [thrd:127.0.0.1:1/bootstrap]: 127.0.0.1:1/bootstrap: Connect to "
            "ipv4#127.0.0.1:1 failed: Connection refused (after {ms}ms in state CONNECT{more})")

@@ -1,7 +1,8 @@
 import pytest
 
 from streamproc.errors import ConfigError
-from streamproc.settings import kafka_config, masked
+from streamproc.settings import masked
+from streamproc.config import kafka_config
 
 
 def test_precedence_flags_over_file_over_env(tmp_path):
@@ -39,3 +40,16 @@ def test_tls_verification_off_is_warned_about(caplog):
         assert not caplog.records  # on by default: nothing to say
         assert warn_insecure({"enable.ssl.certificate.verification": "false", "ssl.key.password": "k3y"}) is True
     assert "TLS certificate verification is OFF" in caplog.text and "k3y" not in caplog.text
+
+
+def test_settings_does_not_import_config():
+    """The config <-> settings cycle is broken: settings holds the primitives, config builds on them."""
+    import subprocess
+    import sys
+    code = "import sys, streamproc.settings; print('streamproc.config' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "False", r.stdout + r.stderr
+    import inspect
+
+    import streamproc.settings
+    assert "from .config" not in inspect.getsource(streamproc.settings)

@@ -9,8 +9,8 @@ import time
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamproc.errors import AudiostreamError
-from streamproc.settings import masked, warn_insecure
+from .errors import AudiostreamError
+from .settings import masked, warn_insecure
 
 log = logging.getLogger(__name__)
 
