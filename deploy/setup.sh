@@ -37,7 +37,7 @@ fi
 stamp="$VENV/.audiostream-installed"
 want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: creating $VENV and installing audiostream[all,test] (about 1 GB, a few minutes) ..." >&2
+  echo "setup: creating $VENV and installing audiostream[all,test] (about 2 GB, a few minutes) ..." >&2
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
   # one line per package as pip collects it: progress without pip's full chatter
