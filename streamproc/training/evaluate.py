@@ -15,6 +15,17 @@ from ..inference import _FROM_BUNDLE, ModelBundle
 from .data import featurise, kept, list_clips
 
 
+
+def save_figure(fig, path) -> Path:
+    """Lay out, write (creating the folder) and close a figure; its path."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
 def scores_by_clip(bundle: ModelBundle, clips, quiet=False, skipped: list | None = None, gain_db: float = 0.0,
                    stats: dict | None = None) -> np.ndarray:
     """Mean window scores per clip, with the bundle's silence gate applied to each window as served
@@ -61,12 +72,7 @@ def plot_confusion(rep: dict, path: str | Path, title: str) -> Path:
             ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center",
                     color="white" if norm[i, j] > 0.5 else "black", fontsize=9)
     ax.set_title(f"{title}\nmacro-F1 {rep['macro_f1']:.3f}, {rep['n_clips']} clips")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def evaluate(bundle_ref: str, data_dir: str, plot: str | None = None, quiet: bool = False, *, gain_db: float = 0.0,
@@ -132,12 +138,7 @@ def plot_levels(rep: dict, path: str | Path, title: str) -> Path:
     gate = rep.get("silence_gate", {}).get("silence_below_dbfs")
     ax.set_title(f"{title}\n{rep['n_clips']} clips at each gain; "
                  + (f"silence gate below {gate:g} dBFS" if gate is not None else "no silence gate"))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def format_report(rep: dict) -> str:

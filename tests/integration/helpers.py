@@ -1,8 +1,10 @@
 """Helpers for the integration tests (imported by the tests; fixtures live in conftest.py)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -67,3 +69,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_serve(kafka_conf, topics: dict, log_dir: Path, *extra: str, timeout: float = 120.0):
+    """`audiostream serve` on a free loopback port with Kafka and the given topics (ingest onto
+    ``topics["frames"]``); yields (base URL, process) once /healthz answers; stopped on exit."""
+    import httpx
+    port = free_port()
+    log_path = log_dir / f"serve-{port}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cli("serve", "--port", str(port), "-b", kafka_conf["bootstrap.servers"],
+                                    "--ingest-topic", topics["frames"], "--predictions-topic", topics["predictions"],
+                                    "--features-topic", topics["features"], "--deadletter-topic",
+                                    topics["deadletter"], *extra), stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.3)
+        yield base, proc
+    finally:
+        proc.terminate()
+        proc.wait(30)

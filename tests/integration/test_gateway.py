@@ -3,7 +3,6 @@ the real analyzer; refusals with a reason; a dropped socket ends the stream inst
 from __future__ import annotations
 
 import io
-import subprocess
 import threading
 import time
 
@@ -16,7 +15,7 @@ from websockets.sync.client import connect
 
 from streamproc import wire
 
-from .helpers import cli, consume, free_port, values
+from .helpers import consume, running_serve, values
 
 pytestmark = pytest.mark.integration
 SR = 16000
@@ -24,27 +23,10 @@ SR = 16000
 
 @pytest.fixture
 def gateway(kafka_conf, topics, tmp_path):
-    """A real `serve` with Kafka (ingest onto fresh topics) and an analyzer on those topics."""
+    """A real `serve` with Kafka (ingest onto fresh topics, a token required)."""
     t = topics()
-    port = free_port()
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen(cli("serve", "--port", str(port), "-b", kafka_conf["bootstrap.servers"],
-                                "--ingest-topic", t["frames"], "--predictions-topic", t["predictions"],
-                                "--features-topic", t["features"], "--ingest-token", "s3cret"),
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"http://{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-        time.sleep(0.3)
-    yield base, t
-    proc.terminate()
-    proc.wait(30)
+    with running_serve(kafka_conf, t, tmp_path, "--ingest-token", "s3cret") as (base, _):
+        yield base.removeprefix("http://"), t
 
 
 def tone_and_noise(seconds: float) -> np.ndarray:
@@ -150,22 +132,8 @@ def test_a_hundred_connections_at_once_all_delivered_memory_bounded(kafka_conf, 
 
     from websockets.asyncio.client import connect as aconnect
     t = topics()
-    port = free_port()
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen(cli("serve", "--port", str(port), "-b", kafka_conf["bootstrap.servers"],
-                                "--ingest-topic", t["frames"], "--predictions-topic", t["predictions"],
-                                "--features-topic", t["features"], "--max-connections", "200"),
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.3)
+    with running_serve(kafka_conf, t, tmp_path, "--max-connections", "200") as (base, proc):
+        port = int(base.rsplit(":", 1)[1])
         before = rss_mib(proc.pid)
         peak = [before]
         chunk = np.zeros(1600, np.int16).tobytes()  # 100 ms
@@ -202,6 +170,3 @@ def test_a_hundred_connections_at_once_all_delivered_memory_bounded(kafka_conf, 
         growth = peak[0] - before
         print(f"100 connections: RSS {before:.0f} MiB before, peak {peak[0]:.0f} MiB (+{growth:.0f} MiB)")
         assert growth < 150, growth
-    finally:
-        proc.terminate()
-        proc.wait(30)

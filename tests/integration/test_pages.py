@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from .browser import Browser, chromium
-from .helpers import cli, consume, free_port, values
+from .helpers import consume, running_serve, values
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -32,28 +31,8 @@ def page_server(kafka_conf, topics, start_analyzer, tmp_path):
 
 
 def serve_for(kafka_conf, t, tmp_path):
-    port = free_port()
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen(cli("serve", "--port", str(port), "-b", kafka_conf["bootstrap.servers"],
-                                "--ingest-topic", t["frames"], "--predictions-topic", t["predictions"],
-                                "--features-topic", t["features"], "--deadletter-topic", t["deadletter"],
-                                "--streams-since", "60"),
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-        time.sleep(0.3)
-    try:
+    with running_serve(kafka_conf, t, tmp_path, "--streams-since", "60") as (base, _):
         yield base, t
-    finally:  # also when the generator is closed early (GeneratorExit at the yield)
-        proc.terminate()
-        proc.wait(30)
 
 
 def test_browser_microphone_to_labels_on_the_live_page(page_server, kafka_conf, tmp_path):
