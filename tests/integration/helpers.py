@@ -98,3 +98,14 @@ def running_serve(kafka_conf, topics: dict, log_dir: Path, *extra: str, timeout:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def wait_for(predicate, timeout: float, what: str, step: float = 0.2):
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` s pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

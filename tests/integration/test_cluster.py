@@ -15,7 +15,7 @@ from producers.file import replay
 from streamproc.kafka import ensure_topics, producer_config
 from streamproc import wire
 
-from .helpers import consume
+from .helpers import consume, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +27,6 @@ def cluster(tmp_path_factory):
     c.start()
     yield c
     c.stop()
-
-
-def wait_for(what, check, timeout=90.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_cluster_is_replicated_as_production_runs_it(cluster):
@@ -57,7 +50,7 @@ def test_killing_a_node_mid_replay_loses_and_repeats_nothing(cluster, victim):
     topic = f"frames.{uuid.uuid4().hex[:6]}"
     conf = {"bootstrap.servers": cluster.bootstrap_servers}
     ensure_topics(conf, {topic: 1})
-    wait_for("a leader with a full ISR", lambda: cluster.leader(topic) in (1, 2, 3))
+    wait_for(lambda: cluster.leader(topic) in (1, 2, 3), 90, "a leader with a full ISR")
     rng = np.random.default_rng(5)
     pcm = (rng.standard_normal(30 * 16000) * 2000).astype(np.int16)  # 30 s: 300 frames of 100 ms
     result = {}
@@ -77,14 +70,7 @@ def test_killing_a_node_mid_replay_loses_and_repeats_nothing(cluster, victim):
         assert [f.sequence for f in frames] == list(range(300))  # none lost, none twice, in order
     finally:
         cluster.restart(node)
-    wait_for("the restarted node back in the ISR", lambda: len(
-        load_isr(cluster, topic)) == 3, timeout=120)
-
-
-def load_isr(cluster, topic):
-    from confluent_kafka.admin import AdminClient
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap_servers})
-    return admin.list_topics(topic, timeout=10).topics[topic].partitions[0].isrs
+    wait_for(lambda: full_isr(cluster, topic, 1), 120, "the restarted node back in the ISR")
 
 
 def full_isr(cluster, topic: str, partitions: int) -> bool:
@@ -105,7 +91,7 @@ def test_analyzer_delivers_every_window_through_two_leader_kills(cluster, exactl
     tag = uuid.uuid4().hex[:6]
     t = {k: f"cl.{tag}.{k}" for k in ("frames", "predictions", "features", "deadletter")}
     ensure_topics(conf, {name: 3 for name in t.values()})
-    wait_for("full ISRs", lambda: all(full_isr(cluster, n, 3) for n in t.values()))
+    wait_for(lambda: all(full_isr(cluster, n, 3) for n in t.values()), 90, "full ISRs")
     analyzer = Analyzer(AnalyzerConfig(kafka=dict(conf), frames_topic=t["frames"], predictions_topic=t["predictions"],
                                        features_topic=t["features"], deadletter_topic=t["deadletter"],
                                        group_id=f"cluster-{tag}", metrics_port=None, create_topics=False,
@@ -119,7 +105,7 @@ def test_analyzer_delivers_every_window_through_two_leader_kills(cluster, exactl
         cluster.kill(first)
         time.sleep(1.5)
         cluster.restart(first)
-        wait_for("the first victim back in every ISR", lambda: full_isr(cluster, t["predictions"], 3), timeout=120)
+        wait_for(lambda: full_isr(cluster, t["predictions"], 3), 120, "the first victim back in every ISR")
         second = cluster.leader(t["predictions"], 0)
         cluster.kill(second)
         for s in senders:

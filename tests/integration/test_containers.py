@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 from producers.file import replay
 from streamproc.kafka import producer_config
 
-from .helpers import consume, free_port, values
+from .helpers import consume, free_port, values, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 REPO = Path(__file__).resolve().parents[2]
@@ -62,16 +62,6 @@ def run(eng, *args, timeout=120, check=True) -> subprocess.CompletedProcess:
     return r
 
 
-def wait_for(what: str, check, timeout: float = 120.0, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
-
-
 def http_get(url: str) -> bytes | None:
     try:
         with urllib.request.urlopen(url, timeout=3) as resp:
@@ -89,7 +79,7 @@ def test_analyzer_image_analyses_a_replay_serves_metrics_runs_unprivileged_and_s
         "--features-topic", t["features"], "--deadletter-topic", t["deadletter"], "--no-create-topics",
         "--metrics-addr", "127.0.0.1", "--metrics-port", str(port), "--group-id", f"img-{name}")
     try:
-        wait_for("the analyzer's /ready", lambda: http_get(f"http://127.0.0.1:{port}/ready"))
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/ready"), 120, "the analyzer's /ready", step=0.5)
         rng = np.random.default_rng(3)
         pcm = (np.concatenate([np.sin(2 * np.pi * 440 * np.arange(3 * 16000) / 16000) * 0.3,
                                rng.standard_normal(2 * 16000) * 0.2]) * 32767).astype(np.int16)
@@ -141,7 +131,7 @@ def test_compose_stack_runs_offline_end_to_end_and_leaves_nothing(images, tmp_pa
                 return None
             result = json.loads(body)["data"]["result"]
             return result and float(result[0]["value"][1]) > 0
-        wait_for("Prometheus to see windows analysed in the stack", windows_in_prometheus, timeout=240, every=2)
+        wait_for(windows_in_prometheus, 240, "Prometheus to see windows analysed in the stack", step=2)
         rules = json.loads(http_get("http://127.0.0.1:9090/api/v1/rules"))["data"]["groups"]
         assert sum(len(g["rules"]) for g in rules) >= 5  # the alert rules are loaded
     finally:

@@ -28,7 +28,7 @@ from streamproc import wire
 from streamproc.audio import to_s16
 from streamproc.windowing import WindowSpec
 
-from .helpers import cli, consume, free_port, validate
+from .helpers import cli, consume, free_port, wait_for, validate
 
 pytestmark = pytest.mark.integration
 SPEC = WindowSpec()
@@ -126,15 +126,6 @@ def spawn(cmd, **kw) -> Spawned:
     proc = Spawned(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, **kw)
     proc.log = log
     return proc
-
-
-def wait_for(predicate, timeout: float, what: str, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def count_records(kafka_conf, topic: str) -> int:
