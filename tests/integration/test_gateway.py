@@ -94,11 +94,13 @@ def test_refusals_say_why(gateway):
 
 
 def metric(text: str, name: str, **labels) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{{want}}} " if want else f"{name} "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name}{{{want}}} not in /metrics")
+    """One sample of a /metrics page, read with prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    raise AssertionError(f"{name}{labels} not in /metrics")
 
 
 def test_a_dropped_socket_ends_the_stream_flagged_not_a_crash(gateway, kafka_conf):
