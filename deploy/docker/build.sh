@@ -82,33 +82,31 @@ if [ -z "$BASE" ]; then
 fi
 
 # -- the images -------------------------------------------------------------------------------------
-secret=()
 ca_file="$BUILD/ca.pem"
 if [ -n "$CA" ]; then cp "$CA" "$ca_file"; else : > "$ca_file"; fi
 secret=(--secret "id=ca,src=$ca_file")
-build() {  # name tag dockerfile
-  local t0=$SECONDS
-  say "building $2 ($3, base $BASE) ..."
-  "$ENGINE" build -q --from "$BASE" "${secret[@]}" -f "$3" -t "$2" . >/dev/null \
-    || { say "building $2 failed (run without -q to see why: $ENGINE build -f $3 .)"; exit 1; }
-  say "built $2 in $((SECONDS - t0)) s"
-}
-[ "$ENGINE" = docker ] && build() {  # docker has no --from: tag the base under the name the Dockerfiles use
-  local t0=$SECONDS
+from=(--from "$BASE")  # podman: replace the Dockerfiles' FROM python:3.11-slim
+if [ "$ENGINE" = docker ]; then  # docker has no --from: tag the base under the name the Dockerfiles use
   [ "$BASE" = python:3.11-slim ] || docker tag "$BASE" python:3.11-slim
-  say "building $2 ($3) ..."
-  DOCKER_BUILDKIT=1 docker build -q "${secret[@]}" -f "$3" -t "$2" . >/dev/null
-  say "built $2 in $((SECONDS - t0)) s"
+  from=()
+  export DOCKER_BUILDKIT=1
+fi
+build() {  # tag dockerfile
+  local t0=$SECONDS
+  say "building $1 ($2, base $BASE) ..."
+  "$ENGINE" build -q "${from[@]}" "${secret[@]}" -f "$2" -t "$1" . >/dev/null \
+    || { say "building $1 failed (run without -q to see why: $ENGINE build -f $2 .)"; exit 1; }
+  say "built $1 in $((SECONDS - t0)) s"
 }
 for want in "${WANT[@]}"; do
   case "$want" in
-    analyzer) build analyzer "audiostream-analyzer:$VERSION" deploy/docker/Dockerfile.analyzer ;;
-    producer) build producer "audiostream-producer:$VERSION" deploy/docker/Dockerfile.producer ;;
+    analyzer) build "audiostream-analyzer:$VERSION" deploy/docker/Dockerfile.analyzer ;;
+    producer) build "audiostream-producer:$VERSION" deploy/docker/Dockerfile.producer ;;
     kafka)
       libs=$(python3 deploy/kafka/local_kafka.py fetch)   # the jars the tests use (Maven, cached)
       rm -rf "$BUILD/kafka-libs" && cp -r "$libs" "$BUILD/kafka-libs"
-      build kafka "audiostream-kafka:$KAFKA_VERSION" deploy/docker/Dockerfile.kafka ;;
-    prometheus) build prometheus "audiostream-prometheus:$VERSION" deploy/docker/Dockerfile.prometheus ;;
+      build "audiostream-kafka:$KAFKA_VERSION" deploy/docker/Dockerfile.kafka ;;
+    prometheus) build "audiostream-prometheus:$VERSION" deploy/docker/Dockerfile.prometheus ;;
   esac
 done
 rm -f "$ca_file"
