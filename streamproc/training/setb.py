@@ -185,6 +185,11 @@ def _pauses(y: np.ndarray, below_speech_db: float = 30.0, min_s: float = 1.1, ma
     return out
 
 
+def asterisk_prompts(voice: Path) -> list[Path]:
+    """An Asterisk voice's recorded prompts: its sentences, not its silence files or spelled-out items."""
+    return [f for f in sorted(voice.rglob("*.wav")) if f.parent.name not in ("silence", "digits", "letters", "phonetic")]
+
+
 def _listing(root: Path) -> dict[str, list[Path]]:
     ast = root / "usr/share/asterisk/sounds"
     fil = root / "usr/share/games/fillets-ng"
@@ -192,12 +197,9 @@ def _listing(root: Path) -> dict[str, list[Path]]:
     tux = root / "usr/share/tuxpaint/stamps"
     groups = {
         "speech:pocketsphinx": sorted(ps.glob("*.raw")) + sorted((ps / "librivox").glob("*.wav")),
-        "speech:asterisk-en": [f for f in sorted((ast / "en_US_f_Allison").rglob("*.wav"))
-                               if f.parent.name not in ("silence", "digits", "letters", "phonetic")],
-        "speech:asterisk-es-mx": [f for f in sorted((ast / "es_MX_f_Allison").rglob("*.wav"))
-                                  if f.parent.name not in ("silence", "digits", "letters", "phonetic")],
-        "speech:asterisk-it": [f for f in sorted((ast / "it_IT_f_Menardi").rglob("*.wav"))
-                               if f.parent.name not in ("silence", "digits", "letters", "phonetic")],
+        "speech:asterisk-en": asterisk_prompts(ast / "en_US_f_Allison"),
+        "speech:asterisk-es-mx": asterisk_prompts(ast / "es_MX_f_Allison"),
+        "speech:asterisk-it": asterisk_prompts(ast / "it_IT_f_Menardi"),
         "speech:asterisk-es-co": sorted((ast / "es").glob("*.gsm")),
         "speech:asterisk-fr": sorted((ast / "fr").glob("*.gsm")),
         "speech:fillets-en": sorted((fil / "sound").glob("*/en/*.ogg")),
