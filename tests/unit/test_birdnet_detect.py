@@ -106,3 +106,23 @@ def test_rcc_reader():
     assert rcc_files(blob) == {"/dir/owl.ogg": b"OggS-owl", "/dir/duck.ogg": b"OggS-duck" * 50}
     with pytest.raises(ValueError):
         rcc_files(b"not qres")
+
+
+def test_species_report_counts_first_and_last_heard(tmp_path):
+    from consumers.report import species_report
+
+    def rec(i, t, dets):
+        return {"id": f"s{i}", "stream_id": f"mic-{i % 2}", "capture_time": t,
+                "detections": [{"label": lab, "common_name": lab.split("_")[1], "scientific_name": lab.split("_")[0],
+                                "confidence": c} for lab, c in dets]}
+    recs = [rec(0, "2026-05-01T05:10:00.000Z", [("Turdus merula_Eurasian Blackbird", 0.9)]),
+            rec(1, "2026-05-01T06:20:00.000Z", [("Turdus merula_Eurasian Blackbird", 0.6), ("Dog_Dog", 0.4)]),
+            rec(1, "2026-05-01T06:20:00.000Z", [("Turdus merula_Eurasian Blackbird", 0.6)]),  # a duplicate id
+            rec(2, "2026-05-01T07:00:00.000Z", [])]
+    made = species_report(recs, tmp_path, title="t")
+    blackbird, dog = made["classes"]
+    assert (blackbird["common_name"], blackbird["detections"], blackbird["streams"]) == ("Eurasian Blackbird", 2, 2)
+    assert (blackbird["first_heard"], blackbird["last_heard"]) == ("2026-05-01T05:10:00.000Z", "2026-05-01T06:20:00.000Z")
+    assert blackbird["max_confidence"] == 0.9 and dog["detections"] == 1
+    assert (tmp_path / "species.png").stat().st_size > 5000
+    assert "Eurasian Blackbird" in (tmp_path / "species.html").read_text()
