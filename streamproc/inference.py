@@ -35,6 +35,20 @@ def models_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
 
 
+def user_models_root() -> Path:
+    """Bundles made on this machine that may not be redistributed (``models import-birdnet``):
+    $AUDIOSTREAM_USER_MODELS, else $XDG_DATA_HOME/audiostream/models (~/.local/share/...)."""
+    env = os.environ.get("AUDIOSTREAM_USER_MODELS")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "audiostream" / "models"
+
+
+def model_roots(root: Path | None = None) -> list[Path]:
+    """Where ``task[:version]`` is looked up, in order: the given root or models_root(), then the user's store."""
+    return [root] if root is not None else [models_root(), user_models_root()]
+
+
 def _version_key(v: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"[.\-]", v)]
 
@@ -55,12 +69,15 @@ def _resolve(ref: str | os.PathLike, root: Path | None) -> Path:
         if not p.is_dir():
             raise BundleError(f"model bundle directory {str(p)!r} does not exist")
         return p
-    root = root or models_root()
+    roots = model_roots(root)
     task, _, version = str(ref).partition(":")
-    tdir = root / task
-    if not tdir.is_dir():
-        known = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-        raise BundleError(f"no model task {task!r} under {root} (known tasks: {known})")
+    tdir = next((r / task for r in roots if (r / task).is_dir()), None)
+    if tdir is None:
+        known = sorted({d.name for r in roots if r.is_dir() for d in r.iterdir() if d.is_dir()})
+        where = " or ".join(str(r) for r in roots)
+        hint = " (run 'audiostream models import-birdnet' to make it)" if task == "birdnet" else ""
+        raise BundleError(f"no model task {task!r} under {where} (known tasks: {known}){hint}")
+    root = tdir.parent
     versions = sorted((d.name for d in tdir.iterdir() if (d / "model.yaml").exists()), key=_version_key)
     if not versions:
         raise BundleError(f"model task {task!r} under {root} has no versions with a model.yaml")
