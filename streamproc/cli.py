@@ -24,6 +24,7 @@ COMMANDS = {
     "produce-mic": ("producers.mic", "stream a microphone (edge devices: buffering, reconnect)"),
     "devices": ("producers.devices", "list input devices"),
     "analyze": ("consumers.analyzer", "run the analyzer service"),
+    "detect": ("consumers.detector", "run a multi-label detector (BirdNET) as its own consumer group"),
     "watch": ("consumers.watch", "live table of predictions per stream"),
     "topics": ("consumers.topics", "create or list audiostream's topics"),
     "config": ("streamproc.config", "show the effective configuration (secrets masked)"),
