@@ -32,7 +32,7 @@ def add_parser(sub):
     g = p.add_argument_group("detections (BirdNET's rules)")
     g.add_argument("--threshold", type=float, default=None, help="minimum confidence (default: the bundle's, 0.25)")
     g.add_argument("--sensitivity", type=float, default=None,
-                   help="0.5-1.5: higher reports more (BirdNET's sigmoid sensitivity; default 1.0)")
+                   help="0.1-1.5: higher reports more (BirdNET's sigmoid sensitivity; default 1.0)")
     g.add_argument("--species-list", default=None, metavar="FILE",
                    help="report only these classes (one per line: scientific, common or full label)")
     g.add_argument("--latitude", type=float, default=None, help="range filter: where the microphones are")

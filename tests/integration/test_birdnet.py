@@ -14,6 +14,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import yaml
@@ -177,3 +178,6 @@ def test_detect_through_kafka_same_as_offline_and_a_wrong_rate_stream_dead_lette
         assert np.allclose([x["confidence"] for x in got], [x["confidence"] for x in want], atol=1e-5)
     assert any(x["common_name"] == "Tennessee Warbler" for r in recs for x in r["detections"])
     assert recs[0]["model"] == {"task": "birdnet", "version": "2.4"} and recs[0]["sample_rate"] == 48000
+    schema = json.loads((Path(__file__).resolve().parents[2] / "docs/schemas/audio.detections.schema.json").read_text())
+    for r in recs:
+        jsonschema.Draft202012Validator(schema).validate(r)
