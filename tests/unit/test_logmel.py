@@ -12,6 +12,7 @@ from streamproc.features import LOGMEL_ATOL_DB, FeatureExtractor, LogMel, refere
 from streamproc.inference import ModelBundle, logmel_input
 from streamproc.wire import AudioFrame
 from streamproc.windowing import WindowSpec
+from tests.bundles import cnn_bundle
 
 SPEC = WindowSpec()
 
@@ -54,26 +55,6 @@ def test_engine_without_logmel_makes_no_patch():
     engine.accept("s", AudioFrame(16000, 0, 0, 0, b"\0" * 16, pcm[:, None]), now=0.0)
     (w,) = engine.step(now=0.0)
     assert w.patch is None and w.vector.shape == (SPEC.n_features,)
-
-
-def cnn_bundle(root: Path, n_mels: int = SPEC.n_mels) -> Path:
-    """A logmel bundle with untrained weights, written the way train --family cnn writes one."""
-    from streamproc.training.bundle import write_bundle
-    from streamproc.training.cnn import init_params, to_onnx
-    params = init_params(4, seed=0)
-    inp = logmel_input(SPEC, 80.0)
-    onnx_bytes = to_onnx(params, np.array([-50.0, 0.05], np.float32), inp["name"], "probabilities", n_mels,
-                         SPEC.frames_per_window)
-    if n_mels != SPEC.n_mels:  # the graph takes another patch than the one model.yaml states
-        out = Path(root) / "cnn"
-        out.mkdir(parents=True)
-        (out / "model.onnx").write_bytes(onnx_bytes)
-        ok = cnn_bundle(Path(root) / "ok")
-        (out / "model.yaml").write_bytes((ok / "model.yaml").read_bytes())
-        return out
-    return write_bundle(onnx_bytes, SPEC, Path(root) / "cnn", labels=["environment", "music", "silence", "speech"],
-                        input_meta=inp, task="soundtype-cnn", version="0", description="test", training={},
-                        evaluation={})
 
 
 def test_a_logmel_bundle_is_fed_patches_from_the_engine(tmp_path, rng):
