@@ -12,6 +12,7 @@ from streamproc.features import LOGMEL_ATOL_DB, FeatureExtractor, LogMel, refere
 from streamproc.inference import ModelBundle, logmel_input
 from streamproc.wire import AudioFrame
 from streamproc.windowing import WindowSpec
+from tests.bundles import cnn_bundle
 
 SPEC = WindowSpec()
 
@@ -54,26 +55,6 @@ def test_engine_without_logmel_makes_no_patch():
     engine.accept("s", AudioFrame(16000, 0, 0, 0, b"\0" * 16, pcm[:, None]), now=0.0)
     (w,) = engine.step(now=0.0)
     assert w.patch is None and w.vector.shape == (SPEC.n_features,)
-
-
-def cnn_bundle(root: Path, n_mels: int = SPEC.n_mels) -> Path:
-    """A logmel bundle with untrained weights, written the way train --family cnn writes one."""
-    from streamproc.training.bundle import write_bundle
-    from streamproc.training.cnn import init_params, to_onnx
-    params = init_params(4, seed=0)
-    inp = logmel_input(SPEC, 80.0)
-    onnx_bytes = to_onnx(params, np.array([-50.0, 0.05], np.float32), inp["name"], "probabilities", n_mels,
-                         SPEC.frames_per_window)
-    if n_mels != SPEC.n_mels:  # the graph takes another patch than the one model.yaml states
-        out = Path(root) / "cnn"
-        out.mkdir(parents=True)
-        (out / "model.onnx").write_bytes(onnx_bytes)
-        ok = cnn_bundle(Path(root) / "ok")
-        (out / "model.yaml").write_bytes((ok / "model.yaml").read_bytes())
-        return out
-    return write_bundle(onnx_bytes, SPEC, Path(root) / "cnn", labels=["environment", "music", "silence", "speech"],
-                        input_meta=inp, task="soundtype-cnn", version="0", description="test", training={},
-                        evaluation={})
 
 
 def test_a_logmel_bundle_is_fed_patches_from_the_engine(tmp_path, rng):
@@ -139,3 +120,30 @@ def test_a_features_bundle_stating_logmel_is_refused_and_kind_features_is_the_de
     edit(dst, lambda m: m.update(input=logmel_input(WindowSpec.from_dict(m["window_spec"]), 80.0, name="features")))
     with pytest.raises(BundleError, match="has shape .* but this analyzer feeds \\[N, 1, 64"):
         ModelBundle.load(dst)
+
+
+def test_compare_refuses_set_b_and_writes_one_table(tmp_path):
+    """`audiostream compare`: a development folder holding set B recordings is refused (set B is scored once,
+    at the end); the table has one row per family with every column the issue asks for."""
+    from streamproc.training.compare import _refuse_set_b, markdown
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "manifest.csv").write_text("file,label,source,license\nspeech/a.wav,speech,klettres-data cs,GPL\n")
+    _refuse_set_b(dev)  # set A: fine
+    (dev / "manifest.csv").write_text("file,label,source,license\nspeech/a.wav,speech,asterisk-core-sounds-en-wav "
+                                      "hello,CC\n")
+    with pytest.raises(SystemExit, match="holds set B recordings"):
+        _refuse_set_b(dev)
+    row = {"held_out_macro_f1": 0.9, "real_macro_f1": 0.7, "real_f1": {"music": 0.5, "speech": 0.8},
+           "levels": {0.0: 0.7, -20.0: 0.65, -40.0: 0.4}, "streams_per_core": 2000.0, "parameters": None}
+    result = {"data": "d", "real": "/x/real", "seed": 0, "bench": {"streams": 10, "seconds": 3, "repeat": 1,
+                                                                    "cpu": "cpu", "ratio_cnn_to_mlp": 0.6},
+              "rows": [{**row, "family": "mlp", "ref": "soundtype:9"},
+                       {**row, "family": "cnn", "ref": "soundtype-cnn:1", "parameters": 43396,
+                        "streams_per_core": 1200.0}]}
+    lines = markdown(result).splitlines()
+    assert lines[0] == ("| family | bundle | held-out macro-F1 | real macro-F1 | real music F1 | real speech F1 | "
+                        "real at -20 dB | real at -40 dB | streams/core (one bench run) |")
+    assert lines[3] == ("| cnn | `soundtype-cnn:1` (43396 parameters) | 0.900 | 0.700 | 0.500 | 0.800 | 0.650 | "
+                        "0.400 | 1200 |")
+    assert "CNN / MLP streams per core: 0.60" in lines[-1]
