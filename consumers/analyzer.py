@@ -37,6 +37,7 @@ from streamproc.kafka import check_reachable, client_logging, ensure_topics, pro
 from streamproc import records, wire
 from streamproc.engine import Gap, Engine, SequenceEvent, Window
 from streamproc.errors import AudiostreamError, ConfigError, FrameError, WindowSpecError
+from streamproc.birdnet.detect import Detector
 from streamproc.inference import ModelBundle
 from streamproc.windowing import WindowSpec
 from streamproc.config import ANALYZER_SETTINGS, add_analyzer_arguments, analyzer_flags
@@ -69,7 +70,7 @@ class AnalyzerConfig:
     group_id: str = _D["group_id"]
     frames_topic: str = _D["frames_topic"]
     predictions_topic: str = _D["predictions_topic"]
-    features_topic: str = _D["features_topic"]
+    features_topic: str | None = _D["features_topic"]  # None: no features or gap records (the detector)
     deadletter_topic: str = _D["deadletter_topic"]
     metrics_port: int | None = _D["metrics_port"]  # None = no HTTP endpoint; 0 = any free port
     metrics_addr: str = _D["metrics_addr"]
@@ -92,6 +93,7 @@ class AnalyzerConfig:
     expect_spec: WindowSpec | None = None  # refuse a bundle trained with any other window/feature spec
     record_latencies: int = 0  # keep the last N window latencies (arrival -> acknowledged) for bench
     before_inference: Callable | None = None  # test hook: called with each batch's windows (e.g. a slow model)
+    detector: dict = field(default_factory=dict)  # a multi-label bundle's Detector options (audiostream detect)
 
 
 try:  # glibc: give freed heap pages back after mass eviction (small numpy buffers live in malloc arenas)
@@ -115,11 +117,15 @@ class Analyzer:
         self.bundle = ModelBundle.load(config.model, expect_spec=config.expect_spec)
         self.spec = self.bundle.spec
         self.engine = Engine(self.spec, idle_timeout_s=config.idle_timeout_s, max_reorder=config.max_reorder,
-                             events=True, logmel=self.bundle.logmel)
+                             events=True, logmel=self.bundle.logmel, waveform=self.bundle.waveform)
+        # a multi-label bundle (BirdNET) publishes detections; its thousands of classes get metric series
+        # only once detected
+        self.detector = Detector(self.bundle, **config.detector) if self.bundle.multilabel else None
         self.metrics = AnalyzerMetrics(registry, model_task=self.bundle.task, model_version=self.bundle.version,
-                                       labels=self.bundle.labels, frames_topic=config.frames_topic,
-                                       output_topics=(config.predictions_topic, config.features_topic,
-                                                      config.deadletter_topic))
+                                       labels=() if self.detector else self.bundle.labels,
+                                       frames_topic=config.frames_topic,
+                                       output_topics=tuple(t for t in (config.predictions_topic, config.features_topic,
+                                                                       config.deadletter_topic) if t))
         self.instance = config.instance_id or uuid.uuid4().hex[:8]
         self.metrics.up.set_function(lambda: 1.0 if self.ready else 0.0)  # read at scrape time: what /ready says
         self._stop = threading.Event()
@@ -186,8 +192,8 @@ class Analyzer:
         c = self.config
         check_reachable(c.kafka)
         if c.create_topics:
-            ensure_topics(c.kafka, {c.frames_topic: c.partitions, c.predictions_topic: c.partitions,
-                                    c.features_topic: c.partitions, c.deadletter_topic: c.partitions})
+            ensure_topics(c.kafka, {t: c.partitions for t in (c.frames_topic, c.predictions_topic, c.features_topic,
+                                                              c.deadletter_topic) if t})
         # defaults a user's settings (-X, config file) may change, then what the delivery guarantees rest on
         cconf = {"session.timeout.ms": 45000, "max.poll.interval.ms": 300000, "fetch.wait.max.ms": 20,
                  "queued.max.messages.kbytes": c.queued_max_kbytes, "client.id": f"audiostream-analyzer-{self.instance}"}
@@ -461,7 +467,8 @@ class Analyzer:
         log.info("stream %r: gap of %.3f s at sample %d%s", g.stream_id, g.samples / sr, g.start,
                  " (resynchronised)" if g.resynced else " (zero-filled, windows flagged)")
         m.gap_events.inc()
-        self._emit(self.config.features_topic, records.dumps(records.gap(g)), g.stream_id.encode())
+        if self.config.features_topic:
+            self._emit(self.config.features_topic, records.dumps(records.gap(g)), g.stream_id.encode())
 
     def _fail(self, what: str) -> None:
         """Stop without committing anything more: a restart re-reads from the last commit."""
@@ -500,10 +507,20 @@ class Analyzer:
         c, m, b = self.config, self.metrics, self.bundle
         key = w.stream_id.encode()
         common = records.window_fields(w)
-        self._emit(c.features_topic, self._features.encode(w, common), key)
+        if c.features_topic:
+            self._emit(c.features_topic, self._features.encode(w, common), key)
         if not np.isfinite(s).all():
             m.invalid_outputs.labels(m.model).inc()
             log.error("model %s returned non-finite scores for window %s; not published", b.ref, w.window_id)
+            return
+        if self.detector is not None:
+            d = self.detector
+            found = d.found(d.confidences(s))
+            rec = records.detection(w, found, task=b.task, version=b.version, analyzer=self.instance,
+                                    latency_s=time.monotonic() - w.arrival, threshold=d.threshold, filters=d.filters,
+                                    common=common)
+            self._emit(c.predictions_topic, records.dumps(rec), key,
+                       on_ok=self._prediction_ack(w, found[0][0] if found else "none"))
             return
         pred = records.prediction(w, s, b.labels, task=b.task, version=b.version, analyzer=self.instance,
                                   latency_s=time.monotonic() - w.arrival, gated=bool(b.is_gated(w.metrics["rms_dbfs"])),
@@ -574,9 +591,11 @@ def run(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: analyzer.stop())
     port = analyzer.start_metrics_server()
-    print(f"analyzer {analyzer.instance}: model {analyzer.bundle.ref} ({', '.join(analyzer.bundle.labels)}), "
+    b = analyzer.bundle
+    classes = f"{len(b.labels)} classes, multi-label" if b.multilabel else ", ".join(b.labels)
+    print(f"analyzer {analyzer.instance}: model {b.ref} ({classes}), "
           f"{'exactly-once' if config.exactly_once else 'at-least-once'}, "
-          f"{config.frames_topic} -> {config.predictions_topic}, {config.features_topic}; "
+          f"{config.frames_topic} -> {', '.join(t for t in (config.predictions_topic, config.features_topic) if t)}; "
           f"kafka {masked(config.kafka).get('bootstrap.servers')}"
           + (f"; metrics http://{config.metrics_addr}:{port}/metrics" if port else ""), file=sys.stderr, flush=True)
     analyzer.run()

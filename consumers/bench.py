@@ -82,7 +82,8 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
     with threadpool_limits(1):
         bundle = ModelBundle.load(model)
         spec = bundle.spec if hop_length is None else dataclasses.replace(bundle.spec, hop_length=hop_length)
-        engine = Engine(spec, logmel=bundle.logmel)  # a logmel bundle: patches from the same STFT rows
+        # a logmel bundle: patches from the same STFT rows; a waveform bundle (BirdNET): the windows' audio
+        engine = Engine(spec, logmel=bundle.logmel, waveform=bundle.waveform)
         sr = spec.sr
         n = sr // 10
         pool = clip_pool(sr)
@@ -135,6 +136,8 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
         naive_clips = [from_s16(pool[i % len(pool)]) for i in range(naive_windows)]
 
         def naive(y):  # the model's input the plain librosa way, one ONNX call per window
+            if bundle.waveform:  # the audio itself: nothing to compute but the model, one call per window
+                return bundle.predict(np.asarray(y, np.float32)[None])
             if bundle.logmel is not None:
                 return bundle.predict(reference_logmel(y, spec, bundle.logmel.top_db)[None])
             return bundle.predict(reference_window_vector(y, spec)[None, :])
