@@ -44,7 +44,7 @@ from .errors import AudiostreamError
 SAMPLE_RATE = 16000
 VAD_WINDOW = 512  # samples per Silero window at 16 kHz
 VAD_CONTEXT = 64  # samples of the previous window Silero v6 sees with each window
-REASONS = ("silence", "max_length", "end", "idle")
+REASONS = ("silence", "max_length", "end", "idle", "gap")
 
 
 class SegmenterError(AudiostreamError, ValueError):
@@ -192,6 +192,11 @@ class Segmenter:
     def in_utterance(self) -> bool:
         return self._start is not None
 
+    @property
+    def open_start(self) -> int | None:
+        """First sample of the open utterance (None when idle): what a restarted reader must re-read from."""
+        return self._start
+
     def _idle(self) -> None:
         self._start = None  # first sample of the open utterance
         self._silence_from = None  # start of the current run of quiet windows
@@ -272,10 +277,12 @@ class Segmenter:
             self._buf_start = keep_from
 
     def flush(self, reason: str = "end") -> list[Utterance]:
-        """Close the open utterance now: ``"end"`` (the stream ended; no more pushes) or ``"idle"`` (no audio came
-        for a while; the stream may go on). The unscored partial window at the end belongs to the utterance."""
-        if reason not in ("end", "idle"):
-            raise SegmenterError(f"flush reason {reason!r} must be 'end' or 'idle'")
+        """Close the open utterance now: ``"end"`` (the stream ended; no more pushes), ``"gap"`` (audio is missing
+        for longer than a service fills with silence; no more pushes, a new Segmenter starts after the gap) or
+        ``"idle"`` (no audio came for a while; the stream may go on). The unscored partial window at the end belongs
+        to the utterance."""
+        if reason not in ("end", "idle", "gap"):
+            raise SegmenterError(f"flush reason {reason!r} must be 'end', 'gap' or 'idle'")
         out = []
         if self._start is not None:
             end = self.position
@@ -284,7 +291,7 @@ class Segmenter:
             utt = self._emit(end, reason)
             if utt is not None:
                 out.append(utt)
-        if reason == "end":
+        if reason in ("end", "gap"):
             self._closed = True
         self._trim()
         return out
