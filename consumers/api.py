@@ -402,6 +402,9 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
     app.add_middleware(UploadGuard, path="/v1/classify", max_body=max_upload_bytes + MULTIPART_OVERHEAD,
                        limit_text=limit_text, max_active=max_concurrent, body_timeout_s=body_timeout_s,
                        max_header_bytes=max_header_bytes)
+    app.add_middleware(UploadGuard, path="/v1/transcribe", max_body=max_upload_bytes + MULTIPART_OVERHEAD,
+                       limit_text=limit_text, max_active=max_concurrent, body_timeout_s=body_timeout_s,
+                       max_header_bytes=max_header_bytes)
     mount_docs(app)
     app.state.default_model = default.ref
 
@@ -455,6 +458,47 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
                              "label": r["label"], "confidence": r["confidence"], "gap": r["gap"], "gated": r["gated"],
                              "padded": r["padded"],
                              "scores": {lab: r[f"score_{lab}"] for lab in b.labels}} for r in rows]}
+
+    asr: dict = {}  # the speech model, loaded on the first /v1/transcribe (serve runs without the asr extra)
+    asr_lock = threading.Lock()
+
+    @app.post("/v1/transcribe", summary="Speech to text for an uploaded audio file",
+              description="The records `audiostream transcribe FILE --json` prints (docs/transcription.md): one per "
+                          "utterance, cut by voice activity on stream time, in `transcripts`.",
+              responses={400: {"description": "empty upload"}, 408: {"description": "body too slow"},
+                         413: {"description": "too large or too long"}, 415: {"description": "not decodable audio"},
+                         503: {"description": "busy, see Retry-After; or no speech model installed"}})
+    def transcribe(file: UploadFile = File(..., description="wav, flac, ogg, mp3, ..."),
+                   words: bool = Query(False, description="word timings (about 2x the CPU)")):
+        from streamproc.segmentation import SAMPLE_RATE
+        from streamproc.transcribe import file_records
+        with asr_lock:
+            if "model" not in asr:
+                from streamproc.transcription import Transcriber
+                try:
+                    asr["model"] = Transcriber.load("transcription")
+                except BundleError as exc:
+                    raise HTTPException(503, f"no speech model: {exc}") from None
+        name = display_name(file.filename)
+        ext = re.sub(r"[^A-Za-z0-9]", "", os.path.splitext(file.filename or "")[1])[:8]
+        with tempfile.NamedTemporaryFile(suffix="." + ext if ext else "") as tmp:
+            file.file.seek(0)
+            shutil.copyfileobj(file.file, tmp, 1 << 16)
+            if not tmp.tell():
+                raise HTTPException(400, "the upload is empty")
+            if tmp.tell() > max_upload_bytes:
+                raise HTTPException(413, f"the upload is larger than {limit_text}")
+            tmp.flush()
+            try:
+                y = load(tmp.name, SAMPLE_RATE, max_seconds=max_duration_s)
+            except AudioTooLongError as exc:
+                raise HTTPException(413, str(exc).replace(tmp.name, name)) from None
+            except AudioInputError as exc:
+                raise HTTPException(415, f"not audio we can decode: {str(exc).replace(tmp.name, name)}") from None
+        m = asr["model"]
+        with asr_lock:  # one Whisper call at a time: the model runs on one thread
+            recs = file_records(y, m, stream_id=file.filename or "upload", words=words)
+        return {"model": m.model_id, "duration_s": round(len(y) / SAMPLE_RATE, 6), "transcripts": recs}
 
     @app.get("/v1/models", response_model=list[ModelInfo], summary="Model bundles available")
     def models():

@@ -109,33 +109,45 @@ class Finished:
 class SpeechStream:
     """One stream session: its sequence position and its Segmenter, and which record brought which samples."""
 
-    __slots__ = ("stream_id", "session_id", "next_seq", "next_sample", "seg", "marks", "tags", "chain_start",
+    __slots__ = ("stream_id", "session_id", "next_seq", "next_sample", "seg", "marks", "tags",
                  "last_seen", "last_tag", "last_arrival", "origin", "idle_flushed")
 
-    def __init__(self, stream_id: str, session_id: bytes, first_sample: int, config: SegmenterConfig, vad, now: float):
+    def __init__(self, stream_id: str, session_id: bytes, first_sample: int, config: SegmenterConfig, vad, now: float,
+                 session_start: bool = True):
         self.stream_id = stream_id
         self.session_id = session_id
         self.origin = -(-first_sample // VAD_WINDOW) * VAD_WINDOW  # VAD windows lie on one grid for every reader
-        self.seg = Segmenter(config, vad=vad() if vad else None, start_sample=self.origin)
+        seg = Segmenter(config, vad=vad() if vad else None, start_sample=self.origin)
+        grid = seg.restart_grid()
+        if not session_start and grid:
+            # joining a session in its middle (a re-read after a crash, or after a long gap): cutting starts at
+            # the first restart point whose pre-roll we hold, as a reader that saw the whole session would
+            score_from = -(-(first_sample + seg.pad) // grid) * grid
+            self.origin = score_from - seg.pad
+            seg = Segmenter(config, vad=seg.vad, start_sample=self.origin, score_from=score_from)
+        self.seg = seg
         self.next_seq: int | None = None
         self.next_sample = self.origin
         self.marks: list[int] = []   # sample just past each applied record ...
         self.tags: list = []         # ... and that record's tag
-        self.chain_start: int | None = None  # first sample of a run of max_length utterances still open
         self.last_seen = now
         self.last_tag = None
         self.last_arrival = now
         self.idle_flushed = False
 
     def need_tag(self, warmup: int, max_chain: int):
-        """The oldest record a re-reader needs to cut this stream's next utterances as we do: from the open
-        utterance (or the run of max-length utterances it continues, at most ``max_chain`` back) or the current
-        position, less ``warmup`` samples for the VAD's recurrent state."""
+        """The oldest record a re-reader needs to cut this stream's next utterances exactly as we do: the pre-roll
+        of the segmenter's latest restart point (or the session's start), if within ``max_chain`` samples; past
+        that (minutes without a pause), the open utterance less ``warmup`` samples for the VAD's recurrent state,
+        which is close but not exact."""
         seg = self.seg
-        s = seg.open_start if seg.in_utterance else seg.position
-        if seg.in_utterance and self.chain_start is not None and seg.position - self.chain_start <= max_chain:
-            s = self.chain_start
-        need = max(self.origin, s - warmup)
+        if seg.restart_point is None and seg.position - self.origin <= max_chain:
+            need = self.origin  # no restart point yet: from the session's (or the gap's) start
+        elif seg.restart_point is not None and seg.position - seg.restart_point <= max_chain:
+            need = seg.restart_point - seg.pad  # exact: the segmenter was fresh there (Segmenter._restart)
+        else:  # talk (or noise) without a pause for minutes: re-read the open utterance with a VAD warm-up
+            s = seg.open_start if seg.in_utterance else seg.position
+            need = max(self.origin, s - warmup)
         i = bisect.bisect_right(self.marks, need)
         if i > 64 or (i and i * 2 >= len(self.marks)):  # forget records nobody needs (amortised)
             del self.marks[:i]
@@ -166,8 +178,9 @@ class SpeechStreams:
             self.events["new_session"] += 1
             out += self._finish(st, st.seg.flush("end"), tag, now)  # the producer restarted: the old session ended
             st = None
-        if st is None:
-            st = SpeechStream(stream_id, frame.session_id, frame.sample_offset, self.config, self.vad, now)
+        if st is None:  # a session's first record, or a re-read after a crash (from a restart point's pre-roll)
+            st = SpeechStream(stream_id, frame.session_id, frame.sample_offset, self.config, self.vad, now,
+                              session_start=frame.sequence == 0 or frame.sample_offset == 0)
             self.streams[stream_id] = st
         elif frame.sequence < st.next_seq:
             st.last_seen = now
@@ -190,7 +203,8 @@ class SpeechStreams:
             else:  # too long to fill: the open utterance ends before the gap; cutting restarts after it
                 self.events["resync"] += 1
                 out += self._finish(st, st.seg.flush("gap"), tag, now)
-                fresh = SpeechStream(stream_id, st.session_id, offset, self.config, self.vad, now)
+                fresh = SpeechStream(stream_id, st.session_id, offset, self.config, self.vad, now,
+                                     session_start=False)
                 fresh.next_seq, fresh.last_tag, fresh.marks, fresh.tags = st.next_seq, tag, st.marks, st.tags
                 st = self.streams[stream_id] = fresh
         if offset < st.next_sample:  # overlaps what we have (or lies before the VAD grid): keep the new part
@@ -206,13 +220,6 @@ class SpeechStreams:
         return "ok", out
 
     def _finish(self, st: SpeechStream, utts: list[Utterance], tag, now: float) -> list[Finished]:
-        for u in utts:
-            if u.reason == "max_length":
-                st.chain_start = u.start_sample if st.chain_start is None else st.chain_start
-            else:
-                st.chain_start = None
-        if not st.seg.in_utterance:
-            st.chain_start = None
         return [Finished(st.stream_id, st.session_id, u, tag, now) for u in utts]
 
     def flush_idle(self, now: float, idle_flush_s: float, idle_timeout_s: float) -> tuple[list[Finished], list[str]]:
@@ -224,7 +231,6 @@ class SpeechStreams:
             if quiet >= idle_flush_s and not st.idle_flushed:
                 st.idle_flushed = True
                 out += [Finished(sid, st.session_id, u, st.last_tag, st.last_arrival) for u in st.seg.flush("idle")]
-                st.chain_start = None
             if quiet >= idle_timeout_s:
                 del self.streams[sid]
                 dropped.append(sid)
@@ -237,7 +243,7 @@ class SpeechStreams:
         st = self.streams.get(stream_id)
         if st is None:
             return None
-        return st.need_tag(int(round(warmup_s * SAMPLE_RATE)), 3 * int(self.config.max_utterance_s * SAMPLE_RATE))
+        return st.need_tag(int(round(warmup_s * SAMPLE_RATE)), 60 * SAMPLE_RATE)
 
 
 # -- the service -------------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ class SegmenterConfig:
     min_speech_s: float = 0.15
     min_utterance_s: float = 5.0  # a pause of hangover_s ends an utterance only once it is this long ...
     long_pause_s: float = 2.0  # ... a pause this long ends it whatever its length
+    vad_reset_s: float | None = None  # restart the VAD's recurrent state on this grid while idle (see Segmenter)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SegmenterConfig":
@@ -72,7 +73,7 @@ class SegmenterConfig:
         if unknown:
             raise SegmenterError(f"unknown segmentation setting(s) {unknown} (known: {sorted(cls.__dataclass_fields__)})")
         try:
-            return cls(**{k: float(v) for k, v in d.items()})
+            return cls(**{k: None if v is None else float(v) for k, v in d.items()})
         except (TypeError, ValueError) as exc:
             raise SegmenterError(f"segmentation settings {d}: {exc}") from None
 
@@ -94,6 +95,9 @@ class SegmenterConfig:
         if not 0.0 <= self.min_utterance_s < self.max_utterance_s:
             raise SegmenterError(f"min_utterance_s={self.min_utterance_s} must be in [0, max_utterance_s="
                                  f"{self.max_utterance_s})")
+        if self.vad_reset_s is not None and round(self.vad_reset_s * SAMPLE_RATE / VAD_WINDOW) < 1:
+            raise SegmenterError(f"vad_reset_s={self.vad_reset_s} must be at least one VAD window "
+                                 f"({VAD_WINDOW / SAMPLE_RATE} s), or null")
         if self.long_pause_s < self.hangover_s:
             raise SegmenterError(f"long_pause_s={self.long_pause_s} must be >= hangover_s={self.hangover_s}")
 
@@ -165,7 +169,7 @@ class Segmenter:
     """One stream's utterance cutter. ``push(y)`` and ``flush(reason)`` return finished utterances."""
 
     def __init__(self, config: SegmenterConfig | None = None, *, vad: Callable[[np.ndarray], float] | None = None,
-                 start_sample: int = 0):
+                 start_sample: int = 0, score_from: int | None = None):
         self.config = config or SegmenterConfig()
         self.vad = vad if vad is not None else SileroVad()
         c = self.config
@@ -179,6 +183,16 @@ class Segmenter:
         self._buf_start = start_sample
         self._scored = start_sample  # next window starts here
         self._last_end = start_sample  # utterances never overlap
+        self._reset_every = (int(round(c.vad_reset_s * SAMPLE_RATE / VAD_WINDOW)) * VAD_WINDOW
+                             if c.vad_reset_s is not None else None)
+        self.restart_point: int | None = None  # the latest sample where this segmenter's state was a fresh one's
+        if score_from is not None:  # a reader rebuilding from a restart point: what came before is pre-roll only
+            if score_from < start_sample or score_from % VAD_WINDOW:
+                raise SegmenterError(f"score_from={score_from} must be a VAD window boundary >= start_sample="
+                                     f"{start_sample}")
+            self._scored = score_from
+            self._last_end = max(start_sample, score_from - self._pad)
+            self.restart_point = score_from
         self._closed = False
         self._idle()
         self.probabilities: list[float] | None = None  # set to [] to record every window's probability
@@ -217,6 +231,9 @@ class Segmenter:
         out: list[Utterance] = []
         while self.position - self._scored >= VAD_WINDOW:
             s = self._scored
+            if self._reset_every and s % self._reset_every == 0 and self._start is None \
+                    and self._last_end <= s - self._pad and s != self.restart_point:
+                self._restart(s)
             i = s - self._buf_start
             prob = self.vad(self._buf[i:i + VAD_WINDOW])
             if self.probabilities is not None:
@@ -227,6 +244,24 @@ class Segmenter:
                 out.append(utt)
         self._trim()
         return [u for u in out if u is not None]
+
+    def _restart(self, s: int) -> None:
+        """A restart point: idle, the previous utterance at least ``pad_s`` back, and the VAD's recurrent state
+        zeroed. From here on the segmenter depends only on audio from ``s - pad_s`` on, so a reader that starts
+        there (``Segmenter(start_sample=s - pad, score_from=s)``) cuts exactly the same utterances: what the
+        transcriber service re-reads after a crash (docs/transcription.md)."""
+        reset = getattr(self.vad, "reset", None)
+        if reset is not None:
+            reset()
+        self.restart_point = s
+
+    def restart_grid(self) -> int | None:
+        """Samples between possible restart points (``vad_reset_s`` on the VAD grid), or None."""
+        return self._reset_every
+
+    @property
+    def pad(self) -> int:
+        return self._pad
 
     def _step(self, s: int, prob: float) -> Utterance | None:
         c = self.config

@@ -119,16 +119,44 @@ def test_idle_streams_are_flushed_then_dropped():
     assert streams.flush_idle(61.0, 2.0, 60.0) == ([], ["s"]) and not streams.streams
 
 
-@pytest.mark.parametrize("crash_after", [5, 18, 31, 47, 70, 88, 104])
-def test_a_reader_restarted_from_the_needed_record_cuts_the_same_utterances(crash_after):
-    """What the checkpoint commits (the record an open utterance still needs, less the warm-up) is enough: a
-    fresh reader from there reproduces every utterance completed at or after the crash point."""
-    fs = frames(Y, 1600)
-    whole = feed(SpeechStreams(CFG, vad=vad_factory), fs)
-    streams = SpeechStreams(CFG, vad=vad_factory)
-    feed(streams, fs[:crash_after])
-    need = streams.needed_tag("s", warmup_s=1.0)
-    assert need is not None and need <= crash_after
-    rebuilt = feed(SpeechStreams(CFG, vad=vad_factory), fs[need:], first_tag=need)
-    after = lambda fin: [b for f, b in zip(fin, bounds(fin)) if f.tag >= crash_after]  # noqa: E731
-    assert after(rebuilt) == after(whole) and after(whole)
+def restarted_reader_agrees(cfg, y, vad, crash_points, frame=1600):
+    """What the checkpoint commits (the record the segmenter's latest restart point needs) is enough: a fresh
+    reader from there reproduces every utterance completed at or after the crash point, bounds and audio."""
+    fs = frames(y, frame)
+    whole = feed(SpeechStreams(cfg, vad=vad), fs)
+    needs = []
+    for crash_after in crash_points:
+        streams = SpeechStreams(cfg, vad=vad)
+        feed(streams, fs[:crash_after])
+        need = streams.needed_tag("s", warmup_s=1.0)
+        assert need is not None and need <= crash_after
+        needs.append(need)
+        rebuilt = feed(SpeechStreams(cfg, vad=vad), fs[need:], first_tag=need)
+        after = lambda fin: [(b, f.utterance.audio.tobytes()) for f, b in zip(fin, bounds(fin))  # noqa: E731
+                             if f.tag >= crash_after]
+        assert after(rebuilt) == after(whole) and after(whole), crash_after
+    return whole, needs
+
+
+def test_a_reader_restarted_from_the_needed_record_cuts_the_same_utterances():
+    cfg = SegmenterConfig(**{**CFG.__dict__, "vad_reset_s": 0.512})
+    whole, needs = restarted_reader_agrees(cfg, Y, vad_factory, [5, 18, 31, 47, 70, 88, 104])
+    assert len(set(needs)) > 2 and max(needs) > 40  # the committed point moves on: a restart re-reads little
+
+
+def test_with_silero_the_restart_points_make_a_re_read_exact():
+    """Silero's recurrent state depends on all the audio before: a reader that starts anywhere else may cut an
+    utterance a window apart. From a restart point (state zeroed while idle) it cuts the same ones."""
+    from pathlib import Path
+
+    import yaml
+
+    from streamproc.segmentation import SileroVad
+    from tests.speech import HARVARD, stream_of
+    meta = yaml.safe_load((Path(__file__).resolve().parents[2] / "models/transcription/1/model.yaml").read_text())
+    cfg = SegmenterConfig.from_dict(meta["segmentation"])
+    assert cfg.vad_reset_s
+    y = stream_of(HARVARD[:4], [0.8, 2.5, 1.2, 2.5])
+    y = (np.round(y * 32768).clip(-32768, 32767) / 32768).astype(np.float32)
+    whole, needs = restarted_reader_agrees(cfg, y, SileroVad, list(range(20, y.size // 1600, 23)))
+    assert len(whole) >= 3

@@ -1,0 +1,198 @@
+"""The transcriber service through a real broker, and "same answers everywhere" for speech.
+
+One shared run (module fixture ``live``) serves several assertions: a speech file is replayed with
+``produce-file`` (4x real time) into Kafka, a ``transcriber`` process turns it into ``audio.transcripts``, is
+killed with SIGKILL after its first transcripts, and a second one (same group) takes over. Its records must
+match the JSON Schema, every utterance must arrive (de-duplicated by the deterministic id, duplicates
+identical), and the utterances and text must equal ``transcribe FILE --json``, ``batch --transcribe`` and
+``POST /v1/transcribe`` on the same file. Bad frames go to the dead-letter topic with a reason; the metrics the
+transcriber's alert rules use are exposed.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+from confluent_kafka import Producer
+
+from streamproc import wire
+from streamproc.kafka import ensure_topics
+from tests.speech import HARVARD, stream_of
+
+from .conftest import REPO
+from .helpers import cli, consume, deadletter_header_object, free_port, validate, values, wait_for
+
+SENTENCES = HARVARD[:5]
+BOUNDS = ("start_sample", "end_sample", "text", "reason")
+
+
+def _answers(recs) -> list[tuple]:
+    return sorted(tuple(r[k] for k in BOUNDS) for r in recs)
+
+
+@pytest.fixture(scope="module")
+def speech_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("speech") / "harvard5.wav"
+    sf.write(path, stream_of(SENTENCES, [0.8, 2.5, 2.5, 2.5, 2.5]), 16000)  # pauses > long_pause_s: 5 utterances
+    return path
+
+
+@pytest.fixture(scope="module")
+def offline(speech_file):
+    """`audiostream transcribe FILE --json`, in this process (the model stays loaded for the API test)."""
+    from streamproc.cli import main
+    T0 = time.monotonic()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["transcribe", str(speech_file), "--json"]) == 0
+    print("TIMING offline", round(time.monotonic() - T0, 1))
+    recs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(recs) == len(SENTENCES), recs
+    return recs
+
+
+def _transcriber(kafka_conf, t: dict, group: str, port: int, log_path):
+    log = open(log_path, "a")
+    return subprocess.Popen(cli("transcriber", "-b", kafka_conf["bootstrap.servers"], "--frames-topic", t["frames"],
+                                "--transcripts-topic", t["transcripts"], "--deadletter-topic", t["deadletter"],
+                                "--group-id", group, "--metrics-port", str(port), "--no-create-topics",
+                                # the killed member's partitions move after this, not after the 45 s default
+                                "-X", "session.timeout.ms=6000"),
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def _ready(port: int) -> bool:
+    import httpx
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def live(kafka_conf, speech_file, offline, tmp_path_factory):
+    T0 = time.monotonic()
+    tag = uuid.uuid4().hex[:8]
+    t = {k: f"test.{tag}.{k}" for k in ("frames", "transcripts", "deadletter")}
+    ensure_topics(kafka_conf, {n: 1 for n in t.values()})
+    logs = tmp_path_factory.mktemp("transcriber")
+    group = f"test-transcriber-{tag}"
+    # bad input first: garbage and a frame at the wrong rate, each dead-lettered with its reason
+    bad = Producer({"bootstrap.servers": kafka_conf["bootstrap.servers"]})
+    bad.produce(t["frames"], value=b"x" * 100, key=b"junk")
+    bad.produce(t["frames"], key=b"phone", value=wire.encode_pcm(
+        np.zeros(800, "<i2").tobytes(), channels=1, n_frames=800, sample_rate=8000, sequence=0, sample_offset=0,
+        capture_time_ns=0, session_id=wire.new_session_id()))
+    bad.flush(10)
+    port_a, port_b = free_port(), free_port()
+    first = _transcriber(kafka_conf, t, group, port_a, logs / "a.log")
+    second = producer = None
+    try:
+        wait_for(lambda: _ready(port_a) or first.poll() is not None, 120, "the first transcriber to be ready")
+        assert first.poll() is None, (logs / "a.log").read_text()[-3000:]
+        print("TIMING", 'producer = subproces', round(time.monotonic() - T0, 1), flush=True)
+        producer = subprocess.Popen(cli("produce-file", str(speech_file), "--stream-id", "meeting", "-b",
+                                        kafka_conf["bootstrap.servers"], "--topic", t["frames"], "--speed", "4", "-q"),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        consume(kafka_conf, t["transcripts"], count=2, timeout=120)
+        print("TIMING", 'first.send_signal(si', round(time.monotonic() - T0, 1), flush=True)
+        first.send_signal(signal.SIGKILL)  # mid-stream: nothing flushed, nothing committed on the way out
+        first.wait(30)
+        before = values(consume(kafka_conf, t["transcripts"], count=2, timeout=30, settle=1.0))
+        print("TIMING", 'second = _transcribe', round(time.monotonic() - T0, 1), flush=True)
+        second = _transcriber(kafka_conf, t, group, port_b, logs / "b.log")
+        wanted = {r["start_sample"] for r in offline}
+        msgs = consume(kafka_conf, t["transcripts"], timeout=180, settle=2.0,
+                       until=lambda ms: {json.loads(m.value())["start_sample"] for m in ms} >= wanted)
+        print("TIMING", 'assert producer.wait', round(time.monotonic() - T0, 1), flush=True)
+        assert producer.wait(60) == 0, producer.stdout.read()
+        import httpx
+        metrics = httpx.get(f"http://127.0.0.1:{port_b}/metrics", timeout=10).text
+        dead = consume(kafka_conf, t["deadletter"], count=2, timeout=60)
+        print("TIMING", 'yield {', round(time.monotonic() - T0, 1), flush=True)
+        yield {"msgs": msgs, "before": before, "metrics": metrics, "dead": dead, "logs": logs}
+    finally:
+        for p in (first, second, producer):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(30)
+
+
+def test_every_utterance_arrives_after_a_kill_and_matches_the_schema(live, offline):
+    msgs = live["msgs"]
+    recs = values(msgs)
+    assert all(m.key() == b"meeting" for m in msgs)
+    for r in recs:
+        validate(r, "transcript")
+    by_id: dict[str, dict] = {}
+    for r in recs:
+        assert by_id.setdefault(r["id"], r) == r, ("a repeat must be the same record", by_id[r["id"]], r)
+    assert len(live["before"]) < len(offline), "the first transcriber was killed only after the whole stream"
+    assert len(by_id) == len(offline), sorted(by_id)
+    (session,) = {r["session_id"] for r in by_id.values()}
+    assert all(i == f"meeting/{session}/{r['start_sample']}" for i, r in by_id.items())
+
+
+def test_the_live_replay_gives_the_answers_of_transcribe_file(live, offline):
+    """Same utterance bounds, same text, same reasons as the offline command, after a crash in between."""
+    unique = {r["id"]: r for r in values(live["msgs"])}.values()
+    assert _answers(unique) == _answers(offline)
+
+
+def test_bad_frames_are_dead_lettered_with_their_reason(live):
+    reasons = {deadletter_header_object(m)["audiostream.reason"]: m.key() for m in live["dead"]}
+    assert reasons == {"bad_magic": b"junk", "sample_rate_mismatch": b"phone"}
+    assert all(deadletter_header_object(m)["audiostream.analyzer"].startswith("transcriber-") for m in live["dead"])
+
+
+def test_the_metrics_the_alert_rules_use_are_served(live, offline):
+    from prometheus_client.parser import text_string_to_metric_families
+    samples = {}
+    for fam in text_string_to_metric_families(live["metrics"]):
+        for s in fam.samples:
+            samples.setdefault(s.name, []).append(s)
+    groups = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())["groups"]
+    rules = [r for g in groups if g["name"] == "audiostream-transcriber" for r in g["rules"]]
+    import re
+    names = {n for r in rules for n in re.findall(r"\baudiostream_[a-z_]+\b", r["expr"])}
+    assert names and all(n in samples for n in names), (names, sorted(samples))
+
+    def total(name):
+        return sum(s.value for s in samples[name])
+    published_by_second = len(offline) - len({r["id"] for r in live["before"]})
+    assert total("audiostream_transcripts_total") >= published_by_second > 0
+    assert total("audiostream_transcript_latency_seconds_count") >= published_by_second
+    assert total("audiostream_transcribed_audio_seconds_total") > 0
+    assert total("audiostream_transcription_cpu_seconds_total") > 0
+
+
+def test_batch_and_the_http_api_give_the_same_answers(speech_file, offline, tmp_path):
+    T0 = time.monotonic()
+    out = tmp_path / "results.parquet"
+    r = subprocess.run(cli("batch", str(speech_file), "--out", str(out), "--transcribe", "--workers", "1", "-q"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    print("TIMING batch", round(time.monotonic() - T0, 1))
+    import pyarrow.parquet as pq
+    rows = pq.read_table(tmp_path / "results.transcripts.parquet").to_pylist()
+    assert _answers(rows) == _answers(offline)
+    assert [row["id"] for row in rows] == [rec["id"] for rec in offline]  # same file, same ids
+    assert pq.read_table(out).num_rows > 0  # the window labels beside them
+
+    from fastapi.testclient import TestClient
+
+    from consumers.api import create_app
+    with TestClient(create_app(model="starter")) as client:
+        resp = client.post("/v1/transcribe", files={"file": (speech_file.name, speech_file.read_bytes())})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["transcripts"] == offline  # byte for byte the records `transcribe --json` prints
