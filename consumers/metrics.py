@@ -156,6 +156,9 @@ class TranscriberMetrics:
         self.latency = Histogram("audiostream_transcript_latency_seconds",
                                  "From the record that ended an utterance arriving to its transcript acknowledged "
                                  "by Kafka", registry=r, buckets=TRANSCRIPT_LATENCY_BUCKETS)
+        self.e2e_latency = Histogram("audiostream_transcript_end_to_end_latency_seconds",
+                                     "From an utterance's last sample (producer's capture clock) to its transcript "
+                                     "acknowledged by Kafka", registry=r, buckets=TRANSCRIPT_LATENCY_BUCKETS)
         self.replayed = Counter("audiostream_utterances_replayed_total",
                                 "Utterances rebuilt after a restart or rebalance whose transcripts were already "
                                 "published (not published again)", registry=r)

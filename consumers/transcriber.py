@@ -104,13 +104,14 @@ class Finished:
     utterance: Utterance
     tag: object
     arrival: float  # when that record was accepted (monotonic)
+    end_capture_ns: int | None = None  # the utterance's last sample on the producer's capture clock
 
 
 class SpeechStream:
     """One stream session: its sequence position and its Segmenter, and which record brought which samples."""
 
     __slots__ = ("stream_id", "session_id", "next_seq", "next_sample", "seg", "marks", "tags",
-                 "last_seen", "last_tag", "last_arrival", "origin", "idle_flushed")
+                 "last_seen", "last_tag", "last_arrival", "origin", "idle_flushed", "clock")
 
     def __init__(self, stream_id: str, session_id: bytes, first_sample: int, config: SegmenterConfig, vad, now: float,
                  session_start: bool = True):
@@ -134,6 +135,14 @@ class SpeechStream:
         self.last_tag = None
         self.last_arrival = now
         self.idle_flushed = False
+        self.clock: tuple[int, int] | None = None  # (sample_offset, capture_time_ns) of the latest frame
+
+    def capture_ns(self, sample: int) -> int | None:
+        """When ``sample`` was captured, on the producer's clock (from the latest frame's capture time)."""
+        if self.clock is None or not self.clock[1]:
+            return None
+        offset, t_ns = self.clock
+        return t_ns + (sample - offset) * 1_000_000_000 // SAMPLE_RATE
 
     def need_tag(self, warmup: int, max_chain: int):
         """The oldest record a re-reader needs to cut this stream's next utterances exactly as we do: the pre-roll
@@ -194,6 +203,7 @@ class SpeechStreams:
             self.events["producer_gap"] += 1
         y = frame.mono_float32()
         offset = frame.sample_offset
+        st.clock = (offset, frame.capture_time_ns)
         if offset > st.next_sample:
             missing = offset - st.next_sample
             self.gap_seconds += missing / SAMPLE_RATE
@@ -206,6 +216,7 @@ class SpeechStreams:
                 fresh = SpeechStream(stream_id, st.session_id, offset, self.config, self.vad, now,
                                      session_start=False)
                 fresh.next_seq, fresh.last_tag, fresh.marks, fresh.tags = st.next_seq, tag, st.marks, st.tags
+                fresh.clock = st.clock
                 st = self.streams[stream_id] = fresh
         if offset < st.next_sample:  # overlaps what we have (or lies before the VAD grid): keep the new part
             y = y[min(y.size, st.next_sample - offset):]
@@ -220,17 +231,20 @@ class SpeechStreams:
         return "ok", out
 
     def _finish(self, st: SpeechStream, utts: list[Utterance], tag, now: float) -> list[Finished]:
-        return [Finished(st.stream_id, st.session_id, u, tag, now) for u in utts]
+        return [Finished(st.stream_id, st.session_id, u, tag, now, st.capture_ns(u.end_sample)) for u in utts]
 
-    def flush_idle(self, now: float, idle_flush_s: float, idle_timeout_s: float) -> tuple[list[Finished], list[str]]:
+    def flush_idle(self, now: float, idle_flush_s: float, idle_timeout_s: float,
+                   caught_up: Callable[[str], bool] = lambda sid: True) -> tuple[list[Finished], list[str]]:
         """Utterances of streams silent for ``idle_flush_s`` (tagged with their last record), and the streams
-        dropped after ``idle_timeout_s``."""
+        dropped after ``idle_timeout_s``. ``caught_up(stream)``: nothing of the stream waits unread in Kafka (a
+        reader that lags sees no frames for a while without the stream being silent)."""
         out, dropped = [], []
         for sid, st in list(self.streams.items()):
             quiet = now - st.last_seen
-            if quiet >= idle_flush_s and not st.idle_flushed:
+            if quiet >= idle_flush_s and not st.idle_flushed and caught_up(sid):
                 st.idle_flushed = True
-                out += [Finished(sid, st.session_id, u, st.last_tag, st.last_arrival) for u in st.seg.flush("idle")]
+                out += [Finished(sid, st.session_id, u, st.last_tag, st.last_arrival, st.capture_ns(u.end_sample))
+                        for u in st.seg.flush("idle")]
             if quiet >= idle_timeout_s:
                 del self.streams[sid]
                 dropped.append(sid)
@@ -266,6 +280,7 @@ class TranscriberService:
         self.instance = uuid.uuid4().hex[:8]
         self._stop = threading.Event()
         self._stream_partition: dict[str, tuple[str, int]] = {}
+        self._lag: dict[tuple[str, int], int] = {}
         self._counted = collections.Counter()
         self._gap_counted = 0.0
         self._http = None
@@ -365,6 +380,8 @@ class TranscriberService:
                      topic, partition, offset, done)
 
     def _drop_partitions(self, tps: set) -> None:
+        for tp in tps:
+            self._lag.pop(tp, None)
         for sid in [s for s, tp in self._stream_partition.items() if tp in tps]:
             self.streams.drop(sid)
             del self._stream_partition[sid]
@@ -436,7 +453,10 @@ class TranscriberService:
 
     def _housekeeping(self, now: float) -> None:
         c, cp = self.config, self.checkpoint
-        finished, dropped = self.streams.flush_idle(now, c.idle_flush_s, c.idle_timeout_s)
+        self._update_lag()
+        finished, dropped = self.streams.flush_idle(
+            now, c.idle_flush_s, c.idle_timeout_s,
+            caught_up=lambda sid: self._lag.get(self._stream_partition.get(sid)) == 0)
         for sid in dropped:
             self._stream_partition.pop(sid, None)
         if finished:
@@ -444,7 +464,6 @@ class TranscriberService:
             self._publish(finished)
             cp.end(now)
         self.metrics.active_streams.set(len(self.streams.streams))
-        self._update_lag()
         if self._down_since is not None:
             try:
                 self.producer.list_topics(c.frames_topic, timeout=0.5)
@@ -464,8 +483,9 @@ class TranscriberService:
             except Exception:
                 continue
             if high >= 0:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset if tp.offset >= 0
-                                                                             else high))
+                lag = max(0, high - tp.offset if tp.offset >= 0 else high)
+                self._lag[(tp.topic, tp.partition)] = lag
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     def _close(self) -> None:
         if self.checkpoint is not None:
@@ -565,8 +585,12 @@ class TranscriberService:
             latency = time.monotonic() - f.arrival
             m.transcripts.labels(m.model).inc()
             m.latency.observe(latency)
+            e2e = None
+            if f.end_capture_ns is not None:
+                e2e = max(0.0, (time.time_ns() - f.end_capture_ns) / 1e9)
+                m.e2e_latency.observe(e2e)
             if self.latencies is not None:
-                self.latencies.append(latency)
+                self.latencies.append((latency, e2e))
             if self.config.on_published is not None:
                 self.config.on_published(rec)
         return ack

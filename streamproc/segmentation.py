@@ -306,6 +306,7 @@ class Segmenter:
     def _trim(self) -> None:
         """Keep only what an utterance may still need: the open one, or the pre-roll pad and the partial window."""
         keep_from = self._start if self._start is not None else max(self._last_end, self._scored - self._pad)
+        keep_from = min(keep_from, self._scored)  # after flush("idle") the partial window is still to be scored
         drop = keep_from - self._buf_start
         if drop > 0:
             self._buf = self._buf[drop:]

@@ -51,11 +51,9 @@ def speech_file(tmp_path_factory):
 def offline(speech_file):
     """`audiostream transcribe FILE --json`, in this process (the model stays loaded for the API test)."""
     from streamproc.cli import main
-    T0 = time.monotonic()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["transcribe", str(speech_file), "--json"]) == 0
-    print("TIMING offline", round(time.monotonic() - T0, 1))
     recs = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(recs) == len(SENTENCES), recs
     return recs
@@ -81,7 +79,6 @@ def _ready(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def live(kafka_conf, speech_file, offline, tmp_path_factory):
-    T0 = time.monotonic()
     tag = uuid.uuid4().hex[:8]
     t = {k: f"test.{tag}.{k}" for k in ("frames", "transcripts", "deadletter")}
     ensure_topics(kafka_conf, {n: 1 for n in t.values()})
@@ -100,26 +97,21 @@ def live(kafka_conf, speech_file, offline, tmp_path_factory):
     try:
         wait_for(lambda: _ready(port_a) or first.poll() is not None, 120, "the first transcriber to be ready")
         assert first.poll() is None, (logs / "a.log").read_text()[-3000:]
-        print("TIMING", 'producer = subproces', round(time.monotonic() - T0, 1), flush=True)
         producer = subprocess.Popen(cli("produce-file", str(speech_file), "--stream-id", "meeting", "-b",
                                         kafka_conf["bootstrap.servers"], "--topic", t["frames"], "--speed", "4", "-q"),
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         consume(kafka_conf, t["transcripts"], count=2, timeout=120)
-        print("TIMING", 'first.send_signal(si', round(time.monotonic() - T0, 1), flush=True)
         first.send_signal(signal.SIGKILL)  # mid-stream: nothing flushed, nothing committed on the way out
         first.wait(30)
         before = values(consume(kafka_conf, t["transcripts"], count=2, timeout=30, settle=1.0))
-        print("TIMING", 'second = _transcribe', round(time.monotonic() - T0, 1), flush=True)
         second = _transcriber(kafka_conf, t, group, port_b, logs / "b.log")
         wanted = {r["start_sample"] for r in offline}
         msgs = consume(kafka_conf, t["transcripts"], timeout=180, settle=2.0,
                        until=lambda ms: {json.loads(m.value())["start_sample"] for m in ms} >= wanted)
-        print("TIMING", 'assert producer.wait', round(time.monotonic() - T0, 1), flush=True)
         assert producer.wait(60) == 0, producer.stdout.read()
         import httpx
         metrics = httpx.get(f"http://127.0.0.1:{port_b}/metrics", timeout=10).text
         dead = consume(kafka_conf, t["deadletter"], count=2, timeout=60)
-        print("TIMING", 'yield {', round(time.monotonic() - T0, 1), flush=True)
         yield {"msgs": msgs, "before": before, "metrics": metrics, "dead": dead, "logs": logs}
     finally:
         for p in (first, second, producer):
@@ -177,12 +169,10 @@ def test_the_metrics_the_alert_rules_use_are_served(live, offline):
 
 
 def test_batch_and_the_http_api_give_the_same_answers(speech_file, offline, tmp_path):
-    T0 = time.monotonic()
     out = tmp_path / "results.parquet"
     r = subprocess.run(cli("batch", str(speech_file), "--out", str(out), "--transcribe", "--workers", "1", "-q"),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    print("TIMING batch", round(time.monotonic() - T0, 1))
     import pyarrow.parquet as pq
     rows = pq.read_table(tmp_path / "results.transcripts.parquet").to_pylist()
     assert _answers(rows) == _answers(offline)

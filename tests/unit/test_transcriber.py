@@ -108,15 +108,21 @@ def test_a_new_session_ends_the_old_ones_utterance_and_end_of_stream_frees_the_s
 
 def test_idle_streams_are_flushed_then_dropped():
     streams = SpeechStreams(CFG, vad=vad_factory)
-    fs = frames(signal([(0.5, "quiet"), (2.0, "tone")]), 1600)[:-1]  # still talking, then nothing arrives
+    fs = frames(signal([(0.5, "quiet"), (2.0, "tone")]), 1000)[:-1]  # still talking, then nothing arrives
     for k, f in enumerate(fs):
         assert streams.accept("s", f, now=0.0, tag=k)[1] == []
     done, dropped = streams.flush_idle(1.0, idle_flush_s=2.0, idle_timeout_s=60.0)
     assert done == [] and dropped == []
     done, dropped = streams.flush_idle(2.5, idle_flush_s=2.0, idle_timeout_s=60.0)
-    assert bounds(done) == [(15 * 512 - int(0.2 * SR), int(2.4 * SR), "idle")] and done[0].tag == len(fs) - 1
+    assert bounds(done) == [(15 * 512 - int(0.2 * SR), 39000, "idle")] and done[0].tag == len(fs) - 1
     assert streams.flush_idle(3.0, 2.0, 60.0) == ([], [])  # once
-    assert streams.flush_idle(61.0, 2.0, 60.0) == ([], ["s"]) and not streams.streams
+    # the stream goes on after its idle flush, which ended between two VAD windows
+    more = frames(signal([(2.5, "quiet"), (1.0, "tone"), (1.0, "quiet")]), 1000)[len(fs):]
+    after = feed(streams, more, first_tag=len(fs))
+    assert [r for *_, r in bounds(after)] == ["silence"] and bounds(after)[0][0] >= 39000
+    assert "s" not in streams.streams  # its end-of-stream frame freed it
+    streams.accept("t", fs[0], now=0.0, tag=0)
+    assert streams.flush_idle(61.0, 2.0, 60.0) == ([], ["t"]) and not streams.streams  # silent for the timeout
 
 
 def restarted_reader_agrees(cfg, y, vad, crash_points, frame=1600):
