@@ -32,7 +32,7 @@ from tests.speech import HARVARD, stream_of
 from .conftest import REPO
 from .helpers import cli, consume, deadletter_header_object, free_port, validate, values, wait_for
 
-SENTENCES = HARVARD[:5]
+SENTENCES = HARVARD[:4]
 BOUNDS = ("start_sample", "end_sample", "text", "reason")
 
 
@@ -42,8 +42,8 @@ def _answers(recs) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def speech_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("speech") / "harvard5.wav"
-    sf.write(path, stream_of(SENTENCES, [0.8, 2.5, 2.5, 2.5, 2.5]), 16000)  # pauses > long_pause_s: 5 utterances
+    path = tmp_path_factory.mktemp("speech") / "harvard4.wav"
+    sf.write(path, stream_of(SENTENCES, [0.8, 2.5, 2.5, 2.5]), 16000)  # pauses > long_pause_s: 4 utterances
     return path
 
 
@@ -112,7 +112,12 @@ def live(kafka_conf, speech_file, offline, tmp_path_factory):
         import httpx
         metrics = httpx.get(f"http://127.0.0.1:{port_b}/metrics", timeout=10).text
         dead = consume(kafka_conf, t["deadletter"], count=2, timeout=60)
-        yield {"msgs": msgs, "before": before, "metrics": metrics, "dead": dead, "logs": logs}
+        watch = subprocess.run(cli("watch", "-b", kafka_conf["bootstrap.servers"], "--topic", t["transcripts"],
+                                   "--captions", "--from-beginning", "--idle-timeout", "5"),
+                               capture_output=True, text=True, timeout=120)
+        assert watch.returncode == 0, watch.stderr
+        yield {"msgs": msgs, "before": before, "metrics": metrics, "dead": dead, "logs": logs,
+               "captions": watch.stdout.splitlines()}
     finally:
         for p in (first, second, producer):
             if p is not None and p.poll() is None:
@@ -139,6 +144,12 @@ def test_the_live_replay_gives_the_answers_of_transcribe_file(live, offline):
     """Same utterance bounds, same text, same reasons as the offline command, after a crash in between."""
     unique = {r["id"]: r for r in values(live["msgs"])}.values()
     assert _answers(unique) == _answers(offline)
+
+
+def test_watch_shows_each_utterance_once_as_a_caption(live, offline):
+    """`watch --topic TRANSCRIPTS` after the kill and restart: repeats (same id) are shown once, in order."""
+    assert live["captions"] == [f"{'meeting':<20} {r['start_s']:8.2f}-{r['end_s']:<8.2f} {r['text']}"
+                                for r in offline]
 
 
 def test_bad_frames_are_dead_lettered_with_their_reason(live):
