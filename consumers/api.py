@@ -472,13 +472,6 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
                    words: bool = Query(False, description="word timings (about 2x the CPU)")):
         from streamproc.segmentation import SAMPLE_RATE
         from streamproc.transcribe import file_records
-        with asr_lock:
-            if "model" not in asr:
-                from streamproc.transcription import Transcriber
-                try:
-                    asr["model"] = Transcriber.load("transcription")
-                except BundleError as exc:
-                    raise HTTPException(503, f"no speech model: {exc}") from None
         name = display_name(file.filename)
         ext = re.sub(r"[^A-Za-z0-9]", "", os.path.splitext(file.filename or "")[1])[:8]
         with tempfile.NamedTemporaryFile(suffix="." + ext if ext else "") as tmp:
@@ -495,8 +488,14 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
                 raise HTTPException(413, str(exc).replace(tmp.name, name)) from None
             except AudioInputError as exc:
                 raise HTTPException(415, f"not audio we can decode: {str(exc).replace(tmp.name, name)}") from None
-        m = asr["model"]
         with asr_lock:  # one Whisper call at a time: the model runs on one thread
+            if "model" not in asr:  # loaded on the first audio that decodes
+                from streamproc.transcription import Transcriber
+                try:
+                    asr["model"] = Transcriber.load("transcription")
+                except BundleError as exc:
+                    raise HTTPException(503, f"no speech model: {exc}") from None
+            m = asr["model"]
             recs = file_records(y, m, stream_id=file.filename or "upload", words=words)
         return {"model": m.model_id, "duration_s": round(len(y) / SAMPLE_RATE, 6), "transcripts": recs}
 
