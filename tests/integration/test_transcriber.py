@@ -30,7 +30,8 @@ from streamproc.kafka import ensure_topics
 from tests.speech import HARVARD, stream_of
 
 from .conftest import REPO
-from .helpers import cli, consume, deadletter_header_object, free_port, validate, values, wait_for
+from .helpers import (cli, consume, deadletter_header_object, free_port, running_serve, validate, values,
+                      wait_for)
 
 SENTENCES = HARVARD[:4]
 BOUNDS = ("start_sample", "end_sample", "text", "reason")
@@ -80,7 +81,7 @@ def _ready(port: int) -> bool:
 @pytest.fixture(scope="module")
 def live(kafka_conf, speech_file, offline, tmp_path_factory):
     tag = uuid.uuid4().hex[:8]
-    t = {k: f"test.{tag}.{k}" for k in ("frames", "transcripts", "deadletter")}
+    t = {k: f"test.{tag}.{k}" for k in ("frames", "transcripts", "deadletter", "predictions", "features")}
     ensure_topics(kafka_conf, {n: 1 for n in t.values()})
     logs = tmp_path_factory.mktemp("transcriber")
     group = f"test-transcriber-{tag}"
@@ -117,7 +118,7 @@ def live(kafka_conf, speech_file, offline, tmp_path_factory):
                                capture_output=True, text=True, timeout=120)
         assert watch.returncode == 0, watch.stderr
         yield {"msgs": msgs, "before": before, "metrics": metrics, "dead": dead, "logs": logs,
-               "captions": watch.stdout.splitlines()}
+               "captions": watch.stdout.splitlines(), "topics": t}
     finally:
         for p in (first, second, producer):
             if p is not None and p.poll() is None:
@@ -150,6 +151,30 @@ def test_watch_shows_each_utterance_once_as_a_caption(live, offline):
     """`watch --topic TRANSCRIPTS` after the kill and restart: repeats (same id) are shown once, in order."""
     assert live["captions"] == [f"{'meeting':<20} {r['start_s']:8.2f}-{r['end_s']:<8.2f} {r['text']}"
                                 for r in offline]
+
+
+def test_the_live_page_shows_recent_transcripts(live, offline, kafka_conf, tmp_path):
+    """`serve -b` reads the transcripts topic: /v1/events sends each utterance once as a `transcripts` event (the
+    topic holds repeats from the kill), and the page has the list app.js fills from it."""
+    import httpx
+    t = live["topics"]
+    with running_serve(kafka_conf, t, tmp_path, "--transcripts-topic", t["transcripts"], "--model", "starter") \
+            as (base, _proc):
+        assert 'id="transcripts"' in httpx.get(base + "/").text
+        assert 'addEventListener("transcripts"' in httpx.get(base + "/static/app.js").text
+        got, event = [], None
+        deadline = time.monotonic() + 60
+        with httpx.stream("GET", base + "/v1/events", timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "transcripts":
+                    got += json.loads(line[6:])
+                if len(got) >= len(offline) or time.monotonic() > deadline:
+                    break
+    assert [(c["start_s"], c["end_s"], c["text"]) for c in got] == [(r["start_s"], r["end_s"], r["text"])
+                                                                     for r in offline]
+    assert len({c["id"] for c in got}) == len(got) and all(c["stream_id"] == "meeting" for c in got)
 
 
 def test_bad_frames_are_dead_lettered_with_their_reason(live):
