@@ -93,6 +93,10 @@ def live(kafka_conf, speech_file, offline, tmp_path_factory):
         capture_time_ns=0, session_id=wire.new_session_id()))
     bad.flush(10)
     port_a, port_b = free_port(), free_port()
+    # batch --transcribe of the same file runs meanwhile (the replay is paced: the CPU has time for it)
+    out = logs / "results.parquet"
+    batch = subprocess.Popen(cli("batch", str(speech_file), "--out", str(out), "--transcribe", "--workers", "1",
+                                 "-q"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = _transcriber(kafka_conf, t, group, port_a, logs / "a.log")
     second = producer = None
     try:
@@ -118,9 +122,9 @@ def live(kafka_conf, speech_file, offline, tmp_path_factory):
                                capture_output=True, text=True, timeout=120)
         assert watch.returncode == 0, watch.stderr
         yield {"msgs": msgs, "before": before, "metrics": metrics, "dead": dead, "logs": logs,
-               "captions": watch.stdout.splitlines(), "topics": t}
+               "captions": watch.stdout.splitlines(), "topics": t, "batch": (batch, out)}
     finally:
-        for p in (first, second, producer):
+        for p in (first, second, producer, batch):
             if p is not None and p.poll() is None:
                 p.terminate()
                 p.wait(30)
@@ -204,13 +208,11 @@ def test_the_metrics_the_alert_rules_use_are_served(live, offline):
     assert total("audiostream_transcription_cpu_seconds_total") > 0
 
 
-def test_batch_and_the_http_api_give_the_same_answers(speech_file, offline, tmp_path):
-    out = tmp_path / "results.parquet"
-    r = subprocess.run(cli("batch", str(speech_file), "--out", str(out), "--transcribe", "--workers", "1", "-q"),
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+def test_batch_and_the_http_api_give_the_same_answers(live, speech_file, offline):
+    batch, out = live["batch"]
+    assert batch.wait(300) == 0, batch.stdout.read()
     import pyarrow.parquet as pq
-    rows = pq.read_table(tmp_path / "results.transcripts.parquet").to_pylist()
+    rows = pq.read_table(out.with_name("results.transcripts.parquet")).to_pylist()
     assert _answers(rows) == _answers(offline)
     assert [row["id"] for row in rows] == [rec["id"] for rec in offline]  # same file, same ids
     assert pq.read_table(out).num_rows > 0  # the window labels beside them
