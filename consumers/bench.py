@@ -282,10 +282,20 @@ def add_parser(sub):
                    help="engine mode: override the STFT hop (cost comparison; model scores not meaningful)")
     p.add_argument("--cpu", type=int, default=None, help="engine mode: CPU to pin to")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    # speech to text (consumers/bench_transcribe.py)
+    p.add_argument("--transcribe", action="store_true",
+                   help="speech to text: streams per core, segmented vs whole-file, and caption latency through "
+                        "Kafka (--streams, default 10; --duration)")
+    p.add_argument("--speech", default=None, metavar="FILE", help="--transcribe: this speech instead of espeak-ng's")
+    p.add_argument("--speech-share", type=float, default=0.3, help="--transcribe: share of the time someone speaks")
+    p.add_argument("--no-kafka", action="store_true", help="--transcribe: the one-core part only")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.transcribe:
+        from .bench_transcribe import run as run_transcribe
+        return run_transcribe(args)
     from streamproc.progress import Progress
     quiet = args.json
     models = args.model or [DEFAULT_MODEL]

@@ -41,6 +41,7 @@ COMMANDS = {
     "report": ("consumers.report", "HTML + PNG report from batch results or the live output topics"),
     "serve": ("consumers.api", "HTTP API: classify uploads, models, live streams, similar clips"),
     "transcribe": ("streamproc.transcribe", "speech to text for an audio file (offline Whisper on CPU)"),
+    "transcriber": ("consumers.transcriber", "run the speech-to-text service (audio.frames -> audio.transcripts)"),
 }
 
 
