@@ -76,7 +76,8 @@ def test_killing_a_node_mid_replay_loses_and_repeats_nothing(cluster, victim):
 def full_isr(cluster, topic: str, partitions: int) -> bool:
     from confluent_kafka.admin import AdminClient
     md = AdminClient({"bootstrap.servers": cluster.bootstrap_servers}).list_topics(topic, timeout=10).topics[topic]
-    return all(len(md.partitions[p].isrs) == len(cluster.nodes) for p in range(partitions))
+    # (a node that has not seen a new topic's metadata yet answers without its partitions)
+    return all(p in md.partitions and len(md.partitions[p].isrs) == len(cluster.nodes) for p in range(partitions))
 
 
 @pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
@@ -121,4 +122,160 @@ def test_analyzer_delivers_every_window_through_two_leader_kills(cluster, exactl
     finally:
         analyzer.stop()
         th.join(60)
+    reg = analyzer.metrics.registry
+    print(f"transactions aborted and rewound: {reg.get_sample_value('audiostream_transaction_rewinds_total'):.0f}")
+    assert not th.is_alive() and not th.errors, th.errors  # an abortable error rewinds, it does not stop
+
+
+# -- rolling restart, partition growth, chaos: streams that keep coming ---------------------------------------
+def all_in_sync(cluster) -> bool:
+    """Every partition of every topic (the internal offsets and transaction logs too) has its full ISR:
+    what an operator waits for between two nodes of a rolling restart (no under-replicated partition)."""
+    from confluent_kafka.admin import AdminClient
+    try:
+        md = AdminClient({"bootstrap.servers": cluster.bootstrap_servers}).list_topics(timeout=10)
+    except Exception:
+        return False
+    return all(len(p.isrs) == len(cluster.nodes) for t in md.topics.values() for p in t.partitions.values())
+
+
+class Waves:
+    """``n`` real-time streams replaying ``clip_s`` clips back to back (each clip a new producer session) until
+    ``stop()``; ``expected`` holds the window ids of every clip started, ``results`` every replay's outcome."""
+
+    def __init__(self, conf: dict, topic: str, n: int, clip_s: float, speed: float = 1.0):
+        from .test_reliability import Streams
+        self.conf, self.topic, self.n, self.clip_s, self.speed = conf, topic, n, clip_s, speed
+        self.expected: set = set()
+        self.results: list = []
+        self.clips = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._make = Streams
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        tag = uuid.uuid4().hex[:6]
+        while not self._stop.is_set():
+            wave = self._make(self.n, self.clip_s, prefix=f"w{tag}")  # the same ids, a new session each clip
+            with self._lock:
+                self.expected |= wave.expected
+                self.clips += self.n
+            senders = wave.produce(self.conf, self.topic, speed=self.speed)
+            for s in senders:
+                s.join(300)
+            self.results += senders[0].results
+
+    def stop(self, timeout: float = 300) -> None:
+        self._stop.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the streams did not finish"
+
+
+def delivered_as_promised(report: dict, exactly_once: bool) -> bool:
+    """Kafka's system-test verdicts: ALL-RECORDS-DELIVERED passes; MORE only in at-least-once and only when
+    the duplicates are the sole difference (deduped count equal to the expected one); LESS never."""
+    if report["missing"] or report["unexpected"]:
+        return False
+    return report["duplicates"] == 0 or not exactly_once
+
+
+def start_pair(conf: dict, frames: str, tag: str):
+    """Two analyzers on the same frames, one per delivery mode, each with its own group and outputs."""
+    from consumers.analyzer import Analyzer, AnalyzerConfig
+    out = {}
+    for eos in (False, True):
+        mode = "eos" if eos else "alo"
+        t = {k: f"cl.{tag}.{mode}.{k}" for k in ("predictions", "features", "deadletter")}
+        ensure_topics(conf, {n: 3 for n in t.values()})
+        a = Analyzer(AnalyzerConfig(kafka=dict(conf), frames_topic=frames, predictions_topic=t["predictions"],
+                                    features_topic=t["features"], deadletter_topic=t["deadletter"],
+                                    group_id=f"cluster-{tag}-{mode}", metrics_port=None, create_topics=False,
+                                    exactly_once=eos))
+        out[eos] = (a, a.run_in_background(), t)
+    return out
+
+
+def stop_pair(pair) -> None:
+    for a, th, _t in pair.values():
+        a.stop()
+    for a, th, _t in pair.values():
+        th.join(60)
+        assert not th.is_alive() and not th.errors, th.errors
+
+
+def test_exactly_once_refused_output_aborts_rewinds_and_delivers_once(cluster):
+    """An output the cluster refuses inside a transaction (here: the predictions topic's max.message.bytes
+    lowered below a prediction's size, then restored, the deterministic stand-in for a refusal during a leader
+    failover) aborts the transaction; the analyzer rewinds to its last commit instead of stopping, rebuilds the
+    streams from the log, and a read_committed reader sees every window once."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+    from consumers.analyzer import Analyzer, AnalyzerConfig
+
+    from .test_reliability import Streams, classify, read_predictions
+    conf = {"bootstrap.servers": cluster.bootstrap_servers}
+    tag = uuid.uuid4().hex[:6]
+    t = {k: f"cl.{tag}.{k}" for k in ("frames", "predictions", "features", "deadletter")}
+    ensure_topics(conf, {name: 2 for name in t.values()})
+    admin = AdminClient(conf)
+
+    def max_bytes(value: str) -> None:
+        entry = ConfigEntry("max.message.bytes", value, incremental_operation=AlterConfigOpType.SET)
+        for f in admin.incremental_alter_configs([ConfigResource("topic", t["predictions"],
+                                                                 incremental_configs=[entry])]).values():
+            f.result(30)
+    max_bytes("200")  # a prediction is larger: refused by the broker
+    analyzer = Analyzer(AnalyzerConfig(kafka=dict(conf), frames_topic=t["frames"], predictions_topic=t["predictions"],
+                                       features_topic=t["features"], deadletter_topic=t["deadletter"],
+                                       group_id=f"cluster-{tag}", metrics_port=None, create_topics=False,
+                                       exactly_once=True))
+    th = analyzer.run_in_background()
+    reg = analyzer.metrics.registry
+    try:
+        streams = Streams(4, 6.0)
+        senders = streams.produce(conf, t["frames"], speed=3.0)
+        wait_for(lambda: reg.get_sample_value("audiostream_transaction_rewinds_total") >= 1, 120,
+                 "a transaction aborted and rewound")
+        assert th.is_alive(), th.errors  # not stopped
+        max_bytes("1048588")  # the default: outputs accepted again
+        for s in senders:
+            s.join(120)
+        preds = read_predictions(conf, t["predictions"], streams.expected, timeout=180, read_committed=True)
+        report = classify(preds, streams.expected)
+        assert report["verdict"] == "all-delivered", report
+        assert reg.get_sample_value("audiostream_offset_commits_total", {"outcome": "aborted"}) >= 1
+        print(f"rewinds: {reg.get_sample_value('audiostream_transaction_rewinds_total'):.0f}")
+    finally:
+        analyzer.stop()
+        th.join(60)
     assert not th.is_alive() and not th.errors, th.errors
+
+
+def test_rolling_restart_of_every_node_under_twenty_real_time_streams(cluster):
+    """Each node in turn stopped (controlled shutdown) and started again, waiting for every partition's full
+    ISR in between, while 20 streams replay short clips in real time into two analyzers (at-least-once and
+    exactly-once): windows expected against predictions received, classified like Kafka's system tests."""
+    conf = {"bootstrap.servers": cluster.bootstrap_servers}
+    tag = uuid.uuid4().hex[:6]
+    frames = f"cl.{tag}.frames"
+    ensure_topics(conf, {frames: 3})
+    wait_for(lambda: all_in_sync(cluster), 120, "full ISRs")
+    pair = start_pair(conf, frames, tag)
+    try:
+        waves = Waves(conf, frames, n=20, clip_s=3.0)
+        for node in (n.node_id for n in cluster.nodes):
+            cluster.stop_node(node)
+            cluster.restart(node)
+            wait_for(lambda: all_in_sync(cluster), 180, f"node {node} back in every ISR")
+        waves.stop()
+        assert waves.results and all(r.failed == 0 and r.delivered == r.frames for r in waves.results), \
+            [r for r in waves.results if r.failed or r.delivered != r.frames][:3]
+        from .test_reliability import classify, read_predictions
+        for eos, (a, _th, t) in pair.items():
+            preds = read_predictions(conf, t["predictions"], waves.expected, timeout=180, read_committed=eos)
+            report = classify(preds, waves.expected)
+            print(f"rolling restart, {'exactly-once' if eos else 'at-least-once'}: {waves.clips} clips, {report}")
+            assert delivered_as_promised(report, eos), report
+    finally:
+        stop_pair(pair)
