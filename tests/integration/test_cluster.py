@@ -2,6 +2,8 @@
 min.insync.replicas 2, nodes killed with SIGKILL while audio flows."""
 from __future__ import annotations
 
+import collections
+import json
 import threading
 import time
 import uuid
@@ -279,3 +281,67 @@ def test_rolling_restart_of_every_node_under_twenty_real_time_streams(cluster):
             assert delivered_as_promised(report, eos), report
     finally:
         stop_pair(pair)
+
+
+def test_adding_partitions_moves_streams_with_the_first_window_after_the_move_flagged(cluster):
+    """Partitions added to the frames topic while 8 streams run: some keys re-map to a new partition mid-stream
+    (docs/guarantees.md, "Adding partitions"). A stream that did not move loses nothing and is never flagged; a
+    stream that moved restarts on its new partition with its first window there flagged (`gap: true`), and the
+    only windows missing are the ones just before that flag (their audio straddles the move), none after."""
+    from confluent_kafka.admin import AdminClient, NewPartitions
+    from consumers.analyzer import Analyzer, AnalyzerConfig
+
+    from .test_reliability import SPEC, Streams
+    # producers and the analyzer notice the new partitions within a second (librdkafka's default is 5 min)
+    conf = {"bootstrap.servers": cluster.bootstrap_servers, "topic.metadata.refresh.interval.ms": 1000}
+    tag = uuid.uuid4().hex[:6]
+    t = {k: f"cl.{tag}.{k}" for k in ("frames", "predictions", "features", "deadletter")}
+    ensure_topics(conf, {name: 2 for name in t.values()})
+    analyzer = Analyzer(AnalyzerConfig(kafka=dict(conf), frames_topic=t["frames"], predictions_topic=t["predictions"],
+                                       features_topic=t["features"], deadletter_topic=t["deadletter"],
+                                       group_id=f"cluster-{tag}", metrics_port=None, create_topics=False))
+    th = analyzer.run_in_background()
+    try:
+        streams = Streams(8, 12.0, prefix="grow")  # fixed ids: which keys move from 2 to 6 partitions is fixed
+        senders = streams.produce(conf, t["frames"], speed=2.0)
+        time.sleep(2.5)
+        admin = AdminClient(conf)
+        admin.create_partitions([NewPartitions(t["frames"], 6)])[t["frames"]].result(30)
+        for s in senders:
+            s.join(120)
+        assert all(r.failed == 0 and r.delivered == r.frames for r in senders[0].results)
+        last = {sid: max(a for w in streams.expected if w.startswith(sid + "/") for a in [int(w.rsplit("/", 1)[1])])
+                for sid in streams.ids}
+        frames = consume(conf, t["frames"], count=sum(r.frames for r in senders[0].results), timeout=60)
+        partitions = collections.defaultdict(set)
+        for m in frames:
+            partitions[m.key().decode()].add(m.partition())
+        moved = {sid for sid, ps in partitions.items() if len(ps) > 1}
+        assert moved, f"no stream re-mapped: {dict(partitions)}"
+
+        def all_ends_seen(msgs):
+            seen = {(p["stream_id"], p["start_sample"]) for p in map(lambda m: json.loads(m.value()), msgs)}
+            return all((sid, a) in seen for sid, a in last.items())
+        preds = [json.loads(m.value()) for m in consume(conf, t["predictions"], until=all_ends_seen, timeout=120,
+                                                          settle=2.0)]
+    finally:
+        analyzer.stop()
+        th.join(60)
+    assert not th.is_alive() and not th.errors, th.errors
+    got = collections.defaultdict(dict)
+    for p in preds:
+        got[p["stream_id"]][p["start_sample"]] = p["gap"]
+    for sid in streams.ids:
+        want = {a for a, _b in SPEC.window_bounds(len(streams.pcm[streams.ids.index(sid)]))}
+        missing = sorted(want - set(got[sid]))
+        flagged = sorted(a for a, g in got[sid].items() if g)
+        print(f"{sid}: partitions {sorted(partitions[sid])}, {len(got[sid])}/{len(want)} windows, "
+              f"missing {missing}, flagged {flagged}")
+        if sid not in moved:
+            assert not missing and not flagged, (sid, missing, flagged)
+            continue
+        assert flagged, f"{sid} moved but no window is flagged"
+        first = flagged[0]
+        # the hole is right before the flag: a contiguous run of hops ending at the flagged window
+        assert missing == list(range(first - len(missing) * SPEC.hop, first, SPEC.hop)), (sid, missing, first)
+    assert analyzer.metrics.registry.get_sample_value("audiostream_stream_moves_total") >= len(moved)
