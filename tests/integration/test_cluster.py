@@ -567,9 +567,9 @@ def check_soak(s: dict) -> None:
 
 
 def test_chaos_soak_short_form(cluster, tmp_path):
-    """CI form of the soak: 8 real-time streams for ~24 s while a seeded schedule SIGKILLs, SIGTERMs, adds and
+    """CI form of the soak: 8 real-time streams for ~18 s while a seeded schedule SIGKILLs, SIGTERMs, adds and
     removes analyzer replicas (no broker bounces here: the rolling-restart test bounces every node)."""
-    s = soak(cluster, tmp_path, seconds=24, streams=8, seed=19, every=6.0, bounces=False)
+    s = soak(cluster, tmp_path, seconds=18, streams=8, seed=19, every=4.5, bounces=False)
     assert s["sigkill"] + s["sigterm"] + s["add"] + s["remove"] >= 4
     check_soak(s)
 
