@@ -304,7 +304,7 @@ class ExactlyOnce(Checkpoint):
         self.txn_open = False
         self.txn_started = 0.0
         self.generation = 0                 # which transaction an output belongs to (late reports of aborted ones)
-        self.last_progress = self.clock()   # the last commit (or the start): rewinds must not go on forever
+        self.failing_since: float | None = None  # the first rewind since the last commit: not forever
         self.rewinds = 0
 
     def begin(self, now: float) -> Batch:
@@ -366,7 +366,7 @@ class ExactlyOnce(Checkpoint):
                 return False
         self.txn_open = False
         self.on_commit("ok")
-        self.last_progress = self.clock()
+        self.failing_since = None
         for tp, mark in marks.items():
             if tp in self.assigned:
                 self.resume_at[tp] = mark
@@ -378,6 +378,7 @@ class ExactlyOnce(Checkpoint):
         its own, but the producer cannot go on (``recover`` stops)."""
         if not self.txn_open:
             return True
+        self.generation += 1  # reports of this transaction's outputs arriving from now on are not held against any
         deadline = self.clock() + self.unavailable_timeout_s
         while True:
             try:
@@ -405,8 +406,12 @@ class ExactlyOnce(Checkpoint):
         if self.on_rewind is None:
             self._stop(f"{why}; transaction aborted")
             return
-        if self.clock() - self.last_progress > self.unavailable_timeout_s:
-            self._stop(f"{why}; transaction aborted, and none committed for {self.unavailable_timeout_s:.0f}s")
+        now = self.clock()
+        if self.failing_since is None:
+            self.failing_since = now
+        elif now - self.failing_since > self.unavailable_timeout_s:
+            self._stop(f"{why}; transaction aborted, and none committed for {self.unavailable_timeout_s:.0f}s "
+                       f"of rewinds")
             return
         tps = set(self.read_upto) - set(keep_out)
         targets = {tp: self.resume_at[tp] for tp in tps if tp in self.resume_at}

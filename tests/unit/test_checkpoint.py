@@ -235,11 +235,16 @@ def test_exactly_once_refused_output_aborts_and_rewinds_to_the_last_commit():
     assert cp.read_upto == {} and cp.replaying(TP0, 9) and not cp.replaying(TP0, 10) and cp.replaying(TP1, 2)
     acks[1](KafkaError(KafkaError._PURGE_QUEUE))            # the aborted transaction's late report is not held
     cp.tick(1.3)                                            # against the next one
-    assert failures == [] and producer.calls[-1] == "abort"
+    assert failures == [] and producer.calls[-1] == "abort" and len(rewound) == 1
     batch(cp, 1.4, {TP0: 15}, outputs=1, low={TP0: 4})      # re-read: a new transaction, committed as usual
     clock.t = 2.5
     cp.tick(2.5)
     assert producer.calls[-2:] == ["begin", "commit"] and producer.sent[-1][TP0] == (4, 16)
+    acks = batch(cp, 100.0, {TP0: 20}, outputs=1)           # much later: the commit reset the no-progress clock
+    clock.t = 100.0
+    acks[0](KafkaError(KafkaError.NOT_ENOUGH_REPLICAS))
+    cp.tick(100.0)
+    assert failures == [] and consumer.seeks[-1] == (TP0, 4) and len(rewound) == 2
 
 
 def test_exactly_once_abortable_commit_error_rewinds_and_retriable_one_retries():
@@ -262,11 +267,16 @@ def test_exactly_once_rewind_without_a_hook_or_without_progress_stops():
     cp.tick(0.1)
     assert failures and "aborted" in failures[0] and consumer.seeks == [] and cp.failed
     cp, consumer, producer, clock, failures, _o, rewound = make_rewinding()
-    acks = batch(cp, 0.0, {TP0: 3}, outputs=1, low={TP0: 0})
-    clock.t = 11.0                                                       # past unavailable_timeout_s, no commit
+    clock.t = 500.0                          # a long idle start is no failure of its own
+    acks = batch(cp, 500.0, {TP0: 3}, outputs=1, low={TP0: 0})
     acks[0](KafkaError(KafkaError._MSG_TIMED_OUT))
-    cp.tick(11.0)
-    assert failures and "none committed" in failures[0] and rewound == []
+    cp.tick(500.0)
+    assert failures == [] and rewound == [{TP0}]
+    acks = batch(cp, 500.1, {TP0: 3}, outputs=1, low={TP0: 0})
+    clock.t = 511.0                          # rewinding again and again, no commit for unavailable_timeout_s
+    acks[0](KafkaError(KafkaError._MSG_TIMED_OUT))
+    cp.tick(511.0)
+    assert failures and "none committed" in failures[0] and len(rewound) == 1
 
 
 def test_exactly_once_partition_read_without_commit_or_first_offset_cannot_rewind():
