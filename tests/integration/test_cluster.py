@@ -585,6 +585,7 @@ def test_chaos_soak_short_form(cluster, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("AUDIOSTREAM_SOAK_MINUTES"), reason="long form: set AUDIOSTREAM_SOAK_MINUTES")
+@pytest.mark.timeout(int(float(os.environ.get("AUDIOSTREAM_SOAK_MINUTES") or 0) * 60) + 1800)  # over the 300 s default
 def test_chaos_soak_long_form(cluster, tmp_path):
     """The long soak: AUDIOSTREAM_SOAK_MINUTES of 20 streams, an event every 20 s, broker bounces included."""
     minutes = float(os.environ["AUDIOSTREAM_SOAK_MINUTES"])
