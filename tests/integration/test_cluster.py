@@ -265,9 +265,14 @@ def test_rolling_restart_of_every_node_under_twenty_real_time_streams(cluster):
     try:
         waves = Waves(conf, frames, n=20, clip_s=3.0)
         for node in (n.node_id for n in cluster.nodes):
+            t0 = time.monotonic()
             cluster.stop_node(node)
+            t1 = time.monotonic()
             cluster.restart(node)
+            t2 = time.monotonic()
             wait_for(lambda: all_in_sync(cluster), 180, f"node {node} back in every ISR")
+            print(f"node {node}: stopped in {t1 - t0:.1f} s, started in {t2 - t1:.1f} s, "
+                  f"in sync {time.monotonic() - t2:.1f} s later")
         waves.stop()
         assert waves.results and all(r.failed == 0 and r.delivered == r.frames for r in waves.results), \
             [r for r in waves.results if r.failed or r.delivered != r.frames][:3]
