@@ -220,7 +220,7 @@ class Analyzer:
                                   f"transactions need a broker with a transaction state log") from None
         self.checkpoint = for_mode(
             c.exactly_once, self.consumer, self.producer, needs=self._partition_needs, on_fail=self._fail,
-            on_commit=lambda outcome: self.metrics.commits.labels(outcome).inc(),
+            on_commit=lambda outcome: self.metrics.commits.labels(outcome).inc(), on_rewind=self._rewind,
             interval_s=c.transaction_interval_s if c.exactly_once else c.commit_interval_s,
             unavailable_timeout_s=c.unavailable_timeout_s)
         self.consumer.subscribe([c.frames_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -261,6 +261,14 @@ class Analyzer:
         for sid in [s for s, tp in self._stream_partition.items() if tp in tps]:
             self.engine.drop(sid)
             del self._stream_partition[sid]
+
+    def _rewind(self, tps: set) -> None:
+        """The checkpoint aborted a transaction and sought ``tps`` back to their last commit: drop the
+        streams on them, whose state is rebuilt from the log as after a crash (docs/guarantees.md)."""
+        for sid in [s for s, tp in self._stream_partition.items() if tp in tps]:
+            self.engine.drop(sid)
+            del self._stream_partition[sid]
+        self.metrics.rewinds.inc()
 
     def _on_revoke(self, consumer, partitions) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
@@ -392,6 +400,7 @@ class Analyzer:
         c, m, cp = self.config, self.metrics, self.checkpoint
         now = time.monotonic()
         high: dict[tuple[str, int], int] = {}
+        low: dict[tuple[str, int], int] = {}
         cp.begin(now)
         for msg in msgs:
             err = msg.error()
@@ -402,6 +411,8 @@ class Analyzer:
             tp = (msg.topic(), msg.partition())
             offset = msg.offset()
             high[tp] = max(high.get(tp, -1), offset)
+            if tp not in low:
+                low[tp] = offset
             replay = cp.replaying(tp, offset)  # already processed (and published) by a previous owner
             value = msg.value()
             if not replay:
@@ -418,8 +429,13 @@ class Analyzer:
                 if not replay:
                     self._deadletter(msg, exc)
                 continue
+            moved = self._moved(sid, tp, frame, replay)
+            if moved is None:
+                continue  # an older frame from the partition the stream left: superseded
             res = self.engine.accept(sid, frame, now, tag=offset)
             self._stream_partition[sid] = tp
+            if moved:
+                self._flag_first_window(sid)
             if not replay and res.status not in ("duplicate", "late"):
                 m.audio_seconds.inc(frame.n_frames / frame.sample_rate)
 
@@ -430,8 +446,36 @@ class Analyzer:
         for sid in self.engine.finished():
             self._stream_partition.pop(sid, None)
         m.active_streams.set(len(self.engine.streams))
-        cp.store(high)
+        cp.store(high, low)
         cp.end(now)
+
+    def _moved(self, sid: str, tp: tuple[str, int], frame, replay: bool) -> bool | None:
+        """Partition growth re-maps keys (docs/guarantees.md, "Adding partitions"): True when ``frame`` continues,
+        on this partition, a stream this analyzer has not seen the start of here: its frames came from another
+        partition (a stream state is bound to one partition: offsets, done markers), or it is first seen
+        mid-session outside a replay. Its state starts afresh (windows spanning the move cannot be computed)
+        and its first window is flagged. None: the frame is an older one from the partition the stream left."""
+        st = self.engine.streams.get(sid)
+        prev = self._stream_partition.get(sid)
+        if st is not None and prev is not None and prev != tp:
+            if frame.session_id == st.session_id and frame.sequence < st.next_seq:
+                self.metrics.sequence.labels("late").inc()
+                return None
+            self.engine.drop(sid)
+            moved = frame.session_id == st.session_id
+        else:
+            moved = st is None and frame.sequence > 0 and not replay
+        if moved:
+            self.metrics.stream_moves.inc()
+            log.info("stream %r continues on %s[%d] at sequence %d without its earlier frames here: state "
+                     "rebuilt from this point, first window flagged", sid, tp[0], tp[1], frame.sequence)
+        return moved
+
+    def _flag_first_window(self, sid: str) -> None:
+        st = self.engine.streams.get(sid)
+        if st is not None:
+            boundary = st.next_window * self.spec.hop  # like a resync: the first window after the move has gap: true
+            st.gaps.append((boundary, boundary + 1))
 
     def _handle(self, events: list) -> None:
         """Publish the engine's events in their order (one inference call for all windows): windows,

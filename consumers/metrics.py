@@ -78,7 +78,14 @@ class AnalyzerMetrics:
                                        "passed); never committed by us", registry=r)
         self.gap_events = Counter("audiostream_gap_markers_total",
                                   "Gap markers published to the features topic", registry=r)
-        for outcome in ("ok", "failed"):
+        self.rewinds = Counter("audiostream_transaction_rewinds_total",
+                               "Exactly-once: transactions aborted on an abortable error, their partitions re-read "
+                               "from the last commit and their streams rebuilt", registry=r)
+        self.stream_moves = Counter("audiostream_stream_moves_total",
+                                    "Streams continued on a partition without their earlier frames (partitions "
+                                    "added, or first seen mid-session): state restarted, first window flagged",
+                                    registry=r)
+        for outcome in ("ok", "failed", "aborted"):
             self.commits.labels(outcome)
 
         model = f"{model_task}:{model_version}"
