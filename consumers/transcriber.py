@@ -106,6 +106,7 @@ class Finished:
     tag: object
     arrival: float  # when that record was accepted (monotonic)
     end_capture_ns: int | None = None  # the utterance's last sample on the producer's capture clock
+    tp: tuple | None = None  # (topic, partition) the stream's frames come from (set by the service)
 
 
 class SpeechStream:
@@ -533,6 +534,8 @@ class TranscriberService:
                 continue
             self._stream_partition[sid] = tp
             status, done = self.streams.accept(sid, frame, now, tag=offset)
+            for f in done:
+                f.tp = tp  # kept with the utterance: an ended stream's partition is forgotten below
             finished += done
             if not replay and status == "ok":
                 m.audio_seconds.inc(frame.n_frames / frame.sample_rate)
@@ -560,7 +563,7 @@ class TranscriberService:
         from streamproc.transcription import transcript_record
         m, cp = self.metrics, self.checkpoint
         for f in finished:
-            tp = self._stream_partition.get(f.stream_id)
+            tp = f.tp or self._stream_partition.get(f.stream_id)
             if tp is not None and f.tag is not None and cp.replaying(tp, f.tag):
                 m.replayed.inc()
                 continue
