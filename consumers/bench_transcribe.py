@@ -90,7 +90,8 @@ def engine_part(y: np.ndarray, asr) -> dict:
     audio_s = y.size / SR
     return {"audio_seconds": round(audio_s, 1), "utterances": len(utts),
             "utterance_seconds": round(sum(u.audio.size for u in utts) / SR, 1),
-            "segmented_cpu_s": round(seg_cpu, 2), "vad_cpu_s": round(vad_cpu, 2), "whole_file_cpu_s": round(whole_cpu, 2),
+            "segmented_cpu_s": round(seg_cpu, 2), "vad_cpu_s": round(vad_cpu, 2),
+            "whole_file_cpu_s": round(whole_cpu, 2),
             "segmented_streams_per_core": round(audio_s / seg_cpu, 1),
             "whole_file_streams_per_core": round(audio_s / whole_cpu, 1),
             "segmented_vs_whole_cost": round(seg_cpu / whole_cpu, 2),

@@ -117,8 +117,8 @@ RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 class TranscriberMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None, *, model: str = "", frames_topic: str = "audio.frames",
-                 output_topics=()):
+    def __init__(self, registry: CollectorRegistry | None = None, *, model: str = "",
+                 frames_topic: str = "audio.frames", output_topics=()):
         r = self.registry = registry or CollectorRegistry()
         self.model = model
         self.frames = Counter("audiostream_frames_consumed_total", "Frame records consumed", ["topic"], registry=r)

@@ -85,6 +85,7 @@ class TranscriberConfig:
     partitions: int = _D["partitions"]
     auto_offset_reset: str = _D["auto_offset_reset"]
     unavailable_timeout_s: float = _D["unavailable_timeout_s"]
+    instance_id: str | None = None  # static group membership: a restart with the same id takes its partitions back
     batch_size: int = 500
     poll_timeout: float = 0.02
     commit_interval_s: float = 1.0
@@ -105,6 +106,7 @@ class Finished:
     tag: object
     arrival: float  # when that record was accepted (monotonic)
     end_capture_ns: int | None = None  # the utterance's last sample on the producer's capture clock
+    tp: tuple | None = None  # (topic, partition) the stream's frames come from (set by the service)
 
 
 class SpeechStream:
@@ -277,7 +279,7 @@ class TranscriberService:
         self.metrics = TranscriberMetrics(registry, model=self.model, frames_topic=config.frames_topic,
                                           output_topics=(config.transcripts_topic, config.deadletter_topic))
         self.metrics.up.set_function(lambda: 1.0 if self.ready else 0.0)
-        self.instance = uuid.uuid4().hex[:8]
+        self.instance = config.instance_id or uuid.uuid4().hex[:8]
         self._stop = threading.Event()
         self._stream_partition: dict[str, tuple[str, int]] = {}
         self._lag: dict[tuple[str, int], int] = {}
@@ -340,6 +342,8 @@ class TranscriberService:
                       "auto.offset.reset": c.auto_offset_reset, "allow.auto.create.topics": False,
                       "isolation.level": "read_committed", "error_cb": self._on_kafka_error,
                       "on_commit": self._on_commit})
+        if c.instance_id:
+            cconf["group.instance.id"] = c.instance_id
         cconf.update(c.consumer_overrides)
         self.consumer = Consumer(client_logging(cconf))
         self.producer = Producer(producer_config(
@@ -530,6 +534,8 @@ class TranscriberService:
                 continue
             self._stream_partition[sid] = tp
             status, done = self.streams.accept(sid, frame, now, tag=offset)
+            for f in done:
+                f.tp = tp  # kept with the utterance: an ended stream's partition is forgotten below
             finished += done
             if not replay and status == "ok":
                 m.audio_seconds.inc(frame.n_frames / frame.sample_rate)
@@ -557,7 +563,7 @@ class TranscriberService:
         from streamproc.transcription import transcript_record
         m, cp = self.metrics, self.checkpoint
         for f in finished:
-            tp = self._stream_partition.get(f.stream_id)
+            tp = f.tp or self._stream_partition.get(f.stream_id)
             if tp is not None and f.tag is not None and cp.replaying(tp, f.tag):
                 m.replayed.inc()
                 continue
@@ -643,7 +649,11 @@ def add_parser(sub):
     p.add_argument("--no-create-topics", action="store_true")
     p.add_argument("--from", dest="auto_offset_reset", choices=("earliest", "latest"), default=d.auto_offset_reset,
                    help="where a new consumer group starts reading")
-    p.add_argument("--unavailable-timeout", type=float, default=d.unavailable_timeout_s, metavar="SECONDS")
+    p.add_argument("--unavailable-timeout", type=float, default=d.unavailable_timeout_s, metavar="SECONDS",
+                   help="exit non-zero (nothing more committed) when Kafka is unreachable this long")
+    p.add_argument("--instance-id", default=None,
+                   help="static group membership: a restarted replica with the same id takes its partitions back "
+                        "at once instead of after the session timeout")
     p.set_defaults(func=run)
 
 
@@ -663,7 +673,8 @@ def config_from_args(args) -> TranscriberConfig:
         metrics_addr=args.metrics_addr, idle_flush_s=args.idle_flush, idle_timeout_s=args.idle_timeout,
         max_gap_fill_s=args.max_gap_fill, words=args.words, cpu_threads=args.cpu_threads,
         create_topics=not args.no_create_topics, partitions=args.partitions,
-        auto_offset_reset=args.auto_offset_reset, unavailable_timeout_s=args.unavailable_timeout)
+        auto_offset_reset=args.auto_offset_reset, unavailable_timeout_s=args.unavailable_timeout,
+        instance_id=args.instance_id)
 
 
 def run(args) -> int:

@@ -65,8 +65,9 @@ def _transcriber(kafka_conf, t: dict, group: str, port: int, log_path):
     return subprocess.Popen(cli("transcriber", "-b", kafka_conf["bootstrap.servers"], "--frames-topic", t["frames"],
                                 "--transcripts-topic", t["transcripts"], "--deadletter-topic", t["deadletter"],
                                 "--group-id", group, "--metrics-port", str(port), "--no-create-topics",
-                                # the killed member's partitions move after this, not after the 45 s default
-                                "-X", "session.timeout.ms=6000"),
+                                # the restart takes the killed member's partitions back at once (static
+                                # membership), not after the session timeout
+                                "--instance-id", "replica-1", "-X", "session.timeout.ms=6000"),
                             stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -118,7 +119,7 @@ def live(kafka_conf, speech_file, offline, tmp_path_factory):
         metrics = httpx.get(f"http://127.0.0.1:{port_b}/metrics", timeout=10).text
         dead = consume(kafka_conf, t["deadletter"], count=2, timeout=60)
         watch = subprocess.run(cli("watch", "-b", kafka_conf["bootstrap.servers"], "--topic", t["transcripts"],
-                                   "--captions", "--from-beginning", "--idle-timeout", "5"),
+                                   "--captions", "--from-beginning", "--idle-timeout", "2"),
                                capture_output=True, text=True, timeout=120)
         assert watch.returncode == 0, watch.stderr
         yield {"msgs": msgs, "before": before, "metrics": metrics, "dead": dead, "logs": logs,
