@@ -21,7 +21,7 @@ from streamproc.settings import TOPIC_DETECTIONS, add_kafka_arguments, masked
 from .analyzer import Analyzer, AnalyzerConfig
 
 DEFAULTS = {"model": "birdnet", "group_id": "audiostream-detector", "predictions_topic": TOPIC_DETECTIONS,
-            "metrics_port": 9401}  # beside an analyzer on 9400
+            "metrics_port": 9403}  # beside analyzer 9400, producer 9401, transcriber 9402
 
 
 def add_parser(sub):
