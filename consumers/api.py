@@ -34,7 +34,7 @@ import numpy as np
 from streamproc import records
 from streamproc.errors import AudioInputError, BundleError, ConfigError
 from streamproc.settings import (DEFAULT_MODEL, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
-                                 TOPIC_TRANSCRIPTS, add_kafka_arguments)
+                                 TOPIC_DETECTIONS, TOPIC_TRANSCRIPTS, add_kafka_arguments)
 
 log = logging.getLogger("audiostream.api")
 
@@ -44,12 +44,16 @@ class LiveStreams:
     """Latest prediction and a running embedding per stream, from the output topics (a background thread)."""
 
     def __init__(self, kafka: dict, predictions_topic: str, features_topic: str, spec, since_s: float = 600,
-                 max_streams: int = 10000, deadletter_topic: str | None = None, transcripts_topic: str | None = None):
+                 max_streams: int = 10000, deadletter_topic: str | None = None, transcripts_topic: str | None = None,
+                 detections_topic: str | None = None):
         self.kafka, self.topics = kafka, (predictions_topic, features_topic)
         self.deadletter_topic = deadletter_topic  # counted per stream (its records keep the stream's key)
         self.transcripts_topic = transcripts_topic  # the transcriber's output: recent captions for the live page
         self.captions: collections.deque = collections.deque(maxlen=50)  # (version, caption), newest last
         self._caption_ids: OrderedDict[str, None] = OrderedDict()  # ids seen (a transcriber restart repeats some)
+        self.detections_topic = detections_topic  # a detector's output (BirdNET): recent detections for the live page
+        self.detections: collections.deque = collections.deque(maxlen=50)  # (version, detection), newest last
+        self._detection_ids: OrderedDict[str, None] = OrderedDict()
         self.spec, self.since_s, self.max_streams = spec, since_s, max_streams
         self.latest: OrderedDict[str, dict] = OrderedDict()
         self.vectors: dict[str, list] = {}  # stream -> [sum, sum of squares, n] of embedding columns
@@ -82,7 +86,8 @@ class LiveStreams:
                           "auto.offset.reset": "latest"})
             since_ms = int((time.time() - self.since_s) * 1000)
             wanted = [*self.topics, *([self.deadletter_topic] if self.deadletter_topic else []),
-                      *([self.transcripts_topic] if self.transcripts_topic else [])]
+                      *([self.transcripts_topic] if self.transcripts_topic else []),
+                      *([self.detections_topic] if self.detections_topic else [])]
             while True:  # serve may start before the analyzer has created its output topics: wait for them
                 tps = []
                 for topic in wanted:
@@ -116,6 +121,8 @@ class LiveStreams:
                         self._prediction(rec)
                     elif m.topic() == self.transcripts_topic and isinstance(rec, dict) and "text" in rec:
                         self._caption(rec)
+                    elif m.topic() == self.detections_topic and isinstance(rec, dict) and rec.get("detections"):
+                        self._detection(rec)
                     elif m.topic() == self.topics[1] and records.is_window(rec):
                         self._features(rec)
         finally:
@@ -157,6 +164,25 @@ class LiveStreams:
             self.version += 1
             self.captions.append((self.version, c))
 
+    def _detection(self, r: dict) -> None:
+        """A window with detections: its best one (and how many more) for the live page, once per window id."""
+        try:
+            best = r["detections"][0]
+            d = {"id": str(r["id"]), "stream_id": str(r["stream_id"]), "start_s": float(r["window_start_s"]),
+                 "end_s": float(r["window_end_s"]), "name": str(best["common_name"]),
+                 "scientific_name": best.get("scientific_name"), "confidence": float(best["confidence"]),
+                 "more": len(r["detections"]) - 1, "capture_time": r.get("capture_time")}
+        except (KeyError, TypeError, ValueError, IndexError):
+            return
+        with self._lock:
+            if d["id"] in self._detection_ids:
+                return
+            self._detection_ids[d["id"]] = None
+            if len(self._detection_ids) > 10000:
+                self._detection_ids.popitem(last=False)
+            self.version += 1
+            self.detections.append((self.version, d))
+
     def captions_since(self, since: int) -> list[dict]:
         """Transcripts that arrived after version ``since``, once per id, oldest first: the live page's captions."""
         with self._lock:
@@ -187,11 +213,12 @@ class LiveStreams:
                 for sid, v in self.changed_at.items() if v > since and sid in self.latest]
         return self.version, rows
 
-    def page_since(self, since: int) -> tuple[int, list[dict], list[dict]]:
-        """``changes`` and ``captions_since`` at one version (what /v1/events sends)."""
+    def page_since(self, since: int) -> tuple[int, list[dict], list[dict], list[dict]]:
+        """``changes``, ``captions_since`` and the detections since, at one version (what /v1/events sends)."""
         with self._lock:
             version, rows = self._changes(since)
-            return version, rows, [c for v, c in self.captions if v > since]
+            return (version, rows, [c for v, c in self.captions if v > since],
+                    [d for v, d in self.detections if v > since])
 
     def _features(self, f: dict) -> None:
         vector = records.features_vector(f, self.spec)
@@ -640,7 +667,9 @@ def add_pages(app, live: LiveStreams | None) -> None:
     @app.get("/v1/events", summary="Server-sent events: live streams as their predictions arrive",
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "event 'streams': a JSON list of the streams that changed; event "
-                                            "'transcripts': new transcripts (id, stream_id, start_s, end_s, text)"}})
+                                            "'transcripts': new transcripts (id, stream_id, start_s, end_s, text); event "
+                                            "'detections': windows with detections (id, stream_id, start_s, end_s, "
+                                            "name, scientific_name, confidence, more)"}})
     async def events(request: Request):
         async def stream():
             if live is None:
@@ -649,14 +678,17 @@ def add_pages(app, live: LiveStreams | None) -> None:
             seen, quiet = -1, 0.0
             yield "retry: 2000\n\n"
             while not await request.is_disconnected():
-                version, rows, captions = live.page_since(seen)
+                version, rows, captions, detections = live.page_since(seen)
                 if rows or seen < 0:
                     yield "event: streams\ndata: " + json.dumps(rows) + "\n\n"
                     quiet = 0.0
                 if captions:
                     yield "event: transcripts\ndata: " + json.dumps(captions) + "\n\n"
                     quiet = 0.0
-                if rows or captions or seen < 0:
+                if detections:
+                    yield "event: detections\ndata: " + json.dumps(detections) + "\n\n"
+                    quiet = 0.0
+                if rows or captions or detections or seen < 0:
                     seen = version
                 elif quiet > 15:
                     yield ": still here\n\n"  # keeps proxies from closing an idle connection
@@ -697,6 +729,8 @@ def add_parser(sub):
                    help="seconds of live history to read at start (default: 600)")
     p.add_argument("--deadletter-topic", default=TOPIC_DEADLETTER, help="bad frames, counted per stream on the page")
     p.add_argument("--transcripts-topic", default=TOPIC_TRANSCRIPTS, help="recent transcripts on the live page")
+    p.add_argument("--detections-topic", default=TOPIC_DETECTIONS,
+                   help="recent detections (audiostream detect: BirdNET) on the live page")
     p.add_argument("--ingest-token", default=os.environ.get("AUDIOSTREAM_INGEST_TOKEN"),
                    help="bearer token the ingest routes require (env AUDIOSTREAM_INGEST_TOKEN); without one they "
                         "answer only while serve listens on loopback")
@@ -793,7 +827,8 @@ def run(args) -> int:
         kafka = kafka_config_from_args(args)
         live = LiveStreams(kafka, args.predictions_topic, args.features_topic,
                            ModelBundle.load(args.model).spec, since_s=args.streams_since,
-                           deadletter_topic=args.deadletter_topic, transcripts_topic=args.transcripts_topic).start()
+                           deadletter_topic=args.deadletter_topic, transcripts_topic=args.transcripts_topic,
+                           detections_topic=args.detections_topic).start()
         gateway = Gateway(kafka, args.ingest_topic, token=args.ingest_token,
                           require_token=args.host not in ("127.0.0.1", "::1", "localhost"),
                           max_speed=args.ingest_max_speed, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),

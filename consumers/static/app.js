@@ -59,6 +59,19 @@ events.addEventListener("transcripts", e => {
   }
   while (captions.children.length > 20) captions.lastElementChild.remove();
 });
+const heard = document.getElementById("detections");  // newest first, the last 20 (BirdNET: audiostream detect)
+events.addEventListener("detections", e => {
+  for (const d of JSON.parse(e.data)) {
+    const li = document.createElement("li");
+    li.dataset.id = d.id;
+    const who = document.createElement("span"); who.className = "who";
+    who.textContent = `${d.stream_id} ${d.start_s.toFixed(1)}-${d.end_s.toFixed(1)} s`;
+    const name = d.scientific_name ? `${d.name} (${d.scientific_name})` : d.name;
+    li.append(who, document.createTextNode(` ${name} ${d.confidence.toFixed(2)}` + (d.more ? ` +${d.more} more` : "")));
+    heard.prepend(li);
+  }
+  while (heard.children.length > 20) heard.lastElementChild.remove();
+});
 events.addEventListener("error", e => {
   if (e.data) status.textContent = JSON.parse(e.data);
   else status.textContent = "connection lost; reconnecting ...";

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from streamproc.errors import BundleError
 from streamproc.inference import ModelBundle
 from streamproc import wire
 
-from .helpers import cli, consume
+from .helpers import cli, consume, running_serve
 
 pytestmark = pytest.mark.integration
 
@@ -181,3 +182,22 @@ def test_detect_through_kafka_same_as_offline_and_a_wrong_rate_stream_dead_lette
     schema = json.loads((Path(__file__).resolve().parents[2] / "docs/schemas/audio.detections.schema.json").read_text())
     for r in recs:
         jsonschema.Draft202012Validator(schema).validate(r)
+
+    # the live page: serve reads the detections topic and /v1/events sends each window's best detection once
+    import httpx
+    with running_serve(kafka_conf, topics(), tmp_path, "--detections-topic", t["predictions"], "--model", "starter") \
+            as (base, _proc):
+        assert 'id="detections"' in httpx.get(base + "/").text
+        got, event = [], None
+        deadline = time.monotonic() + 60
+        with httpx.stream("GET", base + "/v1/events", timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "detections":
+                    got += json.loads(line[6:])
+                if len(got) >= sum(1 for r in recs if r["detections"]) or time.monotonic() > deadline:
+                    break
+    want = {r["id"]: r["detections"][0] for r in recs if r["detections"]}
+    assert {d["id"]: (d["name"], d["confidence"]) for d in got} == {
+        i: (d["common_name"], d["confidence"]) for i, d in want.items()}
