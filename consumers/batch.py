@@ -65,6 +65,9 @@ def arrow_schema(labels: list[str], n_features: int):
     from streamproc.analysis import METRIC_COLUMNS
     fields += [(m, pa.float64()) for m in METRIC_COLUMNS]
     fields.append(("features", pa.list_(pa.float32())))
+    from streamproc.rhythm import COLUMNS as RHYTHM  # batch --rhythm; null without it
+    kinds = {"float64": pa.float64(), "string": pa.string(), "list<float64>": pa.list_(pa.float64())}
+    fields += [(name, kinds[kind]) for name, kind in RHYTHM.items()]
     return pa.schema(fields, metadata={b"audiostream.labels": ",".join(labels).encode(),
                                        b"audiostream.n_features": str(n_features).encode()})
 
@@ -92,11 +95,19 @@ def _init_worker(model: str) -> None:
     _BUNDLE = ModelBundle.load(model, intra_op_threads=1)
 
 
+def _analyze(path, bundle, root, max_s, rhythm: bool) -> list[dict]:
+    if rhythm:  # the whole track's tempo, beats and key too (streamproc/rhythm.py)
+        from streamproc.rhythm import analyze_file
+    else:
+        from streamproc.analysis import analyze_file
+    return analyze_file(path, bundle, root=root, max_seconds=max_s)
+
+
 def _work(item):
-    path, root, max_s = item
-    from streamproc.analysis import analyze_file
+    path, root, max_s, *rhythm = item  # (path, root, max seconds[, rhythm])
+    rhythm = bool(rhythm and rhythm[0])
     try:
-        return path, analyze_file(path, _BUNDLE, root=root, max_seconds=max_s), None
+        return path, _analyze(path, _BUNDLE, root, max_s, rhythm), None
     except AudiostreamError as exc:
         return path, [], str(exc)
     except Exception as exc:  # a file the decoders choke on must not stop the corpus
@@ -137,21 +148,20 @@ def spark_schema(labels: list[str], n_features: int):
 def _spark_partition(items, bundle_files, columns):
     """Runs on an executor: materialise the broadcast bundle once per partition, analyse its files."""
     import tempfile as tf
-    from streamproc.analysis import analyze_file
     from streamproc.inference import ModelBundle
     single_threaded_blas()
     with tf.TemporaryDirectory(prefix="audiostream-bundle-") as d:
         for name, data in bundle_files.value.items():
             Path(d, name).write_bytes(data)
         bundle = ModelBundle.load(d, intra_op_threads=1)
-        for path, root, max_s in items:
+        for path, root, max_s, *rhythm in items:
             try:
-                rows = analyze_file(path, bundle, root=root, max_seconds=max_s)
+                rows = _analyze(path, bundle, root, max_s, bool(rhythm and rhythm[0]))
             except Exception as exc:  # counted on the driver through the error rows
                 yield ("__error__", f"{path}: {exc}") + (None,) * (len(columns) - 2)
                 continue
             for r in rows:
-                yield tuple(r[c] for c in columns)
+                yield tuple(r.get(c) for c in columns)
 
 
 def run_spark(items, model: str, out: str, master: str, progress: bool) -> tuple[int, list[str]]:
@@ -197,12 +207,16 @@ def add_parser(sub):
     p.add_argument("--master", default="local[*]", help="spark engine: master URL (local[*], spark://..., yarn)")
     p.add_argument("--max-duration", type=float, default=FILE_MAX_SECONDS, metavar="SECONDS",
                    help=f"skip a file longer than this, checked before decoding (default: {FILE_MAX_SECONDS:g}; 0 = none)")
+    p.add_argument("--rhythm", action="store_true",
+                   help="also each file's tempo, tempo stability, beats, downbeats and key (docs/rhythm.md): "
+                        "columns track_tempo_bpm, track_tempo_stability, key, key_confidence, local_tempo_bpm, "
+                        "beats_s, downbeats_s")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    items = [(p, r, args.max_duration or None) for p, r in find_audio(args.inputs)]  # a hostile file is skipped
+    items = [(p, r, args.max_duration or None, args.rhythm) for p, r in find_audio(args.inputs)]  # a hostile file is skipped
     if not items:
         raise ConfigError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {' '.join(args.inputs)}")
     from streamproc.inference import ModelBundle
