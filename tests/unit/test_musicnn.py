@@ -86,3 +86,38 @@ def test_a_wheel_with_another_checksum_is_refused(tmp_path):
         musicnn.fetch_wheel(fake, tmp_path)
     with pytest.raises(BundleError, match="no such file"):
         musicnn.fetch_wheel(tmp_path / "missing.whl", tmp_path)
+
+
+def _engine_windows(bundle, y):
+    """Windows of ``y`` through the live Engine built for ``bundle`` (its log-mel patches on)."""
+    from streamproc.audio import to_s16
+    from streamproc.engine import Engine
+    from streamproc.wire import FLAG_END_OF_STREAM, AudioFrame
+    engine = Engine(bundle.spec, idle_timeout_s=float("inf"), logmel=bundle.logmel)
+    pcm = to_s16(y)
+    out = []
+    for seq, a in enumerate(range(0, len(pcm), 4000)):
+        flags = FLAG_END_OF_STREAM if a + 4000 >= len(pcm) else 0
+        engine.accept("s", AudioFrame(16000, seq, a, 0, b"\0" * 16, pcm[a:a + 4000, None], flags=flags), now=0.0)
+        out += engine.step(now=0.0)
+    return out
+
+
+def test_engine_patches_equal_librosa_and_give_the_same_tags():
+    """The bundle's log-mel input from the engine's one STFT path (the mel_db rows its features use) equals
+    librosa's melspectrogram + log10(10000 x + 1) within 1e-4 on every cell, and the tags within 1e-4."""
+    from streamproc.audio import from_s16, to_s16
+    from streamproc.inference import ModelBundle
+    bundle = ModelBundle.load("musictags")
+    assert bundle.input_shape == (187, 96) and bundle.spec.window_length == musicnn.WINDOW_LENGTH
+    rng = np.random.default_rng(3)
+    t = np.arange(int(16000 * 9.5)) / 16000
+    y = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 2 * t)) + 0.05 * rng.standard_normal(t.size)
+    y = from_s16(to_s16(y.astype(np.float32)))  # what the engine receives
+    windows = _engine_windows(bundle, y)
+    assert len(windows) == 3
+    ref = np.stack([musicnn.logmel(y[w.start:w.end]) for w in windows])
+    got = np.stack([w.patch for w in windows])
+    assert got.shape == ref.shape == (3, 187, 96)
+    assert np.abs(got - ref).max() <= 1e-4, np.abs(got - ref).max()
+    np.testing.assert_allclose(bundle.predict(got), bundle.predict(ref), atol=1e-4)
