@@ -39,6 +39,7 @@ COMMANDS = {
     "report": ("consumers.report", "HTML + PNG report from batch results or the live output topics"),
     "serve": ("consumers.api", "HTTP API: classify uploads, models, live streams, similar clips"),
     "transcribe": ("streamproc.transcribe", "speech to text for an audio file (offline Whisper on CPU)"),
+    "tag": ("consumers.tagger", "music tagger service: audio.frames -> audio.tags (musicnn, music windows)"),
 }
 
 
