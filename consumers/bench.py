@@ -136,7 +136,7 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
 
         def naive(y):  # the model's input the plain librosa way, one ONNX call per window
             if bundle.logmel is not None:
-                return bundle.predict(reference_logmel(y, spec, bundle.logmel.top_db)[None])
+                return bundle.predict(reference_logmel(y, spec, bundle.logmel)[None])
             return bundle.predict(reference_window_vector(y, spec)[None, :])
         for (s, e), y in list(zip(picks, naive_clips))[:3]:  # warm-up, untimed: librosa JIT-compiles on first use
             naive(y[s:e])

@@ -330,11 +330,15 @@ def reference_window_vector(y: np.ndarray, spec: WindowSpec) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def reference_logmel(y: np.ndarray, spec: WindowSpec, top_db: float | None = TOP_DB) -> np.ndarray:
+def reference_logmel(y: np.ndarray, spec: WindowSpec, top_db: float | None | LogMel = TOP_DB) -> np.ndarray:
     """One window's log-mel patch (1, n_mels, frames) the plain librosa way: the definition the engine's
     :meth:`FeatureExtractor.logmel_patches` is tested against (within LOGMEL_ATOL_DB dB)."""
     librosa = _import_librosa()
     S = librosa.feature.melspectrogram(y=np.asarray(y, dtype=np.float32), sr=spec.sr, n_fft=spec.n_fft,
                                        hop_length=spec.hop_length, center=False, power=2.0, n_mels=spec.n_mels,
                                        fmin=spec.fmin, fmax=spec.fmax)
-    return librosa.power_to_db(S, ref=1.0, amin=AMIN, top_db=top_db).astype(np.float32)[None]
+    lm = top_db if isinstance(top_db, LogMel) else LogMel(top_db)
+    if lm.log == "log10_scaled":  # musicnn's: log10(scale * mel + 1), in float32
+        out = np.log10(np.float32(lm.scale) * S.astype(np.float32) + np.float32(1.0))
+        return np.ascontiguousarray(out.T) if lm.layout == "frames_mels" else out[None]
+    return librosa.power_to_db(S, ref=1.0, amin=AMIN, top_db=lm.top_db).astype(np.float32)[None]
