@@ -108,3 +108,19 @@ def tag_pcm(pcm: np.ndarray, tagger: Tagger, stream_id: str, frame_samples: int 
         out += tagger.step(0.0)
     tagger.finished()
     return out
+
+
+# -- batch --tags columns --------------------------------------------------------------------------------
+COLUMNS = {"music_top": "string", "music_embedding": "list<float32>"}
+
+
+def add_columns(rows: list[dict], recs: list[dict]) -> list[dict]:
+    """Each window row gets the tags and embedding of the tag window containing its centre (null where
+    that stretch was not music, or for a file shorter than one tag window)."""
+    spans = sorted(((r["start_s"], r["end_s"], r) for r in recs), key=lambda x: x[0])
+    for row in rows:
+        c = (row["start_s"] + row["end_s"]) / 2
+        rec = next((r for a, b, r in spans if a <= c < b), None)
+        row["music_top"] = None if rec is None else "; ".join(f"{t} {p:.2f}" for t, p in rec["top"])
+        row["music_embedding"] = None if rec is None else rec["embedding"]
+    return rows
