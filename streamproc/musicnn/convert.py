@@ -16,6 +16,7 @@ that load only partly would convert silently into a wrong model.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -117,6 +118,11 @@ def convert(package_dir: str, model: str, out: str, patches: np.ndarray) -> dict
         ref_tags, ref_emb = sess.run([tags, emb], {x: patches})
         frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
             sess, graph.as_graph_def(), ["tags", "embedding"])
+    from tf2onnx import optimizer
+    # tf2onnx's optimiser passes iterate sets of node objects and now and then rewrite the graph into
+    # another equivalent shape (75 instead of 76 nodes): without them the file is the same every run, and
+    # onnxruntime's own graph optimisation (ORT_ENABLE_ALL, at load) does that work where it runs
+    optimizer._get_optimizers = lambda: {}
     tf2onnx.convert.from_graph_def(frozen, input_names=["logmel:0"], output_names=["tags:0", "embedding:0"],
                                    opset=OPSET, output_path=out)
     plain_names(out, {"logmel:0": "logmel", "tags:0": "tags", "embedding:0": "embedding"})
@@ -133,8 +139,72 @@ def plain_names(path: str, names: dict) -> None:
     for v in [*m.graph.input, *m.graph.output]:
         v.name = names.get(v.name, v.name)
         v.type.tensor_type.shape.dim[0].dim_param = "batch"
+    canonical(m.graph, keep=set(names.values()))
     onnx.checker.check_model(m)
     onnx.save(m, path)
+
+
+def canonical(graph, keep: set) -> None:
+    """Order the nodes and name the tensors tf2onnx made from the graph's structure alone, so converting
+    twice gives the same bytes: tf2onnx's optimiser emits the same weights and operations in a run-dependent
+    order with run-dependent names (it iterates sets of node objects). Kahn's topological order, the ready
+    node chosen by (op type, canonical inputs, attributes); constants named by first use."""
+    from onnx import numpy_helper
+    inits = {i.name: i for i in graph.initializer}
+    digest = {n: hashlib.sha256(i.SerializeToString(deterministic=True).replace(n.encode(), b"")).hexdigest()[:16]
+              for n, i in inits.items()}
+    canon = {i.name: i.name for i in graph.input}
+    canon.update({n: "c:" + d for n, d in digest.items()})
+    canon[""] = ""
+    pending = list(graph.node)
+    ordered, t, seen, aliases = [], 0, {}, {}
+    while pending:
+        ready = [n for n in pending if all(i in canon for i in n.input)]
+        if not ready:
+            raise ValueError("the converted graph has a cycle or a dangling input")
+        key = lambda n: (n.op_type, [canon[i] for i in n.input],  # noqa: E731
+                         [a.SerializeToString(deterministic=True) for a in n.attribute])
+        node = min(ready, key=key)
+        pending.remove(node)
+        k = repr(key(node))
+        if k in seen and not any(o in keep for o in node.output):
+            # the same operation on the same inputs (tf2onnx leaves duplicates, e.g. one Transpose per
+            # consumer): one node, else which twin feeds which consumer would be run-dependent
+            for o, same in zip(node.output, seen[k].output):
+                canon[o] = canon[same]
+                aliases[o] = same
+            continue
+        seen[k] = node
+        for o in node.output:
+            if o in keep:
+                canon[o] = o
+            else:
+                canon[o] = f"t{t}"
+                t += 1
+        ordered.append(node)
+    for node in ordered:  # consumers of a dropped twin read the kept one
+        node.input[:] = [aliases.get(i, i) for i in node.input]
+    used, names = [], {}
+    for node in ordered:
+        for i in node.input:
+            if i in inits and i not in names:
+                names[i] = f"const_{len(names)}"
+                used.append(i)
+    rename = {o: canon[o] for node in ordered for o in node.output}
+    rename.update(names)
+    for k, node in enumerate(ordered):
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        node.output[:] = [rename.get(o, o) for o in node.output]
+        node.name = f"n{k}"
+    new_inits = []
+    for old in used:
+        arr = numpy_helper.to_array(inits[old])
+        new_inits.append(numpy_helper.from_array(arr, names[old]))
+    del graph.node[:]
+    graph.node.extend(ordered)
+    del graph.initializer[:]
+    graph.initializer.extend(new_inits)
+    del graph.value_info[:]
 
 
 def main(argv=None) -> int:
