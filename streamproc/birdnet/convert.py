@@ -87,7 +87,30 @@ def reference(tflite: str, range_tflite: str, n: int, seed: int) -> dict:
     return {"clips": clips, "logits": logits, "range_inputs": places, "range_outputs": range_out}
 
 
+def run_tflite(tflite: str, x_path: str, out_path: str) -> None:
+    """The TFLite original's logits for each row of x.npy (evaluate-detector --tflite, the tests)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+        Interpreter = tf.lite.Interpreter
+    it = Interpreter(model_path=tflite)
+    inp, outp = it.get_input_details()[0], it.get_output_details()[0]
+    out = []
+    for w in np.load(x_path):
+        it.resize_tensor_input(inp["index"], (1, w.size))
+        it.allocate_tensors()
+        it.set_tensor(inp["index"], w[None].astype(np.float32))
+        it.invoke()
+        out.append(it.get_tensor(outp["index"])[0])
+    np.save(out_path, np.stack(out))
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--run-tflite"]:
+        run_tflite(*argv[1:4])
+        return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tflite")
     p.add_argument("out")

@@ -62,8 +62,8 @@ class Detector:
         self.sensitivity = float(meta.get("sensitivity", 1.0) if sensitivity is None else sensitivity)
         if not 0.0 < self.threshold <= 1.0:
             raise BundleError(f"detection threshold {self.threshold} must lie in (0, 1]")
-        if not 0.5 <= self.sensitivity <= 1.5:
-            raise BundleError(f"sensitivity {self.sensitivity} must lie in [0.5, 1.5] (BirdNET's range)")
+        if not 0.1 <= self.sensitivity <= 1.5:
+            raise BundleError(f"sensitivity {self.sensitivity} must lie in [0.1, 1.5] (BirdNET-Go's range)")
         self.filters: dict = {}
         allowed = np.ones(len(self.labels), dtype=bool)
         if species_list is not None:

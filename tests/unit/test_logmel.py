@@ -82,7 +82,7 @@ def edit(path: Path, fn) -> Path:
 
 @pytest.mark.parametrize("mutate,msg", [
     (lambda m: m["input"].update(kind="spectrogram"), "input kind 'spectrogram' is unknown; this analyzer feeds "
-                                                      r"\['features', 'logmel'\]"),
+                                                      r"\['features', 'logmel', 'waveform'\]"),
     (lambda m: m["input"]["logmel"].update(sr=22050), "cannot feed the log-mel input .*sr: 22050 != 16000"),
     (lambda m: m["input"]["logmel"].update(n_mels=128), "n_mels: 128 != 64"),
     (lambda m: m["input"]["logmel"].update(hop_length=160), "hop_length: 160 != 320"),
@@ -120,3 +120,30 @@ def test_a_features_bundle_stating_logmel_is_refused_and_kind_features_is_the_de
     edit(dst, lambda m: m.update(input=logmel_input(WindowSpec.from_dict(m["window_spec"]), 80.0, name="features")))
     with pytest.raises(BundleError, match="has shape .* but this analyzer feeds \\[N, 1, 64"):
         ModelBundle.load(dst)
+
+
+def test_compare_refuses_set_b_and_writes_one_table(tmp_path):
+    """`audiostream compare`: a development folder holding set B recordings is refused (set B is scored once,
+    at the end); the table has one row per family with every column the issue asks for."""
+    from streamproc.training.compare import _refuse_set_b, markdown
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "manifest.csv").write_text("file,label,source,license\nspeech/a.wav,speech,klettres-data cs,GPL\n")
+    _refuse_set_b(dev)  # set A: fine
+    (dev / "manifest.csv").write_text("file,label,source,license\nspeech/a.wav,speech,asterisk-core-sounds-en-wav "
+                                      "hello,CC\n")
+    with pytest.raises(SystemExit, match="holds set B recordings"):
+        _refuse_set_b(dev)
+    row = {"held_out_macro_f1": 0.9, "real_macro_f1": 0.7, "real_f1": {"music": 0.5, "speech": 0.8},
+           "levels": {0.0: 0.7, -20.0: 0.65, -40.0: 0.4}, "streams_per_core": 2000.0, "parameters": None}
+    result = {"data": "d", "real": "/x/real", "seed": 0, "bench": {"streams": 10, "seconds": 3, "repeat": 1,
+                                                                    "cpu": "cpu", "ratio_cnn_to_mlp": 0.6},
+              "rows": [{**row, "family": "mlp", "ref": "soundtype:9"},
+                       {**row, "family": "cnn", "ref": "soundtype-cnn:1", "parameters": 43396,
+                        "streams_per_core": 1200.0}]}
+    lines = markdown(result).splitlines()
+    assert lines[0] == ("| family | bundle | held-out macro-F1 | real macro-F1 | real music F1 | real speech F1 | "
+                        "real at -20 dB | real at -40 dB | streams/core (one bench run) |")
+    assert lines[3] == ("| cnn | `soundtype-cnn:1` (43396 parameters) | 0.900 | 0.700 | 0.500 | 0.800 | 0.650 | "
+                        "0.400 | 1200 |")
+    assert "CNN / MLP streams per core: 0.60" in lines[-1]
