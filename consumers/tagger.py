@@ -1,10 +1,10 @@
 """``audiostream tag``: the music tagger service. Frames in (``audio.frames``), music tags out (``audio.tags``).
 
 A model family of its own (docs/architecture.md): its own consumer group on the frames topic, so the
-tagger (~36 ms of CPU per 3 s window, docs/models.md) never delays the sound-type analyzer. Per stream it keeps the musictags
-bundle's engine (~3 s log-mel windows) and the sound-type bundle's engine, and publishes a record
-(docs/schemas/audio.tags.schema.json) for each tag window the sound type mostly calls music, or for every
-window with ``--every-window``. Bad frames are counted and skipped (the analyzer dead-letters them).
+tagger (~36 ms of CPU per 3 s window, docs/models.md) never delays the sound-type analyzer. Per stream
+it keeps the musictags bundle's engine (~3 s log-mel windows) and the sound-type bundle's engine, and
+publishes a record (docs/schemas/audio.tags.schema.json) for each tag window the sound type mostly
+calls music, or for every window with ``--every-window``. Bad frames are counted and skipped (the analyzer dead-letters them).
 
 Delivery: at least once. Offsets are committed only after the batch's records were acknowledged; a
 restart resumes from the committed offset, so a window that was in progress then is not published
