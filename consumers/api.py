@@ -260,6 +260,24 @@ def load_index(path: str, spec) -> dict[str, np.ndarray]:
     return {sid: embedding(np.asarray(v, np.float32), spec) for sid, v in groups.items()}
 
 
+def load_music_index(path: str) -> dict[str, np.ndarray]:
+    """Per-file music embeddings from ``batch --tags`` results: the mean of the musicnn embedding over the
+    file's music windows (docs/music.md: it ranks tracks of one soundtrack nearer than MFCC + chroma).
+    Empty for results made without --tags."""
+    import pyarrow.parquet as pq
+    try:
+        if "music_embedding" not in pq.read_schema(path).names:
+            return {}
+        table = pq.read_table(path, columns=["stream_id", "music_embedding"])
+    except Exception as exc:
+        raise ConfigError(f"--index {path!r}: not batch results: {exc}") from None
+    groups: dict[str, list] = {}
+    for sid, vec in zip(table.column("stream_id").to_pylist(), table.column("music_embedding").to_pylist()):
+        if vec is not None:
+            groups.setdefault(sid, []).append(vec)
+    return {sid: np.asarray(v, np.float64).mean(axis=0) for sid, v in groups.items()}
+
+
 MULTIPART_OVERHEAD = 64 << 10  # boundaries, part headers and a long file name, on top of the file itself
 
 
@@ -407,6 +425,7 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
     warm_up(default)
     loaded: dict[str, ModelBundle] = {model: default}
     clips = load_index(index, default.spec) if index else {}
+    music_clips = load_music_index(index) if index else {}  # /v1/similar?space=music
 
     class Window(BaseModel):
         index: int
@@ -582,9 +601,18 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
     @app.get("/v1/similar", response_model=Similar, summary="Most similar clips and streams",
              responses={404: {"description": "unknown id"}})
     def similar(id: str = Query(..., min_length=1, max_length=1024, description="a clip (batch index) or stream id"),
-                k: int = Query(5, ge=1, le=100)):
-        items = [(cid, "clip", e) for cid, e in clips.items()]
-        if live is not None:  # a replayed file's stream id equals its clip id: one entry, both kinds
+                k: int = Query(5, ge=1, le=100),
+                space: str = Query("features", pattern="^(features|music)$",
+                                   description="features: MFCC + chroma statistics (clips and live streams); music: "
+                                               "the musicnn embedding of the clips' music windows (batch --tags)")):
+        if space == "music":
+            items = [(cid, "clip", e) for cid, e in music_clips.items()]
+            if id not in music_clips:
+                raise HTTPException(404, f"{display_name(id)!r} has no music embedding ({len(music_clips)} clips "
+                                         "do: index results of 'batch --tags'; live streams are not in this space yet)")
+        else:
+            items = [(cid, "clip", e) for cid, e in clips.items()]
+        if live is not None and space == "features":  # a replayed file's stream id equals its clip id: one entry
             live_ids = set()
             for sid, e in live.embeddings().items():
                 if sid in clips:

@@ -65,6 +65,11 @@ def arrow_schema(labels: list[str], n_features: int):
     from streamproc.analysis import METRIC_COLUMNS
     fields += [(m, pa.float64()) for m in METRIC_COLUMNS]
     fields.append(("features", pa.list_(pa.float32())))
+    from streamproc.musicnn.tagging import COLUMNS as MUSIC  # batch --tags; null without it
+    from streamproc.rhythm import COLUMNS as RHYTHM  # batch --rhythm; null without it
+    kinds = {"float64": pa.float64(), "string": pa.string(), "list<float64>": pa.list_(pa.float64()),
+             "list<float32>": pa.list_(pa.float32())}
+    fields += [(name, kinds[kind]) for name, kind in {**RHYTHM, **MUSIC}.items()]
     return pa.schema(fields, metadata={b"audiostream.labels": ",".join(labels).encode(),
                                        b"audiostream.n_features": str(n_features).encode()})
 
@@ -85,34 +90,57 @@ def single_threaded_blas() -> None:
     threadpool_limits(1)
 
 
-def _init_worker(model: str) -> None:
-    global _BUNDLE
+_TAGGER = None
+
+
+def _init_worker(model: str, tags: bool = False) -> None:
+    global _BUNDLE, _TAGGER
     single_threaded_blas()
     from streamproc.inference import ModelBundle
     _BUNDLE = ModelBundle.load(model, intra_op_threads=1)
+    if tags:  # batch --tags: the music tagger, gated by the sound type (streamproc/musicnn/tagging.py)
+        from streamproc.musicnn import tagging
+        _TAGGER = tagging.load()
+
+
+def _analyze(path, bundle, root, max_s, rhythm: bool, tagger=None) -> list[dict]:
+    from streamproc.analysis import analyze_file, analyze_pcm, stream_id_for
+    if not (rhythm or tagger):
+        return analyze_file(path, bundle, root=root, max_seconds=max_s)
+    from streamproc.audio import from_s16, load, to_s16
+    pcm = to_s16(load(path, bundle.spec.sr, max_seconds=max_s))  # decoded once for every view
+    sid = stream_id_for(path, root)
+    rows = analyze_pcm(pcm, bundle, file=str(path), stream_id=sid)
+    if rhythm:  # the whole track's tempo, beats and key (streamproc/rhythm.py)
+        from streamproc import rhythm as rh
+        rh.add_columns(rows, rh.analyze(from_s16(pcm), bundle.spec.sr))
+    if tagger is not None:  # music tags + embedding of the music windows (streamproc/musicnn/tagging.py)
+        from streamproc.musicnn import tagging
+        tagging.add_columns(rows, tagging.tag_pcm(pcm, tagger, sid))
+    return rows
 
 
 def _work(item):
-    path, root, max_s = item
-    from streamproc.analysis import analyze_file
+    path, root, max_s, *rhythm = item  # (path, root, max seconds[, rhythm])
+    rhythm = bool(rhythm and rhythm[0])
     try:
-        return path, analyze_file(path, _BUNDLE, root=root, max_seconds=max_s), None
+        return path, _analyze(path, _BUNDLE, root, max_s, rhythm, _TAGGER), None
     except AudiostreamError as exc:
         return path, [], str(exc)
     except Exception as exc:  # a file the decoders choke on must not stop the corpus
         return path, [], f"{path}: {type(exc).__name__}: {exc}"
 
 
-def run_local(items, model: str, workers: int, progress: bool) -> tuple[list[dict], list[str]]:
+def run_local(items, model: str, workers: int, progress: bool, tags: bool = False) -> tuple[list[dict], list[str]]:
     from streamproc.progress import Progress
     bar = Progress(f"analysing {len(items)} file(s) on {workers} process(es)", len(items), enabled=progress)
     rows, errors = [], []
     if workers <= 1:
-        _init_worker(model)
+        _init_worker(model, tags)
         results = map(_work, items)
     else:
         import multiprocessing as mp
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(model,))
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(model, tags))
         results = pool.imap(_work, items, chunksize=1)
     try:
         for i, (path, file_rows, err) in enumerate(results, 1):
@@ -137,21 +165,20 @@ def spark_schema(labels: list[str], n_features: int):
 def _spark_partition(items, bundle_files, columns):
     """Runs on an executor: materialise the broadcast bundle once per partition, analyse its files."""
     import tempfile as tf
-    from streamproc.analysis import analyze_file
     from streamproc.inference import ModelBundle
     single_threaded_blas()
     with tf.TemporaryDirectory(prefix="audiostream-bundle-") as d:
         for name, data in bundle_files.value.items():
             Path(d, name).write_bytes(data)
         bundle = ModelBundle.load(d, intra_op_threads=1)
-        for path, root, max_s in items:
+        for path, root, max_s, *rhythm in items:
             try:
-                rows = analyze_file(path, bundle, root=root, max_seconds=max_s)
+                rows = _analyze(path, bundle, root, max_s, bool(rhythm and rhythm[0]))
             except Exception as exc:  # counted on the driver through the error rows
                 yield ("__error__", f"{path}: {exc}") + (None,) * (len(columns) - 2)
                 continue
             for r in rows:
-                yield tuple(r[c] for c in columns)
+                yield tuple(r.get(c) for c in columns)
 
 
 def run_spark(items, model: str, out: str, master: str, progress: bool) -> tuple[int, list[str]]:
@@ -197,6 +224,13 @@ def add_parser(sub):
     p.add_argument("--master", default="local[*]", help="spark engine: master URL (local[*], spark://..., yarn)")
     p.add_argument("--max-duration", type=float, default=FILE_MAX_SECONDS, metavar="SECONDS",
                    help=f"skip a file longer than this, checked before decoding (default: {FILE_MAX_SECONDS:g}; 0 = none)")
+    p.add_argument("--rhythm", action="store_true",
+                   help="also each file's tempo, tempo stability, beats, downbeats and key (docs/rhythm.md): "
+                        "columns track_tempo_bpm, track_tempo_stability, key, key_confidence, local_tempo_bpm, "
+                        "beats_s, downbeats_s")
+    p.add_argument("--tags", action="store_true",
+                   help="local engine: also musicnn tags and embedding of the music windows (docs/music.md): "
+                        "columns music_top, music_embedding (what serve --index ranks /v1/similar?space=music by)")
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--transcribe", action="store_true",
                    help="also speech to text: OUT's name + .transcripts.parquet, one row per utterance (the records "
@@ -256,7 +290,7 @@ def run_transcripts(items, out: str, progress: bool) -> tuple[int, list[str]]:
 
 
 def run(args) -> int:
-    items = [(p, r, args.max_duration or None) for p, r in find_audio(args.inputs)]  # a hostile file is skipped
+    items = [(p, r, args.max_duration or None, args.rhythm) for p, r in find_audio(args.inputs)]  # a hostile file is skipped
     if not items:
         raise ConfigError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {' '.join(args.inputs)}")
     if args.transcribe and args.engine != "local":
@@ -264,12 +298,14 @@ def run(args) -> int:
     from streamproc.inference import ModelBundle
     bundle = ModelBundle.load(args.model)  # a bad bundle fails before any work
     t0 = time.monotonic()
+    if args.engine == "spark" and args.tags:
+        raise ConfigError("--tags runs on the local engine only (for now)")
     if args.engine == "spark":
         n, errors = run_spark(items, args.model, args.out, args.master, not args.quiet)
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
-        rows, errors = run_local(items, args.model, max(1, args.workers), not args.quiet)
+        rows, errors = run_local(items, args.model, max(1, args.workers), not args.quiet, args.tags)
         table = pa.Table.from_pylist(rows, schema=arrow_schema(bundle.labels, bundle.spec.n_features))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,7 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
             if bundle.waveform:  # the audio itself: nothing to compute but the model, one call per window
                 return bundle.predict(np.asarray(y, np.float32)[None])
             if bundle.logmel is not None:
-                return bundle.predict(reference_logmel(y, spec, bundle.logmel.top_db)[None])
+                return bundle.predict(reference_logmel(y, spec, bundle.logmel)[None])
             return bundle.predict(reference_window_vector(y, spec)[None, :])
         for (s, e), y in list(zip(picks, naive_clips))[:3]:  # warm-up, untimed: librosa JIT-compiles on first use
             naive(y[s:e])

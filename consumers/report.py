@@ -7,6 +7,8 @@ their predictions by id), writes into ``--out``:
 - ``labels.png``: label timeline per stream and the overall label share;
 - ``trends.png``: loudness (RMS dBFS) and spectral centroid over time per stream;
 - ``tempo.png``: tempo over time for streams with a tempo (music);
+- ``rhythm.png`` (results of ``batch --rhythm``): per stream the whole-track tempo curve, tempo, stability
+  and key, and a beat grid (downbeats marked) over 8 s of its waveform;
 - ``spectrogram.png``: a mel spectrogram of one file with its predicted labels on top
   (batch results whose files are readable, or ``--spectrogram FILE``);
 - ``index.html``: a summary table per stream linking the figures.
@@ -303,15 +305,67 @@ def make_report(rows: list[dict], out: Path, *, title: str, spectrogram_file: st
     fig.savefig(figures["tempo"], dpi=100)
     plt.close(fig)
 
+    # the producer's rhythm view (batch --rhythm): tempo curve and beat grid per stream
+    with_rhythm = [sid for sid in streams if any(r.get("track_tempo_bpm") for r in streams[sid])]
+    if with_rhythm:
+        figures["rhythm"] = _rhythm(streams, with_rhythm[:4], out)
+
     # spectrogram of one file with its labels
     spec_file = spectrogram_file or next((r["file"] for r in rows if r.get("file") and Path(str(r["file"])).is_file()),
                                          None)
     if spec_file:
         figures["spectrogram"] = _spectrogram(spec_file, [r for r in rows if r.get("file") == spec_file], out,
                                               colors)
-    shows = {"labels": shown, "trends": shown, "tempo": with_tempo[:MAX_STREAMS]}
+    shows = {"labels": shown, "trends": shown, "tempo": with_tempo[:MAX_STREAMS], "rhythm": with_rhythm[:4]}
     _write_html(out, title, source, streams, labels, figures, shows)
     return figures
+
+
+def _rhythm(streams: dict, sids: list[str], out: Path) -> Path:
+    """Per stream: the whole-track tempo curve (with the track tempo and key), and a beat grid over an 8 s
+    excerpt of the waveform (beats grey, downbeats red), read again from the file when it is at hand."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(sids), 2, figsize=(13, 2.6 * len(sids)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.4]})
+    for (a1, a2), sid in zip(axes, sids):
+        rs = sorted(streams[sid], key=lambda r: r["start_s"])
+        r0 = rs[0]
+        pts = [((r["start_s"] + r["end_s"]) / 2, r["local_tempo_bpm"]) for r in rs if r.get("local_tempo_bpm")]
+        if pts:
+            a1.plot(*zip(*pts), lw=1, label="local tempo")
+        a1.axhline(r0["track_tempo_bpm"], color="k", ls="--", lw=0.8, label=f"track {r0['track_tempo_bpm']:.1f} BPM")
+        a1.set_title(f"{fit(sid, 50)}: {r0['track_tempo_bpm']:.1f} BPM, stability {r0['track_tempo_stability']:.2f}, "
+                     f"key {r0.get('key') or '-'}", loc="left", fontsize=8)
+        a1.set_ylabel("BPM")
+        a1.legend(fontsize=7, loc="lower right")
+        beats = [t for r in rs for t in (r.get("beats_s") or [])]
+        downs = [t for r in rs for t in (r.get("downbeats_s") or [])]
+        beats, downs = sorted(set(beats)), sorted(set(downs))
+        t0 = beats[min(len(beats) - 1, 8)] if beats else 0.0
+        t0 = max(0.0, t0 - 0.1)
+        path = r0.get("file")
+        if path and Path(str(path)).is_file():
+            import numpy as np
+            from streamproc.audio import load
+            sr = 4000
+            y = load(str(path), sr)[int(t0 * sr):int((t0 + 8) * sr)]
+            a2.plot(t0 + np.arange(len(y)) / sr, y, lw=0.3, color="#4477aa")
+        for t in beats:
+            if t0 <= t <= t0 + 8:
+                a2.axvline(t, color="0.5", lw=0.8)
+        for t in downs:
+            if t0 <= t <= t0 + 8:
+                a2.axvline(t, color="#cc3311", lw=1.6)
+        a2.set_xlim(t0, t0 + 8)
+        a2.set_yticks([])
+        a2.set_title("beat grid over 8 s (downbeats red)", loc="left", fontsize=8)
+    axes[-1, 0].set_xlabel("stream time (s)")
+    axes[-1, 1].set_xlabel("stream time (s)")
+    fig.tight_layout()
+    path = out / "rhythm.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _spectrogram(path: str, rows: list[dict], out: Path, colors: dict) -> Path:
@@ -343,9 +397,11 @@ def _write_html(out: Path, title: str, source: str, streams: dict, labels: list[
                 shows: dict) -> None:
     def cell(v, fmt="{:.1f}"):
         return "" if v is None else html.escape(fmt.format(v) if isinstance(v, float) else str(v))
+    rhythm = any(r.get("track_tempo_bpm") or r.get("key") for rs in streams.values() for r in rs)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in
                    ["stream", "windows", "duration (s)", "dominant label", *[f"% {lab}" for lab in labels],
-                    "mean RMS (dBFS)", "median tempo (BPM)", "gap windows"])
+                    "mean RMS (dBFS)", "median tempo (BPM)", "gap windows",
+                    *(["track tempo (BPM)", "tempo stability", "key"] if rhythm else [])])
     body = []
     for sid, rs in streams.items():
         share = Counter(r.get("label") for r in rs)
@@ -356,7 +412,9 @@ def _write_html(out: Path, title: str, source: str, streams: dict, labels: list[
             html.escape(sid), len(rs), cell(max(r["end_s"] for r in rs)), cell(dom),
             *[cell(100.0 * share[lab] / len(rs)) for lab in labels],
             cell(sum(rms) / len(rms) if rms else None), cell(tempo[len(tempo) // 2] if tempo else None),
-            sum(1 for r in rs if r.get("gap"))]) + "</tr>")
+            sum(1 for r in rs if r.get("gap")),
+            *([cell(rs[0].get("track_tempo_bpm")), cell(rs[0].get("track_tempo_stability"), "{:.2f}"),
+               cell(rs[0].get("key"))] if rhythm else [])]) + "</tr>")
     def which(name):  # say which streams a figure shows when it cannot show them all
         sids = shows.get(name)
         if sids is None or len(sids) == len(streams):

@@ -42,6 +42,7 @@ COMMANDS = {
     "serve": ("consumers.api", "HTTP API: classify uploads, models, live streams, similar clips"),
     "transcribe": ("streamproc.transcribe", "speech to text for an audio file (offline Whisper on CPU)"),
     "transcriber": ("consumers.transcriber", "run the speech-to-text service (audio.frames -> audio.transcripts)"),
+    "tag": ("consumers.tagger", "music tagger service: audio.frames -> audio.tags (musicnn, music windows)"),
 }
 
 

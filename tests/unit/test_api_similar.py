@@ -55,3 +55,37 @@ def test_an_id_that_is_clip_and_stream_is_listed_once(tmp_path):
     assert kinds == {"chirp.wav": "clip", "mic": "stream", "tone.wav": "clip+stream"}
     got = client.get("/v1/similar", params={"id": "tone.wav", "k": 10}).json()
     assert sorted(n["id"] for n in got["neighbours"]) == ["chirp.wav", "mic", "noise.wav"], got
+
+
+@pytest.mark.skipif(__import__("shutil").which("fluidsynth") is None, reason="fluidsynth is not installed")
+def test_music_space_ranks_by_the_tagger_embedding_of_batch_tags(tmp_path):
+    """batch --tags writes music_top / music_embedding for music windows; serve --index ranks
+    /v1/similar?space=music by them: two piano renders are nearer each other than a drum-and-synth one.
+    A clip with no music window is a 404 in that space, not a silent neighbour."""
+    from fastapi.testclient import TestClient
+
+    from consumers.api import create_app
+    from consumers.batch import _analyze, arrow_schema
+    from streamproc import rhythm
+    from streamproc.inference import ModelBundle
+    from streamproc.musicnn import tagging
+    import soundfile as sf
+    bundle = ModelBundle.load("soundtype")
+    tagger = tagging.load()
+    files = {"piano-a.wav": (84, 0, False, 0, False), "piano-b.wav": (92, 7, False, 0, False),
+             "synth.wav": (128, 9, True, 81, True)}
+    for name, (tempo, tonic, minor, program, drums) in files.items():
+        y = rhythm.render_track(tempo, tonic, minor, 6.5, tmp_path, program=program, drums=drums)
+        sf.write(tmp_path / name, 0.5 * y / max(1e-9, abs(y).max()), 16000)
+    sf.write(tmp_path / "quiet.wav", np.zeros(16000 * 4, np.float32), 16000)
+    rows = [r for name in [*files, "quiet.wav"] for r in _analyze(str(tmp_path / name), bundle, str(tmp_path), None,
+                                                                   False, tagger)]
+    assert all(r["music_embedding"] is None for r in rows if r["stream_id"] == "quiet.wav")
+    assert any("piano" in (r["music_top"] or "") for r in rows if r["stream_id"] == "piano-a.wav")
+    index = tmp_path / "index.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema(bundle.labels, bundle.spec.n_features)), index)
+    client = TestClient(create_app(index=str(index)))
+    got = client.get("/v1/similar", params={"id": "piano-a.wav", "space": "music"}).json()
+    assert [n["id"] for n in got["neighbours"]] == ["piano-b.wav", "synth.wav"], got
+    assert client.get("/v1/similar", params={"id": "quiet.wav", "space": "music"}).status_code == 404
+    assert client.get("/v1/similar", params={"id": "quiet.wav"}).status_code == 200  # features space: every clip

@@ -34,3 +34,18 @@ def test_figures_name_the_streams_they_show_and_only_legend_colours(tmp_path):
     # antialiased bar edges aside, every coloured pixel is a legend colour (before: overlapping translucent
     # windows blended speech and music into a brown that no legend entry explains, on a third of the bars)
     assert np.mean(nearest < 0.02) > 0.98, np.mean(nearest < 0.02)
+
+
+def test_rhythm_section_from_batch_rhythm_columns(tmp_path):
+    """Rows of `batch --rhythm`: a rhythm figure for the streams that have a track tempo, and the track
+    tempo, stability and key in the table; streams without one are not drawn."""
+    rows = rows_for("plain", ["speech"] * 6)
+    track = rows_for("song", ["music"] * 12, tempo=120.0)
+    for r in track:
+        r.update(track_tempo_bpm=120.0, track_tempo_stability=0.95, key="A minor", key_confidence=0.2,
+                 local_tempo_bpm=119.5, beats_s=[t for t in (r["start_s"] + 0.25, r["start_s"] + 0.75)],
+                 downbeats_s=[r["start_s"] + 0.25] if r["window_index"] % 4 == 0 else [])
+    figures = make_report(rows + track, tmp_path, title="t")
+    page = (tmp_path / "index.html").read_text()
+    assert figures["rhythm"].exists() and "1 of 2 streams shown: song" in page
+    assert "<th>key</th>" in page and "<td>A minor</td>" in page and "<td>0.95</td>" in page
