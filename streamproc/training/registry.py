@@ -40,10 +40,15 @@ def bundles(root=None) -> list[dict]:
                             "real_b_macro_f1": real_b_f1,
                             "latest": i == len(versions) - 1, "default": d == default, "path": str(d),
                             "description": meta.get("description"),
-                            "license": (meta.get("license") or {}).get("id")})
+                            "license": _license_id(meta.get("license"))})
             except (OSError, ValueError, yaml.YAMLError, AttributeError) as exc:
                 out.append({"task": task_dir.name, "version": d.name, "error": str(exc), "path": str(d)})
     return out
+
+
+def _license_id(lic):
+    """model.yaml's licence: a mapping with an ``id`` (imported models) or a plain string."""
+    return lic.get("id") if isinstance(lic, dict) else lic
 
 
 def add_parser(sub):
