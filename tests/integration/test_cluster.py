@@ -423,6 +423,7 @@ class Replica:
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self.peak_rss = 0
+        self.stopped = self.restarted = False
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -437,6 +438,7 @@ class Replica:
         return self.peak_rss
 
     def stop(self, sig, timeout: float = 90) -> int | None:
+        self.stopped = True
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
@@ -480,6 +482,7 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
         return [r for r in replicas if r.alive()]
 
     bad_exits = []
+    exits = []  # replicas that exited without being told to
 
     def terminate(r: Replica) -> None:
         rc = r.stop(sig.SIGTERM)
@@ -542,6 +545,12 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
                 b.start()
                 bouncing.append(b)
             counts[kind] += 1
+            for r in [r for r in replicas if not r.alive() and not r.stopped and not r.restarted]:
+                # exited on its own (e.g. "cannot reach Kafka" while starting during a bounce on a loaded
+                # machine): a supervisor restarts it, as Kubernetes would; counted, and its exit code kept
+                r.restarted = True
+                exits.append((r.name, r.proc.returncode, r.log_path.read_text(errors="replace")[-300:]))
+                start(r.name if r.static else None)
         waves.stop()
         for b in bouncing:
             b.join(180)
@@ -566,7 +575,10 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
                "distinct": report["distinct"], "duplicates": report["duplicates"], "missing": report["missing"],
                "unexpected": report["unexpected"], "verdict": report["verdict"], "gap_markers": gap_markers,
                "producer_drops": sum(r.failed for r in waves.results), "producer_failures": len(failed),
-               "peak_rss_mib": round(peak[0] / 2**20), "bad_exits": len(bad_exits)}
+               "peak_rss_mib": round(peak[0] / 2**20), "bad_exits": len(bad_exits),
+               "restarted_after_exit": len(exits),
+               "exit_reasons": sorted({("cannot reach Kafka" if "cannot reach Kafka" in text else f"exit {rc}")
+                                       for _n, rc, text in exits})}
     print("\nchaos soak summary\n" + "\n".join(f"  {k:<18} {v}" for k, v in summary.items()))
     assert not bad_exits, bad_exits  # every SIGTERM a clean stop
     return summary
