@@ -508,14 +508,19 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
         must not find the last victim still catching up: two nodes out of three would stop acks=all)."""
         cluster.kill(node)
         time.sleep(3.0)
-        for attempt in range(3):  # on a loaded machine a start can time out; the node's data is intact
+        deadline = time.monotonic() + 900
+        while True:  # on a loaded machine a start can give up (registration with the quorum timed out): again
             try:
                 cluster.restart(node, timeout=180)
                 break
             except RuntimeError:
-                if attempt == 2:
+                counts["restart_retries"] += 1
+                if time.monotonic() > deadline:
                     raise
         wait_for(lambda: all_in_sync(cluster), 300, f"node {node} back in every ISR", step=1.0)
+
+    def all_nodes_up() -> bool:
+        return all(n.proc is not None and n.proc.poll() is None for n in cluster.nodes)
     waves = Waves(conf, t["frames"], n=streams, clip_s=clip_s)
     t0 = time.monotonic()
     try:
@@ -526,7 +531,7 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
             running = live()
             if kind == "add" and len(running) >= max_replicas or kind == "remove" and len(running) <= 1:
                 kind = "sigkill"
-            if kind == "bounce" and any(b.is_alive() for b in bouncing):
+            if kind == "bounce" and (any(b.is_alive() for b in bouncing) or not all_nodes_up()):
                 kind = "sigterm"
             victim = rng.choice(running) if running else None
             if kind in ("sigkill", "sigterm") and victim is not None:
@@ -570,7 +575,7 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
                 n.start(120)
     failed = [r for r in waves.results if r.failed or r.delivered != r.frames]
     summary = {"seconds": round(elapsed), "streams": streams, "clips": waves.clips, "seed": seed,
-               **{k: counts[k] for k in ("sigkill", "sigterm", "add", "remove", "bounce")},
+               **{k: counts[k] for k in ("sigkill", "sigterm", "add", "remove", "bounce", "restart_retries")},
                "replicas_started": len(replicas), "expected": report["expected"], "received": report["received"],
                "distinct": report["distinct"], "duplicates": report["duplicates"], "missing": report["missing"],
                "unexpected": report["unexpected"], "verdict": report["verdict"], "gap_markers": gap_markers,
