@@ -195,7 +195,8 @@ def test_analyzer_delivers_every_window_through_two_leader_kills(cluster):
                 preds = read_predictions(conf, t["predictions"], streams.expected, timeout=240, read_committed=eos)
                 report = classify(preds, streams.expected)
                 rewinds = a.metrics.registry.get_sample_value("audiostream_transaction_rewinds_total")
-                print(f"two leader kills, {'exactly-once' if eos else 'at-least-once'}: {report}, rewinds {rewinds:.0f}")
+                mode = "exactly-once" if eos else "at-least-once"
+                print(f"two leader kills, {mode}: {report}, rewinds {rewinds:.0f}")
                 assert report["missing"] == 0 and report["unexpected"] == 0, report
                 if eos:
                     assert report["duplicates"] == 0, report
@@ -397,7 +398,8 @@ def test_leader_held_down_past_the_mic_buffers_counts_every_drop_and_explains_ev
         assert len(missing) == dropped and sent == len(frames), (len(missing), dropped, sent, len(frames))
 
         def gap_frames(msgs):
-            return sum(r["missing_frames"] for r in map(lambda m: json.loads(m.value()), msgs) if r.get("type") == "gap")
+            records = (json.loads(m.value()) for m in msgs)
+            return sum(r["missing_frames"] for r in records if r.get("type") == "gap")
         features = consume(conf, t["features"], until=lambda ms: gap_frames(ms) >= dropped, timeout=120, settle=2.0)
         markers = [json.loads(m.value()) for m in features if json.loads(m.value()).get("type") == "gap"]
         print(f"leader held down: {dropped} frames dropped and counted, {len(missing)} sequence holes, "
