@@ -402,10 +402,10 @@ class ExactlyOnce(Checkpoint):
         if not self.abort():
             self._stop(f"{why}; the transaction could not be aborted")
             return
-        self.on_commit("aborted")
-        if self.on_rewind is None:
+        if self.on_rewind is None:  # a caller that cannot rebuild its state: the fail-stop contract it was written for
             self._stop(f"{why}; transaction aborted")
             return
+        self.on_commit("aborted")
         now = self.clock()
         if self.failing_since is None:
             self.failing_since = now

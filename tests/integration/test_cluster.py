@@ -195,7 +195,8 @@ def test_analyzer_delivers_every_window_through_two_leader_kills(cluster):
                 preds = read_predictions(conf, t["predictions"], streams.expected, timeout=240, read_committed=eos)
                 report = classify(preds, streams.expected)
                 rewinds = a.metrics.registry.get_sample_value("audiostream_transaction_rewinds_total")
-                print(f"two leader kills, {'exactly-once' if eos else 'at-least-once'}: {report}, rewinds {rewinds:.0f}")
+                mode = "exactly-once" if eos else "at-least-once"
+                print(f"two leader kills, {mode}: {report}, rewinds {rewinds:.0f}")
                 assert report["missing"] == 0 and report["unexpected"] == 0, report
                 if eos:
                     assert report["duplicates"] == 0, report
@@ -397,7 +398,8 @@ def test_leader_held_down_past_the_mic_buffers_counts_every_drop_and_explains_ev
         assert len(missing) == dropped and sent == len(frames), (len(missing), dropped, sent, len(frames))
 
         def gap_frames(msgs):
-            return sum(r["missing_frames"] for r in map(lambda m: json.loads(m.value()), msgs) if r.get("type") == "gap")
+            records = (json.loads(m.value()) for m in msgs)
+            return sum(r["missing_frames"] for r in records if r.get("type") == "gap")
         features = consume(conf, t["features"], until=lambda ms: gap_frames(ms) >= dropped, timeout=120, settle=2.0)
         markers = [json.loads(m.value()) for m in features if json.loads(m.value()).get("type") == "gap"]
         print(f"leader held down: {dropped} frames dropped and counted, {len(missing)} sequence holes, "
@@ -423,6 +425,7 @@ class Replica:
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self.peak_rss = 0
+        self.stopped = self.restarted = False
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -437,6 +440,7 @@ class Replica:
         return self.peak_rss
 
     def stop(self, sig, timeout: float = 90) -> int | None:
+        self.stopped = True
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
@@ -480,6 +484,7 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
         return [r for r in replicas if r.alive()]
 
     bad_exits = []
+    exits = []  # replicas that exited without being told to
 
     def terminate(r: Replica) -> None:
         rc = r.stop(sig.SIGTERM)
@@ -505,14 +510,19 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
         must not find the last victim still catching up: two nodes out of three would stop acks=all)."""
         cluster.kill(node)
         time.sleep(3.0)
-        for attempt in range(3):  # on a loaded machine a start can time out; the node's data is intact
+        deadline = time.monotonic() + 900
+        while True:  # on a loaded machine a start can give up (registration with the quorum timed out): again
             try:
                 cluster.restart(node, timeout=180)
                 break
             except RuntimeError:
-                if attempt == 2:
+                counts["restart_retries"] += 1
+                if time.monotonic() > deadline:
                     raise
         wait_for(lambda: all_in_sync(cluster), 300, f"node {node} back in every ISR", step=1.0)
+
+    def all_nodes_up() -> bool:
+        return all(n.proc is not None and n.proc.poll() is None for n in cluster.nodes)
     waves = Waves(conf, t["frames"], n=streams, clip_s=clip_s)
     t0 = time.monotonic()
     try:
@@ -523,7 +533,7 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
             running = live()
             if kind == "add" and len(running) >= max_replicas or kind == "remove" and len(running) <= 1:
                 kind = "sigkill"
-            if kind == "bounce" and any(b.is_alive() for b in bouncing):
+            if kind == "bounce" and (any(b.is_alive() for b in bouncing) or not all_nodes_up()):
                 kind = "sigterm"
             victim = rng.choice(running) if running else None
             if kind in ("sigkill", "sigterm") and victim is not None:
@@ -542,6 +552,12 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
                 b.start()
                 bouncing.append(b)
             counts[kind] += 1
+            for r in [r for r in replicas if not r.alive() and not r.stopped and not r.restarted]:
+                # exited on its own (e.g. "cannot reach Kafka" while starting during a bounce on a loaded
+                # machine): a supervisor restarts it, as Kubernetes would; counted, and its exit code kept
+                r.restarted = True
+                exits.append((r.name, r.proc.returncode, r.log_path.read_text(errors="replace")[-300:]))
+                start(r.name if r.static else None)
         waves.stop()
         for b in bouncing:
             b.join(180)
@@ -561,12 +577,15 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
                 n.start(120)
     failed = [r for r in waves.results if r.failed or r.delivered != r.frames]
     summary = {"seconds": round(elapsed), "streams": streams, "clips": waves.clips, "seed": seed,
-               **{k: counts[k] for k in ("sigkill", "sigterm", "add", "remove", "bounce")},
+               **{k: counts[k] for k in ("sigkill", "sigterm", "add", "remove", "bounce", "restart_retries")},
                "replicas_started": len(replicas), "expected": report["expected"], "received": report["received"],
                "distinct": report["distinct"], "duplicates": report["duplicates"], "missing": report["missing"],
                "unexpected": report["unexpected"], "verdict": report["verdict"], "gap_markers": gap_markers,
                "producer_drops": sum(r.failed for r in waves.results), "producer_failures": len(failed),
-               "peak_rss_mib": round(peak[0] / 2**20), "bad_exits": len(bad_exits)}
+               "peak_rss_mib": round(peak[0] / 2**20), "bad_exits": len(bad_exits),
+               "restarted_after_exit": len(exits),
+               "exit_reasons": sorted({("cannot reach Kafka" if "cannot reach Kafka" in text else f"exit {rc}")
+                                       for _n, rc, text in exits})}
     print("\nchaos soak summary\n" + "\n".join(f"  {k:<18} {v}" for k, v in summary.items()))
     assert not bad_exits, bad_exits  # every SIGTERM a clean stop
     return summary
