@@ -56,11 +56,12 @@ def compare(data: str, *, real: str, out: str, task: str = "soundtype", seed: in
         # reports beside a bundle this run trained; beside the comparison for one given (never into models/)
         where = bundle.path if bundle.path.resolve().is_relative_to(out_dir.resolve()) else out_dir / family
         where.mkdir(parents=True, exist_ok=True)
+        # named as `models list` and GET /v1/models read the real development set's report
         rep = evaluate(str(bundle.path), str(real_dir), quiet=quiet, gains=list(GAINS),
-                       levels_plot=str(where / f"levels_{real_dir.name}.png"))
-        rep["confusion_png"] = str(plot_confusion(rep, where / f"confusion_{real_dir.name}.png",
+                       levels_plot=str(where / "levels_debian_real.png"))
+        rep["confusion_png"] = str(plot_confusion(rep, where / "confusion_debian_real.png",
                                                   f"{bundle.ref} on {real_dir.name}"))
-        (where / f"evaluation_{real_dir.name}.json").write_text(json.dumps(rep, indent=2) + "\n")
+        (where / "evaluation_debian_real.json").write_text(json.dumps(rep, indent=2) + "\n")
         rows.append({"family": family, "bundle": str(bundle.path), "ref": bundle.ref,
                      "parameters": bundle.meta.get("training", {}).get("parameters"),
                      "held_out_macro_f1": held["macro_f1"], "real_macro_f1": rep["macro_f1"],
