@@ -147,3 +147,7 @@ def test_compare_refuses_set_b_and_writes_one_table(tmp_path):
     assert lines[3] == ("| cnn | `soundtype-cnn:1` (43396 parameters) | 0.900 | 0.700 | 0.500 | 0.800 | 0.650 | "
                         "0.400 | 1200 |")
     assert "CNN / MLP streams per core: 0.60" in lines[-1]
+    for r in result["rows"]:
+        r["levels_model_alone"] = {0.0: 0.75, -20.0: 0.74, -40.0: 0.73}
+    lines = markdown(result).splitlines()
+    assert "| cnn `soundtype-cnn:1` | 0.750 | 0.740 | 0.730 |" in lines and "model alone" in lines[5]
