@@ -37,6 +37,7 @@ from streamproc.kafka import check_reachable, client_logging, ensure_topics, pro
 from streamproc import records, wire
 from streamproc.engine import Gap, Engine, SequenceEvent, Window
 from streamproc.errors import AudiostreamError, ConfigError, FrameError, WindowSpecError
+from streamproc.birdnet.detect import Detector
 from streamproc.inference import ModelBundle
 from streamproc.windowing import WindowSpec
 from streamproc.config import ANALYZER_SETTINGS, add_analyzer_arguments, analyzer_flags
@@ -69,7 +70,7 @@ class AnalyzerConfig:
     group_id: str = _D["group_id"]
     frames_topic: str = _D["frames_topic"]
     predictions_topic: str = _D["predictions_topic"]
-    features_topic: str = _D["features_topic"]
+    features_topic: str | None = _D["features_topic"]  # None: no features or gap records (the detector)
     deadletter_topic: str = _D["deadletter_topic"]
     metrics_port: int | None = _D["metrics_port"]  # None = no HTTP endpoint; 0 = any free port
     metrics_addr: str = _D["metrics_addr"]
@@ -92,6 +93,7 @@ class AnalyzerConfig:
     expect_spec: WindowSpec | None = None  # refuse a bundle trained with any other window/feature spec
     record_latencies: int = 0  # keep the last N window latencies (arrival -> acknowledged) for bench
     before_inference: Callable | None = None  # test hook: called with each batch's windows (e.g. a slow model)
+    detector: dict = field(default_factory=dict)  # a multi-label bundle's Detector options (audiostream detect)
 
 
 try:  # glibc: give freed heap pages back after mass eviction (small numpy buffers live in malloc arenas)
@@ -115,11 +117,15 @@ class Analyzer:
         self.bundle = ModelBundle.load(config.model, expect_spec=config.expect_spec)
         self.spec = self.bundle.spec
         self.engine = Engine(self.spec, idle_timeout_s=config.idle_timeout_s, max_reorder=config.max_reorder,
-                             events=True, logmel=self.bundle.logmel)
+                             events=True, logmel=self.bundle.logmel, waveform=self.bundle.waveform)
+        # a multi-label bundle (BirdNET) publishes detections; its thousands of classes get metric series
+        # only once detected
+        self.detector = Detector(self.bundle, **config.detector) if self.bundle.multilabel else None
         self.metrics = AnalyzerMetrics(registry, model_task=self.bundle.task, model_version=self.bundle.version,
-                                       labels=self.bundle.labels, frames_topic=config.frames_topic,
-                                       output_topics=(config.predictions_topic, config.features_topic,
-                                                      config.deadletter_topic))
+                                       labels=() if self.detector else self.bundle.labels,
+                                       frames_topic=config.frames_topic,
+                                       output_topics=tuple(t for t in (config.predictions_topic, config.features_topic,
+                                                                       config.deadletter_topic) if t))
         self.instance = config.instance_id or uuid.uuid4().hex[:8]
         self.metrics.up.set_function(lambda: 1.0 if self.ready else 0.0)  # read at scrape time: what /ready says
         self._stop = threading.Event()
@@ -186,8 +192,8 @@ class Analyzer:
         c = self.config
         check_reachable(c.kafka)
         if c.create_topics:
-            ensure_topics(c.kafka, {c.frames_topic: c.partitions, c.predictions_topic: c.partitions,
-                                    c.features_topic: c.partitions, c.deadletter_topic: c.partitions})
+            ensure_topics(c.kafka, {t: c.partitions for t in (c.frames_topic, c.predictions_topic, c.features_topic,
+                                                              c.deadletter_topic) if t})
         # defaults a user's settings (-X, config file) may change, then what the delivery guarantees rest on
         cconf = {"session.timeout.ms": 45000, "max.poll.interval.ms": 300000, "fetch.wait.max.ms": 20,
                  "queued.max.messages.kbytes": c.queued_max_kbytes, "client.id": f"audiostream-analyzer-{self.instance}"}
@@ -214,7 +220,7 @@ class Analyzer:
                                   f"transactions need a broker with a transaction state log") from None
         self.checkpoint = for_mode(
             c.exactly_once, self.consumer, self.producer, needs=self._partition_needs, on_fail=self._fail,
-            on_commit=lambda outcome: self.metrics.commits.labels(outcome).inc(),
+            on_commit=lambda outcome: self.metrics.commits.labels(outcome).inc(), on_rewind=self._rewind,
             interval_s=c.transaction_interval_s if c.exactly_once else c.commit_interval_s,
             unavailable_timeout_s=c.unavailable_timeout_s)
         self.consumer.subscribe([c.frames_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -255,6 +261,14 @@ class Analyzer:
         for sid in [s for s, tp in self._stream_partition.items() if tp in tps]:
             self.engine.drop(sid)
             del self._stream_partition[sid]
+
+    def _rewind(self, tps: set) -> None:
+        """The checkpoint aborted a transaction and sought ``tps`` back to their last commit: drop the
+        streams on them, whose state is rebuilt from the log as after a crash (docs/guarantees.md)."""
+        for sid in [s for s, tp in self._stream_partition.items() if tp in tps]:
+            self.engine.drop(sid)
+            del self._stream_partition[sid]
+        self.metrics.rewinds.inc()
 
     def _on_revoke(self, consumer, partitions) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
@@ -386,6 +400,7 @@ class Analyzer:
         c, m, cp = self.config, self.metrics, self.checkpoint
         now = time.monotonic()
         high: dict[tuple[str, int], int] = {}
+        low: dict[tuple[str, int], int] = {}
         cp.begin(now)
         for msg in msgs:
             err = msg.error()
@@ -396,6 +411,8 @@ class Analyzer:
             tp = (msg.topic(), msg.partition())
             offset = msg.offset()
             high[tp] = max(high.get(tp, -1), offset)
+            if tp not in low:
+                low[tp] = offset
             replay = cp.replaying(tp, offset)  # already processed (and published) by a previous owner
             value = msg.value()
             if not replay:
@@ -412,8 +429,13 @@ class Analyzer:
                 if not replay:
                     self._deadletter(msg, exc)
                 continue
+            moved = self._moved(sid, tp, frame, replay)
+            if moved is None:
+                continue  # an older frame from the partition the stream left: superseded
             res = self.engine.accept(sid, frame, now, tag=offset)
             self._stream_partition[sid] = tp
+            if moved:
+                self._flag_first_window(sid)
             if not replay and res.status not in ("duplicate", "late"):
                 m.audio_seconds.inc(frame.n_frames / frame.sample_rate)
 
@@ -424,8 +446,36 @@ class Analyzer:
         for sid in self.engine.finished():
             self._stream_partition.pop(sid, None)
         m.active_streams.set(len(self.engine.streams))
-        cp.store(high)
+        cp.store(high, low)
         cp.end(now)
+
+    def _moved(self, sid: str, tp: tuple[str, int], frame, replay: bool) -> bool | None:
+        """Partition growth re-maps keys (docs/guarantees.md, "Adding partitions"): True when ``frame`` continues,
+        on this partition, a stream this analyzer has not seen the start of here: its frames came from another
+        partition (a stream state is bound to one partition: offsets, done markers), or it is first seen
+        mid-session outside a replay. Its state starts afresh (windows spanning the move cannot be computed)
+        and its first window is flagged. None: the frame is an older one from the partition the stream left."""
+        st = self.engine.streams.get(sid)
+        prev = self._stream_partition.get(sid)
+        if st is not None and prev is not None and prev != tp:
+            if frame.session_id == st.session_id and frame.sequence < st.next_seq:
+                self.metrics.sequence.labels("late").inc()
+                return None
+            self.engine.drop(sid)
+            moved = frame.session_id == st.session_id
+        else:
+            moved = st is None and frame.sequence > 0 and not replay
+        if moved:
+            self.metrics.stream_moves.inc()
+            log.info("stream %r continues on %s[%d] at sequence %d without its earlier frames here: state "
+                     "rebuilt from this point, first window flagged", sid, tp[0], tp[1], frame.sequence)
+        return moved
+
+    def _flag_first_window(self, sid: str) -> None:
+        st = self.engine.streams.get(sid)
+        if st is not None:
+            boundary = st.next_window * self.spec.hop  # like a resync: the first window after the move has gap: true
+            st.gaps.append((boundary, boundary + 1))
 
     def _handle(self, events: list) -> None:
         """Publish the engine's events in their order (one inference call for all windows): windows,
@@ -461,7 +511,8 @@ class Analyzer:
         log.info("stream %r: gap of %.3f s at sample %d%s", g.stream_id, g.samples / sr, g.start,
                  " (resynchronised)" if g.resynced else " (zero-filled, windows flagged)")
         m.gap_events.inc()
-        self._emit(self.config.features_topic, records.dumps(records.gap(g)), g.stream_id.encode())
+        if self.config.features_topic:
+            self._emit(self.config.features_topic, records.dumps(records.gap(g)), g.stream_id.encode())
 
     def _fail(self, what: str) -> None:
         """Stop without committing anything more: a restart re-reads from the last commit."""
@@ -500,10 +551,20 @@ class Analyzer:
         c, m, b = self.config, self.metrics, self.bundle
         key = w.stream_id.encode()
         common = records.window_fields(w)
-        self._emit(c.features_topic, self._features.encode(w, common), key)
+        if c.features_topic:
+            self._emit(c.features_topic, self._features.encode(w, common), key)
         if not np.isfinite(s).all():
             m.invalid_outputs.labels(m.model).inc()
             log.error("model %s returned non-finite scores for window %s; not published", b.ref, w.window_id)
+            return
+        if self.detector is not None:
+            d = self.detector
+            found = d.found(d.confidences(s))
+            rec = records.detection(w, found, task=b.task, version=b.version, analyzer=self.instance,
+                                    latency_s=time.monotonic() - w.arrival, threshold=d.threshold, filters=d.filters,
+                                    common=common)
+            self._emit(c.predictions_topic, records.dumps(rec), key,
+                       on_ok=self._prediction_ack(w, found[0][0] if found else "none"))
             return
         pred = records.prediction(w, s, b.labels, task=b.task, version=b.version, analyzer=self.instance,
                                   latency_s=time.monotonic() - w.arrival, gated=bool(b.is_gated(w.metrics["rms_dbfs"])),
@@ -574,9 +635,11 @@ def run(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: analyzer.stop())
     port = analyzer.start_metrics_server()
-    print(f"analyzer {analyzer.instance}: model {analyzer.bundle.ref} ({', '.join(analyzer.bundle.labels)}), "
+    b = analyzer.bundle
+    classes = f"{len(b.labels)} classes, multi-label" if b.multilabel else ", ".join(b.labels)
+    print(f"analyzer {analyzer.instance}: model {b.ref} ({classes}), "
           f"{'exactly-once' if config.exactly_once else 'at-least-once'}, "
-          f"{config.frames_topic} -> {config.predictions_topic}, {config.features_topic}; "
+          f"{config.frames_topic} -> {', '.join(t for t in (config.predictions_topic, config.features_topic) if t)}; "
           f"kafka {masked(config.kafka).get('bootstrap.servers')}"
           + (f"; metrics http://{config.metrics_addr}:{port}/metrics" if port else ""), file=sys.stderr, flush=True)
     analyzer.run()

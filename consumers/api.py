@@ -34,7 +34,7 @@ import numpy as np
 from streamproc import records
 from streamproc.errors import AudioInputError, BundleError, ConfigError
 from streamproc.settings import (DEFAULT_MODEL, TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
-                                 add_kafka_arguments)
+                                 TOPIC_TRANSCRIPTS, add_kafka_arguments)
 
 log = logging.getLogger("audiostream.api")
 
@@ -44,9 +44,12 @@ class LiveStreams:
     """Latest prediction and a running embedding per stream, from the output topics (a background thread)."""
 
     def __init__(self, kafka: dict, predictions_topic: str, features_topic: str, spec, since_s: float = 600,
-                 max_streams: int = 10000, deadletter_topic: str | None = None):
+                 max_streams: int = 10000, deadletter_topic: str | None = None, transcripts_topic: str | None = None):
         self.kafka, self.topics = kafka, (predictions_topic, features_topic)
         self.deadletter_topic = deadletter_topic  # counted per stream (its records keep the stream's key)
+        self.transcripts_topic = transcripts_topic  # the transcriber's output: recent captions for the live page
+        self.captions: collections.deque = collections.deque(maxlen=50)  # (version, caption), newest last
+        self._caption_ids: OrderedDict[str, None] = OrderedDict()  # ids seen (a transcriber restart repeats some)
         self.spec, self.since_s, self.max_streams = spec, since_s, max_streams
         self.latest: OrderedDict[str, dict] = OrderedDict()
         self.vectors: dict[str, list] = {}  # stream -> [sum, sum of squares, n] of embedding columns
@@ -78,7 +81,8 @@ class LiveStreams:
                           "enable.auto.commit": False, "isolation.level": "read_committed",
                           "auto.offset.reset": "latest"})
             since_ms = int((time.time() - self.since_s) * 1000)
-            wanted = [*self.topics, *([self.deadletter_topic] if self.deadletter_topic else [])]
+            wanted = [*self.topics, *([self.deadletter_topic] if self.deadletter_topic else []),
+                      *([self.transcripts_topic] if self.transcripts_topic else [])]
             while True:  # serve may start before the analyzer has created its output topics: wait for them
                 tps = []
                 for topic in wanted:
@@ -110,6 +114,8 @@ class LiveStreams:
                         continue
                     if m.topic() == self.topics[0] and "label" in rec:
                         self._prediction(rec)
+                    elif m.topic() == self.transcripts_topic and isinstance(rec, dict) and "text" in rec:
+                        self._caption(rec)
                     elif m.topic() == self.topics[1] and records.is_window(rec):
                         self._features(rec)
         finally:
@@ -136,6 +142,26 @@ class LiveStreams:
                 self.history.pop(sid, None)
                 self.changed_at.pop(sid, None)
 
+    def _caption(self, t: dict) -> None:
+        try:
+            c = {"id": str(t["id"]), "stream_id": str(t["stream_id"]), "start_s": float(t["start_s"]),
+                 "end_s": float(t["end_s"]), "text": str(t["text"])}
+        except (KeyError, TypeError, ValueError):
+            return
+        with self._lock:
+            if c["id"] in self._caption_ids:
+                return
+            self._caption_ids[c["id"]] = None
+            if len(self._caption_ids) > 10000:
+                self._caption_ids.popitem(last=False)
+            self.version += 1
+            self.captions.append((self.version, c))
+
+    def captions_since(self, since: int) -> list[dict]:
+        """Transcripts that arrived after version ``since``, once per id, oldest first: the live page's captions."""
+        with self._lock:
+            return [c for v, c in self.captions if v > since]
+
     @staticmethod
     def _new_history() -> dict:
         return {"windows": 0, "gaps": 0, "dead_letters": 0, "rms_dbfs": None, "recent": collections.deque(maxlen=60)}
@@ -152,11 +178,20 @@ class LiveStreams:
     def changes(self, since: int) -> tuple[int, list[dict]]:
         """(current version, the streams whose prediction changed after ``since``) for the live page."""
         with self._lock:
-            rows = [{**self.latest[sid], **{k: self.history[sid][k] for k in ("windows", "gaps", "dead_letters",
-                                                                                "rms_dbfs")},
-                     "recent": list(self.history[sid]["recent"])}
-                    for sid, v in self.changed_at.items() if v > since and sid in self.latest]
-            return self.version, rows
+            return self._changes(since)
+
+    def _changes(self, since: int) -> tuple[int, list[dict]]:
+        rows = [{**self.latest[sid], **{k: self.history[sid][k] for k in ("windows", "gaps", "dead_letters",
+                                                                            "rms_dbfs")},
+                 "recent": list(self.history[sid]["recent"])}
+                for sid, v in self.changed_at.items() if v > since and sid in self.latest]
+        return self.version, rows
+
+    def page_since(self, since: int) -> tuple[int, list[dict], list[dict]]:
+        """``changes`` and ``captions_since`` at one version (what /v1/events sends)."""
+        with self._lock:
+            version, rows = self._changes(since)
+            return version, rows, [c for v, c in self.captions if v > since]
 
     def _features(self, f: dict) -> None:
         vector = records.features_vector(f, self.spec)
@@ -402,6 +437,9 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
     app.add_middleware(UploadGuard, path="/v1/classify", max_body=max_upload_bytes + MULTIPART_OVERHEAD,
                        limit_text=limit_text, max_active=max_concurrent, body_timeout_s=body_timeout_s,
                        max_header_bytes=max_header_bytes)
+    app.add_middleware(UploadGuard, path="/v1/transcribe", max_body=max_upload_bytes + MULTIPART_OVERHEAD,
+                       limit_text=limit_text, max_active=max_concurrent, body_timeout_s=body_timeout_s,
+                       max_header_bytes=max_header_bytes)
     mount_docs(app)
     app.state.default_model = default.ref
 
@@ -455,6 +493,46 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
                              "label": r["label"], "confidence": r["confidence"], "gap": r["gap"], "gated": r["gated"],
                              "padded": r["padded"],
                              "scores": {lab: r[f"score_{lab}"] for lab in b.labels}} for r in rows]}
+
+    asr: dict = {}  # the speech model, loaded on the first /v1/transcribe (serve runs without the asr extra)
+    asr_lock = threading.Lock()
+
+    @app.post("/v1/transcribe", summary="Speech to text for an uploaded audio file",
+              description="The records `audiostream transcribe FILE --json` prints (docs/transcription.md): one per "
+                          "utterance, cut by voice activity on stream time, in `transcripts`.",
+              responses={400: {"description": "empty upload"}, 408: {"description": "body too slow"},
+                         413: {"description": "too large or too long"}, 415: {"description": "not decodable audio"},
+                         503: {"description": "busy, see Retry-After; or no speech model installed"}})
+    def transcribe(file: UploadFile = File(..., description="wav, flac, ogg, mp3, ..."),
+                   words: bool = Query(False, description="word timings (about 2x the CPU)")):
+        from streamproc.segmentation import SAMPLE_RATE
+        from streamproc.transcribe import file_records
+        name = display_name(file.filename)
+        ext = re.sub(r"[^A-Za-z0-9]", "", os.path.splitext(file.filename or "")[1])[:8]
+        with tempfile.NamedTemporaryFile(suffix="." + ext if ext else "") as tmp:
+            file.file.seek(0)
+            shutil.copyfileobj(file.file, tmp, 1 << 16)
+            if not tmp.tell():
+                raise HTTPException(400, "the upload is empty")
+            if tmp.tell() > max_upload_bytes:
+                raise HTTPException(413, f"the upload is larger than {limit_text}")
+            tmp.flush()
+            try:
+                y = load(tmp.name, SAMPLE_RATE, max_seconds=max_duration_s)
+            except AudioTooLongError as exc:
+                raise HTTPException(413, str(exc).replace(tmp.name, name)) from None
+            except AudioInputError as exc:
+                raise HTTPException(415, f"not audio we can decode: {str(exc).replace(tmp.name, name)}") from None
+        with asr_lock:  # one Whisper call at a time: the model runs on one thread
+            if "model" not in asr:  # loaded on the first audio that decodes
+                from streamproc.transcription import Transcriber
+                try:
+                    asr["model"] = Transcriber.load("transcription")
+                except BundleError as exc:
+                    raise HTTPException(503, f"no speech model: {exc}") from None
+            m = asr["model"]
+            recs = file_records(y, m, stream_id=file.filename or "upload", words=words)
+        return {"model": m.model_id, "duration_s": round(len(y) / SAMPLE_RATE, 6), "transcripts": recs}
 
     @app.get("/v1/models", response_model=list[ModelInfo], summary="Model bundles available")
     def models():
@@ -561,7 +639,8 @@ def add_pages(app, live: LiveStreams | None) -> None:
 
     @app.get("/v1/events", summary="Server-sent events: live streams as their predictions arrive",
              responses={200: {"content": {"text/event-stream": {}},
-                              "description": "event 'streams': a JSON list of the streams that changed"}})
+                              "description": "event 'streams': a JSON list of the streams that changed; event "
+                                            "'transcripts': new transcripts (id, stream_id, start_s, end_s, text)"}})
     async def events(request: Request):
         async def stream():
             if live is None:
@@ -570,11 +649,15 @@ def add_pages(app, live: LiveStreams | None) -> None:
             seen, quiet = -1, 0.0
             yield "retry: 2000\n\n"
             while not await request.is_disconnected():
-                version, rows = live.changes(seen)
+                version, rows, captions = live.page_since(seen)
                 if rows or seen < 0:
-                    seen = version
                     yield "event: streams\ndata: " + json.dumps(rows) + "\n\n"
                     quiet = 0.0
+                if captions:
+                    yield "event: transcripts\ndata: " + json.dumps(captions) + "\n\n"
+                    quiet = 0.0
+                if rows or captions or seen < 0:
+                    seen = version
                 elif quiet > 15:
                     yield ": still here\n\n"  # keeps proxies from closing an idle connection
                     quiet = 0.0
@@ -613,6 +696,7 @@ def add_parser(sub):
     p.add_argument("--streams-since", type=float, default=600.0,
                    help="seconds of live history to read at start (default: 600)")
     p.add_argument("--deadletter-topic", default=TOPIC_DEADLETTER, help="bad frames, counted per stream on the page")
+    p.add_argument("--transcripts-topic", default=TOPIC_TRANSCRIPTS, help="recent transcripts on the live page")
     p.add_argument("--ingest-token", default=os.environ.get("AUDIOSTREAM_INGEST_TOKEN"),
                    help="bearer token the ingest routes require (env AUDIOSTREAM_INGEST_TOKEN); without one they "
                         "answer only while serve listens on loopback")
@@ -709,7 +793,7 @@ def run(args) -> int:
         kafka = kafka_config_from_args(args)
         live = LiveStreams(kafka, args.predictions_topic, args.features_topic,
                            ModelBundle.load(args.model).spec, since_s=args.streams_since,
-                           deadletter_topic=args.deadletter_topic).start()
+                           deadletter_topic=args.deadletter_topic, transcripts_topic=args.transcripts_topic).start()
         gateway = Gateway(kafka, args.ingest_topic, token=args.ingest_token,
                           require_token=args.host not in ("127.0.0.1", "::1", "localhost"),
                           max_speed=args.ingest_max_speed, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),

@@ -198,13 +198,69 @@ def add_parser(sub):
     p.add_argument("--max-duration", type=float, default=FILE_MAX_SECONDS, metavar="SECONDS",
                    help=f"skip a file longer than this, checked before decoding (default: {FILE_MAX_SECONDS:g}; 0 = none)")
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--transcribe", action="store_true",
+                   help="also speech to text: OUT's name + .transcripts.parquet, one row per utterance (the records "
+                        "of `transcribe --json`; local engine)")
     p.set_defaults(func=run)
+
+
+# -- --transcribe: transcripts beside the window labels ---------------------------------------------------
+def transcripts_path(out: str) -> Path:
+    p = Path(out)
+    return p.with_name((p.stem if p.suffix == ".parquet" else p.name) + ".transcripts.parquet")
+
+
+def transcript_schema():
+    import pyarrow as pa
+    return pa.schema([("file", pa.string()), ("stream_id", pa.string()), ("id", pa.string()),
+                      ("start_sample", pa.int64()), ("end_sample", pa.int64()), ("start_s", pa.float64()),
+                      ("end_s", pa.float64()), ("text", pa.string()), ("confidence", pa.float64()),
+                      ("language", pa.string()), ("reason", pa.string()), ("model", pa.string())])
+
+
+def run_transcripts(items, out: str, progress: bool) -> tuple[int, list[str]]:
+    """Every file's transcript records (streamproc.transcribe.file_records: what ``transcribe --json`` prints),
+    one Parquet row each, written atomically beside ``out``. Bad files are skipped and reported."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from streamproc.analysis import stream_id_for
+    from streamproc.audio import load
+    from streamproc.progress import Progress
+    from streamproc.segmentation import SAMPLE_RATE
+    from streamproc.transcribe import file_records
+    from streamproc.transcription import Transcriber
+    asr = Transcriber.load("transcription")  # a missing model fails before any work
+    bar = Progress(f"transcribing {len(items)} file(s)", len(items), enabled=progress)
+    rows, errors = [], []
+    for i, (path, root, max_s) in enumerate(items, 1):
+        try:
+            y = load(path, SAMPLE_RATE, max_seconds=max_s)
+        except AudiostreamError as exc:
+            errors.append(str(exc))
+            continue
+        for r in file_records(y, asr, stream_id=stream_id_for(path, root)):
+            rows.append({"file": path, **{k: r[k] for k in ("stream_id", "id", "start_sample", "end_sample",
+                                                              "start_s", "end_s", "text", "confidence", "language",
+                                                              "reason")},
+                         "model": json.dumps(r["model"], sort_keys=True)})
+        bar.update(i, f"{len(rows)} utterances")
+    target = transcripts_path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=transcript_schema()), tmp.name)
+    os.replace(tmp.name, target)
+    return len(rows), errors
 
 
 def run(args) -> int:
     items = [(p, r, args.max_duration or None) for p, r in find_audio(args.inputs)]  # a hostile file is skipped
     if not items:
         raise ConfigError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {' '.join(args.inputs)}")
+    if args.transcribe and args.engine != "local":
+        raise ConfigError("--transcribe runs with the local engine only (--engine local)")
     from streamproc.inference import ModelBundle
     bundle = ModelBundle.load(args.model)  # a bad bundle fails before any work
     t0 = time.monotonic()
@@ -221,6 +277,9 @@ def run(args) -> int:
             pq.write_table(table, tmp.name)
         os.replace(tmp.name, out)  # a reader never sees half a file
         n = table.num_rows
+    if args.transcribe:
+        n_utt, _bad = run_transcripts(items, args.out, not args.quiet)  # the same files fail here as above
+        print(f"{n_utt} utterances -> {transcripts_path(args.out)}", file=sys.stderr)
     for err in errors:
         print(f"skipped: {err}", file=sys.stderr)
     print(f"{n} windows from {len(items) - len(errors)} file(s) -> {args.out} ({args.engine}, model {bundle.ref}, "

@@ -82,7 +82,8 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
     with threadpool_limits(1):
         bundle = ModelBundle.load(model)
         spec = bundle.spec if hop_length is None else dataclasses.replace(bundle.spec, hop_length=hop_length)
-        engine = Engine(spec, logmel=bundle.logmel)  # a logmel bundle: patches from the same STFT rows
+        # a logmel bundle: patches from the same STFT rows; a waveform bundle (BirdNET): the windows' audio
+        engine = Engine(spec, logmel=bundle.logmel, waveform=bundle.waveform)
         sr = spec.sr
         n = sr // 10
         pool = clip_pool(sr)
@@ -135,6 +136,8 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
         naive_clips = [from_s16(pool[i % len(pool)]) for i in range(naive_windows)]
 
         def naive(y):  # the model's input the plain librosa way, one ONNX call per window
+            if bundle.waveform:  # the audio itself: nothing to compute but the model, one call per window
+                return bundle.predict(np.asarray(y, np.float32)[None])
             if bundle.logmel is not None:
                 return bundle.predict(reference_logmel(y, spec, bundle.logmel.top_db)[None])
             return bundle.predict(reference_window_vector(y, spec)[None, :])
@@ -279,10 +282,20 @@ def add_parser(sub):
                    help="engine mode: override the STFT hop (cost comparison; model scores not meaningful)")
     p.add_argument("--cpu", type=int, default=None, help="engine mode: CPU to pin to")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    # speech to text (consumers/bench_transcribe.py)
+    p.add_argument("--transcribe", action="store_true",
+                   help="speech to text: streams per core, segmented vs whole-file, and caption latency through "
+                        "Kafka (--streams, default 10; --duration)")
+    p.add_argument("--speech", default=None, metavar="FILE", help="--transcribe: this speech instead of espeak-ng's")
+    p.add_argument("--speech-share", type=float, default=0.3, help="--transcribe: share of the time someone speaks")
+    p.add_argument("--no-kafka", action="store_true", help="--transcribe: the one-core part only")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.transcribe:
+        from .bench_transcribe import run as run_transcribe
+        return run_transcribe(args)
     from streamproc.progress import Progress
     quiet = args.json
     models = args.model or [DEFAULT_MODEL]

@@ -21,6 +21,16 @@ The interface, in the order the analyzer's loop calls it:
 any more, and ``close`` aborts an open transaction instead of committing it (a crash in the middle
 of a batch must not make part of its outputs visible while the offsets point before it).
 
+Exactly-once tells apart the errors a transaction survives from those the analyzer does not: an
+*abortable* one (an output refused during a leader failover, a commit the coordinator answered with
+an abortable error) aborts the transaction and **rewinds**: every partition read since the last
+commit is sought back to that commit (``resume_at``: its offset and done marker) and ``on_rewind``
+drops the streams on it, so their state is rebuilt from the log exactly as after a crash, and the
+aborted outputs are published again in a later transaction. A *retriable* commit error retries the
+commit. A *fatal* one (a fenced producer, another instance with the same transactional id) stops,
+as does a rewind without an ``on_rewind`` hook or rewinds that make no progress for
+``unavailable_timeout_s``.
+
 No I/O of its own: the Kafka consumer and producer are passed in, so the unit tests drive it
 with small fakes (tests/unit/test_checkpoint.py).
 """
@@ -75,17 +85,20 @@ class Checkpoint:
 
     def __init__(self, consumer, producer, *, needs: Callable[[set], dict], on_fail: Callable[[str], None],
                  interval_s: float, unavailable_timeout_s: float, on_commit: Callable[[str], None] = lambda _: None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, on_rewind: Callable[[set], None] | None = None):
         self.consumer, self.producer = consumer, producer
         self.needs = needs                  # partitions -> {tp: oldest record an open window on it still needs}
         self.on_fail = on_fail              # told once why the analyzer must stop (nothing more is committed)
-        self.on_commit = on_commit          # "ok" / "failed", for transactions (librdkafka reports offset commits)
+        self.on_commit = on_commit          # "ok" / "failed" / "aborted", for transactions (librdkafka reports
+                                            # offset commits)
+        self.on_rewind = on_rewind          # partitions sought back to their last commit: drop their streams' state
         self.interval_s = interval_s
         self.unavailable_timeout_s = unavailable_timeout_s
         self.clock = clock
         self.assigned: set[TP] = set()
         self.read_upto: dict[TP, int] = {}      # last offset processed, per partition
         self.replay_until: dict[TP, int] = {}   # the previous owner's done markers still ahead of us
+        self.resume_at: dict[TP, tuple[int, int]] = {}  # the last commit (offset, done), or the first record read
         self.failed = False
         self._batch: Batch | None = None
         self._lock = threading.Lock()
@@ -99,6 +112,8 @@ class Checkpoint:
         resumed = {}
         for tp in committed:
             done = parse_commit_metadata(tp.metadata)
+            if tp.offset >= 0:
+                self.resume_at[(tp.topic, tp.partition)] = (tp.offset, max(done or 0, tp.offset))
             if done is not None and tp.offset >= 0 and done > tp.offset:
                 self.replay_until[(tp.topic, tp.partition)] = done
                 resumed[(tp.topic, tp.partition)] = (tp.offset, done)
@@ -113,6 +128,7 @@ class Checkpoint:
         for tp in tps:
             self.replay_until.pop(tp, None)
             self.read_upto.pop(tp, None)
+            self.resume_at.pop(tp, None)
 
     # -- batches --------------------------------------------------------------------------
     def begin(self, now: float) -> Batch:
@@ -131,8 +147,11 @@ class Checkpoint:
                     self._delivery_failures += 1
         return delivered
 
-    def store(self, high: dict[TP, int]) -> None:
-        """The current batch processed every record up to ``high[tp]``."""
+    def store(self, high: dict[TP, int], low: dict[TP, int] | None = None) -> None:
+        """The current batch processed every record up to ``high[tp]`` (from ``low[tp]``, which says where a
+        partition without a commit was first read)."""
+        for tp, first in (low or {}).items():
+            self.resume_at.setdefault(tp, (first, first))
         for tp, last in high.items():
             self.read_upto[tp] = last
             if tp in self.replay_until and last + 1 >= self.replay_until[tp]:
@@ -284,63 +303,147 @@ class ExactlyOnce(Checkpoint):
         super().__init__(consumer, producer, **kw)
         self.txn_open = False
         self.txn_started = 0.0
+        self.generation = 0                 # which transaction an output belongs to (late reports of aborted ones)
+        self.failing_since: float | None = None  # the first rewind since the last commit: not forever
+        self.rewinds = 0
 
     def begin(self, now: float) -> Batch:
         if not self.txn_open and not self.failed:
             self.producer.begin_transaction()
             self.txn_open = True
             self.txn_started = now
+            self.generation += 1
         return super().begin(now)
 
+    def track(self) -> Callable:
+        """Count one output of the open transaction; a refusal reported after that transaction was
+        aborted (librdkafka reports the purged outputs) is not held against the next one."""
+        generation = self.generation
+
+        def delivered(err) -> None:
+            if err is not None and generation == self.generation:
+                with self._lock:
+                    self._delivery_failures += 1
+        return delivered
+
     def tick(self, now: float) -> None:
-        if self._take_delivery_failures():  # a refused output inside the transaction: its commit would fail
-            self.abort()
-            self._stop("output record(s) refused by Kafka; transaction aborted")
+        failed = self._take_delivery_failures()
+        if failed:  # a refused output inside the transaction: its commit would fail
+            self.recover(f"{failed} output record(s) refused by Kafka")
         elif self.txn_open and now - self.txn_started >= self.interval_s:
             self.commit()
 
-    def commit(self) -> None:
-        """This transaction's outputs and its input offsets become visible together."""
+    def commit(self, keep_out: set = frozenset()) -> bool:
+        """This transaction's outputs and its input offsets become visible together. On an abortable
+        error the transaction is aborted and the partitions read (but ``keep_out``) rewound."""
         if not self.txn_open or self.failed:
-            return
-        offsets = self.offsets(self.marks())
-        try:
-            if offsets:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(max(30.0, self.unavailable_timeout_s))
-            self.on_commit("ok")
-        except KafkaException as exc:
-            self.on_commit("failed")
-            err = exc.args[0] if exc.args else None
-            if err is not None and err.txn_requires_abort():
-                self.abort()
-            self.txn_open = False
-            self._stop(f"transaction not committed ({err.str() if err is not None else exc}); its outputs are "
-                       f"aborted")
-            return
+            return False
+        marks = self.marks()
+        offsets = self.offsets(marks)
+        deadline = self.clock() + self.unavailable_timeout_s
+        step = "send_offsets_to_transaction"
+        while True:
+            try:
+                if offsets and step == "send_offsets_to_transaction":
+                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+                step = "commit_transaction"
+                self.producer.commit_transaction(max(30.0, self.unavailable_timeout_s))
+                break
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                what = err.str() if err is not None else str(exc)
+                if err is not None and err.retriable() and not err.fatal() and not err.txn_requires_abort() \
+                        and self.clock() < deadline:
+                    log.warning("%s: %s; retrying", step, what)  # librdkafka: call it again
+                    time.sleep(0.1)
+                    continue
+                self.on_commit("failed")
+                if err is not None and err.txn_requires_abort() and not err.fatal():
+                    self.recover(f"transaction not committed ({what})", keep_out=keep_out)
+                else:
+                    self.abort()
+                    self._stop(f"transaction not committed ({what}); its outputs are aborted")
+                return False
         self.txn_open = False
+        self.on_commit("ok")
+        self.failing_since = None
+        for tp, mark in marks.items():
+            if tp in self.assigned:
+                self.resume_at[tp] = mark
+        return True
 
-    def abort(self) -> None:
-        """Abort the open transaction (its outputs never become visible); an abort that fails too
-        leaves the same outcome for read_committed readers, so it is not an error of its own."""
+    def abort(self) -> bool:
+        """Abort the open transaction (its outputs never become visible); True once the producer can begin
+        another. A failed abort leaves the same outcome for read_committed readers, so it is not an error of
+        its own, but the producer cannot go on (``recover`` stops)."""
         if not self.txn_open:
+            return True
+        self.generation += 1  # reports of this transaction's outputs arriving from now on are not held against any
+        deadline = self.clock() + self.unavailable_timeout_s
+        while True:
+            try:
+                self.producer.abort_transaction(30)
+                self.txn_open = False
+                return True
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if err is not None and err.retriable() and not err.fatal() and self.clock() < deadline:
+                    continue
+                self.txn_open = False
+                return False
+
+    def recover(self, why: str, keep_out: set = frozenset()) -> None:
+        """An abortable error: abort the transaction, seek every partition read since the last commit back to
+        it (``resume_at``), forget how far it was read, and have ``on_rewind`` drop the streams on it, so that
+        state is rebuilt from the log and the aborted outputs are published again. Stops instead if the abort
+        failed, nothing can rebuild the state, or no commit succeeded for ``unavailable_timeout_s``."""
+        if self.failed:
+            return
+        if not self.abort():
+            self._stop(f"{why}; the transaction could not be aborted")
+            return
+        self.on_commit("aborted")
+        if self.on_rewind is None:
+            self._stop(f"{why}; transaction aborted")
+            return
+        now = self.clock()
+        if self.failing_since is None:
+            self.failing_since = now
+        elif now - self.failing_since > self.unavailable_timeout_s:
+            self._stop(f"{why}; transaction aborted, and none committed for {self.unavailable_timeout_s:.0f}s "
+                       f"of rewinds")
+            return
+        tps = set(self.read_upto) - set(keep_out)
+        targets = {tp: self.resume_at[tp] for tp in tps if tp in self.resume_at}
+        if len(targets) < len(tps):  # read without a commit and without ``store(low=...)``: nowhere to go back to
+            self._stop(f"{why}; transaction aborted, and {sorted(tps - set(targets))} have no commit to re-read from")
             return
         try:
-            self.producer.abort_transaction(30)
-        except KafkaException:
-            pass
-        self.txn_open = False
+            for (t, p), (offset, _done) in sorted(targets.items()):
+                self.consumer.seek(TopicPartition(t, p, offset))
+        except KafkaException as exc:
+            self._stop(f"{why}; transaction aborted, and rewinding failed ({exc})")
+            return
+        self.rewinds += 1
+        for tp in tps:
+            self.read_upto.pop(tp, None)
+            self.replay_until.pop(tp, None)
+        for tp, (offset, done) in targets.items():
+            if done > offset:
+                self.replay_until[tp] = done
+        log.warning("%s: transaction aborted; re-reading %s from the last commit", why,
+                    ", ".join(f"{t}[{p}]@{o}" for (t, p), (o, _d) in sorted(targets.items())) or "nothing")
+        self.on_rewind(tps)
 
     def revoke(self, tps: set) -> None:
-        self.commit()
+        self.commit(keep_out=tps)
         self.forget(tps)
 
     def lost(self, tps: set) -> None:
         if self.txn_open:
-            # the open transaction mixes lost and kept partitions: abort it all and restart from the commits
-            self.abort()
+            # the open transaction mixes lost and kept partitions: abort it all, re-read the kept ones
             self.forget(tps)
-            self._stop(f"partitions {sorted(tps)} lost mid-transaction; transaction aborted")
+            self.recover(f"partitions {sorted(tps)} lost mid-transaction")
             return
         self.forget(tps)
 
@@ -349,6 +452,8 @@ class ExactlyOnce(Checkpoint):
             self.abort()
         else:
             self.commit()
+            if self.txn_open:  # the commit failed and was not aborted (a rewind on the way out)
+                self.abort()
 
 
 def for_mode(exactly_once: bool, consumer, producer, *, interval_s: float, **kw) -> Checkpoint:

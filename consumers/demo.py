@@ -29,7 +29,7 @@ from producers.file import parse_speed, replay
 from streamproc.kafka import admin_client, ensure_topics, producer_config
 from streamproc import audio
 from streamproc.errors import ConfigError
-from streamproc.settings import TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS
+from streamproc.settings import TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS, TOPIC_TRANSCRIPTS
 from streamproc.config import kafka_config
 
 from .analyzer import DEFAULT_MODEL, Analyzer, AnalyzerConfig
@@ -88,11 +88,12 @@ def add_parser(sub):
 def demo_topics(external: bool) -> dict[str, str]:
     """The topics the demo uses: the standard ones on its own broker; on a user's cluster, topics of this
     run's own, so it neither reads other producers' frames nor publishes predictions for their streams."""
-    if not external:
+    if not external:  # the transcriber's topic too, so `audiostream transcriber` can join the demo's broker
         return {"frames": TOPIC_FRAMES, "predictions": TOPIC_PREDICTIONS, "features": TOPIC_FEATURES,
-                "deadletter": TOPIC_DEADLETTER}
+                "deadletter": TOPIC_DEADLETTER, "transcripts": TOPIC_TRANSCRIPTS}
     run_id = uuid.uuid4().hex[:8]
-    return {kind: f"audiostream-demo-{run_id}.{kind}" for kind in ("frames", "predictions", "features", "deadletter")}
+    return {kind: f"audiostream-demo-{run_id}.{kind}"
+            for kind in ("frames", "predictions", "features", "deadletter", "transcripts")}
 
 
 def delete_topics(conf: dict, names: list[str], timeout: float = 15.0) -> str | None:

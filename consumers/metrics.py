@@ -78,7 +78,14 @@ class AnalyzerMetrics:
                                        "passed); never committed by us", registry=r)
         self.gap_events = Counter("audiostream_gap_markers_total",
                                   "Gap markers published to the features topic", registry=r)
-        for outcome in ("ok", "failed"):
+        self.rewinds = Counter("audiostream_transaction_rewinds_total",
+                               "Exactly-once: transactions aborted on an abortable error, their partitions re-read "
+                               "from the last commit and their streams rebuilt", registry=r)
+        self.stream_moves = Counter("audiostream_stream_moves_total",
+                                    "Streams continued on a partition without their earlier frames (partitions "
+                                    "added, or first seen mid-session): state restarted, first window flagged",
+                                    registry=r)
+        for outcome in ("ok", "failed", "aborted"):
             self.commits.labels(outcome)
 
         model = f"{model_task}:{model_version}"
@@ -98,3 +105,82 @@ class AnalyzerMetrics:
             self.delivery_errors.labels(topic)
         self.model_info.labels(model_task, model_version).set(1)
         self.build.info({"version": streamproc.__version__})
+
+
+# -- the transcriber service (consumers/transcriber.py) ------------------------------------------------------------
+# Its own registry and /metrics port. Input-side, delivery and health metrics share the analyzer's names (one alert
+# rule covers both services; the scrape job tells them apart); what is about speech has names of its own.
+
+UTTERANCE_REASONS = ("silence", "max_length", "end", "idle", "gap")
+TRANSCRIPT_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class TranscriberMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None, *, model: str = "", frames_topic: str = "audio.frames",
+                 output_topics=()):
+        r = self.registry = registry or CollectorRegistry()
+        self.model = model
+        self.frames = Counter("audiostream_frames_consumed_total", "Frame records consumed", ["topic"], registry=r)
+        self.audio_seconds = Counter("audiostream_audio_consumed_seconds_total",
+                                     "Seconds of audio accepted into stream segmenters", registry=r)
+        self.deadletter = Counter("audiostream_deadletter_frames_total",
+                                  "Frames sent to the dead-letter topic, by reason", ["reason"], registry=r)
+        self.sequence = Counter("audiostream_stream_sequence_events_total",
+                                "Stream sequence anomalies: duplicate frames dropped, gaps, resyncs, new sessions",
+                                ["event"], registry=r)
+        self.gap_seconds = Counter("audiostream_stream_gap_seconds_total", "Seconds of audio missing in gaps",
+                                   registry=r)
+        self.delivery_errors = Counter("audiostream_output_delivery_errors_total",
+                                       "Output records Kafka did not acknowledge", ["topic"], registry=r)
+        self.active_streams = Gauge("audiostream_active_streams", "Streams with state in this transcriber",
+                                    registry=r)
+        self.lag = Gauge("audiostream_consumer_lag_records",
+                         "Frame records behind the partition's high watermark (per assigned partition)",
+                         ["topic", "partition"], registry=r)
+        self.kafka_up = Gauge("audiostream_kafka_available",
+                              "1 while the service reaches the Kafka cluster, 0 during an outage", registry=r)
+        self.commits = Counter("audiostream_offset_commits_total", "Offset commits, by outcome", ["outcome"],
+                               registry=r)
+        self.up = Gauge("audiostream_transcriber_ready", "1 while the transcriber is consuming", registry=r)
+        self.utterances = Counter("audiostream_utterances_transcribed_total",
+                                  "Utterances cut and run through the speech recogniser, by why they ended",
+                                  ["model", "reason"], registry=r)
+        self.transcripts = Counter("audiostream_transcripts_total", "Transcript records acknowledged by Kafka",
+                                   ["model"], registry=r)
+        self.empty = Counter("audiostream_utterances_without_text_total",
+                             "Utterances in which the recogniser heard no words (no record published)", ["model"],
+                             registry=r)
+        self.audio_transcribed = Counter("audiostream_transcribed_audio_seconds_total",
+                                         "Seconds of utterance audio run through the speech recogniser", ["model"],
+                                         registry=r)
+        self.engine_seconds = Counter("audiostream_transcription_cpu_seconds_total",
+                                      "CPU seconds the speech recogniser spent (rate = cores busy transcribing)",
+                                      ["model"], registry=r)
+        self.real_time_factor = Histogram("audiostream_transcription_real_time_factor",
+                                          "Per utterance: recogniser CPU seconds / utterance audio seconds",
+                                          ["model"], registry=r, buckets=RTF_BUCKETS)
+        self.latency = Histogram("audiostream_transcript_latency_seconds",
+                                 "From the record that ended an utterance arriving to its transcript acknowledged "
+                                 "by Kafka", registry=r, buckets=TRANSCRIPT_LATENCY_BUCKETS)
+        self.e2e_latency = Histogram("audiostream_transcript_end_to_end_latency_seconds",
+                                     "From an utterance's last sample (producer's capture clock) to its transcript "
+                                     "acknowledged by Kafka", registry=r, buckets=TRANSCRIPT_LATENCY_BUCKETS)
+        self.replayed = Counter("audiostream_utterances_replayed_total",
+                                "Utterances rebuilt after a restart or rebalance whose transcripts were already "
+                                "published (not published again)", registry=r)
+        self.build = Info("audiostream_build", "audiostream build", registry=r)
+        self.build.info({"version": streamproc.__version__})
+        self.frames.labels(frames_topic)
+        for reason in DEADLETTER_REASONS:
+            self.deadletter.labels(reason)
+        for event in SEQUENCE_EVENTS:
+            self.sequence.labels(event)
+        for outcome in ("ok", "failed"):
+            self.commits.labels(outcome)
+        for reason in UTTERANCE_REASONS:
+            self.utterances.labels(model, reason)
+        for c in (self.transcripts, self.empty, self.audio_transcribed, self.engine_seconds, self.real_time_factor):
+            c.labels(model)
+        for topic in output_topics:
+            self.delivery_errors.labels(topic)

@@ -10,6 +10,10 @@ their predictions by id), writes into ``--out``:
 - ``spectrogram.png``: a mel spectrogram of one file with its predicted labels on top
   (batch results whose files are readable, or ``--spectrogram FILE``);
 - ``index.html``: a summary table per stream linking the figures.
+
+With ``--detections-topic audio.detections`` (a detector such as BirdNET, ``audiostream detect``):
+``species.png`` (detections per class per hour or day) and ``species.html`` (every class with its
+detections, streams, first and last heard).
 """
 from __future__ import annotations
 
@@ -53,45 +57,46 @@ def parse_since(text: str) -> float:
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
-def read_live(kafka: dict, features_topic: str, predictions_topic: str, since_s: float,
-              timeout: float = 30.0) -> list[dict]:
-    """Windows of the last ``since_s`` seconds from the output topics, joined by prediction id."""
+def read_topic(kafka: dict, topic: str, since_s: float, timeout: float = 30.0) -> list[dict]:
+    """Every JSON record of ``topic`` from the last ``since_s`` seconds (read_committed; no group commits)."""
     from confluent_kafka import Consumer, TopicPartition
     import uuid
     start_ms = int((time.time() - since_s) * 1000)
+    c = Consumer({**kafka, "group.id": f"audiostream-report-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+                  "isolation.level": "read_committed"})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        if topic not in md.topics or md.topics[topic].error is not None:
+            raise ConfigError(f"topic {topic!r} does not exist on {kafka.get('bootstrap.servers')}")
+        tps = [TopicPartition(topic, p, start_ms) for p in md.topics[topic].partitions]
+        starts = c.offsets_for_times(tps, timeout=10)
+        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+        todo = {tp.partition: ends[tp.partition] for tp in starts if 0 <= tp.offset < ends[tp.partition]}
+        if not todo:
+            return []
+        c.assign([tp for tp in starts if tp.partition in todo])
+        out, deadline = [], time.monotonic() + timeout
+        while todo and time.monotonic() < deadline:
+            for m in c.consume(500, timeout=0.5):
+                if m.error() is not None:
+                    continue
+                try:
+                    out.append(json.loads(m.value()))
+                except ValueError:
+                    pass
+                if m.offset() + 1 >= todo.get(m.partition(), 0):
+                    todo.pop(m.partition(), None)
+        return out
+    finally:
+        c.close()
 
-    def read(topic):
-        c = Consumer({**kafka, "group.id": f"audiostream-report-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-                      "isolation.level": "read_committed"})
-        try:
-            md = c.list_topics(topic, timeout=10)
-            if topic not in md.topics or md.topics[topic].error is not None:
-                raise ConfigError(f"topic {topic!r} does not exist on {kafka.get('bootstrap.servers')}")
-            tps = [TopicPartition(topic, p, start_ms) for p in md.topics[topic].partitions]
-            starts = c.offsets_for_times(tps, timeout=10)
-            ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
-            todo = {tp.partition: ends[tp.partition] for tp in starts if 0 <= tp.offset < ends[tp.partition]}
-            if not todo:
-                return []
-            c.assign([tp for tp in starts if tp.partition in todo])
-            out, deadline = [], time.monotonic() + timeout
-            while todo and time.monotonic() < deadline:
-                for m in c.consume(500, timeout=0.5):
-                    if m.error() is not None:
-                        continue
-                    try:
-                        out.append(json.loads(m.value()))
-                    except ValueError:
-                        pass
-                    if m.offset() + 1 >= todo.get(m.partition(), 0):
-                        todo.pop(m.partition(), None)
-            return out
-        finally:
-            c.close()
 
-    preds = {p["id"]: p for p in read(predictions_topic) if "id" in p}
+def read_live(kafka: dict, features_topic: str, predictions_topic: str, since_s: float,
+              timeout: float = 30.0) -> list[dict]:
+    """Windows of the last ``since_s`` seconds from the output topics, joined by prediction id."""
+    preds = {p["id"]: p for p in read_topic(kafka, predictions_topic, since_s, timeout) if "id" in p}
     rows = []
-    for f in read(features_topic):
+    for f in read_topic(kafka, features_topic, since_s, timeout):
         if not records.is_window(f):
             continue
         p = preds.get(f.get("id"), {})
@@ -104,6 +109,92 @@ def read_live(kafka: dict, features_topic: str, predictions_topic: str, since_s:
         row.update({k: v for k, v in (f.get("metrics") or {}).items()})
         rows.append(row)
     return rows
+
+
+def species_rows(detection_records: list[dict]) -> list[dict]:
+    """One row per detection of ``audio.detections`` records (deduplicated by window id), with its time."""
+    seen, rows = set(), []
+    for rec in detection_records:
+        if rec.get("id") in seen or not isinstance(rec.get("detections"), list):
+            continue
+        seen.add(rec.get("id"))
+        for d in rec["detections"]:
+            rows.append({"stream_id": rec.get("stream_id"), "time": rec.get("capture_time"), "label": d["label"],
+                         "common_name": d.get("common_name") or d["label"],
+                         "scientific_name": d.get("scientific_name"), "confidence": d["confidence"]})
+    return rows
+
+
+def species_table(rows: list[dict]) -> list[dict]:
+    """Per class: detections, streams, first and last heard (capture time), best confidence; most heard first."""
+    table: dict[str, dict] = {}
+    for r in rows:
+        t = table.setdefault(r["label"], {"label": r["label"], "common_name": r["common_name"],
+                                          "scientific_name": r["scientific_name"], "detections": 0,
+                                          "streams": set(), "first_heard": r["time"], "last_heard": r["time"],
+                                          "max_confidence": 0.0})
+        t["detections"] += 1
+        t["streams"].add(r["stream_id"])
+        t["first_heard"] = min(t["first_heard"], r["time"])
+        t["last_heard"] = max(t["last_heard"], r["time"])
+        t["max_confidence"] = max(t["max_confidence"], r["confidence"])
+    out = sorted(table.values(), key=lambda t: (-t["detections"], t["label"]))
+    for t in out:
+        t["streams"] = len(t["streams"])
+    return out
+
+
+def species_report(detection_records: list[dict], out: Path, *, title: str, per: str = "hour",
+                   top: int = 12) -> dict:
+    """``species.png`` (detections per class per hour or day, the ``top`` most heard) and
+    ``species.html`` (every class: detections, streams, first and last heard)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out.mkdir(parents=True, exist_ok=True)
+    rows = species_rows(detection_records)
+    table = species_table(rows)
+    width = 13 if per == "hour" else 10  # "YYYY-MM-DDTHH" or "YYYY-MM-DD"
+    buckets = sorted({r["time"][:width] for r in rows})
+    shown = [t["label"] for t in table[:top]]
+    fig, ax = plt.subplots(figsize=(11, 0.45 * max(len(shown), 2) + 2))
+    if shown and buckets:
+        import numpy as np
+        grid = np.zeros((len(shown), len(buckets)))
+        col = {b: i for i, b in enumerate(buckets)}
+        row = {lab: i for i, lab in enumerate(shown)}
+        for r in rows:
+            if r["label"] in row:
+                grid[row[r["label"]], col[r["time"][:width]]] += 1
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_yticks(range(len(shown)), [fit(t["common_name"], 32) for t in table[:top]])
+        step = max(1, len(buckets) // 12)
+        ax.set_xticks(range(0, len(buckets), step), [b.replace("T", " ") + (":00" if per == "hour" else "")
+                                                      for b in buckets[::step]], rotation=30, ha="right")
+        fig.colorbar(im, ax=ax, label="detections")
+    else:
+        ax.text(0.5, 0.5, "no detections", ha="center", va="center")
+        ax.set_axis_off()
+    ax.set_title(f"Detections per {per} ({min(top, len(table))} of {len(table)} classes, most heard first)")
+    fig.tight_layout()
+    png = out / "species.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    head = "".join(f"<th>{h}</th>" for h in ["common name", "scientific name", "detections", "streams",
+                                               "first heard (UTC)", "last heard (UTC)", "best confidence"])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in [
+        t["common_name"], t["scientific_name"] or "", t["detections"], t["streams"], t["first_heard"],
+        t["last_heard"], f"{t['max_confidence']:.2f}"]) + "</tr>" for t in table)
+    (out / "species.html").write_text(f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>audiostream detections: {html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px}} img{{max-width:100%}}</style></head><body>
+<h1>Detections: {html.escape(title)}</h1>
+<p>{len(rows)} detections of {len(table)} classes in {len({r['stream_id'] for r in rows})} stream(s).</p>
+<img src="species.png" alt="detections per {per}">
+<table><tr>{head}</tr>{body}</table></body></html>
+""")
+    return {"species": png, "table": out / "species.html", "classes": table}
 
 
 def fit(text: str, width: int) -> str:
@@ -297,13 +388,29 @@ def add_parser(sub):
     p.add_argument("--predictions-topic", default=TOPIC_PREDICTIONS)
     p.add_argument("--since", default="1h", help="with --topic: how far back (90s, 30m, 1h, 2d)")
     p.add_argument("--spectrogram", default=None, metavar="FILE", help="audio file for the spectrogram figure")
+    p.add_argument("--detections-topic", default=None, metavar="TOPIC",
+                   help="also (or only) report a detector's topic (e.g. audio.detections): detections per "
+                        "class per hour or day, and first/last heard (species.png, species.html)")
+    p.add_argument("--per", choices=["hour", "day"], default="hour", help="with --detections-topic: the time bucket")
     add_kafka_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if bool(args.results) == bool(args.topic):
+    if args.results and args.topic:
         raise ConfigError("give either a results file or --topic (live output topics), not both")
+    if not (args.results or args.topic or args.detections_topic):
+        raise ConfigError("give a results file, --topic (live output topics) or --detections-topic")
+    if args.detections_topic:
+        from streamproc.config import kafka_config_from_args
+        from streamproc.kafka import check_reachable
+        kafka = kafka_config_from_args(args)
+        check_reachable(kafka)
+        recs = read_topic(kafka, args.detections_topic, parse_since(args.since))
+        made = species_report(recs, Path(args.out), title=f"{args.detections_topic}, last {args.since}", per=args.per)
+        print(f"report: {made['table']} ({len(made['classes'])} classes)", file=sys.stderr)
+        if not (args.results or args.topic):
+            return 0
     if args.topic:
         from streamproc.config import kafka_config_from_args
         from streamproc.kafka import check_reachable

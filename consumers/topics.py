@@ -4,9 +4,9 @@ from __future__ import annotations
 from streamproc.kafka import admin_client, check_reachable, ensure_topics
 from streamproc.config import kafka_config_from_args
 from streamproc.settings import (TOPIC_DEADLETTER, TOPIC_FEATURES, TOPIC_FRAMES, TOPIC_PREDICTIONS,
-                                 add_kafka_arguments)
+                                 TOPIC_TRANSCRIPTS, add_kafka_arguments)
 
-ALL_TOPICS = (TOPIC_FRAMES, TOPIC_PREDICTIONS, TOPIC_FEATURES, TOPIC_DEADLETTER)
+ALL_TOPICS = (TOPIC_FRAMES, TOPIC_PREDICTIONS, TOPIC_FEATURES, TOPIC_DEADLETTER, TOPIC_TRANSCRIPTS)
 
 
 def add_parser(sub):

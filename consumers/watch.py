@@ -9,6 +9,11 @@ Python::
 The terminal view redraws one row per stream (label, confidence, level meter,
 windows, gaps) when attached to a terminal; otherwise (or with ``--lines``) it
 prints one line per prediction.
+
+Live captions: ``watch --topic audio.transcripts`` (or ``--captions`` for a topic of
+another name) prints one line per utterance as the transcriber publishes it:
+stream, start-end in stream seconds, text (a repeat after a transcriber restart,
+same id, is shown once).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from typing import Iterator
 from confluent_kafka import Consumer, KafkaError
 
 from streamproc.kafka import check_reachable, client_logging
-from streamproc.settings import TOPIC_PREDICTIONS, add_kafka_arguments
+from streamproc.settings import TOPIC_PREDICTIONS, TOPIC_TRANSCRIPTS, add_kafka_arguments
 from streamproc.config import kafka_config, kafka_config_from_args
 
 
@@ -58,15 +63,41 @@ class Prediction:
                    latency_ms=d.get("latency_ms"), capture_time=d.get("capture_time"), raw=d)
 
 
+@dataclass(frozen=True)
+class Caption:
+    """One record of ``audio.transcripts`` (docs/transcription.md), as a caption."""
+
+    id: str
+    stream_id: str
+    start_s: float
+    end_s: float
+    text: str
+    final: bool = True
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> "Caption":
+        d = json.loads(data)
+        return cls(id=d["id"], stream_id=d["stream_id"], start_s=d["start_s"], end_s=d["end_s"], text=d["text"],
+                   final=d.get("final", True), raw=d)
+
+
+def format_caption(c: Caption) -> str:
+    return f"{c.stream_id:<20} {c.start_s:8.2f}-{c.end_s:<8.2f} {c.text}"
+
+
 def subscribe(bootstrap_servers: str | None = None, *, topic: str = TOPIC_PREDICTIONS, from_beginning: bool = False,
               group_id: str | None = None, kafka: dict | None = None, stop: threading.Event | None = None,
-              poll_timeout: float = 0.2, idle_timeout: float | None = None) -> Iterator[Prediction]:
+              poll_timeout: float = 0.2, idle_timeout: float | None = None,
+              parse=None) -> Iterator[Prediction]:
     """Yield predictions as they arrive. Undecodable records are skipped (and reported on stderr).
 
     ``group_id=None`` uses a throwaway group that commits nothing (a pure viewer);
     give a group id to share work and resume where the group left off.
     ``idle_timeout``: stop after that many seconds without a prediction.
+    ``parse``: how a record becomes an item (default ``Prediction.from_json``; ``Caption.from_json`` for transcripts).
     """
+    parse = parse or Prediction.from_json
     conf = dict(kafka) if kafka else kafka_config(bootstrap_servers)
     if bootstrap_servers:
         conf["bootstrap.servers"] = bootstrap_servers
@@ -91,7 +122,7 @@ def subscribe(bootstrap_servers: str | None = None, *, topic: str = TOPIC_PREDIC
                 continue
             last = time.monotonic()
             try:
-                yield Prediction.from_json(msg.value())
+                yield parse(msg.value())
             except (ValueError, KeyError, TypeError) as exc:
                 print(f"watch: skipping undecodable record at {msg.topic()}[{msg.partition()}]@{msg.offset()}: "
                       f"{exc!r}", file=sys.stderr)
@@ -168,7 +199,28 @@ def add_parser(sub):
     p.add_argument("--json", action="store_true", help="print each prediction as its JSON record")
     p.add_argument("--max", type=int, default=None, help="exit after this many predictions")
     p.add_argument("--idle-timeout", type=float, default=None, help="exit after this many seconds without predictions")
+    p.add_argument("--captions", action="store_true",
+                   help=f"the topic holds transcripts: one caption line each (automatic for {TOPIC_TRANSCRIPTS})")
     p.set_defaults(func=run)
+
+
+def run_captions(args, kafka: dict, stop: threading.Event) -> int:
+    """Live captions: one line per transcript (stream, start-end, text); a repeated id is shown once."""
+    import collections
+    seen: collections.OrderedDict = collections.OrderedDict()
+    n = 0
+    for c in subscribe(topic=args.topic, from_beginning=args.from_beginning, kafka=kafka, stop=stop,
+                       idle_timeout=args.idle_timeout, parse=Caption.from_json):
+        if c.id in seen:  # at-least-once: a transcriber restart may publish an utterance again
+            continue
+        seen[c.id] = None
+        if len(seen) > 10000:
+            seen.popitem(last=False)
+        n += 1
+        print(json.dumps(c.raw) if args.json else format_caption(c), flush=True)
+        if args.max is not None and n >= args.max:
+            break
+    return 0
 
 
 def run(args) -> int:
@@ -178,6 +230,8 @@ def run(args) -> int:
     table_mode = sys.stdout.isatty() and not (args.lines or args.json)
     kafka = kafka_config_from_args(args)
     check_reachable(kafka)  # an unreachable cluster is one clear error (exit 2), not an endless retry
+    if args.captions or args.topic == TOPIC_TRANSCRIPTS:
+        return run_captions(args, kafka, stop)
     table = Table()
     if table_mode:  # the header at once, not a blank screen until the first prediction
         table.draw(waiting=f"waiting for predictions on {args.topic} "

@@ -8,6 +8,7 @@ is replayed through Kafka or analysed in batch (local processes or Spark).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,20 @@ def stream_id_for(path: str, root: str | None = None) -> str:
     return Path(p.split("://", 1)[-1]).name
 
 
-def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: str) -> list[dict]:
+def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: str,
+                detector_options=None) -> list[dict]:
     """Rows (one per complete window) for int16 mono ``pcm`` at the bundle's sample rate. The signal is
     a whole stream (its last frame carries the end-of-stream flag): one shorter than a window gives one
-    zero-padded window, ``padded`` (docs/predictions.md), exactly as the live analyzer does."""
+    zero-padded window, ``padded`` (docs/predictions.md), exactly as the live analyzer does.
+    A multi-label bundle's rows carry ``detections`` (JSON: label, confidence, best first, the
+    ``audio.detections`` rule; ``detector_options``: Detector keyword arguments or a Detector), and
+    its best detection as label and confidence."""
     spec = bundle.spec
-    engine = Engine(spec, idle_timeout_s=float("inf"), logmel=bundle.logmel)
+    engine = Engine(spec, idle_timeout_s=float("inf"), logmel=bundle.logmel, waveform=bundle.waveform)
+    detector = None
+    if bundle.multilabel:  # a detector (BirdNET): the detections column instead of a score per class
+        from .birdnet.detect import Detector
+        detector = detector_options if isinstance(detector_options, Detector) else Detector(bundle, **(detector_options or {}))
     session = b"\0" * 16
     windows = []
     for seq, start in enumerate(range(0, len(pcm), FRAME_SAMPLES)):
@@ -52,6 +61,17 @@ def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: s
         part = windows[i:i + PREDICT_CHUNK]
         scores = bundle.score(part)
         for w, s in zip(part, scores):
+            if detector is not None:
+                found = detector.found(detector.confidences(s))
+                row = {"file": file, "stream_id": stream_id, "window_index": w.index,
+                       "start_s": w.start / spec.sr, "end_s": w.end / spec.sr, "start_sample": w.start,
+                       "end_sample": w.end, "label": found[0][0] if found else None,
+                       "confidence": found[0][1] if found else None, "model": bundle.ref, "gap": w.gap,
+                       "padded": w.padded,
+                       "detections": json.dumps([{"label": lab, "confidence": round(c, 6)} for lab, c in found])}
+                row.update({m: None if w.metrics.get(m) is None else float(w.metrics[m]) for m in METRIC_COLUMNS})
+                rows.append(row)
+                continue
             ok = bool(np.isfinite(s).all())
             best = int(np.argmax(s)) if ok else -1
             row = {"file": file, "stream_id": stream_id, "window_index": w.index,
@@ -71,11 +91,12 @@ def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: s
 
 
 def analyze_file(path: str, bundle: ModelBundle, *, root: str | None = None,
-                 max_seconds: float | None = None) -> list[dict]:
+                 max_seconds: float | None = None, detector_options=None) -> list[dict]:
     """Decode (as produce-file does: soxr HQ to the bundle's rate, int16) and analyse one file; a file
     longer than ``max_seconds`` is refused (``AudioTooLongError``) before it is decoded whole."""
     pcm = to_s16(load(path, bundle.spec.sr, max_seconds=max_seconds))
-    return analyze_pcm(pcm, bundle, file=str(path), stream_id=stream_id_for(path, root))
+    return analyze_pcm(pcm, bundle, file=str(path), stream_id=stream_id_for(path, root),
+                       detector_options=detector_options)
 
 
 def signal_of(path: str, sr: int) -> np.ndarray:

@@ -24,6 +24,7 @@ COMMANDS = {
     "produce-mic": ("producers.mic", "stream a microphone (edge devices: buffering, reconnect)"),
     "devices": ("producers.devices", "list input devices"),
     "analyze": ("consumers.analyzer", "run the analyzer service"),
+    "detect": ("consumers.detector", "run a multi-label detector (BirdNET) as its own consumer group"),
     "watch": ("consumers.watch", "live table of predictions per stream"),
     "topics": ("consumers.topics", "create or list audiostream's topics"),
     "config": ("streamproc.config", "show the effective configuration (secrets masked)"),
@@ -35,10 +36,12 @@ COMMANDS = {
     "evaluate": ("streamproc.training.evaluate", "scores and a confusion matrix for a bundle on labelled audio"),
     "compare": ("streamproc.training.compare", "MLP vs log-mel CNN on the same data and split: one table"),
     "models": ("streamproc.training.registry", "list model bundles"),
+    "evaluate-detector": ("streamproc.birdnet.evaluate", "a detector (BirdNET) on labelled real clips (dataset birds)"),
     "batch": ("consumers.batch", "analyse audio files into Parquet (local processes or Spark)"),
     "report": ("consumers.report", "HTML + PNG report from batch results or the live output topics"),
     "serve": ("consumers.api", "HTTP API: classify uploads, models, live streams, similar clips"),
     "transcribe": ("streamproc.transcribe", "speech to text for an audio file (offline Whisper on CPU)"),
+    "transcriber": ("consumers.transcriber", "run the speech-to-text service (audio.frames -> audio.transcripts)"),
 }
 
 

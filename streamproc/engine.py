@@ -74,6 +74,7 @@ class Window:
     tag: object = None    # accept()'s tag of the record that completed it (the Kafka offset in the analyzer)
     padded: bool = False  # a stream shorter than one window: zeros after its end fill the window
     patch: np.ndarray | None = None  # (1, n_mels, frames) log-mel input of a logmel bundle (Engine(logmel=...))
+    samples: np.ndarray | None = None  # (window_length,) float32 audio of a waveform bundle (Engine(waveform=True))
 
     kind: ClassVar[str] = "window"
 
@@ -240,9 +241,16 @@ class Engine:
     def __init__(self, spec: WindowSpec, *, max_gap_fill: int | None = None, idle_timeout_s: float = 60.0,
                  extractor: FeatureExtractor | None = None, tempo_context_s: float = 8.0,
                  max_reorder: int = 4, reorder_timeout_s: float = 1.0, events: bool = False,
-                 logmel: LogMel | None = None):
+                 logmel: LogMel | None = None, waveform: bool = False):
         """``logmel``: also give each window its log-mel patch (``Window.patch``), for a bundle whose input
-        is ``logmel`` (ModelBundle.logmel), cut from the per-frame mel rows the features use."""
+        is ``logmel`` (ModelBundle.logmel), cut from the per-frame mel rows the features use.
+        ``waveform``: also give each window its audio (``Window.samples``), for a bundle whose input is the
+        waveform (BirdNET); the stream then keeps a window of raw samples instead of an FFT's worth."""
+        if waveform and (spec.window_length - spec.n_fft) % spec.hop_length:
+            raise ValueError(f"waveform windows need STFT frames that end exactly at the window's end: "
+                             f"(window_length - n_fft) = {spec.window_length - spec.n_fft} is not a multiple of "
+                             f"hop_length {spec.hop_length}")
+        self.waveform = waveform
         self.spec = spec
         self.logmel = logmel
         self.fps = spec.sr / spec.hop_length
@@ -480,8 +488,10 @@ class Engine:
                 st.onset = np.concatenate((st.onset, np.maximum(db - prev, 0.0).mean(axis=1)))
                 st.last_db = db[-1].copy()
             st.next_frame += n_new
-            # keep only raw samples that a future STFT frame still needs
+            # keep only raw samples that a future STFT frame (or a waveform window) still needs
             drop = st.next_frame * hl - st.buf_start
+            if self.waveform:
+                drop = min(drop, st.next_window * spec.hop - st.buf_start)
             keep = st.buf_len - drop
             st.buf[:keep] = st.buf[drop:st.buf_len]
             st.buf_len = keep
@@ -501,26 +511,36 @@ class Engine:
             end = start + spec.window_length
             gap = any(a < end and b > start for a, b in st.gaps)
             tag, capture_ns, arrival = st.mark_info[st.mark_at((k * fph + F - 1) * hl + n_fft)]  # completing record
+            samples = st.buf[start - st.buf_start:end - st.buf_start].copy() if self.waveform else None
             out.append(Window(st.stream_id, st.session_id, k, start, end, st.sample_rate, vectors[i],
                               metrics[i], gap, arrival, capture_ns, tag,
                               st.padded_from is not None and end > st.padded_from,
-                              None if patches is None else patches[i]))
+                              None if patches is None else patches[i], samples))
             st.emitted = True
         # drop per-frame rows and gap records no future window needs
         for st, _ in pending:
             first_needed = st.next_window * fph
-            drop = first_needed - st.feats_start
+            # windows that do not overlap (hop > the frames a window spans) skip frames not computed yet:
+            # those are computed later and dropped then, so feats_start + feats_len stays next_frame
+            drop = min(first_needed - st.feats_start, st.feats_len)
             if drop > 0:
                 keep = st.feats_len - drop
                 st.feats[:keep] = st.feats[drop:st.feats_len]
                 st.feats_len = keep
-                st.feats_start = first_needed
+                st.feats_start += drop
             if st.gaps:
                 st.gaps = [(a, b) for a, b in st.gaps if b > st.next_window * spec.hop]
             keep_from = st.next_window * fph + F - self.tempo_frames  # onset context of the next window
             if keep_from > st.onset_start:
                 st.onset = st.onset[keep_from - st.onset_start:].copy()
                 st.onset_start = keep_from
+            if self.waveform:  # the emitted windows' audio is copied out: keep from the next window on
+                drop = min(st.next_frame * hl, st.next_window * spec.hop) - st.buf_start
+                if drop > 0:
+                    keep = st.buf_len - drop
+                    st.buf[:keep] = st.buf[drop:st.buf_len]
+                    st.buf_len = keep
+                    st.buf_start += drop
             if st.mark_end:
                 st.trim_marks(self.need_sample(st))
             st.shrink()

@@ -27,10 +27,11 @@ BUNDLE_FORMAT = 1
 DEFAULT_SILENCE_BELOW_DBFS = -60.0
 SILENCE_ENV = "AUDIOSTREAM_SILENCE_BELOW_DBFS"
 _FROM_BUNDLE = object()
-REQUIRED_KEYS = ("format", "task", "version", "labels", "input", "output", "window_spec")
+REQUIRED_KEYS = ("format", "task", "version", "input", "output", "window_spec")  # and labels or labels_file
 # What a model takes (model.yaml input.kind; absent = features): the window's pooled feature vector
-# (N, n_features), or its log-mel patch (N, 1, n_mels, frames) from the same STFT (docs/model-bundle.md).
-INPUT_KINDS = ("features", "logmel")
+# (N, n_features), its log-mel patch (N, 1, n_mels, frames) from the same STFT, or its audio
+# (N, window_length) at the window_spec's rate, as BirdNET takes (docs/model-bundle.md).
+INPUT_KINDS = ("features", "logmel", "waveform")
 
 
 def logmel_params(spec: WindowSpec, top_db: float | None) -> dict:
@@ -54,6 +55,20 @@ def models_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "models"
 
 
+def user_models_root() -> Path:
+    """Bundles made on this machine that may not be redistributed (``models import-birdnet``):
+    $AUDIOSTREAM_USER_MODELS, else $XDG_DATA_HOME/audiostream/models (~/.local/share/...)."""
+    env = os.environ.get("AUDIOSTREAM_USER_MODELS")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "audiostream" / "models"
+
+
+def model_roots(root: Path | None = None) -> list[Path]:
+    """Where ``task[:version]`` is looked up, in order: the given root or models_root(), then the user's store."""
+    return [root] if root is not None else [models_root(), user_models_root()]
+
+
 def _version_key(v: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"[.\-]", v)]
 
@@ -74,12 +89,15 @@ def _resolve(ref: str | os.PathLike, root: Path | None) -> Path:
         if not p.is_dir():
             raise BundleError(f"model bundle directory {str(p)!r} does not exist")
         return p
-    root = root or models_root()
+    roots = model_roots(root)
     task, _, version = str(ref).partition(":")
-    tdir = root / task
-    if not tdir.is_dir():
-        known = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-        raise BundleError(f"no model task {task!r} under {root} (known tasks: {known})")
+    tdir = next((r / task for r in roots if (r / task).is_dir()), None)
+    if tdir is None:
+        known = sorted({d.name for r in roots if r.is_dir() for d in r.iterdir() if d.is_dir()})
+        where = " or ".join(str(r) for r in roots)
+        hint = " (run 'audiostream models import-birdnet' to make it)" if task == "birdnet" else ""
+        raise BundleError(f"no model task {task!r} under {where} (known tasks: {known}){hint}")
+    root = tdir.parent
     versions = sorted((d.name for d in tdir.iterdir() if (d / "model.yaml").exists()), key=_version_key)
     if not versions:
         raise BundleError(f"model task {task!r} under {root} has no versions with a model.yaml")
@@ -103,16 +121,24 @@ class ModelBundle:
     session: object = field(repr=False)
     silence_below_dbfs: float | None = None
     logmel: LogMel | None = None  # set: the model takes log-mel patches (input kind logmel), not vectors
+    waveform: bool = False  # the model takes the window's audio (input kind waveform)
 
     @property
     def input_kind(self) -> str:
-        return "features" if self.logmel is None else "logmel"
+        return "waveform" if self.waveform else "features" if self.logmel is None else "logmel"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """One window's model input: (n_features,) or (1, n_mels, frames)."""
+        """One window's model input: (n_features,), (1, n_mels, frames) or (window_length,)."""
         s = self.spec
+        if self.waveform:
+            return (s.window_length,)
         return (s.n_features,) if self.logmel is None else (1, s.n_mels, s.frames_per_window)
+
+    @property
+    def multilabel(self) -> bool:
+        """Independent scores per class (a detector such as BirdNET: audio.detections), not one label."""
+        return bool(self.meta.get("output", {}).get("multilabel"))
 
     @classmethod
     def load(cls, ref: str | os.PathLike, *, expect_spec: WindowSpec | None = None,
@@ -144,18 +170,24 @@ class ModelBundle:
         if expect_spec is not None and spec != expect_spec:
             raise BundleError(f"{path}: the bundle was trained with a different window/feature spec than the "
                               f"analyzer is configured for: {'; '.join(spec.differences(expect_spec))}")
-        labels = meta["labels"]
+        labels = _labels(meta, path, meta_path)
         if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
             raise BundleError(f"{meta_path}: labels must be a list of at least two strings, got {labels!r}")
         inp, out = meta["input"], meta["output"]
         if not isinstance(inp, dict) or "name" not in inp or not isinstance(out, dict) or "name" not in out:
             raise BundleError(f"{meta_path}: input and output must be mappings with a 'name'")
-        logmel = _input_kind(inp, spec, meta_path)
-        want_shape = [spec.n_features] if logmel is None else [1, spec.n_mels, spec.frames_per_window]
+        waveform = inp.get("kind") == "waveform"
+        logmel = None if waveform else _input_kind(inp, spec, meta_path)
+        if waveform:
+            _check_waveform(inp, spec, meta_path)
+            want_shape = [spec.window_length]
+        else:
+            want_shape = [spec.n_features] if logmel is None else [1, spec.n_mels, spec.frames_per_window]
         shape = inp.get("shape", [None, *want_shape])
         if not isinstance(shape, list) or list(shape[1:]) != want_shape:
             raise BundleError(f"{meta_path}: input shape {shape} does not match the "
-                              + (f"{spec.n_features} features its window_spec produces" if logmel is None else
+                              + (f"{spec.window_length} samples of its window_spec's windows" if waveform else
+                                 f"{spec.n_features} features its window_spec produces" if logmel is None else
                                  f"log-mel patch [N, {', '.join(map(str, want_shape))}] its window_spec produces"))
 
         import onnxruntime as ort
@@ -174,16 +206,16 @@ class ModelBundle:
         if out["name"] not in outputs:
             raise BundleError(f"{onnx_path}: has no output {out['name']!r} (outputs: {sorted(outputs)})")
         onnx_shape = list(inputs[inp["name"]].shape)
-        if logmel is None and isinstance(onnx_shape[-1], int) and onnx_shape[-1] != spec.n_features:
+        if logmel is None and not waveform and isinstance(onnx_shape[-1], int) and onnx_shape[-1] != spec.n_features:
             raise BundleError(f"{onnx_path}: input {inp['name']!r} takes {onnx_shape[-1]} features but the "
                               f"window_spec produces {spec.n_features}")
         if len(onnx_shape) != 1 + len(want_shape) or any(
                 isinstance(d, int) and d != w for d, w in zip(onnx_shape[1:], want_shape)):
             raise BundleError(f"{onnx_path}: input {inp['name']!r} has shape {onnx_shape} but this analyzer "
-                              f"feeds [N, {', '.join(map(str, want_shape))}] ({'features' if logmel is None else 'logmel'})")
+                              f"feeds [N, {', '.join(map(str, want_shape))}] ({inp.get('kind', 'features')})")
         gate = _silence_level(meta, labels, meta_path, silence_below_dbfs)
         bundle = cls(path, str(meta["task"]), str(meta["version"]), labels, inp["name"], out["name"], spec,
-                     meta, session, gate, logmel)
+                     meta, session, gate, logmel, waveform)
         try:
             probe = bundle.predict(np.stack([np.zeros(want_shape, np.float32), np.ones(want_shape, np.float32)]))
         except Exception as exc:  # e.g. a fixed batch size or a shape the graph cannot take
@@ -210,6 +242,10 @@ class ModelBundle:
     def inputs(self, windows) -> np.ndarray:
         """The model input of engine windows (streamproc.engine.Window): their vectors, or their log-mel
         patches for a logmel bundle (the engine made them: Engine(logmel=bundle.logmel))."""
+        if self.waveform:
+            if any(w.samples is None for w in windows):
+                raise ValueError(f"{self.ref} takes audio; the engine was not built with Engine(spec, waveform=True)")
+            return np.stack([w.samples for w in windows])
         if self.logmel is None:
             return np.stack([w.vector for w in windows])
         if any(w.patch is None for w in windows):
@@ -245,6 +281,30 @@ class ModelBundle:
     @property
     def ref(self) -> str:
         return f"{self.task}:{self.version}"
+
+
+def _labels(meta: dict, path: Path, meta_path: Path):
+    """model.yaml's ``labels`` list, or the lines of its ``labels_file`` (6522 BirdNET classes)."""
+    if "labels" in meta:
+        return meta["labels"]
+    if "labels_file" not in meta:
+        raise BundleError(f"{meta_path}: missing key(s) ['labels'] (or labels_file)")
+    try:
+        return (path / str(meta["labels_file"])).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{meta_path}: labels_file {meta['labels_file']!r} cannot be read: {exc}") from None
+
+
+def _check_waveform(inp: dict, spec: WindowSpec, meta_path: Path) -> None:
+    """A waveform model takes exactly its window_spec's windows, at its rate; the engine must be able to
+    hand over every sample (STFT frames that end at the window's end)."""
+    if inp.get("sample_rate") != spec.sr or inp.get("samples") != spec.window_length:
+        raise BundleError(f"{meta_path}: the waveform input ({inp.get('samples')!r} samples at "
+                          f"{inp.get('sample_rate')!r} Hz) is not the window_spec's window ({spec.window_length} "
+                          f"samples at {spec.sr} Hz)")
+    if (spec.window_length - spec.n_fft) % spec.hop_length:
+        raise BundleError(f"{meta_path}: a waveform model needs a window_spec whose STFT frames end at the "
+                          f"window's end: window_length - n_fft must be a multiple of hop_length")
 
 
 def _input_kind(inp: dict, spec: WindowSpec, meta_path: Path) -> LogMel | None:

@@ -5,6 +5,7 @@ Pure functions, no I/O: the analyzer builds every record it publishes here, and 
 
 - ``window_fields``: the identifying fields a window's records share (prediction and features);
 - ``prediction``: an ``audio.predictions`` record;
+- ``detection``: an ``audio.detections`` record (a multi-label detector such as BirdNET);
 - ``FeaturesEncoder``: an ``audio.features`` window record, its vector formatted in one C-level call;
 - ``gap``: an ``audio.features`` gap record;
 - ``deadletter_headers``: the headers added to a dead-lettered record;
@@ -24,6 +25,7 @@ import numpy as np
 from .windowing import WindowSpec
 
 PREDICTION_SCHEMA = 1
+DETECTION_SCHEMA = 1
 FEATURES_SCHEMA = 1
 REASON_HEADER = "audiostream.reason"
 ERROR_HEADER = "audiostream.error"
@@ -62,6 +64,22 @@ def prediction(w, scores, labels, *, task: str, version: str, analyzer: str, lat
             "model": {"task": task, "version": version}, "rms_dbfs": w.metrics["rms_dbfs"], "gated": gated,
             "capture_time": iso_time(w.capture_time_ns), "latency_ms": round(latency_s * 1000, 3),
             "analyzer": analyzer}
+
+
+def detection(w, found: list[tuple[str, float]], *, task: str, version: str, analyzer: str, latency_s: float,
+              threshold: float, filters: dict, common: dict | None = None) -> dict:
+    """The ``audio.detections`` record of window ``w``: every class at or above ``threshold`` that the
+    ``filters`` allow, as (label, confidence) best first; an empty list is published too, so every
+    window is accounted for. A BirdNET label is ``Scientific name_Common name``."""
+    dets = []
+    for label, conf in found:
+        sci, sep, common_name = label.partition("_")
+        dets.append({"label": label, "scientific_name": sci if sep else None,
+                     "common_name": common_name if sep else label, "confidence": round(float(conf), 6)})
+    return {"schema": DETECTION_SCHEMA, **(common or window_fields(w)), "detections": dets,
+            "model": {"task": task, "version": version}, "threshold": threshold, "filters": filters,
+            "rms_dbfs": w.metrics["rms_dbfs"], "capture_time": iso_time(w.capture_time_ns),
+            "latency_ms": round(latency_s * 1000, 3), "analyzer": analyzer}
 
 
 class FeaturesEncoder:

@@ -44,7 +44,7 @@ from .errors import AudiostreamError
 SAMPLE_RATE = 16000
 VAD_WINDOW = 512  # samples per Silero window at 16 kHz
 VAD_CONTEXT = 64  # samples of the previous window Silero v6 sees with each window
-REASONS = ("silence", "max_length", "end", "idle")
+REASONS = ("silence", "max_length", "end", "idle", "gap")
 
 
 class SegmenterError(AudiostreamError, ValueError):
@@ -63,6 +63,7 @@ class SegmenterConfig:
     min_speech_s: float = 0.15
     min_utterance_s: float = 5.0  # a pause of hangover_s ends an utterance only once it is this long ...
     long_pause_s: float = 2.0  # ... a pause this long ends it whatever its length
+    vad_reset_s: float | None = None  # restart the VAD's recurrent state on this grid while idle (see Segmenter)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SegmenterConfig":
@@ -72,7 +73,7 @@ class SegmenterConfig:
         if unknown:
             raise SegmenterError(f"unknown segmentation setting(s) {unknown} (known: {sorted(cls.__dataclass_fields__)})")
         try:
-            return cls(**{k: float(v) for k, v in d.items()})
+            return cls(**{k: None if v is None else float(v) for k, v in d.items()})
         except (TypeError, ValueError) as exc:
             raise SegmenterError(f"segmentation settings {d}: {exc}") from None
 
@@ -94,6 +95,9 @@ class SegmenterConfig:
         if not 0.0 <= self.min_utterance_s < self.max_utterance_s:
             raise SegmenterError(f"min_utterance_s={self.min_utterance_s} must be in [0, max_utterance_s="
                                  f"{self.max_utterance_s})")
+        if self.vad_reset_s is not None and round(self.vad_reset_s * SAMPLE_RATE / VAD_WINDOW) < 1:
+            raise SegmenterError(f"vad_reset_s={self.vad_reset_s} must be at least one VAD window "
+                                 f"({VAD_WINDOW / SAMPLE_RATE} s), or null")
         if self.long_pause_s < self.hangover_s:
             raise SegmenterError(f"long_pause_s={self.long_pause_s} must be >= hangover_s={self.hangover_s}")
 
@@ -165,7 +169,7 @@ class Segmenter:
     """One stream's utterance cutter. ``push(y)`` and ``flush(reason)`` return finished utterances."""
 
     def __init__(self, config: SegmenterConfig | None = None, *, vad: Callable[[np.ndarray], float] | None = None,
-                 start_sample: int = 0):
+                 start_sample: int = 0, score_from: int | None = None):
         self.config = config or SegmenterConfig()
         self.vad = vad if vad is not None else SileroVad()
         c = self.config
@@ -179,6 +183,16 @@ class Segmenter:
         self._buf_start = start_sample
         self._scored = start_sample  # next window starts here
         self._last_end = start_sample  # utterances never overlap
+        self._reset_every = (int(round(c.vad_reset_s * SAMPLE_RATE / VAD_WINDOW)) * VAD_WINDOW
+                             if c.vad_reset_s is not None else None)
+        self.restart_point: int | None = None  # the latest sample where this segmenter's state was a fresh one's
+        if score_from is not None:  # a reader rebuilding from a restart point: what came before is pre-roll only
+            if score_from < start_sample or score_from % VAD_WINDOW:
+                raise SegmenterError(f"score_from={score_from} must be a VAD window boundary >= start_sample="
+                                     f"{start_sample}")
+            self._scored = score_from
+            self._last_end = max(start_sample, score_from - self._pad)
+            self.restart_point = score_from
         self._closed = False
         self._idle()
         self.probabilities: list[float] | None = None  # set to [] to record every window's probability
@@ -191,6 +205,11 @@ class Segmenter:
     @property
     def in_utterance(self) -> bool:
         return self._start is not None
+
+    @property
+    def open_start(self) -> int | None:
+        """First sample of the open utterance (None when idle): what a restarted reader must re-read from."""
+        return self._start
 
     def _idle(self) -> None:
         self._start = None  # first sample of the open utterance
@@ -212,6 +231,9 @@ class Segmenter:
         out: list[Utterance] = []
         while self.position - self._scored >= VAD_WINDOW:
             s = self._scored
+            if self._reset_every and s % self._reset_every == 0 and self._start is None \
+                    and self._last_end <= s - self._pad and s != self.restart_point:
+                self._restart(s)
             i = s - self._buf_start
             prob = self.vad(self._buf[i:i + VAD_WINDOW])
             if self.probabilities is not None:
@@ -222,6 +244,24 @@ class Segmenter:
                 out.append(utt)
         self._trim()
         return [u for u in out if u is not None]
+
+    def _restart(self, s: int) -> None:
+        """A restart point: idle, the previous utterance at least ``pad_s`` back, and the VAD's recurrent state
+        zeroed. From here on the segmenter depends only on audio from ``s - pad_s`` on, so a reader that starts
+        there (``Segmenter(start_sample=s - pad, score_from=s)``) cuts exactly the same utterances: what the
+        transcriber service re-reads after a crash (docs/transcription.md)."""
+        reset = getattr(self.vad, "reset", None)
+        if reset is not None:
+            reset()
+        self.restart_point = s
+
+    def restart_grid(self) -> int | None:
+        """Samples between possible restart points (``vad_reset_s`` on the VAD grid), or None."""
+        return self._reset_every
+
+    @property
+    def pad(self) -> int:
+        return self._pad
 
     def _step(self, s: int, prob: float) -> Utterance | None:
         c = self.config
@@ -266,16 +306,19 @@ class Segmenter:
     def _trim(self) -> None:
         """Keep only what an utterance may still need: the open one, or the pre-roll pad and the partial window."""
         keep_from = self._start if self._start is not None else max(self._last_end, self._scored - self._pad)
+        keep_from = min(keep_from, self._scored)  # after flush("idle") the partial window is still to be scored
         drop = keep_from - self._buf_start
         if drop > 0:
             self._buf = self._buf[drop:]
             self._buf_start = keep_from
 
     def flush(self, reason: str = "end") -> list[Utterance]:
-        """Close the open utterance now: ``"end"`` (the stream ended; no more pushes) or ``"idle"`` (no audio came
-        for a while; the stream may go on). The unscored partial window at the end belongs to the utterance."""
-        if reason not in ("end", "idle"):
-            raise SegmenterError(f"flush reason {reason!r} must be 'end' or 'idle'")
+        """Close the open utterance now: ``"end"`` (the stream ended; no more pushes), ``"gap"`` (audio is missing
+        for longer than a service fills with silence; no more pushes, a new Segmenter starts after the gap) or
+        ``"idle"`` (no audio came for a while; the stream may go on). The unscored partial window at the end belongs
+        to the utterance."""
+        if reason not in ("end", "idle", "gap"):
+            raise SegmenterError(f"flush reason {reason!r} must be 'end', 'gap' or 'idle'")
         out = []
         if self._start is not None:
             end = self.position
@@ -284,7 +327,7 @@ class Segmenter:
             utt = self._emit(end, reason)
             if utt is not None:
                 out.append(utt)
-        if reason == "end":
+        if reason in ("end", "gap"):
             self._closed = True
         self._trim()
         return out

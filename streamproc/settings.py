@@ -23,6 +23,8 @@ TOPIC_FRAMES = "audio.frames"
 TOPIC_PREDICTIONS = "audio.predictions"
 TOPIC_FEATURES = "audio.features"
 TOPIC_DEADLETTER = "audio.deadletter"
+TOPIC_DETECTIONS = "audio.detections"  # a multi-label detector's output (audiostream detect: BirdNET)
+TOPIC_TRANSCRIPTS = "audio.transcripts"  # the transcriber service's output (docs/transcription.md)
 
 SECRET_MARKERS = ("password", "secret", "jaas", "ssl.key.pem", "ssl_key", "ssl.keystore", "token")
 

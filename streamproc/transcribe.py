@@ -71,13 +71,27 @@ def transcribe_signal(y, transcriber, *, stream_id: str, session_id: str | None,
             yield rec
 
 
+def as_streamed(y):
+    """The samples a live stream of this file carries: int16 on the wire (``produce-file``), back to float32 as
+    the transcriber decodes them. Every offline path transcribes these, so it gives the live service's answers."""
+    from .audio import from_s16, to_s16
+    return from_s16(to_s16(y))
+
+
+def file_records(y, transcriber, *, stream_id: str, words: bool = False) -> list[dict]:
+    """Transcript records of a decoded 16 kHz file: what ``transcribe --json``, ``POST /v1/transcribe`` and
+    ``batch --transcribe`` give, and (text and sample bounds) what the transcriber service publishes for a replay."""
+    y = as_streamed(y)
+    return list(transcribe_signal(y, transcriber, stream_id=stream_id, session_id=session_of(y), words=words))
+
+
 def run(args) -> int:
     from .audio import is_url, load
     from .segmentation import SAMPLE_RATE
     from .transcription import Transcriber
     if args.cpu_threads < 1:
         raise ConfigError(f"--cpu-threads {args.cpu_threads} must be at least 1")
-    y = load(args.file, SAMPLE_RATE)  # a bad file fails before the model is loaded
+    y = as_streamed(load(args.file, SAMPLE_RATE))  # a bad file fails before the model is loaded
     transcriber = Transcriber.load(args.asr_model, cpu_threads=args.cpu_threads)
     stream_id = args.stream_id or (args.file.rstrip("/").rsplit("/", 1)[-1] if is_url(args.file)
                                    else Path(args.file).name)

@@ -47,6 +47,18 @@ function render() {
 search.addEventListener("input", render);
 const events = new EventSource("/v1/events");
 events.addEventListener("streams", e => { for (const r of JSON.parse(e.data)) rows.set(r.stream_id, r); render(); });
+const captions = document.getElementById("transcripts");  // newest first, the last 20 (speech to text)
+events.addEventListener("transcripts", e => {
+  for (const c of JSON.parse(e.data)) {
+    const li = document.createElement("li");
+    li.dataset.id = c.id;
+    const who = document.createElement("span"); who.className = "who";
+    who.textContent = `${c.stream_id} ${c.start_s.toFixed(1)}-${c.end_s.toFixed(1)} s`;
+    li.append(who, document.createTextNode(" " + c.text));
+    captions.prepend(li);
+  }
+  while (captions.children.length > 20) captions.lastElementChild.remove();
+});
 events.addEventListener("error", e => {
   if (e.data) status.textContent = JSON.parse(e.data);
   else status.textContent = "connection lost; reconnecting ...";

@@ -256,7 +256,8 @@ class LocalCluster:
     """``nodes`` KRaft nodes (each broker+controller) on loopback: one quorum, replication factor ``nodes``
     and ``min.insync.replicas`` ``nodes - 1`` for every topic by default, as production runs Kafka.
 
-    ``kill(i)`` (SIGKILL, data kept) and ``restart(i)`` bounce one node; ``leader(topic, partition)`` and
+    ``kill(i)`` (SIGKILL, data kept) and ``restart(i)`` bounce one node, ``pause(i)``/``resume(i)`` hold one
+    down (SIGSTOP/SIGCONT); ``leader(topic, partition)`` and
     ``controller()`` say which node to hit.
     """
 
@@ -302,6 +303,15 @@ class LocalCluster:
     def restart(self, node_id: int, timeout: float = 120.0) -> None:
         """Start a killed or stopped node again on its data and ports."""
         self.node(node_id).start(timeout)
+
+    def pause(self, node_id: int) -> None:
+        """SIGSTOP one node: held down without a restart (the process-stop fault of Kafka's Trogdor), its
+        connections open and silent, until ``resume``; shorter than ``broker.session.timeout.ms`` it stays
+        registered and keeps its leaderships, so clients wait on it."""
+        self.node(node_id).proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, node_id: int) -> None:
+        self.node(node_id).proc.send_signal(signal.SIGCONT)
 
     def stop_node(self, node_id: int, timeout: float = 30.0) -> None:
         """Controlled shutdown of one node (SIGTERM), data kept: a rolling restart's first half."""

@@ -320,7 +320,7 @@ def parse_peak(text: str | None) -> tuple[float, float]:
 
 def add_parser(sub):
     p = sub.add_parser("dataset", help="make a training dataset offline", description=__doc__)
-    p.add_argument("kind", choices=["synth", "debian"],
+    p.add_argument("kind", choices=["synth", "debian", "birds"],
                    help="synth: generated training data; debian: real recordings from Debian packages (evaluation)")
     p.add_argument("--out", required=True)
     p.add_argument("--minutes", type=float, default=60.0, help="total audio to generate")
@@ -344,7 +344,10 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    if args.kind == "debian" and args.real_set == "b":
+    if args.kind == "birds":  # real animal and event recordings to evaluate a detector (BirdNET)
+        from ..birdnet.evalset import build as birds
+        birds(args.out)
+    elif args.kind == "debian" and args.real_set == "b":
         from . import setb
         if args.freeze:
             setb.freeze(args.out)

@@ -32,7 +32,7 @@ def _tool(name):
 def test_promtool_checks_and_unit_tests_the_rules():
     r = subprocess.run([_tool("promtool"), "check", "rules", str(PROM_DIR / "alerts.yml")], capture_output=True,
                        text=True)
-    assert r.returncode == 0 and "SUCCESS: 12 rules found" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCESS: 15 rules found" in r.stdout + r.stderr, r.stdout + r.stderr
     r = subprocess.run([_tool("promtool"), "test", "rules", "alerts.test.yml"], cwd=PROM_DIR, capture_output=True,
                        text=True)
     assert r.returncode == 0 and "SUCCESS" in r.stdout + r.stderr, r.stdout + r.stderr
@@ -110,7 +110,7 @@ def test_every_alert_expression_evaluates_on_a_live_system(kafka_conf, topics, s
                 not r.get("lastEvaluation", "0001").startswith("0001") for r in loaded_rules()):
             time.sleep(0.5)
         loaded = loaded_rules()
-        assert len(loaded) == 12 and all(r["health"] == "ok" for r in loaded), loaded
+        assert len(loaded) == 15 and all(r["health"] == "ok" for r in loaded), loaded
 
         alerts = yaml.safe_load(rules.read_text())["groups"][0]["rules"]
         names = set()

@@ -14,6 +14,10 @@ TP0, TP1 = ("frames", 0), ("frames", 1)
 class Consumer:
     def __init__(self):
         self.commits = []
+        self.seeks = []
+
+    def seek(self, tp):
+        self.seeks.append(((tp.topic, tp.partition), tp.offset))
 
     def commit(self, offsets, asynchronous):
         self.commits.append(({(o.topic, o.partition): (o.offset, parse_commit_metadata(o.metadata)) for o in offsets},
@@ -24,10 +28,11 @@ class Consumer:
 
 
 class Producer:
-    def __init__(self, commit_error=None):
+    def __init__(self, commit_error=None, commit_errors=()):
         self.calls = []
         self.sent = []
         self.commit_error = commit_error
+        self.commit_errors = list(commit_errors)  # raised once each, in order, before commit_error
 
     def begin_transaction(self):
         self.calls.append("begin")
@@ -37,6 +42,9 @@ class Producer:
         self.sent.append({(o.topic, o.partition): (o.offset, parse_commit_metadata(o.metadata)) for o in offsets})
 
     def commit_transaction(self, timeout):
+        if self.commit_errors:
+            self.calls.append("commit?")
+            raise KafkaException(self.commit_errors.pop(0))
         if self.commit_error is not None:
             raise KafkaException(self.commit_error)
         self.calls.append("commit")
@@ -64,11 +72,11 @@ def make(kind, needs=None, **kw):
     return cp, consumer, producer, clock, failures, outcomes
 
 
-def batch(cp, now, high, outputs=0):
+def batch(cp, now, high, outputs=0, low=None):
     """One consumed batch: ``outputs`` records produced for it; returns their delivery callbacks."""
     cp.begin(now)
     acks = [cp.track() for _ in range(outputs)]
-    cp.store(high)
+    cp.store(high, low)
     cp.end(now)
     return acks
 
@@ -190,8 +198,8 @@ def test_exactly_once_lost_partition_mid_transaction_aborts_and_stops():
     assert producer.calls == ["begin", "abort"]
 
 
-def test_exactly_once_failed_commit_aborts_and_stops():
-    err = KafkaError(KafkaError._FENCED, "fenced", txn_requires_abort=True)
+def test_exactly_once_fenced_producer_is_fatal_aborts_and_stops():
+    err = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
     cp, _c, producer, _clock, failures, outcomes = make(ExactlyOnce, producer=Producer(commit_error=err))
     batch(cp, 0.0, {TP0: 1}, outputs=1)
     cp.tick(5.0)
@@ -202,3 +210,94 @@ def test_exactly_once_failed_commit_aborts_and_stops():
 def test_for_mode(exactly_once, kind):
     assert type(for_mode(exactly_once, Consumer(), Producer(), interval_s=1, needs=dict, on_fail=print,
                          unavailable_timeout_s=1)) is kind
+
+
+def make_rewinding(**kw):
+    rewound = []
+    cp, consumer, producer, clock, failures, outcomes = make(ExactlyOnce, on_rewind=rewound.append, **kw)
+    return cp, consumer, producer, clock, failures, outcomes, rewound
+
+
+def test_exactly_once_refused_output_aborts_and_rewinds_to_the_last_commit():
+    """A leader failover refuses an output of the open transaction: the transaction is aborted, every partition
+    read is sought back to its last commit (offset, done marker) and its streams dropped; the analyzer goes on."""
+    cp, consumer, producer, clock, failures, outcomes, rewound = make_rewinding(needs={TP0: 4, TP1: 0})
+    batch(cp, 0.0, {TP0: 9, TP1: 2}, outputs=1, low={TP0: 0, TP1: 0})
+    cp.tick(1.0)                                            # committed: TP0 (4, 10), TP1 (0, 3)
+    assert producer.sent == [{TP0: (4, 10), TP1: (0, 3)}] and outcomes == ["ok"]
+    acks = batch(cp, 1.1, {TP0: 15}, outputs=2, low={TP0: 10})
+    acks[0](KafkaError(KafkaError.NOT_ENOUGH_REPLICAS))      # refused inside the second transaction
+    clock.t = 1.2
+    cp.tick(1.2)
+    assert producer.calls == ["begin", "commit", "begin", "abort"] and failures == []
+    assert outcomes == ["ok", "aborted"] and not cp.failed
+    assert sorted(consumer.seeks) == [(TP0, 4), (TP1, 0)] and rewound == [{TP0, TP1}]
+    assert cp.read_upto == {} and cp.replaying(TP0, 9) and not cp.replaying(TP0, 10) and cp.replaying(TP1, 2)
+    acks[1](KafkaError(KafkaError._PURGE_QUEUE))            # the aborted transaction's late report is not held
+    cp.tick(1.3)                                            # against the next one
+    assert failures == [] and producer.calls[-1] == "abort" and len(rewound) == 1
+    batch(cp, 1.4, {TP0: 15}, outputs=1, low={TP0: 4})      # re-read: a new transaction, committed as usual
+    clock.t = 2.5
+    cp.tick(2.5)
+    assert producer.calls[-2:] == ["begin", "commit"] and producer.sent[-1][TP0] == (4, 16)
+    acks = batch(cp, 100.0, {TP0: 20}, outputs=1)           # much later: the commit reset the no-progress clock
+    clock.t = 100.0
+    acks[0](KafkaError(KafkaError.NOT_ENOUGH_REPLICAS))
+    cp.tick(100.0)
+    assert failures == [] and consumer.seeks[-1] == (TP0, 4) and len(rewound) == 2
+
+
+def test_exactly_once_abortable_commit_error_rewinds_and_retriable_one_retries():
+    abortable = KafkaError(KafkaError.NOT_ENOUGH_REPLICAS, "not enough replicas", txn_requires_abort=True)
+    retriable = KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True)
+    producer = Producer(commit_errors=[retriable, abortable])
+    cp, consumer, producer, clock, failures, outcomes, rewound = make_rewinding(producer=producer)
+    cp.assign([TopicPartition(*TP0, 100, metadata=commit_metadata(130))])   # the previous owner's commit
+    batch(cp, 0.0, {TP0: 140}, outputs=1)
+    cp.tick(1.0)       # retriable: commit again; then abortable: abort and rewind
+    assert producer.calls == ["begin", "commit?", "commit?", "abort"] and failures == []
+    assert outcomes == ["failed", "aborted"] and consumer.seeks == [(TP0, 100)] and rewound == [{TP0}]
+    assert cp.replaying(TP0, 129) and not cp.replaying(TP0, 130)  # the previous owner's outputs stay suppressed
+
+
+def test_exactly_once_rewind_without_a_hook_or_without_progress_stops():
+    cp, consumer, producer, _c, failures, _ = make(ExactlyOnce)                  # no on_rewind: the old contract
+    acks = batch(cp, 0.0, {TP0: 3}, outputs=1, low={TP0: 0})
+    acks[0](KafkaError(KafkaError._MSG_TIMED_OUT))
+    cp.tick(0.1)
+    assert failures and "aborted" in failures[0] and consumer.seeks == [] and cp.failed
+    cp, consumer, producer, clock, failures, _o, rewound = make_rewinding()
+    clock.t = 500.0                          # a long idle start is no failure of its own
+    acks = batch(cp, 500.0, {TP0: 3}, outputs=1, low={TP0: 0})
+    acks[0](KafkaError(KafkaError._MSG_TIMED_OUT))
+    cp.tick(500.0)
+    assert failures == [] and rewound == [{TP0}]
+    acks = batch(cp, 500.1, {TP0: 3}, outputs=1, low={TP0: 0})
+    clock.t = 511.0                          # rewinding again and again, no commit for unavailable_timeout_s
+    acks[0](KafkaError(KafkaError._MSG_TIMED_OUT))
+    cp.tick(511.0)
+    assert failures and "none committed" in failures[0] and len(rewound) == 1
+
+
+def test_exactly_once_partition_read_without_commit_or_first_offset_cannot_rewind():
+    cp, consumer, producer, _c, failures, _o, rewound = make_rewinding()
+    acks = batch(cp, 0.0, {TP0: 3}, outputs=1)            # store() without low: no place to go back to
+    acks[0](KafkaError(KafkaError._MSG_TIMED_OUT))
+    cp.tick(0.1)
+    assert failures and "no commit" in failures[0] and rewound == []
+
+
+def test_exactly_once_lost_partition_with_a_hook_rewinds_the_kept_ones():
+    cp, consumer, producer, _c, failures, _o, rewound = make_rewinding()
+    batch(cp, 0.0, {TP0: 9, TP1: 2}, outputs=1, low={TP0: 5, TP1: 0})
+    cp.lost({TP0})
+    assert producer.calls == ["begin", "abort"] and failures == []
+    assert consumer.seeks == [(TP1, 0)] and rewound == [{TP1}] and TP0 not in cp.assigned
+
+
+def test_exactly_once_abortable_error_while_revoking_rewinds_only_the_kept_partitions():
+    abortable = KafkaError(KafkaError.NOT_ENOUGH_REPLICAS, "x", txn_requires_abort=True)
+    cp, consumer, producer, _c, failures, _o, rewound = make_rewinding(producer=Producer(commit_errors=[abortable]))
+    batch(cp, 0.0, {TP0: 9, TP1: 2}, outputs=1, low={TP0: 5, TP1: 0})
+    cp.revoke({TP0})
+    assert consumer.seeks == [(TP1, 0)] and rewound == [{TP1}] and failures == [] and TP0 not in cp.assigned

@@ -82,7 +82,7 @@ def edit(path: Path, fn) -> Path:
 
 @pytest.mark.parametrize("mutate,msg", [
     (lambda m: m["input"].update(kind="spectrogram"), "input kind 'spectrogram' is unknown; this analyzer feeds "
-                                                      r"\['features', 'logmel'\]"),
+                                                      r"\['features', 'logmel', 'waveform'\]"),
     (lambda m: m["input"]["logmel"].update(sr=22050), "cannot feed the log-mel input .*sr: 22050 != 16000"),
     (lambda m: m["input"]["logmel"].update(n_mels=128), "n_mels: 128 != 64"),
     (lambda m: m["input"]["logmel"].update(hop_length=160), "hop_length: 160 != 320"),

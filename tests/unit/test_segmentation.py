@@ -154,7 +154,7 @@ def test_bad_input_is_refused():
         seg.push(np.zeros((2, 100), np.float32))
     with pytest.raises(SegmenterError, match="got int16 .*from_s16"):
         seg.push(np.zeros(100, np.int16))
-    with pytest.raises(SegmenterError, match="'end' or 'idle'"):
+    with pytest.raises(SegmenterError, match="'end', 'gap' or 'idle'"):
         seg.flush("later")
 
 

@@ -1,0 +1,680 @@
+"""``audiostream transcriber``: the speech-to-text service (audio.frames -> audio.transcripts).
+
+A consumer-group member of its own (default group ``audiostream-transcriber``) on
+``audio.frames``: scaled and restarted independently of the analyzer, so speech
+recognition load never delays labels. Per stream it keeps one ``Segmenter``
+(Silero VAD on stream time, streamproc/segmentation.py), pushes each frame's
+samples, transcribes every utterance that comes out with Whisper
+(streamproc/transcription.py) and publishes one transcript record per utterance
+to ``audio.transcripts`` (key = stream id; docs/transcription.md). Utterances end
+on silence, at the maximum length, at the end of the stream, after a long gap and
+when a stream has sent nothing for ``--idle-flush`` seconds.
+
+Delivery is the analyzer's (docs/guarantees.md), through the same checkpoint
+(consumers/checkpoint.py, at-least-once): offsets are committed only after the
+transcripts of the records below them are acknowledged, and the committed offset
+of a partition stays behind the oldest open utterance (less a warm-up for the
+VAD), so after a crash the next owner re-reads, rebuilds every stream's segmenter
+and publishes only utterances completed at or after the previous owner's done
+marker. Transcripts carry a deterministic id (``STREAM/SESSION/START_SAMPLE``):
+a consumer de-duplicates by it. Bad frames go to ``audio.deadletter`` with a
+reason, as the analyzer sends them; duplicates, gaps and new sessions are handled
+per stream and counted.
+
+Examples::
+
+  audiostream transcriber --bootstrap-servers localhost:9092
+  audiostream transcriber -b HOST:PORT --metrics-port 9402 --asr-model ~/models/my-ct2-whisper
+  audiostream watch -b HOST:PORT --topic audio.transcripts     # live captions
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from streamproc import records, wire
+from streamproc.config import ANALYZER_SETTINGS
+from streamproc.errors import AudiostreamError, ConfigError, FrameError
+from streamproc.kafka import check_reachable, client_logging, ensure_topics, produce, producer_config
+from streamproc.segmentation import SAMPLE_RATE, VAD_WINDOW, Segmenter, SegmenterConfig, Utterance
+from streamproc.settings import (TOPIC_DEADLETTER, TOPIC_FRAMES, TOPIC_TRANSCRIPTS, add_kafka_arguments,
+                                 masked)
+
+from .checkpoint import Checkpoint, for_mode
+from .metrics import TranscriberMetrics
+
+log = logging.getLogger("audiostream.transcriber")
+
+_D = {s.name: s.default for s in ANALYZER_SETTINGS}  # the frame limits and Kafka defaults the analyzer uses
+
+
+class OutputDeliveryError(AudiostreamError):
+    """Kafka did not acknowledge transcripts: input offsets were not committed."""
+
+
+@dataclass
+class TranscriberConfig:
+    kafka: dict
+    asr_model: str = "transcription"
+    group_id: str = "audiostream-transcriber"
+    frames_topic: str = TOPIC_FRAMES
+    transcripts_topic: str = TOPIC_TRANSCRIPTS
+    deadletter_topic: str = TOPIC_DEADLETTER
+    metrics_port: int | None = 9402  # None = no HTTP endpoint; 0 = any free port
+    metrics_addr: str = "127.0.0.1"
+    max_frame_bytes: int = _D["max_frame_bytes"]
+    max_frame_seconds: float = _D["max_frame_seconds"]
+    idle_flush_s: float = 2.0      # a stream silent (no frames) this long: its open utterance is transcribed
+    idle_timeout_s: float = 60.0   # ... and this long: its state is dropped
+    max_gap_fill_s: float = 1.0    # missing audio up to this long is filled with silence; longer ends the utterance
+    warmup_s: float = 1.0          # audio re-read before an open utterance after a restart (the VAD's state)
+    words: bool = False
+    cpu_threads: int = 1
+    create_topics: bool = True
+    partitions: int = _D["partitions"]
+    auto_offset_reset: str = _D["auto_offset_reset"]
+    unavailable_timeout_s: float = _D["unavailable_timeout_s"]
+    batch_size: int = 500
+    poll_timeout: float = 0.02
+    commit_interval_s: float = 1.0
+    consumer_overrides: dict = field(default_factory=dict)
+    record_latencies: int = 0  # keep the last N (utterance end -> acknowledged) latencies, for bench
+    on_published: Callable | None = None  # called with each acknowledged transcript record (bench)
+
+
+# -- per-stream state: no Kafka, no wall clock but the caller's ---------------------------------------------------
+
+@dataclass
+class Finished:
+    """An utterance of one stream, and the record (``tag``: Kafka offset) whose arrival completed it."""
+
+    stream_id: str
+    session_id: bytes
+    utterance: Utterance
+    tag: object
+    arrival: float  # when that record was accepted (monotonic)
+    end_capture_ns: int | None = None  # the utterance's last sample on the producer's capture clock
+
+
+class SpeechStream:
+    """One stream session: its sequence position and its Segmenter, and which record brought which samples."""
+
+    __slots__ = ("stream_id", "session_id", "next_seq", "next_sample", "seg", "marks", "tags",
+                 "last_seen", "last_tag", "last_arrival", "origin", "idle_flushed", "clock")
+
+    def __init__(self, stream_id: str, session_id: bytes, first_sample: int, config: SegmenterConfig, vad, now: float,
+                 session_start: bool = True):
+        self.stream_id = stream_id
+        self.session_id = session_id
+        self.origin = -(-first_sample // VAD_WINDOW) * VAD_WINDOW  # VAD windows lie on one grid for every reader
+        seg = Segmenter(config, vad=vad() if vad else None, start_sample=self.origin)
+        grid = seg.restart_grid()
+        if not session_start and grid:
+            # joining a session in its middle (a re-read after a crash, or after a long gap): cutting starts at
+            # the first restart point whose pre-roll we hold, as a reader that saw the whole session would
+            score_from = -(-(first_sample + seg.pad) // grid) * grid
+            self.origin = score_from - seg.pad
+            seg = Segmenter(config, vad=seg.vad, start_sample=self.origin, score_from=score_from)
+        self.seg = seg
+        self.next_seq: int | None = None
+        self.next_sample = self.origin
+        self.marks: list[int] = []   # sample just past each applied record ...
+        self.tags: list = []         # ... and that record's tag
+        self.last_seen = now
+        self.last_tag = None
+        self.last_arrival = now
+        self.idle_flushed = False
+        self.clock: tuple[int, int] | None = None  # (sample_offset, capture_time_ns) of the latest frame
+
+    def capture_ns(self, sample: int) -> int | None:
+        """When ``sample`` was captured, on the producer's clock (from the latest frame's capture time)."""
+        if self.clock is None or not self.clock[1]:
+            return None
+        offset, t_ns = self.clock
+        return t_ns + (sample - offset) * 1_000_000_000 // SAMPLE_RATE
+
+    def need_tag(self, warmup: int, max_chain: int):
+        """The oldest record a re-reader needs to cut this stream's next utterances exactly as we do: the pre-roll
+        of the segmenter's latest restart point (or the session's start), if within ``max_chain`` samples; past
+        that (minutes without a pause), the open utterance less ``warmup`` samples for the VAD's recurrent state,
+        which is close but not exact."""
+        seg = self.seg
+        if seg.restart_point is None and seg.position - self.origin <= max_chain:
+            need = self.origin  # no restart point yet: from the session's (or the gap's) start
+        elif seg.restart_point is not None and seg.position - seg.restart_point <= max_chain:
+            need = seg.restart_point - seg.pad  # exact: the segmenter was fresh there (Segmenter._restart)
+        else:  # talk (or noise) without a pause for minutes: re-read the open utterance with a VAD warm-up
+            s = seg.open_start if seg.in_utterance else seg.position
+            need = max(self.origin, s - warmup)
+        i = bisect.bisect_right(self.marks, need)
+        if i > 64 or (i and i * 2 >= len(self.marks)):  # forget records nobody needs (amortised)
+            del self.marks[:i]
+            del self.tags[:i]
+            i = 0
+        return self.tags[i] if i < len(self.tags) else None
+
+
+class SpeechStreams:
+    """Every stream's segmenter, fed decoded frames in Kafka order; returns finished utterances and counts every
+    sequence fact (``events``: duplicate, gap, resync, new_session, producer_gap). Sequence rules are the
+    engine's (streamproc/engine.py) without the reorder hold-back: a frame ahead of its sequence is applied
+    at once and the skipped frames count as a gap."""
+
+    def __init__(self, config: SegmenterConfig, *, max_gap_fill_s: float = 1.0, vad=None):
+        self.config = config
+        self.max_gap_fill = int(round(max_gap_fill_s * SAMPLE_RATE))
+        self.vad = vad  # a factory of VAD callables (tests); None = Silero
+        self.streams: dict[str, SpeechStream] = {}
+        self.events: collections.Counter = collections.Counter()
+        self.gap_seconds = 0.0
+
+    def accept(self, stream_id: str, frame: wire.AudioFrame, now: float, tag=None) -> tuple[str, list[Finished]]:
+        """File one frame (16 kHz, decoded); returns (status, utterances it finished)."""
+        out: list[Finished] = []
+        st = self.streams.get(stream_id)
+        if st is not None and st.session_id != frame.session_id:
+            self.events["new_session"] += 1
+            out += self._finish(st, st.seg.flush("end"), tag, now)  # the producer restarted: the old session ended
+            st = None
+        if st is None:  # a session's first record, or a re-read after a crash (from a restart point's pre-roll)
+            st = SpeechStream(stream_id, frame.session_id, frame.sample_offset, self.config, self.vad, now,
+                              session_start=frame.sequence == 0 or frame.sample_offset == 0)
+            self.streams[stream_id] = st
+        elif frame.sequence < st.next_seq:
+            st.last_seen = now
+            self.events["duplicate"] += 1
+            return "duplicate", out
+        st.last_seen, st.last_tag, st.last_arrival, st.idle_flushed = now, tag, now, False
+        if st.next_seq is not None and frame.sequence > st.next_seq:
+            self.events["gap"] += 1  # frames skipped (their samples, if any, show as a sample gap below)
+        st.next_seq = frame.sequence + 1
+        if frame.gap_before:
+            self.events["producer_gap"] += 1
+        y = frame.mono_float32()
+        offset = frame.sample_offset
+        st.clock = (offset, frame.capture_time_ns)
+        if offset > st.next_sample:
+            missing = offset - st.next_sample
+            self.gap_seconds += missing / SAMPLE_RATE
+            if missing <= self.max_gap_fill:
+                out += self._finish(st, st.seg.push(np.zeros(missing, np.float32)), tag, now)
+                st.next_sample = offset
+            else:  # too long to fill: the open utterance ends before the gap; cutting restarts after it
+                self.events["resync"] += 1
+                out += self._finish(st, st.seg.flush("gap"), tag, now)
+                fresh = SpeechStream(stream_id, st.session_id, offset, self.config, self.vad, now,
+                                     session_start=False)
+                fresh.next_seq, fresh.last_tag, fresh.marks, fresh.tags = st.next_seq, tag, st.marks, st.tags
+                fresh.clock = st.clock
+                st = self.streams[stream_id] = fresh
+        if offset < st.next_sample:  # overlaps what we have (or lies before the VAD grid): keep the new part
+            y = y[min(y.size, st.next_sample - offset):]
+        if y.size:
+            out += self._finish(st, st.seg.push(y), tag, now)
+            st.next_sample += y.size
+        st.marks.append(st.next_sample)
+        st.tags.append(tag)
+        if frame.end_of_stream:
+            out += self._finish(st, st.seg.flush("end"), tag, now)
+            del self.streams[stream_id]
+        return "ok", out
+
+    def _finish(self, st: SpeechStream, utts: list[Utterance], tag, now: float) -> list[Finished]:
+        return [Finished(st.stream_id, st.session_id, u, tag, now, st.capture_ns(u.end_sample)) for u in utts]
+
+    def flush_idle(self, now: float, idle_flush_s: float, idle_timeout_s: float,
+                   caught_up: Callable[[str], bool] = lambda sid: True) -> tuple[list[Finished], list[str]]:
+        """Utterances of streams silent for ``idle_flush_s`` (tagged with their last record), and the streams
+        dropped after ``idle_timeout_s``. ``caught_up(stream)``: nothing of the stream waits unread in Kafka (a
+        reader that lags sees no frames for a while without the stream being silent)."""
+        out, dropped = [], []
+        for sid, st in list(self.streams.items()):
+            quiet = now - st.last_seen
+            if quiet >= idle_flush_s and not st.idle_flushed and caught_up(sid):
+                st.idle_flushed = True
+                out += [Finished(sid, st.session_id, u, st.last_tag, st.last_arrival, st.capture_ns(u.end_sample))
+                        for u in st.seg.flush("idle")]
+            if quiet >= idle_timeout_s:
+                del self.streams[sid]
+                dropped.append(sid)
+        return out, dropped
+
+    def drop(self, stream_id: str) -> None:
+        self.streams.pop(stream_id, None)
+
+    def needed_tag(self, stream_id: str, warmup_s: float):
+        st = self.streams.get(stream_id)
+        if st is None:
+            return None
+        return st.need_tag(int(round(warmup_s * SAMPLE_RATE)), 60 * SAMPLE_RATE)
+
+
+# -- the service -------------------------------------------------------------------------------------------------
+
+class TranscriberService:
+    """Build with a config, then ``run()`` until ``stop()`` (or SIGTERM in the CLI)."""
+
+    def __init__(self, config: TranscriberConfig, registry=None, *, asr=None, vad=None):
+        from streamproc.transcription import Transcriber
+        self.config = config
+        # fail fast, before consuming anything: a bad bundle never moves an offset
+        self.asr = asr or Transcriber.load(config.asr_model, cpu_threads=config.cpu_threads)
+        model = self.asr.model_id
+        self.model = f"{model.get('task')}:{model.get('version') or 'dir'}"
+        self.streams = SpeechStreams(self.asr.segmenter_config or SegmenterConfig(),
+                                     max_gap_fill_s=config.max_gap_fill_s, vad=vad)
+        self.metrics = TranscriberMetrics(registry, model=self.model, frames_topic=config.frames_topic,
+                                          output_topics=(config.transcripts_topic, config.deadletter_topic))
+        self.metrics.up.set_function(lambda: 1.0 if self.ready else 0.0)
+        self.instance = uuid.uuid4().hex[:8]
+        self._stop = threading.Event()
+        self._stream_partition: dict[str, tuple[str, int]] = {}
+        self._lag: dict[tuple[str, int], int] = {}
+        self._counted = collections.Counter()
+        self._gap_counted = 0.0
+        self._http = None
+        self.metrics_port: int | None = None
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.checkpoint: Checkpoint | None = None
+        self._fatal: str | None = None
+        self._down_since: float | None = None
+        self._started = False
+        self.last_loop = time.monotonic()
+        self.latencies = collections.deque(maxlen=config.record_latencies) if config.record_latencies else None
+
+    # -- lifecycle (the analyzer's) ---------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def ready(self) -> bool:
+        return (self._started and self._down_since is None and self._fatal is None and not self._stop.is_set()
+                and time.monotonic() - self.last_loop < 60)
+
+    def run_in_background(self) -> threading.Thread:
+        errors: list[BaseException] = []
+
+        def target():
+            try:
+                self.run()
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=target, name=f"transcriber-{self.instance}", daemon=True)
+        thread.errors = errors
+        thread.start()
+        return thread
+
+    def start_metrics_server(self) -> int | None:
+        if self.config.metrics_port is None:
+            return None
+        from .health import serve
+        self._http = serve(self.config.metrics_addr, self.config.metrics_port, self.metrics.registry,
+                           ready=lambda: self.ready,
+                           live=lambda: self._fatal is None and time.monotonic() - self.last_loop < 120)
+        self.metrics_port = self._http.server_port
+        return self.metrics_port
+
+    def _connect(self) -> None:
+        c = self.config
+        check_reachable(c.kafka)
+        if c.create_topics:
+            ensure_topics(c.kafka, {c.frames_topic: c.partitions, c.transcripts_topic: c.partitions,
+                                    c.deadletter_topic: c.partitions})
+        cconf = {"session.timeout.ms": 45000, "max.poll.interval.ms": 300000, "fetch.wait.max.ms": 20,
+                 "client.id": f"audiostream-transcriber-{self.instance}"}
+        cconf.update(c.kafka)
+        cconf.update({"group.id": c.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
+                      "auto.offset.reset": c.auto_offset_reset, "allow.auto.create.topics": False,
+                      "isolation.level": "read_committed", "error_cb": self._on_kafka_error,
+                      "on_commit": self._on_commit})
+        cconf.update(c.consumer_overrides)
+        self.consumer = Consumer(client_logging(cconf))
+        self.producer = Producer(producer_config(
+            c.kafka, **{"linger.ms": 2, "socket.nagle.disable": True,
+                        "client.id": f"audiostream-transcriber-{self.instance}",
+                        "message.timeout.ms": int(c.unavailable_timeout_s * 1000) + 5000,
+                        "error_cb": self._on_kafka_error}))
+        self.checkpoint = for_mode(False, self.consumer, self.producer, needs=self._partition_needs,
+                                   on_fail=self._fail, interval_s=c.commit_interval_s,
+                                   unavailable_timeout_s=c.unavailable_timeout_s)
+        self.consumer.subscribe([c.frames_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        self._started = True
+
+    def _on_kafka_error(self, err) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                self.metrics.kafka_up.set(0)
+                log.warning("Kafka unreachable (%s); not ready until it is back", err.str())
+        elif err.fatal():
+            self._fail(f"fatal Kafka error: {err.str()}")
+        else:
+            log.info("kafka: %s", err.str())
+
+    def _on_commit(self, err, partitions) -> None:
+        failed = err is not None or any(p.error is not None for p in partitions)
+        self.metrics.commits.labels("failed" if failed else "ok").inc()
+
+    def _on_assign(self, consumer, partitions) -> None:
+        log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
+        try:
+            committed = consumer.committed(partitions, timeout=30)
+        except KafkaException as exc:
+            raise OutputDeliveryError(f"cannot read committed offsets on assignment: {exc}") from None
+        for (topic, partition), (offset, done) in self.checkpoint.assign(committed).items():
+            log.info("%s[%d]: rebuilding segmenter state from offset %d; transcripts up to %d already published",
+                     topic, partition, offset, done)
+
+    def _drop_partitions(self, tps: set) -> None:
+        for tp in tps:
+            self._lag.pop(tp, None)
+        for sid in [s for s, tp in self._stream_partition.items() if tp in tps]:
+            self.streams.drop(sid)
+            del self._stream_partition[sid]
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        gone = {(p.topic, p.partition) for p in partitions}
+        log.info("revoked %s", sorted(gone))
+        self.checkpoint.revoke(gone)
+        self._drop_partitions(gone)
+
+    def _on_lost(self, consumer, partitions) -> None:
+        gone = {(p.topic, p.partition) for p in partitions}
+        log.warning("partitions lost %s: not committing them", sorted(gone))
+        self.checkpoint.lost(gone)
+        self._drop_partitions(gone)
+
+    def _fail(self, what: str) -> None:
+        if self._fatal is None:
+            self._fatal = f"{what}; input offsets not committed, exiting so they are re-read on restart"
+            log.error("%s", self._fatal)
+        if self.checkpoint is not None:
+            self.checkpoint.fail()
+        self._stop.set()
+
+    def _partition_needs(self, tps) -> dict[tuple[str, int], int]:
+        """Per partition, the oldest record an open utterance on it (with the VAD's warm-up) still needs."""
+        need: dict[tuple[str, int], int] = {}
+        for sid, tp in self._stream_partition.items():
+            if tp not in tps:
+                continue
+            t = self.streams.needed_tag(sid, self.config.warmup_s)
+            if t is not None and (tp not in need or t < need[tp]):
+                need[tp] = t
+        return need
+
+    def run(self) -> None:
+        self._connect()
+        self.metrics.kafka_up.set(1)
+        last_house = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                timeout = 0.002 if self.checkpoint.busy else self.config.poll_timeout
+                msgs = self.consumer.consume(num_messages=self.config.batch_size, timeout=timeout)
+                now = time.monotonic()
+                self.last_loop = now
+                if msgs:
+                    if self._down_since is not None and any(m.error() is None for m in msgs):
+                        self._kafka_back()
+                    self.process_batch(msgs)
+                self.producer.poll(0)
+                self.checkpoint.tick(time.monotonic())
+                now = time.monotonic()
+                if now - last_house > 0.5:
+                    self._housekeeping(now)
+                    last_house = now
+        except BaseException:
+            self.checkpoint.fail()
+            raise
+        finally:
+            self._close()
+        if self._fatal:
+            raise OutputDeliveryError(self._fatal)
+
+    def _kafka_back(self) -> None:
+        if self._down_since is not None:
+            log.warning("Kafka reachable again after %.1f s", time.monotonic() - self._down_since)
+            self._down_since = None
+            self.metrics.kafka_up.set(1)
+
+    def _housekeeping(self, now: float) -> None:
+        c, cp = self.config, self.checkpoint
+        self._update_lag()
+        finished, dropped = self.streams.flush_idle(
+            now, c.idle_flush_s, c.idle_timeout_s,
+            caught_up=lambda sid: self._lag.get(self._stream_partition.get(sid)) == 0)
+        for sid in dropped:
+            self._stream_partition.pop(sid, None)
+        if finished:
+            cp.begin(now)
+            self._publish(finished)
+            cp.end(now)
+        self.metrics.active_streams.set(len(self.streams.streams))
+        if self._down_since is not None:
+            try:
+                self.producer.list_topics(c.frames_topic, timeout=0.5)
+                self._kafka_back()
+            except KafkaException:
+                if now - self._down_since > c.unavailable_timeout_s:
+                    self._fail(f"Kafka unreachable for {now - self._down_since:.0f} s (--unavailable-timeout "
+                               f"{c.unavailable_timeout_s:.0f})")
+
+    def _update_lag(self) -> None:
+        if self.consumer is None or not self.checkpoint.assigned:
+            return
+        tps = [TopicPartition(t, p) for t, p in sorted(self.checkpoint.assigned)]
+        for tp in self.consumer.position(tps):
+            try:
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except Exception:
+                continue
+            if high >= 0:
+                lag = max(0, high - tp.offset if tp.offset >= 0 else high)
+                self._lag[(tp.topic, tp.partition)] = lag
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+    def _close(self) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.close()
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+        if self._http is not None:
+            self._http.shutdown()
+            self._http = None
+
+    # -- the work -------------------------------------------------------------------
+    def process_batch(self, msgs) -> None:
+        c, m, cp = self.config, self.metrics, self.checkpoint
+        now = time.monotonic()
+        high: dict[tuple[str, int], int] = {}
+        finished: list[Finished] = []
+        cp.begin(now)
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", err.str())
+                continue
+            tp = (msg.topic(), msg.partition())
+            offset = msg.offset()
+            high[tp] = max(high.get(tp, -1), offset)
+            replay = cp.replaying(tp, offset)
+            value = msg.value()
+            if not replay:
+                m.frames.labels(msg.topic()).inc()
+            try:
+                sid = wire.decode_stream_id(msg.key())
+                frame = wire.decode(value, max_payload_bytes=c.max_frame_bytes, max_seconds=c.max_frame_seconds)
+                if frame.sample_rate != SAMPLE_RATE:
+                    raise FrameError("sample_rate_mismatch",
+                                     f"stream {sid!r} sends {frame.sample_rate} Hz; the transcriber needs "
+                                     f"{SAMPLE_RATE} Hz (resample in the producer)")
+            except FrameError as exc:
+                if not replay:
+                    self._deadletter(msg, exc)
+                continue
+            self._stream_partition[sid] = tp
+            status, done = self.streams.accept(sid, frame, now, tag=offset)
+            finished += done
+            if not replay and status == "ok":
+                m.audio_seconds.inc(frame.n_frames / frame.sample_rate)
+            if sid not in self.streams.streams:
+                self._stream_partition.pop(sid, None)  # ended
+        self._count_sequence_events()
+        self._publish(finished)
+        m.active_streams.set(len(self.streams.streams))
+        cp.store(high)
+        cp.end(now)
+
+    def _count_sequence_events(self) -> None:
+        ev = self.streams.events
+        for kind, n in ev.items():
+            if n > self._counted[kind]:
+                self.metrics.sequence.labels(kind).inc(n - self._counted[kind])
+                self._counted[kind] = n
+        if self.streams.gap_seconds > self._gap_counted:
+            self.metrics.gap_seconds.inc(self.streams.gap_seconds - self._gap_counted)
+            self._gap_counted = self.streams.gap_seconds
+
+    def _publish(self, finished: list[Finished]) -> None:
+        """Transcribe and publish each finished utterance, in order; utterances a previous owner of the partition
+        already published (a replay after a restart) only rebuilt state."""
+        from streamproc.transcription import transcript_record
+        m, cp = self.metrics, self.checkpoint
+        for f in finished:
+            tp = self._stream_partition.get(f.stream_id)
+            if tp is not None and f.tag is not None and cp.replaying(tp, f.tag):
+                m.replayed.inc()
+                continue
+            u = f.utterance
+            result = self.asr.transcribe(u.audio, words=self.config.words)
+            seconds = u.audio.size / SAMPLE_RATE
+            m.utterances.labels(m.model, u.reason).inc()
+            m.audio_transcribed.labels(m.model).inc(seconds)
+            m.engine_seconds.labels(m.model).inc(result.cpu_seconds)
+            if seconds > 0:
+                m.real_time_factor.labels(m.model).observe(result.cpu_seconds / seconds)
+            if not result.text:
+                m.empty.labels(m.model).inc()  # Whisper heard no words: no record
+                continue
+            rec = transcript_record(stream_id=f.stream_id, session_id=f.session_id.hex(),
+                                    start_sample=u.start_sample, end_sample=u.end_sample, sample_rate=SAMPLE_RATE,
+                                    result=result, model=self.asr.model_id, reason=u.reason)
+            self._emit(self.config.transcripts_topic, records.dumps(rec), f.stream_id.encode(),
+                       on_ok=self._ack(f, rec))
+
+    def _ack(self, f: Finished, rec: dict):
+        m = self.metrics
+
+        def ack(msg):
+            latency = time.monotonic() - f.arrival
+            m.transcripts.labels(m.model).inc()
+            m.latency.observe(latency)
+            e2e = None
+            if f.end_capture_ns is not None:
+                e2e = max(0.0, (time.time_ns() - f.end_capture_ns) / 1e9)
+                m.e2e_latency.observe(e2e)
+            if self.latencies is not None:
+                self.latencies.append((latency, e2e))
+            if self.config.on_published is not None:
+                self.config.on_published(rec)
+        return ack
+
+    def _emit(self, topic: str, value: bytes | None, key: bytes | None, headers=None, on_ok=None) -> None:
+        delivered_to_checkpoint = self.checkpoint.track()
+
+        def delivered(err, msg):
+            delivered_to_checkpoint(err)
+            if err is not None:
+                self.metrics.delivery_errors.labels(msg.topic()).inc()
+                log.error("output to %s not delivered: %s", msg.topic(), err.str())
+            elif on_ok is not None:
+                on_ok(msg)
+        produce(self.producer, topic, value, key, on_delivery=delivered, headers=headers)
+
+    def _deadletter(self, msg, exc: FrameError) -> None:
+        self.metrics.deadletter.labels(exc.reason).inc()
+        log.warning("dead-letter %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(), exc.reason, exc)
+        headers = records.deadletter_headers(msg.headers(), reason=exc.reason, error=str(exc),
+                                             source=f"{msg.topic()}[{msg.partition()}]@{msg.offset()}",
+                                             analyzer=f"transcriber-{self.instance}")
+        self._emit(self.config.deadletter_topic, msg.value(), msg.key(), headers=headers)
+
+
+# -- CLI ---------------------------------------------------------------------------
+def add_parser(sub):
+    p = sub.add_parser("transcriber", help="run the speech-to-text service (audio.frames -> audio.transcripts)",
+                       description=__doc__)
+    add_kafka_arguments(p)
+    d = TranscriberConfig(kafka={})
+    p.add_argument("--asr-model", default=d.asr_model,
+                   help="transcription bundle (path or transcription[:version]) or a local CTranslate2 Whisper dir")
+    p.add_argument("--group-id", default=d.group_id, help="consumer group (not the analyzer's)")
+    p.add_argument("--frames-topic", default=d.frames_topic)
+    p.add_argument("--transcripts-topic", default=d.transcripts_topic)
+    p.add_argument("--deadletter-topic", default=d.deadletter_topic)
+    p.add_argument("--metrics-port", type=int, default=d.metrics_port, help="Prometheus /metrics port (0 = any)")
+    p.add_argument("--metrics-addr", default=d.metrics_addr)
+    p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    p.add_argument("--idle-flush", type=float, default=d.idle_flush_s, metavar="SECONDS",
+                   help="a stream that sends nothing this long has its open utterance transcribed")
+    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="SECONDS",
+                   help="seconds before a silent stream's state is dropped")
+    p.add_argument("--max-gap-fill", type=float, default=d.max_gap_fill_s, metavar="SECONDS",
+                   help="missing audio up to this long is filled with silence; a longer gap ends the utterance")
+    p.add_argument("--words", action="store_true", help="word timings in the records (about 2x the CPU)")
+    p.add_argument("--cpu-threads", type=int, default=d.cpu_threads, help="threads Whisper may use")
+    p.add_argument("--partitions", type=int, default=d.partitions, help="partitions for topics it creates")
+    p.add_argument("--no-create-topics", action="store_true")
+    p.add_argument("--from", dest="auto_offset_reset", choices=("earliest", "latest"), default=d.auto_offset_reset,
+                   help="where a new consumer group starts reading")
+    p.add_argument("--unavailable-timeout", type=float, default=d.unavailable_timeout_s, metavar="SECONDS")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args) -> TranscriberConfig:
+    from streamproc.config import kafka_config_from_args
+    if args.cpu_threads < 1:
+        raise ConfigError(f"--cpu-threads {args.cpu_threads} must be at least 1")
+    if not args.idle_flush > 0 or args.idle_timeout < args.idle_flush:
+        raise ConfigError(f"--idle-flush {args.idle_flush} must be > 0 and at most --idle-timeout "
+                          f"{args.idle_timeout}")
+    if args.max_gap_fill < 0:
+        raise ConfigError(f"--max-gap-fill {args.max_gap_fill} must be >= 0")
+    return TranscriberConfig(
+        kafka=kafka_config_from_args(args), asr_model=args.asr_model, group_id=args.group_id,
+        frames_topic=args.frames_topic, transcripts_topic=args.transcripts_topic,
+        deadletter_topic=args.deadletter_topic, metrics_port=None if args.no_metrics else args.metrics_port,
+        metrics_addr=args.metrics_addr, idle_flush_s=args.idle_flush, idle_timeout_s=args.idle_timeout,
+        max_gap_fill_s=args.max_gap_fill, words=args.words, cpu_threads=args.cpu_threads,
+        create_topics=not args.no_create_topics, partitions=args.partitions,
+        auto_offset_reset=args.auto_offset_reset, unavailable_timeout_s=args.unavailable_timeout)
+
+
+def run(args) -> int:
+    config = config_from_args(args)
+    service = TranscriberService(config)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: service.stop())
+    port = service.start_metrics_server()
+    print(f"transcriber {service.instance}: model {service.model} ({service.asr.model_dir}), at-least-once, "
+          f"{config.frames_topic} -> {config.transcripts_topic} (group {config.group_id}); "
+          f"kafka {masked(config.kafka).get('bootstrap.servers')}"
+          + (f"; metrics http://{config.metrics_addr}:{port}/metrics" if port else ""), file=sys.stderr, flush=True)
+    service.run()
+    return 0

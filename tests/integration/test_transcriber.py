@@ -1,0 +1,226 @@
+"""The transcriber service through a real broker, and "same answers everywhere" for speech.
+
+One shared run (module fixture ``live``) serves several assertions: a speech file is replayed with
+``produce-file`` (4x real time) into Kafka, a ``transcriber`` process turns it into ``audio.transcripts``, is
+killed with SIGKILL after its first transcripts, and a second one (same group) takes over. Its records must
+match the JSON Schema, every utterance must arrive (de-duplicated by the deterministic id, duplicates
+identical), and the utterances and text must equal ``transcribe FILE --json``, ``batch --transcribe`` and
+``POST /v1/transcribe`` on the same file. Bad frames go to the dead-letter topic with a reason; the metrics the
+transcriber's alert rules use are exposed.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+from confluent_kafka import Producer
+
+from streamproc import wire
+from streamproc.kafka import ensure_topics
+from tests.speech import HARVARD, stream_of
+
+from .conftest import REPO
+from .helpers import (cli, consume, deadletter_header_object, free_port, running_serve, validate, values,
+                      wait_for)
+
+SENTENCES = HARVARD[:4]
+BOUNDS = ("start_sample", "end_sample", "text", "reason")
+
+
+def _answers(recs) -> list[tuple]:
+    return sorted(tuple(r[k] for k in BOUNDS) for r in recs)
+
+
+@pytest.fixture(scope="module")
+def speech_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("speech") / "harvard4.wav"
+    sf.write(path, stream_of(SENTENCES, [0.8, 2.5, 2.5, 2.5]), 16000)  # pauses > long_pause_s: 4 utterances
+    return path
+
+
+@pytest.fixture(scope="module")
+def offline(speech_file):
+    """`audiostream transcribe FILE --json`, in this process (the model stays loaded for the API test)."""
+    from streamproc.cli import main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["transcribe", str(speech_file), "--json"]) == 0
+    recs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(recs) == len(SENTENCES), recs
+    return recs
+
+
+def _transcriber(kafka_conf, t: dict, group: str, port: int, log_path):
+    log = open(log_path, "a")
+    return subprocess.Popen(cli("transcriber", "-b", kafka_conf["bootstrap.servers"], "--frames-topic", t["frames"],
+                                "--transcripts-topic", t["transcripts"], "--deadletter-topic", t["deadletter"],
+                                "--group-id", group, "--metrics-port", str(port), "--no-create-topics",
+                                # the killed member's partitions move after this, not after the 45 s default
+                                "-X", "session.timeout.ms=6000"),
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def _ready(port: int) -> bool:
+    import httpx
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def live(kafka_conf, speech_file, offline, tmp_path_factory):
+    tag = uuid.uuid4().hex[:8]
+    t = {k: f"test.{tag}.{k}" for k in ("frames", "transcripts", "deadletter", "predictions", "features")}
+    ensure_topics(kafka_conf, {n: 1 for n in t.values()})
+    logs = tmp_path_factory.mktemp("transcriber")
+    group = f"test-transcriber-{tag}"
+    # bad input first: garbage and a frame at the wrong rate, each dead-lettered with its reason
+    bad = Producer({"bootstrap.servers": kafka_conf["bootstrap.servers"]})
+    bad.produce(t["frames"], value=b"x" * 100, key=b"junk")
+    bad.produce(t["frames"], key=b"phone", value=wire.encode_pcm(
+        np.zeros(800, "<i2").tobytes(), channels=1, n_frames=800, sample_rate=8000, sequence=0, sample_offset=0,
+        capture_time_ns=0, session_id=wire.new_session_id()))
+    bad.flush(10)
+    port_a, port_b = free_port(), free_port()
+    # batch --transcribe of the same file runs meanwhile (the replay is paced: the CPU has time for it)
+    out = logs / "results.parquet"
+    batch = subprocess.Popen(cli("batch", str(speech_file), "--out", str(out), "--transcribe", "--workers", "1",
+                                 "-q"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = _transcriber(kafka_conf, t, group, port_a, logs / "a.log")
+    second = producer = None
+    try:
+        wait_for(lambda: _ready(port_a) or first.poll() is not None, 120, "the first transcriber to be ready")
+        assert first.poll() is None, (logs / "a.log").read_text()[-3000:]
+        producer = subprocess.Popen(cli("produce-file", str(speech_file), "--stream-id", "meeting", "-b",
+                                        kafka_conf["bootstrap.servers"], "--topic", t["frames"], "--speed", "4", "-q"),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        consume(kafka_conf, t["transcripts"], count=2, timeout=120)
+        first.send_signal(signal.SIGKILL)  # mid-stream: nothing flushed, nothing committed on the way out
+        first.wait(30)
+        before = values(consume(kafka_conf, t["transcripts"], count=2, timeout=30, settle=1.0))
+        second = _transcriber(kafka_conf, t, group, port_b, logs / "b.log")
+        wanted = {r["start_sample"] for r in offline}
+        msgs = consume(kafka_conf, t["transcripts"], timeout=180, settle=2.0,
+                       until=lambda ms: {json.loads(m.value())["start_sample"] for m in ms} >= wanted)
+        assert producer.wait(60) == 0, producer.stdout.read()
+        import httpx
+        metrics = httpx.get(f"http://127.0.0.1:{port_b}/metrics", timeout=10).text
+        dead = consume(kafka_conf, t["deadletter"], count=2, timeout=60)
+        watch = subprocess.run(cli("watch", "-b", kafka_conf["bootstrap.servers"], "--topic", t["transcripts"],
+                                   "--captions", "--from-beginning", "--idle-timeout", "5"),
+                               capture_output=True, text=True, timeout=120)
+        assert watch.returncode == 0, watch.stderr
+        yield {"msgs": msgs, "before": before, "metrics": metrics, "dead": dead, "logs": logs,
+               "captions": watch.stdout.splitlines(), "topics": t, "batch": (batch, out)}
+    finally:
+        for p in (first, second, producer, batch):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(30)
+
+
+def test_every_utterance_arrives_after_a_kill_and_matches_the_schema(live, offline):
+    msgs = live["msgs"]
+    recs = values(msgs)
+    assert all(m.key() == b"meeting" for m in msgs)
+    for r in recs:
+        validate(r, "transcript")
+    by_id: dict[str, dict] = {}
+    for r in recs:
+        assert by_id.setdefault(r["id"], r) == r, ("a repeat must be the same record", by_id[r["id"]], r)
+    assert len(live["before"]) < len(offline), "the first transcriber was killed only after the whole stream"
+    assert len(by_id) == len(offline), sorted(by_id)
+    (session,) = {r["session_id"] for r in by_id.values()}
+    assert all(i == f"meeting/{session}/{r['start_sample']}" for i, r in by_id.items())
+
+
+def test_the_live_replay_gives_the_answers_of_transcribe_file(live, offline):
+    """Same utterance bounds, same text, same reasons as the offline command, after a crash in between."""
+    unique = {r["id"]: r for r in values(live["msgs"])}.values()
+    assert _answers(unique) == _answers(offline)
+
+
+def test_watch_shows_each_utterance_once_as_a_caption(live, offline):
+    """`watch --topic TRANSCRIPTS` after the kill and restart: repeats (same id) are shown once, in order."""
+    assert live["captions"] == [f"{'meeting':<20} {r['start_s']:8.2f}-{r['end_s']:<8.2f} {r['text']}"
+                                for r in offline]
+
+
+def test_the_live_page_shows_recent_transcripts(live, offline, kafka_conf, tmp_path):
+    """`serve -b` reads the transcripts topic: /v1/events sends each utterance once as a `transcripts` event (the
+    topic holds repeats from the kill), and the page has the list app.js fills from it."""
+    import httpx
+    t = live["topics"]
+    with running_serve(kafka_conf, t, tmp_path, "--transcripts-topic", t["transcripts"], "--model", "starter") \
+            as (base, _proc):
+        assert 'id="transcripts"' in httpx.get(base + "/").text
+        assert 'addEventListener("transcripts"' in httpx.get(base + "/static/app.js").text
+        got, event = [], None
+        deadline = time.monotonic() + 60
+        with httpx.stream("GET", base + "/v1/events", timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "transcripts":
+                    got += json.loads(line[6:])
+                if len(got) >= len(offline) or time.monotonic() > deadline:
+                    break
+    assert [(c["start_s"], c["end_s"], c["text"]) for c in got] == [(r["start_s"], r["end_s"], r["text"])
+                                                                     for r in offline]
+    assert len({c["id"] for c in got}) == len(got) and all(c["stream_id"] == "meeting" for c in got)
+
+
+def test_bad_frames_are_dead_lettered_with_their_reason(live):
+    reasons = {deadletter_header_object(m)["audiostream.reason"]: m.key() for m in live["dead"]}
+    assert reasons == {"bad_magic": b"junk", "sample_rate_mismatch": b"phone"}
+    assert all(deadletter_header_object(m)["audiostream.analyzer"].startswith("transcriber-") for m in live["dead"])
+
+
+def test_the_metrics_the_alert_rules_use_are_served(live, offline):
+    from prometheus_client.parser import text_string_to_metric_families
+    samples = {}
+    for fam in text_string_to_metric_families(live["metrics"]):
+        for s in fam.samples:
+            samples.setdefault(s.name, []).append(s)
+    groups = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())["groups"]
+    rules = [r for g in groups if g["name"] == "audiostream-transcriber" for r in g["rules"]]
+    import re
+    names = {n for r in rules for n in re.findall(r"\baudiostream_[a-z_]+\b", r["expr"])}
+    assert names and all(n in samples for n in names), (names, sorted(samples))
+
+    def total(name):
+        return sum(s.value for s in samples[name])
+    published_by_second = len(offline) - len({r["id"] for r in live["before"]})
+    assert total("audiostream_transcripts_total") >= published_by_second > 0
+    assert total("audiostream_transcript_latency_seconds_count") >= published_by_second
+    assert total("audiostream_transcribed_audio_seconds_total") > 0
+    assert total("audiostream_transcription_cpu_seconds_total") > 0
+
+
+def test_batch_and_the_http_api_give_the_same_answers(live, speech_file, offline):
+    batch, out = live["batch"]
+    assert batch.wait(300) == 0, batch.stdout.read()
+    import pyarrow.parquet as pq
+    rows = pq.read_table(out.with_name("results.transcripts.parquet")).to_pylist()
+    assert _answers(rows) == _answers(offline)
+    assert [row["id"] for row in rows] == [rec["id"] for rec in offline]  # same file, same ids
+    assert pq.read_table(out).num_rows > 0  # the window labels beside them
+
+    from fastapi.testclient import TestClient
+
+    from consumers.api import create_app
+    with TestClient(create_app(model="starter")) as client:
+        resp = client.post("/v1/transcribe", files={"file": (speech_file.name, speech_file.read_bytes())})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["transcripts"] == offline  # byte for byte the records `transcribe --json` prints
