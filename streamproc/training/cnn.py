@@ -84,9 +84,23 @@ def forward(params, x, norm, n_conv: int):
     return h @ params["dense_w"] + params["dense_b"]
 
 
+def mask(xb: np.ndarray, rng, max_bands: int = 8, max_frames: int = 10) -> np.ndarray:
+    """SpecAugment-style masking: per patch one band of up to ``max_bands`` mel bands and one span of
+    up to ``max_frames`` frames set to the patch's minimum (its quietest cell)."""
+    n, _, m, f = xb.shape
+    low = xb.min(axis=(1, 2, 3))
+    bw, b0 = rng.integers(0, max_bands + 1, n), rng.integers(0, m, n)
+    tw, t0 = rng.integers(0, max_frames + 1, n), rng.integers(0, f, n)
+    bands, frames = np.arange(m), np.arange(f)
+    hit = (((bands[None, :] >= b0[:, None]) & (bands[None, :] < (b0 + bw)[:, None]))[:, :, None]
+           | ((frames[None, :] >= t0[:, None]) & (frames[None, :] < (t0 + tw)[:, None]))[:, None, :])
+    return np.where(hit[:, None], low[:, None, None, None], xb).astype(np.float32)
+
+
 def fit(X: np.ndarray, y: np.ndarray, n_labels: int, *, seed: int, epochs: int, batch: int = 64,
-        lr: float = 2e-3, quiet: bool = False, channels=CHANNELS):
-    """Trained params and the input normalisation (mean, 1/std) for patches X and label indices y."""
+        lr: float = 2e-3, quiet: bool = False, channels=CHANNELS, spec_augment: bool = False):
+    """Trained params and the input normalisation (mean, 1/std) for patches X and label indices y.
+    ``spec_augment``: also mask one band and one time span of every training patch (``mask``)."""
     jax, jnp, optax = _jax()
     mean = float(X.mean())
     inv_std = float(1.0 / max(X.std(), 1e-3))
@@ -121,6 +135,8 @@ def fit(X: np.ndarray, y: np.ndarray, n_labels: int, *, seed: int, epochs: int, 
         for b in range(steps_per_epoch):
             sel = order[b * batch:(b + 1) * batch]
             xb = np.maximum(X[sel] + gains[sel, None, None, None], FLOOR_DB)  # random gain: a dB shift
+            if spec_augment:
+                xb = mask(xb, rng)
             params, state, loss = step(params, state, xb, y[sel])
             total += float(loss)
             bar.update(b + 1)
@@ -182,7 +198,7 @@ def n_params(params) -> int:
 
 
 def train_cnn(data_dir: str, *, task: str, out: str, seed: int = 0, test_fraction: float = 0.2, epochs: int = 12,
-              quiet: bool = False, spec: WindowSpec | None = None, top_db: float | None = TOP_DB) -> dict:
+              spec_augment: bool = False, quiet: bool = False, spec: WindowSpec | None = None, top_db: float | None = TOP_DB) -> dict:
     from ..inference import logmel_input
     from .bundle import write_bundle
     from .data import featurise, kept, list_clips
@@ -204,7 +220,8 @@ def train_cnn(data_dir: str, *, task: str, out: str, seed: int = 0, test_fractio
     if not quiet:
         print(f"training a log-mel CNN on {int((~is_test).sum())} windows of {len(clips) - len(test_clips)} clips, "
               f"testing on {int(is_test.sum())} windows of {len(test_clips)} clips", file=sys.stderr, flush=True)
-    params, norm = fit(X[~is_test], yi[~is_test], len(labels), seed=seed, epochs=epochs, quiet=quiet)
+    params, norm = fit(X[~is_test], yi[~is_test], len(labels), seed=seed, epochs=epochs, quiet=quiet,
+                       spec_augment=spec_augment)
     proba = predict_proba(params, norm, X[is_test])
     test_idx = sorted(test_clips)
     clip_scores = np.stack([proba[idx[is_test] == i].mean(axis=0) for i in test_idx])
@@ -217,11 +234,13 @@ def train_cnn(data_dir: str, *, task: str, out: str, seed: int = 0, test_fractio
                 "seed": seed, "split": f"by clip file, {test_fraction:.0%} of each label held out",
                 "classifier": f"log-mel CNN (JAX): conv3x3 {'-'.join(map(str, CHANNELS))} + ReLU, 2x2 max-pool, "
                               f"global average pool, dense, softmax; {n_params(params)} parameters; Adam, "
-                              f"{epochs} epochs, random gain {GAIN_DB[0]:+g}..{GAIN_DB[1]:+g} dB",
+                              f"{epochs} epochs, random gain {GAIN_DB[0]:+g}..{GAIN_DB[1]:+g} dB"
+                              + (", SpecAugment masks (1 band <= 8 mels, 1 span <= 10 frames)" if spec_augment else ""),
                 "family": "cnn", "parameters": n_params(params),
                 "sources": _manifest_summary(Path(data_dir)), "seconds": round(time.monotonic() - t0, 1),
                 "command": f"audiostream train {data_dir} --family cnn --task {task} --out {out} --seed {seed}"
-                           + (f" --epochs {epochs}" if epochs != 12 else "")}
+                           + (f" --epochs {epochs}" if epochs != 12 else "")
+                           + (" --spec-augment" if spec_augment else "")}
     evaluation = {"held_out": {"clips": clip_rep["n_clips"], "macro_f1": clip_rep["macro_f1"],
                                "accuracy": clip_rep["accuracy"], "window_macro_f1": window_rep["macro_f1"],
                                "clip_label_rule": clip_rep["clip_label_rule"]}}

@@ -34,7 +34,7 @@ def _refuse_set_b(real: Path) -> None:
 
 def compare(data: str, *, real: str, out: str, task: str = "soundtype", seed: int = 0, ensemble: int = 5,
             epochs: int = 12, mlp: str | None = None, cnn: str | None = None, bench_streams: int = 1000,
-            bench_seconds: float = 8.0, bench_repeat: int = 2, quiet: bool = False) -> dict:
+            bench_seconds: float = 8.0, bench_repeat: int = 2, ungated: bool = False, quiet: bool = False) -> dict:
     from ..inference import ModelBundle
     from .cnn import train_cnn
     from .evaluate import evaluate, plot_confusion
@@ -56,16 +56,20 @@ def compare(data: str, *, real: str, out: str, task: str = "soundtype", seed: in
         # reports beside a bundle this run trained; beside the comparison for one given (never into models/)
         where = bundle.path if bundle.path.resolve().is_relative_to(out_dir.resolve()) else out_dir / family
         where.mkdir(parents=True, exist_ok=True)
+        # named as `models list` and GET /v1/models read the real development set's report
         rep = evaluate(str(bundle.path), str(real_dir), quiet=quiet, gains=list(GAINS),
-                       levels_plot=str(where / f"levels_{real_dir.name}.png"))
-        rep["confusion_png"] = str(plot_confusion(rep, where / f"confusion_{real_dir.name}.png",
+                       levels_plot=str(where / "levels_debian_real.png"))
+        rep["confusion_png"] = str(plot_confusion(rep, where / "confusion_debian_real.png",
                                                   f"{bundle.ref} on {real_dir.name}"))
-        (where / f"evaluation_{real_dir.name}.json").write_text(json.dumps(rep, indent=2) + "\n")
+        (where / "evaluation_debian_real.json").write_text(json.dumps(rep, indent=2) + "\n")
         rows.append({"family": family, "bundle": str(bundle.path), "ref": bundle.ref,
                      "parameters": bundle.meta.get("training", {}).get("parameters"),
                      "held_out_macro_f1": held["macro_f1"], "real_macro_f1": rep["macro_f1"],
                      "real_f1": {lab: m["f1"] for lab, m in rep["per_class"].items() if m["clips"]},
                      "levels": {lv["gain_db"]: lv["macro_f1"] for lv in rep["levels"]}})
+        if ungated:  # the model alone, without the silence gate: what random-gain training is for
+            alone = evaluate(str(bundle.path), str(real_dir), quiet=quiet, gains=list(GAINS), silence_below_dbfs=None)
+            rows[-1]["levels_model_alone"] = {lv["gain_db"]: lv["macro_f1"] for lv in alone["levels"]}
     # one bench run for both (its own process: it pins itself to one CPU)
     cmd = [sys.executable, "-m", "streamproc.cli", "bench", "--model", rows[0]["bundle"], "--model", rows[1]["bundle"],
            "--streams", str(bench_streams), "--seconds", str(bench_seconds), "--repeat", str(bench_repeat), "--json"]
@@ -102,6 +106,11 @@ def markdown(result: dict) -> str:
         cells += [f"{r['levels'][g]:.3f}" for g in GAINS[1:]]
         cells += [f"{r['streams_per_core']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if all("levels_model_alone" in r for r in rows):
+        lines += ["", f"| {real} macro-F1, model alone (no silence gate) | " + " | ".join(f"{g:+g} dB" for g in GAINS)
+                  + " |", "|---|" + "---|" * len(GAINS)]
+        lines += [f"| {r['family']} `{r['ref']}` | " + " | ".join(f"{r['levels_model_alone'][g]:.3f}" for g in GAINS)
+                  + " |" for r in rows]
     b = result["bench"]
     lines.append(f"\nCNN / MLP streams per core: {b['ratio_cnn_to_mlp']:.2f} (bench --streams {b['streams']} "
                  f"--seconds {b['seconds']:g} --repeat {b['repeat']}, best of each, {b['cpu']}); same data "
@@ -124,7 +133,8 @@ def add_parser(sub):
     p.add_argument("--bench-streams", type=int, default=1000)
     p.add_argument("--bench-seconds", type=float, default=8.0)
     p.add_argument("--bench-repeat", type=int, default=2)
+    p.add_argument("--ungated", action="store_true", help="also score each model alone (no silence gate) at each gain")
     p.set_defaults(func=lambda a: (compare(a.data, real=a.real, out=a.out, task=a.task, seed=a.seed,
                                            ensemble=a.ensemble, epochs=a.epochs, mlp=a.mlp, cnn=a.cnn,
                                            bench_streams=a.bench_streams, bench_seconds=a.bench_seconds,
-                                           bench_repeat=a.bench_repeat), 0)[1])
+                                           bench_repeat=a.bench_repeat, ungated=a.ungated), 0)[1])

@@ -128,13 +128,16 @@ def add_parser(sub):
     p.add_argument("--family", choices=("mlp", "cnn"), default="mlp",
                    help="mlp: scikit-learn MLP on pooled features; cnn: log-mel CNN (JAX), input kind logmel")
     p.add_argument("--epochs", type=int, default=12, help="--family cnn: training epochs")
+    p.add_argument("--spec-augment", action="store_true",
+                   help="--family cnn: also mask one mel band and one time span of each training patch")
     p.set_defaults(func=_run)
 
 
 def _run(a) -> int:
     if a.family == "cnn":
         from .cnn import train_cnn
-        train_cnn(a.data, task=a.task, out=a.out, seed=a.seed, epochs=a.epochs, test_fraction=a.test_fraction)
+        train_cnn(a.data, task=a.task, out=a.out, seed=a.seed, epochs=a.epochs, test_fraction=a.test_fraction,
+                  spec_augment=a.spec_augment)
     else:
         train(a.data, task=a.task, out=a.out, seed=a.seed, hidden=a.hidden, ensemble=a.ensemble,
               test_fraction=a.test_fraction)

@@ -209,16 +209,13 @@ def tiny_cnn(tiny):
     return out
 
 
-def test_cnn_bundle_is_bit_reproducible_and_states_its_logmel_input(tiny, tiny_cnn, tmp_path):
-    """The same command twice (here once in this process) gives the same model.onnx bytes; the bundle says
-    it takes log-mel patches, holds out the same clips as the MLP, and carries its confusion matrix."""
+def test_cnn_bundle_states_its_logmel_input(tiny, tiny_cnn):
+    """The bundle says it takes log-mel patches, holds out the same clips as the MLP, carries its confusion
+    matrix and the command that makes it again (bit-identical: tests/unit/test_logmel.py)."""
     import yaml
-    from streamproc.training.cnn import train_cnn
     data, models, rep = tiny
-    again = train_cnn(str(data), task="soundtype-cnn", out=str(tmp_path / "soundtype-cnn" / "1"), seed=3, epochs=2,
-                      quiet=True)
-    assert (tmp_path / "soundtype-cnn" / "1" / "model.onnx").read_bytes() == (tiny_cnn / "model.onnx").read_bytes()
-    assert again["n_clips"] == rep["n_clips"]  # the same held-out files as `train` (split_by_clip, seed 3)
+    held = json.loads((tiny_cnn / "evaluation.json").read_text())["held_out"]
+    assert held["n_clips"] == rep["n_clips"]  # the same held-out files as `train` (split_by_clip, seed 3)
     meta = yaml.safe_load((tiny_cnn / "model.yaml").read_text())
     assert meta["input"]["kind"] == "logmel" and meta["input"]["shape"] == [None, 1, 64, 49]
     assert meta["training"]["family"] == "cnn" and 30_000 < meta["training"]["parameters"] < 200_000
