@@ -201,7 +201,7 @@ def silence(rng, n, tmp: Path) -> tuple[np.ndarray, str]:
 SILENCE_DBFS = (-75.0, -50.0)  # recipe 2: the RMS level of room-tone silence clips
 
 
-def silence2(rng, n, tmp: Path, pool=None) -> tuple[np.ndarray, str, str]:
+def silence2(rng, n, tmp: Path, pool=None, levels: tuple[float, float] = SILENCE_DBFS) -> tuple[np.ndarray, str, str]:
     """Recipe 2's silence: nothing audible, but not nothing. Room tone and microphone self-noise without
     an event, at an RMS level of -75...-50 dBFS (the model learns the stretch above the -60 dBFS gate;
     below it the gate decides anyway): 10% digital zeros, 45% coloured noise with optional mains hum and
@@ -211,7 +211,7 @@ def silence2(rng, n, tmp: Path, pool=None) -> tuple[np.ndarray, str, str]:
     u = rng.random()
     if u < 0.1:
         return np.zeros(n), "digital silence", LICENSES["silence"]
-    level = rng.uniform(*SILENCE_DBFS)
+    level = rng.uniform(*levels)
     if u < 0.55 or pool is None or not pool.quiet:
         x = _noise(rng, n, rng.uniform(0.0, 2.0))
         x = x / (np.sqrt(np.mean(x ** 2)) + 1e-12)
@@ -236,7 +236,7 @@ PEAK_DBFS = (-30.0, 3.0)  # default random peak level of a clip (soundtype:1-3 w
 
 
 CLIP_SHARE = 0.1  # share of clips driven into hard clipping (recipe 2: 0.2)
-STEADY_FLOOR_DBFS = -35.0  # recipe 2: lowest peak of a steady ambience (quieter is room tone, i.e. silence)
+STEADY_FLOOR_DB = 15.0  # recipe 2: a steady ambience's peak stays this far above the loudest room tone
 STEADY_SYNTH = ("synth rain", "synth wind", "synth traffic", "synth fan", "synth crowd-less")
 
 
@@ -290,7 +290,8 @@ def augment(x: np.ndarray, rng, label: str, tmp: Path,
 
 def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 4.0, quiet: bool = False,
           real_fraction: float = 0.0, real_cache: str | Path | None = None,
-          peak_dbfs: tuple[float, float] = PEAK_DBFS, recipe: int = 1) -> Path:
+          peak_dbfs: tuple[float, float] = PEAK_DBFS, recipe: int = 1,
+          silence_dbfs: tuple[float, float] = SILENCE_DBFS) -> Path:
     """``real_fraction`` of the speech/music/environment clips come from real recordings in Debian game
     packages (training.debian.RealPool), the rest is generated; silence is generated (recipe 1) or, with
     ``recipe=2``, room tone at -75...-50 dBFS, half of it real (``silence2``). Recipe 2 also adds the
@@ -320,14 +321,15 @@ def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 
                 if pool is not None and label != "silence" and rng.random() < real_fraction:
                     x, source, license_ = pool.clip(label, rng, n)
                 elif label == "silence" and recipe >= 2:
-                    x, source, license_ = silence2(rng, n, tmp, pool)
+                    x, source, license_ = silence2(rng, n, tmp, pool, silence_dbfs)
                 else:
                     (x, source), license_ = GENERATORS[label](rng, n, tmp), LICENSES[label]
                 peak, clip_share = peak_dbfs, CLIP_SHARE
                 if recipe >= 2:
                     clip_share = 0.2
                     if label == "environment" and (" ambient " in source or source.startswith(STEADY_SYNTH)):
-                        peak = (max(peak_dbfs[0], STEADY_FLOOR_DBFS), max(peak_dbfs[1], STEADY_FLOOR_DBFS))
+                        floor = silence_dbfs[1] + STEADY_FLOOR_DB
+                        peak = (max(peak_dbfs[0], floor), max(peak_dbfs[1], floor))
                 x, applied = augment(np.asarray(x, dtype=float), rng, label, tmp, peak, clip_share)
                 rel = Path(label) / f"{label}-{i:05d}.wav"
                 (out / label).mkdir(parents=True, exist_ok=True)
@@ -345,28 +347,31 @@ def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 
         (f" --clip-seconds {clip_seconds:g}" if clip_seconds != 4.0 else "") + \
         (f" --real-fraction {real_fraction:g}" if real_fraction else "") + \
         (f" --peak-dbfs={peak_dbfs[0]:g},{peak_dbfs[1]:g}" if tuple(peak_dbfs) != PEAK_DBFS else "") + \
-        (f" --recipe {recipe}" if recipe != 1 else "")
+        (f" --recipe {recipe}" if recipe != 1 else "") + \
+        (f" --silence-dbfs={silence_dbfs[0]:g},{silence_dbfs[1]:g}" if tuple(silence_dbfs) != SILENCE_DBFS else "")
     from .debian import EXTRA_PACKAGES, TRAIN_PACKAGES
     (out / "dataset.json").write_text(json.dumps({
         "command": command, "seed": seed, "minutes": minutes, "clip_seconds": clip_seconds,
         "real_fraction": real_fraction, "clips": len(rows),
         **({"peak_dbfs": list(peak_dbfs)} if tuple(peak_dbfs) != PEAK_DBFS else {}),
         **({"recipe": recipe} if recipe != 1 else {}),
+        **({"silence_dbfs": list(silence_dbfs)} if tuple(silence_dbfs) != SILENCE_DBFS else {}),
         "real_packages": sorted(TRAIN_PACKAGES) + (sorted(EXTRA_PACKAGES) if recipe >= 2 else [])
         if pool is not None else []}, indent=2) + "\n")
     return out
 
 
-def parse_peak(text: str | None) -> tuple[float, float]:
+def parse_peak(text: str | None, default: tuple[float, float] = PEAK_DBFS,
+               flag: str = "--peak-dbfs") -> tuple[float, float]:
     """``LOW,HIGH`` in dBFS -> (low, high); None -> the default range."""
     if text is None:
-        return PEAK_DBFS
+        return default
     try:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
-        raise ConfigError(f"--peak-dbfs {text!r} must be LOW,HIGH in dBFS, e.g. -45,3") from None
+        raise ConfigError(f"{flag} {text!r} must be LOW,HIGH in dBFS, e.g. -45,3") from None
     if not -120 <= low <= high <= 20:
-        raise ConfigError(f"--peak-dbfs {text!r}: need -120 <= LOW <= HIGH <= 20")
+        raise ConfigError(f"{flag} {text!r}: need -120 <= LOW <= HIGH <= 20")
     return low, high
 
 
@@ -388,6 +393,9 @@ def add_parser(sub):
                    help="synth: 1 = soundtype:1-3's recipe (default, unchanged); 2 = more real packages "
                         "(continuous speech, field ambience, music styles), room-tone silence at -75...-50 dBFS "
                         "(docs/training.md 'Silence, defined'), 20%% clipped clips")
+    p.add_argument("--silence-dbfs", default=None, metavar="LOW,HIGH",
+                   help="synth --recipe 2: RMS range of the room-tone silence clips (default -75,-50); a steady "
+                        "ambience's peak is kept 15 dB above HIGH")
     p.add_argument("--set", default="a", choices=["a", "b"], dest="real_set",
                    help="debian: a = the development set (KLettres, Pingus, Colobot); b = the frozen "
                         "independent set, rebuilt from streamproc/training/sets/b.json with every hash checked")
@@ -411,6 +419,7 @@ def run(args) -> int:
         build(args.out, seed=args.seed)
     else:
         synth(args.out, args.minutes, args.seed, args.clip_seconds, real_fraction=args.real_fraction,
-              peak_dbfs=parse_peak(args.peak_dbfs), recipe=args.recipe)
+              peak_dbfs=parse_peak(args.peak_dbfs), recipe=args.recipe,
+              silence_dbfs=parse_peak(args.silence_dbfs, SILENCE_DBFS, "--silence-dbfs"))
     print(f"wrote {args.out}/manifest.csv", file=sys.stderr)
     return 0
