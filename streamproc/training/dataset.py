@@ -399,6 +399,9 @@ def add_parser(sub):
     p.add_argument("--set", default="a", choices=["a", "b"], dest="real_set",
                    help="debian: a = the development set (KLettres, Pingus, Colobot); b = the frozen "
                         "independent set, rebuilt from streamproc/training/sets/b.json with every hash checked")
+    p.add_argument("--room-tone", action="store_true",
+                   help="debian (set A): also cut the room tone inside its recordings (KLettres, Pingus and Colobot "
+                        "effects; pauses of 1.1 s or more) into silence/: a development check of the silence class")
     p.add_argument("--only", type=int, default=None, metavar="N",
                    help="debian --set b: only the first N clips of each label (a quick check of the manifest)")
     p.add_argument("--freeze", action="store_true",
@@ -416,7 +419,7 @@ def run(args) -> int:
             setb.build(args.out, only=args.only)
     elif args.kind == "debian":
         from .debian import build
-        build(args.out, seed=args.seed)
+        build(args.out, seed=args.seed, room_tone=args.room_tone)
     else:
         synth(args.out, args.minutes, args.seed, args.clip_seconds, real_fraction=args.real_fraction,
               peak_dbfs=parse_peak(args.peak_dbfs), recipe=args.recipe,

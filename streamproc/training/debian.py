@@ -54,8 +54,32 @@ def fetch(work: Path, packages=PACKAGES) -> Path:
     return root
 
 
+def room_tone_clips(root: Path, out: Path) -> list[dict]:
+    """Set A's room tone (``dataset debian --room-tone``): the pauses of at least 1.1 s inside KLettres'
+    recorded letters and syllables and inside Pingus' and Colobot's sound effects (not their music: a
+    music's quiet passage is not a room), cut by set B's rule (``setb._pauses``: every 20 ms frame 30 dB
+    or more below the recording's loud frames, not digital zeros) -> ``silence``. A development check of
+    the silence class on recordings no model trains on."""
+    import soundfile as sf
+    from .setb import _pauses
+    files = sorted((root / "usr/share/klettres").rglob("*.ogg")) + \
+        sorted((root / "usr/share/games/pingus/data/sounds").glob("*.wav")) + \
+        sorted((root / "usr/share/games/colobot/sounds").glob("*.wav"))
+    rows = []
+    (out / "silence").mkdir(parents=True, exist_ok=True)
+    for f in files:
+        y = load(f, SR)
+        for a, b in _pauses(y, below_speech_db=30.0, min_s=1.1, max_s=4.0):
+            pkg = next(p for p in PACKAGES if p.split("-")[0] in str(f))
+            rel = Path("silence") / f"{pkg.split('-')[0]}-{f.parent.name}-{f.stem}-{a}.wav"
+            sf.write(out / rel, y[a:b], SR, subtype="PCM_16")
+            rows.append({"file": str(rel), "label": "silence", "source": f"{pkg} room tone {f.name} @{a / SR:.2f}s",
+                         "license": PACKAGES[pkg]})
+    return rows
+
+
 def build(out: str | Path, clips_per_language: int = 4, clip_seconds: float = 4.0, seed: int = 0,
-          quiet: bool = False) -> Path:
+          quiet: bool = False, room_tone: bool = False) -> Path:
     import soundfile as sf
     if shutil.which("openmpt123") is None:
         raise RuntimeError("needs openmpt123 to render tracker music (Debian: apt-get install openmpt123)")
@@ -125,6 +149,8 @@ def build(out: str | Path, clips_per_language: int = 4, clip_seconds: float = 4.
             sf.write(out / rel, y[start:start + 30 * SR], SR, subtype="PCM_16")
             rows.append({"file": str(rel), "label": "music", "source": f"colobot-common-sounds music {m.name}",
                          "license": PACKAGES["colobot-common-sounds"]})
+        if room_tone:
+            rows += room_tone_clips(root, out)
         bar.update(len(langs) + 1)
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
