@@ -115,7 +115,7 @@ class Analyzer:
         self.bundle = ModelBundle.load(config.model, expect_spec=config.expect_spec)
         self.spec = self.bundle.spec
         self.engine = Engine(self.spec, idle_timeout_s=config.idle_timeout_s, max_reorder=config.max_reorder,
-                             events=True)
+                             events=True, logmel=self.bundle.logmel)
         self.metrics = AnalyzerMetrics(registry, model_task=self.bundle.task, model_version=self.bundle.version,
                                        labels=self.bundle.labels, frames_topic=config.frames_topic,
                                        output_topics=(config.predictions_topic, config.features_topic,
@@ -490,7 +490,7 @@ class Analyzer:
         if c.before_inference is not None:
             c.before_inference(windows)
         t0 = time.perf_counter()
-        scores = b.gate(b.predict(np.stack([w.vector for w in windows])), [w.metrics["rms_dbfs"] for w in windows])
+        scores = b.score(windows)
         m.inference_seconds.labels(m.model).observe(time.perf_counter() - t0)
         m.batch_windows.observe(len(windows))
         m.windows.labels(m.model).inc(len(windows))

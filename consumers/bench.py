@@ -15,6 +15,11 @@ Printed: consumer lag over time and its trend, whether the load was sustained,
 latency from a window's last frame arriving to its prediction being
 acknowledged by Kafka (p50/p99), memory per stream.
 
+Two models (``--model A --model B``, engine mode): both measured in one run on the same streams,
+side by side, with the ratio of B's streams per core to A's (e.g. a log-mel CNN against the MLP);
+``--repeat N`` measures each N times, alternating A, B, A, B, and keeps each one's best (the run
+least disturbed by other work on the machine).
+
 Absolute numbers depend on the machine; ratios printed by one run compare like
 with like. ``--json`` prints one JSON object for scripts.
 """
@@ -35,7 +40,7 @@ from producers.loadgen import clip_pool
 from streamproc import wire
 from streamproc.audio import from_s16
 from streamproc.engine import Engine
-from streamproc.features import reference_window_vector
+from streamproc.features import reference_logmel, reference_window_vector
 from streamproc.inference import ModelBundle
 
 from .analyzer import DEFAULT_MODEL
@@ -77,7 +82,7 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
     with threadpool_limits(1):
         bundle = ModelBundle.load(model)
         spec = bundle.spec if hop_length is None else dataclasses.replace(bundle.spec, hop_length=hop_length)
-        engine = Engine(spec)
+        engine = Engine(spec, logmel=bundle.logmel)  # a logmel bundle: patches from the same STFT rows
         sr = spec.sr
         n = sr // 10
         pool = clip_pool(sr)
@@ -110,7 +115,7 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
                     engine.accept(ids[i], wire.decode(frames[i]), time.perf_counter())
             ready = engine.step()
             if ready:
-                bundle.predict(np.stack([w.vector for w in ready]))
+                bundle.predict(bundle.inputs(ready))
             c1, w1 = time.process_time(), time.perf_counter()
             if tick >= warm:
                 cpu_s += c1 - c0
@@ -128,11 +133,16 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
         bounds = spec.window_bounds(len(clip))
         picks = [bounds[i % len(bounds)] for i in range(naive_windows)]
         naive_clips = [from_s16(pool[i % len(pool)]) for i in range(naive_windows)]
+
+        def naive(y):  # the model's input the plain librosa way, one ONNX call per window
+            if bundle.logmel is not None:
+                return bundle.predict(reference_logmel(y, spec, bundle.logmel.top_db)[None])
+            return bundle.predict(reference_window_vector(y, spec)[None, :])
         for (s, e), y in list(zip(picks, naive_clips))[:3]:  # warm-up, untimed: librosa JIT-compiles on first use
-            bundle.predict(reference_window_vector(y[s:e], spec)[None, :])
+            naive(y[s:e])
         c0 = time.process_time()
         for (s, e), y in zip(picks, naive_clips):
-            bundle.predict(reference_window_vector(y[s:e], spec)[None, :])
+            naive(y[s:e])
         naive_cpu_per_window = (time.process_time() - c0) / naive_windows
     windows_per_stream_second = sr / spec.hop
     streams_per_core = streams * audio_s / cpu_s if cpu_s else 0.0
@@ -262,7 +272,9 @@ def add_parser(sub):
     p.add_argument("--duration", type=float, default=60.0, help="kafka mode: seconds of load")
     p.add_argument("--bootstrap-servers", "-b", default=None, help="kafka mode: use this cluster")
     p.add_argument("--partitions", type=int, default=6)
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", action="append", default=None,
+                   help=f"bundle (default {DEFAULT_MODEL}); give it twice to compare two models side by side")
+    p.add_argument("--repeat", type=int, default=1, help="engine mode, two models: measure each N times, keep the best")
     p.add_argument("--hop-length", type=int, default=None,
                    help="engine mode: override the STFT hop (cost comparison; model scores not meaningful)")
     p.add_argument("--cpu", type=int, default=None, help="engine mode: CPU to pin to")
@@ -273,6 +285,13 @@ def add_parser(sub):
 def run(args) -> int:
     from streamproc.progress import Progress
     quiet = args.json
+    models = args.model or [DEFAULT_MODEL]
+    if len(models) > 2 or (len(models) > 1 and args.kafka):
+        from streamproc.errors import AudiostreamError
+        raise AudiostreamError("bench compares at most two --model values, in engine mode")
+    if len(models) == 2:
+        return _compare(args, models, quiet)
+    args.model = models[0]
     if args.kafka:
         streams = args.streams or 1000
         bar = Progress(f"bench --kafka: {streams} streams", int(args.duration), enabled=not quiet)
@@ -291,7 +310,40 @@ def run(args) -> int:
     return 0
 
 
+def _compare(args, models: list[str], quiet: bool) -> int:
+    from streamproc.progress import Progress
+    streams = args.streams or 2000
+    best: dict[int, dict] = {}
+    for rnd in range(max(1, args.repeat)):
+        for i, m in enumerate(models):
+            bar = Progress(f"bench: {m} ({rnd + 1}/{args.repeat}), {streams} streams", int(args.seconds * 10),
+                           enabled=not quiet)
+            r = engine_bench(streams=streams, seconds=args.seconds, model=m, hop_length=args.hop_length,
+                             cpu=args.cpu, progress=lambda d, t: bar.update(d))
+            if i not in best or r["streams_per_core"] > best[i]["streams_per_core"]:
+                best[i] = r
+    a, b = best[0], best[1]
+    result = {"mode": "engine-compare", "runs": [a, b], "repeat": args.repeat,
+              "ratio_streams_per_core": round(b["streams_per_core"] / a["streams_per_core"], 3)}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    ra, rb = table_rows(a), table_rows(b)
+    rows = [(k, str(va).split(" (")[0], str(vb).split(" (")[0]) for (k, va), (_, vb) in zip(ra, rb)]
+    wk, wa = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    print("\n".join(f"{k:<{wk}}  {va:<{wa}}  |  {vb}" for k, va, vb in rows))
+    print(f"streams per core, {b['model']} / {a['model']}: {result['ratio_streams_per_core']:.2f} "
+          f"(same run, best of {args.repeat} each)")
+    return 0
+
+
 def format_table(r: dict) -> str:
+    rows = table_rows(r)
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def table_rows(r: dict) -> list[tuple[str, str]]:
     rows = [("machine", r["cpu"]), ("model", r["model"]), ("streams", r["streams"])]
     if r["mode"] == "engine":
         ws = r["window_spec"]
@@ -316,5 +368,4 @@ def format_table(r: dict) -> str:
                  ("latency p50 / p99", f"{r['latency_p50_ms']} / {r['latency_p99_ms']} ms "
                                        "(last frame arrives -> prediction acknowledged)"),
                  ("state per stream", f"{r['bytes_per_stream'] / 1024:.0f} KiB")]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return rows

@@ -37,7 +37,7 @@ def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: s
     a whole stream (its last frame carries the end-of-stream flag): one shorter than a window gives one
     zero-padded window, ``padded`` (docs/predictions.md), exactly as the live analyzer does."""
     spec = bundle.spec
-    engine = Engine(spec, idle_timeout_s=float("inf"))
+    engine = Engine(spec, idle_timeout_s=float("inf"), logmel=bundle.logmel)
     session = b"\0" * 16
     windows = []
     for seq, start in enumerate(range(0, len(pcm), FRAME_SAMPLES)):
@@ -50,7 +50,7 @@ def analyze_pcm(pcm: np.ndarray, bundle: ModelBundle, *, file: str, stream_id: s
     labels = bundle.labels
     for i in range(0, len(windows), PREDICT_CHUNK):
         part = windows[i:i + PREDICT_CHUNK]
-        scores = bundle.gate(bundle.predict(np.stack([w.vector for w in part])), [w.metrics["rms_dbfs"] for w in part])
+        scores = bundle.score(part)
         for w, s in zip(part, scores):
             ok = bool(np.isfinite(s).all())
             best = int(np.argmax(s)) if ok else -1

@@ -33,6 +33,7 @@ COMMANDS = {
     "dataset": ("streamproc.training.dataset", "make a training dataset offline (speech/music/environment/silence)"),
     "train": ("streamproc.training.train", "train a model bundle from a folder-per-label dataset"),
     "evaluate": ("streamproc.training.evaluate", "scores and a confusion matrix for a bundle on labelled audio"),
+    "compare": ("streamproc.training.compare", "MLP vs log-mel CNN on the same data and split: one table"),
     "models": ("streamproc.training.registry", "list model bundles"),
     "batch": ("consumers.batch", "analyse audio files into Parquet (local processes or Spark)"),
     "report": ("consumers.report", "HTML + PNG report from batch results or the live output topics"),

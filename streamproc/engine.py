@@ -51,7 +51,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .features import FeatureExtractor
+from .features import FeatureExtractor, LogMel
 from .wire import AudioFrame
 from .windowing import WindowSpec
 
@@ -73,6 +73,7 @@ class Window:
     capture_time_ns: int  # capture time of the frame that completed it
     tag: object = None    # accept()'s tag of the record that completed it (the Kafka offset in the analyzer)
     padded: bool = False  # a stream shorter than one window: zeros after its end fill the window
+    patch: np.ndarray | None = None  # (1, n_mels, frames) log-mel input of a logmel bundle (Engine(logmel=...))
 
     kind: ClassVar[str] = "window"
 
@@ -238,8 +239,12 @@ class Engine:
 
     def __init__(self, spec: WindowSpec, *, max_gap_fill: int | None = None, idle_timeout_s: float = 60.0,
                  extractor: FeatureExtractor | None = None, tempo_context_s: float = 8.0,
-                 max_reorder: int = 4, reorder_timeout_s: float = 1.0, events: bool = False):
+                 max_reorder: int = 4, reorder_timeout_s: float = 1.0, events: bool = False,
+                 logmel: LogMel | None = None):
+        """``logmel``: also give each window its log-mel patch (``Window.patch``), for a bundle whose input
+        is ``logmel`` (ModelBundle.logmel), cut from the per-frame mel rows the features use."""
         self.spec = spec
+        self.logmel = logmel
         self.fps = spec.sr / spec.hop_length
         self.tempo_frames = int(round(tempo_context_s * self.fps))  # 0 = no tempo
         self.fx = extractor or FeatureExtractor(spec)
@@ -488,6 +493,7 @@ class Engine:
         stacked = np.stack([st.feats[r:r + F] for st, _, r in ready])
         vectors = fx.window_vectors(stacked)
         metrics = fx.window_metrics(stacked)
+        patches = fx.logmel_patches(stacked, self.logmel.top_db) if self.logmel is not None else None
         self._add_tempo(ready, metrics)
         out = []
         for i, (st, k, _) in enumerate(ready):
@@ -497,7 +503,8 @@ class Engine:
             tag, capture_ns, arrival = st.mark_info[st.mark_at((k * fph + F - 1) * hl + n_fft)]  # completing record
             out.append(Window(st.stream_id, st.session_id, k, start, end, st.sample_rate, vectors[i],
                               metrics[i], gap, arrival, capture_ns, tag,
-                              st.padded_from is not None and end > st.padded_from))
+                              st.padded_from is not None and end > st.padded_from,
+                              None if patches is None else patches[i]))
             st.emitted = True
         # drop per-frame rows and gap records no future window needs
         for st, _ in pending:

@@ -27,12 +27,25 @@ windows share frames), in float32, for many streams in one array.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .windowing import FEATURES, WindowSpec
 
 AMIN = 1e-10   # librosa.power_to_db's amin
 TOP_DB = 80.0  # librosa.power_to_db's top_db, applied over each window
+LOGMEL_ATOL_DB = 1e-3  # engine log-mel vs librosa, in dB, every cell (tests/unit/test_logmel.py)
+
+
+@dataclass(frozen=True)
+class LogMel:
+    """The ``logmel`` model input: each window's (1, n_mels, frames_per_window) log-mel patch, from the
+    window spec's STFT and mel parameters, as ``librosa.power_to_db(melspectrogram, ref=1.0, amin=1e-10,
+    top_db=top_db)`` (power 2, Slaney mel filters, center=False); ``top_db`` clamps each window at its
+    maximum minus top_db (None: no clamp, only the -100 dB floor of amin)."""
+
+    top_db: float | None = TOP_DB
 
 
 def _import_librosa():
@@ -146,6 +159,18 @@ class FeatureExtractor:
         return np.minimum(idx, nbins - 1)
 
     # -- per window -----------------------------------------------------------
+    def logmel_patches(self, frame_feats: np.ndarray, top_db: float | None = TOP_DB) -> np.ndarray:
+        """``frame_feats``: (W, frames_per_window, n_columns) -> (W, 1, n_mels, frames_per_window) float32:
+        each window's log-mel spectrogram, the model input of a ``logmel`` bundle. Taken from the per-frame
+        ``mel_db`` column the features already computed (the engine's one STFT path, no second STFT):
+        ``librosa.power_to_db(librosa.feature.melspectrogram(y=window, sr, n_fft, hop_length, center=False,
+        n_mels, fmin, fmax), ref=1.0, amin=1e-10, top_db=top_db)`` (:func:`reference_logmel`)."""
+        ff = np.asarray(frame_feats, dtype=np.float32)
+        db = np.ascontiguousarray(ff[:, :, self.columns["mel_db"]].transpose(0, 2, 1))  # (W, n_mels, F)
+        if top_db is not None:
+            np.maximum(db, (db.max(axis=(1, 2)) - np.float32(top_db))[:, None, None], out=db)
+        return db[:, None]
+
     def window_vectors(self, frame_feats: np.ndarray) -> np.ndarray:
         """``frame_feats``: (W, frames_per_window, n_columns) -> (W, spec.n_features) float32."""
         ff = np.asarray(frame_feats, dtype=np.float32)
@@ -219,19 +244,22 @@ class FeatureExtractor:
             return np.empty((0, self.spec.n_fft), dtype=np.float32)
         return sliding_window_view(y, self.spec.n_fft)[:: self.spec.hop_length]
 
-    def vectors_for_signal(self, y: np.ndarray, *, with_metrics: bool = False):
+    def vectors_for_signal(self, y: np.ndarray, *, with_metrics: bool = False, logmel=None):
         """Offline: every complete window of ``y`` and its feature vector (same code as live); with
-        ``with_metrics`` also each window's metrics (``window_metrics``, e.g. ``rms_dbfs``) as a third item."""
+        ``with_metrics`` also each window's metrics (``window_metrics``, e.g. ``rms_dbfs``) as a third item.
+        With ``logmel`` (a :class:`LogMel`), each window's log-mel patch instead of its vector."""
         bounds = self.spec.window_bounds(len(y))
         if not bounds:
-            empty = np.empty((0, self.spec.n_features), dtype=np.float32)
+            shape = (0, 1, self.spec.n_mels, self.spec.frames_per_window) if logmel else (0, self.spec.n_features)
+            empty = np.empty(shape, dtype=np.float32)
             return ([], empty, []) if with_metrics else ([], empty)
         ff = self.frame_features(self.frames_of(y))
         F, fph = self.spec.frames_per_window, self.spec.frames_per_hop
         stacked = np.stack([ff[k * fph: k * fph + F] for k in range(len(bounds))])
+        X = self.logmel_patches(stacked, logmel.top_db) if logmel else self.window_vectors(stacked)
         if with_metrics:
-            return bounds, self.window_vectors(stacked), self.window_metrics(stacked)
-        return bounds, self.window_vectors(stacked)
+            return bounds, X, self.window_metrics(stacked)
+        return bounds, X
 
 
 TEMPO_KERNEL = np.array([0.25, 0.5, 1.0, 0.5, 0.25])  # merges autocorrelation peaks split by frame quantisation
@@ -287,3 +315,13 @@ def reference_window_vector(y: np.ndarray, spec: WindowSpec) -> np.ndarray:
         v = FEATURES[name].reference(y, spec)  # the librosa call of the feature registry (streamproc.windowing)
         parts += [v.mean(axis=1), v.std(axis=1)]
     return np.concatenate(parts).astype(np.float32)
+
+
+def reference_logmel(y: np.ndarray, spec: WindowSpec, top_db: float | None = TOP_DB) -> np.ndarray:
+    """One window's log-mel patch (1, n_mels, frames) the plain librosa way: the definition the engine's
+    :meth:`FeatureExtractor.logmel_patches` is tested against (within LOGMEL_ATOL_DB dB)."""
+    librosa = _import_librosa()
+    S = librosa.feature.melspectrogram(y=np.asarray(y, dtype=np.float32), sr=spec.sr, n_fft=spec.n_fft,
+                                       hop_length=spec.hop_length, center=False, power=2.0, n_mels=spec.n_mels,
+                                       fmin=spec.fmin, fmax=spec.fmax)
+    return librosa.power_to_db(S, ref=1.0, amin=AMIN, top_db=top_db).astype(np.float32)[None]

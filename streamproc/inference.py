@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from .errors import BundleError, WindowSpecError
+from .features import AMIN, LogMel
 from .windowing import WindowSpec
 
 BUNDLE_FORMAT = 1
@@ -27,6 +28,24 @@ DEFAULT_SILENCE_BELOW_DBFS = -60.0
 SILENCE_ENV = "AUDIOSTREAM_SILENCE_BELOW_DBFS"
 _FROM_BUNDLE = object()
 REQUIRED_KEYS = ("format", "task", "version", "labels", "input", "output", "window_spec")
+# What a model takes (model.yaml input.kind; absent = features): the window's pooled feature vector
+# (N, n_features), or its log-mel patch (N, 1, n_mels, frames) from the same STFT (docs/model-bundle.md).
+INPUT_KINDS = ("features", "logmel")
+
+
+def logmel_params(spec: WindowSpec, top_db: float | None) -> dict:
+    """Everything that defines the log-mel patch this analyzer computes for ``spec``: a ``logmel`` bundle
+    states these in model.yaml (input.logmel) and is refused unless every one matches."""
+    return {"sr": spec.sr, "n_fft": spec.n_fft, "hop_length": spec.hop_length, "n_mels": spec.n_mels,
+            "fmin": spec.fmin, "fmax": spec.fmax, "frames": spec.frames_per_window, "center": False,
+            "power": 2.0, "mel_norm": "slaney", "log": "power_to_db", "ref": 1.0, "amin": AMIN,
+            "top_db": top_db}
+
+
+def logmel_input(spec: WindowSpec, top_db: float | None, name: str = "logmel") -> dict:
+    """model.yaml's ``input`` mapping for a model that takes ``spec``'s log-mel patch."""
+    return {"name": name, "kind": "logmel", "shape": [None, 1, spec.n_mels, spec.frames_per_window],
+            "dtype": "float32", "logmel": logmel_params(spec, top_db)}
 
 
 def models_root() -> Path:
@@ -83,6 +102,17 @@ class ModelBundle:
     meta: dict = field(repr=False)
     session: object = field(repr=False)
     silence_below_dbfs: float | None = None
+    logmel: LogMel | None = None  # set: the model takes log-mel patches (input kind logmel), not vectors
+
+    @property
+    def input_kind(self) -> str:
+        return "features" if self.logmel is None else "logmel"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One window's model input: (n_features,) or (1, n_mels, frames)."""
+        s = self.spec
+        return (s.n_features,) if self.logmel is None else (1, s.n_mels, s.frames_per_window)
 
     @classmethod
     def load(cls, ref: str | os.PathLike, *, expect_spec: WindowSpec | None = None,
@@ -120,9 +150,13 @@ class ModelBundle:
         inp, out = meta["input"], meta["output"]
         if not isinstance(inp, dict) or "name" not in inp or not isinstance(out, dict) or "name" not in out:
             raise BundleError(f"{meta_path}: input and output must be mappings with a 'name'")
-        if inp.get("shape", [None, spec.n_features])[-1] != spec.n_features:
-            raise BundleError(f"{meta_path}: input shape {inp.get('shape')} does not match the "
-                              f"{spec.n_features} features its window_spec produces")
+        logmel = _input_kind(inp, spec, meta_path)
+        want_shape = [spec.n_features] if logmel is None else [1, spec.n_mels, spec.frames_per_window]
+        shape = inp.get("shape", [None, *want_shape])
+        if not isinstance(shape, list) or list(shape[1:]) != want_shape:
+            raise BundleError(f"{meta_path}: input shape {shape} does not match the "
+                              + (f"{spec.n_features} features its window_spec produces" if logmel is None else
+                                 f"log-mel patch [N, {', '.join(map(str, want_shape))}] its window_spec produces"))
 
         import onnxruntime as ort
         opts = ort.SessionOptions()
@@ -139,16 +173,19 @@ class ModelBundle:
             raise BundleError(f"{onnx_path}: has no input {inp['name']!r} (inputs: {sorted(inputs)})")
         if out["name"] not in outputs:
             raise BundleError(f"{onnx_path}: has no output {out['name']!r} (outputs: {sorted(outputs)})")
-        onnx_width = inputs[inp["name"]].shape[-1]
-        if isinstance(onnx_width, int) and onnx_width != spec.n_features:
-            raise BundleError(f"{onnx_path}: input {inp['name']!r} takes {onnx_width} features but the "
+        onnx_shape = list(inputs[inp["name"]].shape)
+        if logmel is None and isinstance(onnx_shape[-1], int) and onnx_shape[-1] != spec.n_features:
+            raise BundleError(f"{onnx_path}: input {inp['name']!r} takes {onnx_shape[-1]} features but the "
                               f"window_spec produces {spec.n_features}")
+        if len(onnx_shape) != 1 + len(want_shape) or any(
+                isinstance(d, int) and d != w for d, w in zip(onnx_shape[1:], want_shape)):
+            raise BundleError(f"{onnx_path}: input {inp['name']!r} has shape {onnx_shape} but this analyzer "
+                              f"feeds [N, {', '.join(map(str, want_shape))}] ({'features' if logmel is None else 'logmel'})")
         gate = _silence_level(meta, labels, meta_path, silence_below_dbfs)
         bundle = cls(path, str(meta["task"]), str(meta["version"]), labels, inp["name"], out["name"], spec,
-                     meta, session, gate)
+                     meta, session, gate, logmel)
         try:
-            probe = bundle.predict(np.stack([np.zeros(spec.n_features, np.float32),
-                                             np.ones(spec.n_features, np.float32)]))
+            probe = bundle.predict(np.stack([np.zeros(want_shape, np.float32), np.ones(want_shape, np.float32)]))
         except Exception as exc:  # e.g. a fixed batch size or a shape the graph cannot take
             raise BundleError(f"{onnx_path}: inference on a probe batch of 2 windows failed: {exc}") from None
         if probe.shape != (2, len(labels)):
@@ -159,12 +196,31 @@ class ModelBundle:
         return bundle
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Scores (N, n_labels) for window vectors X (N, n_features): one ONNX call."""
+        """Scores (N, n_labels) for model inputs X (N, *input_shape): window vectors (N, n_features), or
+        log-mel patches (N, 1, n_mels, frames) for a logmel bundle. One ONNX call."""
         X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.shape[1:] != self.input_shape:
+            raise ValueError(f"{self.ref} takes {self.input_kind} inputs of shape {self.input_shape} per window, "
+                             f"got {X.shape[1:]}")
         if X.shape[0] == 0:
             return np.empty((0, len(self.labels)), dtype=np.float32)
         scores = self.session.run([self.output_name], {self.input_name: X})[0]
         return np.asarray(scores, dtype=np.float32)
+
+    def inputs(self, windows) -> np.ndarray:
+        """The model input of engine windows (streamproc.engine.Window): their vectors, or their log-mel
+        patches for a logmel bundle (the engine made them: Engine(logmel=bundle.logmel))."""
+        if self.logmel is None:
+            return np.stack([w.vector for w in windows])
+        if any(w.patch is None for w in windows):
+            raise ValueError(f"{self.ref} takes log-mel patches; the engine was not built with "
+                             "Engine(spec, logmel=bundle.logmel)")
+        return np.stack([w.patch for w in windows])
+
+    def score(self, windows) -> np.ndarray:
+        """Served scores of engine windows: the model on their inputs, then the silence gate on their level.
+        The one path of the live analyzer, batch and the API."""
+        return self.gate(self.predict(self.inputs(windows)), [w.metrics["rms_dbfs"] for w in windows])
 
     def is_gated(self, rms_dbfs) -> bool | np.ndarray:
         """True where a window of level ``rms_dbfs`` (the engine's metric) is silence by definition."""
@@ -189,6 +245,31 @@ class ModelBundle:
     @property
     def ref(self) -> str:
         return f"{self.task}:{self.version}"
+
+
+def _input_kind(inp: dict, spec: WindowSpec, meta_path: Path) -> LogMel | None:
+    """None for a pooled-features model; the LogMel it takes for a logmel one. Refuses (BundleError)
+    what this analyzer cannot feed exactly: an unknown kind, or a log-mel definition that is not the one
+    its window_spec's STFT produces (a wrong sample rate, n_mels, hop, frame count, log type...)."""
+    kind = inp.get("kind", "features")
+    if kind not in INPUT_KINDS:
+        raise BundleError(f"{meta_path}: input kind {kind!r} is unknown; this analyzer feeds {list(INPUT_KINDS)}")
+    if kind == "features":
+        return None
+    lm = inp.get("logmel")
+    if not isinstance(lm, dict):
+        raise BundleError(f"{meta_path}: a logmel input needs an input.logmel mapping (sr, n_fft, hop_length, "
+                          "n_mels, fmin, fmax, frames, log, top_db, ...)")
+    top_db = lm.get("top_db")
+    if top_db is not None and (isinstance(top_db, bool) or not isinstance(top_db, (int, float)) or top_db <= 0):
+        raise BundleError(f"{meta_path}: input.logmel.top_db must be a positive number of dB or null, got {top_db!r}")
+    want = logmel_params(spec, None if top_db is None else float(top_db))
+    wrong = [f"{k}: {lm.get(k, '(missing)')!r} != {v!r}" for k, v in want.items() if lm.get(k, "(missing)") != v]
+    wrong += [f"{k}: unknown key" for k in sorted(set(lm) - set(want))]
+    if wrong:
+        raise BundleError(f"{meta_path}: this analyzer cannot feed the log-mel input the model states (bundle "
+                          f"!= what its window_spec's STFT produces): {'; '.join(wrong)}")
+    return LogMel(None if top_db is None else float(top_db))
 
 
 def _silence_level(meta: dict, labels: list[str], meta_path: Path, override) -> float | None:

@@ -1,4 +1,5 @@
-"""Poison model bundles for tests: a copy of the starter bundle with its model.onnx replaced."""
+"""Model bundles for tests: poison ones (a copy of the starter bundle with its model.onnx replaced), and an
+untrained log-mel CNN (cnn_bundle)."""
 from __future__ import annotations
 
 import shutil
@@ -45,3 +46,25 @@ def poison_bundle(root: Path, kind: str) -> Path:
         onnx_path.write_bytes(_graph(kind))
     return dst
 
+
+def cnn_bundle(root: Path, n_mels: int = 64) -> Path:
+    """A logmel bundle with untrained weights, written the way train --family cnn writes one."""
+    from streamproc.inference import logmel_input
+    from streamproc.training.bundle import write_bundle
+    from streamproc.training.cnn import init_params, to_onnx
+    from streamproc.windowing import WindowSpec
+    spec = WindowSpec()
+    params = init_params(4, seed=0)
+    inp = logmel_input(spec, 80.0)
+    onnx_bytes = to_onnx(params, np.array([-50.0, 0.05], np.float32), inp["name"], "probabilities", n_mels,
+                         spec.frames_per_window)
+    if n_mels != spec.n_mels:  # the graph takes another patch than the one model.yaml states
+        out = Path(root) / "cnn"
+        out.mkdir(parents=True)
+        (out / "model.onnx").write_bytes(onnx_bytes)
+        ok = cnn_bundle(Path(root) / "ok")
+        (out / "model.yaml").write_bytes((ok / "model.yaml").read_bytes())
+        return out
+    return write_bundle(onnx_bytes, spec, Path(root) / "cnn", labels=["environment", "music", "silence", "speech"],
+                        input_meta=inp, task="soundtype-cnn", version="0", description="test", training={},
+                        evaluation={})

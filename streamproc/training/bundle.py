@@ -1,4 +1,5 @@
-"""Export a fitted scikit-learn classifier as a model bundle (model.onnx + model.yaml)."""
+"""Write model bundles (model.onnx + model.yaml): a fitted scikit-learn classifier (export_sklearn), or any
+ONNX graph with the input it takes (write_bundle; the log-mel CNN, streamproc/training/cnn.py)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -35,17 +36,32 @@ def export_sklearn(model, spec: WindowSpec, out_dir: str | Path, *, task: str, v
     del onx.graph.initializer[:]
     onx.graph.initializer.extend(kept)
     # skl2onnx names the outputs 'label' and 'probabilities'; keep only what we serve.
+    inp = {"name": INPUT_NAME, "shape": [None, spec.n_features], "dtype": "float32",
+           "feature_names": spec.feature_names()}
+    check = None
+    if check_X is not None and len(check_X):
+        check = (check_X, model.predict_proba(check_X.astype(np.float32)))
+    return write_bundle(onx.SerializeToString(), spec, out_dir, labels=labels, input_meta=inp, task=task,
+                        version=version, description=description, training=training, evaluation=evaluation,
+                        check=check, what="scikit-learn")
+
+
+def write_bundle(onnx_bytes: bytes, spec: WindowSpec, out_dir: str | Path, *, labels: list[str], input_meta: dict,
+                 task: str, version: str, description: str, training: dict, evaluation: dict,
+                 check: tuple[np.ndarray, np.ndarray] | None = None, what: str = "the trained model") -> Path:
+    """Write model.onnx and model.yaml (``input_meta``: model.yaml's input mapping, e.g.
+    inference.logmel_input), then load it as the analyzer would. ``check``: (inputs, expected scores): the
+    served scores must equal them within 1e-4, or the bundle is not trustworthy and this raises."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "model.onnx").write_bytes(onx.SerializeToString())
+    (out / "model.onnx").write_bytes(onnx_bytes)
     meta = {
         "format": BUNDLE_FORMAT,
         "task": task,
         "version": str(version),
         "description": description,
         "labels": labels,
-        "input": {"name": INPUT_NAME, "shape": [None, spec.n_features], "dtype": "float32",
-                  "feature_names": spec.feature_names()},
+        "input": input_meta,
         "output": {"name": OUTPUT_NAME, "kind": "probabilities"},
         "window_spec": spec.to_dict(),
         **({"silence_below_dbfs": DEFAULT_SILENCE_BELOW_DBFS} if "silence" in labels else {}),  # docs/training.md
@@ -54,11 +70,10 @@ def export_sklearn(model, spec: WindowSpec, out_dir: str | Path, *, task: str, v
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
     }
     (out / "model.yaml").write_text(yaml.safe_dump(meta, sort_keys=False, width=100))
-    if check_X is not None and len(check_X):
-        bundle = ModelBundle.load(out)
-        got = bundle.predict(check_X)
-        want = model.predict_proba(check_X.astype(np.float32))
-        err = float(np.abs(got - want).max())
+    bundle = ModelBundle.load(out)  # what the analyzer would refuse is refused here, before anyone serves it
+    if check is not None:
+        got = bundle.predict(check[0])
+        err = float(np.abs(got - check[1]).max())
         if err > 1e-4:
-            raise RuntimeError(f"ONNX export disagrees with scikit-learn by {err:.2e}; bundle not trustworthy")
+            raise RuntimeError(f"ONNX export disagrees with {what} by {err:.2e}; bundle not trustworthy")
     return out

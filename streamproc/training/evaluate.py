@@ -33,7 +33,7 @@ def scores_by_clip(bundle: ModelBundle, clips, quiet=False, skipped: list | None
     featurise). ``gain_db``: every clip that much louder or quieter first. ``stats`` gets window counts."""
     rms: list = []
     X, _, idx = featurise(clips, bundle.spec, "scoring clips" + (f" at {gain_db:+g} dB" if gain_db else ""),
-                          quiet=quiet, skipped=skipped, rms=rms, gain_db=gain_db)
+                          quiet=quiet, skipped=skipped, rms=rms, gain_db=gain_db, logmel=bundle.logmel)
     S = bundle.gate(bundle.predict(X), rms)
     if stats is not None:
         stats.update(windows=len(X), gated_windows=int(np.sum(bundle.is_gated(np.array(rms)))))

@@ -39,12 +39,7 @@ def train(data_dir: str, *, task: str, out: str, seed: int = 0, test_fraction: f
     skipped: list = []
     X, y, idx = featurise(clips, spec, quiet=quiet, skipped=skipped)  # an undecodable file is named and left out
     clips = kept(clips, skipped)
-    rng = np.random.default_rng(seed)
-    test_clips = set()
-    for lab in labels:  # stratified by label, split by clip file
-        members = [i for i, (_, l) in enumerate(clips) if l == lab]
-        rng.shuffle(members)
-        test_clips |= set(members[: max(1, round(len(members) * test_fraction))])
+    test_clips = split_by_clip(clips, labels, seed, test_fraction)
     is_test = np.isin(idx, sorted(test_clips))
     def mlp(random_state):
         return MLPClassifier(hidden_layer_sizes=(hidden,), alpha=1e-3, max_iter=400, early_stopping=True,
@@ -92,6 +87,18 @@ def train(data_dir: str, *, task: str, out: str, seed: int = 0, test_fraction: f
     return clip_rep
 
 
+def split_by_clip(clips, labels, seed: int, test_fraction: float) -> set[int]:
+    """Indices of the held-out clips: ``test_fraction`` of each label's files, drawn with ``seed``. Every
+    family (MLP, CNN) uses this, so the same seed holds out the same files."""
+    rng = np.random.default_rng(seed)
+    test_clips: set[int] = set()
+    for lab in labels:  # stratified by label, split by clip file
+        members = [i for i, (_, l) in enumerate(clips) if l == lab]
+        rng.shuffle(members)
+        test_clips |= set(members[: max(1, round(len(members) * test_fraction))])
+    return test_clips
+
+
 def _manifest_summary(root: Path) -> dict:
     path = root / "manifest.csv"
     if not path.exists():
@@ -118,5 +125,17 @@ def add_parser(sub):
     p.add_argument("--ensemble", type=int, default=1, metavar="N",
                    help="average N MLPs trained with seeds SEED..SEED+N-1 (one ONNX graph)")
     p.add_argument("--test-fraction", type=float, default=0.2)
-    p.set_defaults(func=lambda a: (train(a.data, task=a.task, out=a.out, seed=a.seed, hidden=a.hidden,
-                                         ensemble=a.ensemble, test_fraction=a.test_fraction), 0)[1])
+    p.add_argument("--family", choices=("mlp", "cnn"), default="mlp",
+                   help="mlp: scikit-learn MLP on pooled features; cnn: log-mel CNN (JAX), input kind logmel")
+    p.add_argument("--epochs", type=int, default=12, help="--family cnn: training epochs")
+    p.set_defaults(func=_run)
+
+
+def _run(a) -> int:
+    if a.family == "cnn":
+        from .cnn import train_cnn
+        train_cnn(a.data, task=a.task, out=a.out, seed=a.seed, epochs=a.epochs, test_fraction=a.test_fraction)
+    else:
+        train(a.data, task=a.task, out=a.out, seed=a.seed, hidden=a.hidden, ensemble=a.ensemble,
+              test_fraction=a.test_fraction)
+    return 0

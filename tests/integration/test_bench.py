@@ -23,12 +23,20 @@ def test_engine_bench_json():
     assert r["latency_p50_ms"] is not None and r["bytes_per_stream"] > 0
 
 
-def test_engine_bench_table():
-    p = subprocess.run(cli("bench", "--streams", "20", "--seconds", "3"), capture_output=True, text=True, timeout=300)
+def test_engine_bench_table_of_two_models_side_by_side(tmp_path):
+    """`bench --model A --model B`: both in one run, one table, B's streams per core over A's (the MLP
+    default against a log-mel CNN bundle, which the bench feeds its patches)."""
+    from tests.bundles import cnn_bundle
+    cnn = cnn_bundle(tmp_path)
+    p = subprocess.run(cli("bench", "--streams", "20", "--seconds", "3", "--model", "soundtype", "--model", str(cnn)),
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     for row in ("streams per core, optimised", "streams per core, naive librosa", "speed-up vs naive",
                 "window latency p50 / p99", "state per stream"):
         assert row in p.stdout
+    model_row = next(ln for ln in p.stdout.splitlines() if ln.startswith("model "))
+    assert "soundtype:" in model_row and "|  soundtype-cnn:0" in model_row
+    assert "streams per core, soundtype-cnn:0 / soundtype:" in p.stdout
 
 
 def test_kafka_bench_json(kafka_conf):

@@ -195,3 +195,61 @@ def test_committed_soundtype_bundle_reproduces_its_real_recording_score(real_set
     assert got["n_clips"] == committed["n_clips"] == 198
     assert got["confusion_matrix"] == committed["confusion_matrix"]
     assert abs(got["macro_f1"] - committed["macro_f1"]) < 1e-9
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn(tiny):
+    """`train --family cnn` on the tiny data set (the MLP's, same split by seed), through the CLI."""
+    data, models, _ = tiny
+    out = models / "soundtype-cnn" / "1"
+    p = subprocess.run(cli("train", str(data), "--family", "cnn", "--task", "soundtype-cnn", "--out", str(out),
+                           "--seed", "3", "--epochs", "2"), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "cnn epoch 2/2: mean training loss" in p.stderr and "held-out clip macro-F1" in p.stderr
+    return out
+
+
+def test_cnn_bundle_is_bit_reproducible_and_states_its_logmel_input(tiny, tiny_cnn, tmp_path):
+    """The same command twice (here once in this process) gives the same model.onnx bytes; the bundle says
+    it takes log-mel patches, holds out the same clips as the MLP, and carries its confusion matrix."""
+    import yaml
+    from streamproc.training.cnn import train_cnn
+    data, models, rep = tiny
+    again = train_cnn(str(data), task="soundtype-cnn", out=str(tmp_path / "soundtype-cnn" / "1"), seed=3, epochs=2,
+                      quiet=True)
+    assert (tmp_path / "soundtype-cnn" / "1" / "model.onnx").read_bytes() == (tiny_cnn / "model.onnx").read_bytes()
+    assert again["n_clips"] == rep["n_clips"]  # the same held-out files as `train` (split_by_clip, seed 3)
+    meta = yaml.safe_load((tiny_cnn / "model.yaml").read_text())
+    assert meta["input"]["kind"] == "logmel" and meta["input"]["shape"] == [None, 1, 64, 49]
+    assert meta["training"]["family"] == "cnn" and 30_000 < meta["training"]["parameters"] < 200_000
+    assert meta["training"]["command"].endswith("--family cnn --task soundtype-cnn "
+                                                f"--out {tiny_cnn} --seed 3 --epochs 2")
+    assert (tiny_cnn / "confusion_held_out.png").stat().st_size > 5000
+
+
+def test_cnn_bundle_scores_offline_equal_scores_through_kafka(tiny_cnn, kafka_conf, topics, start_analyzer, tmp_path):
+    """The MLP's train/serve skew test for the log-mel CNN: patches made offline from the file equal the
+    analyzer's, fed from its one STFT path, so the scores on the predictions topic are the offline ones."""
+    bundle = ModelBundle.load(tiny_cnn)
+    assert bundle.input_kind == "logmel"
+    t = np.arange(3 * 16000) / 16000
+    y = np.concatenate([0.2 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 2 * t)) / 2,
+                        0.1 * np.random.default_rng(0).standard_normal(t.size)])
+    wav = tmp_path / "probe.wav"
+    sf.write(wav, y.astype(np.float32), 16000)
+    fx = FeatureExtractor(bundle.spec)
+    V, rms = clip_vectors(wav, bundle.spec, fx, with_rms=True, logmel=bundle.logmel)
+    offline = bundle.gate(bundle.predict(V), rms)
+    assert V.shape == (len(offline), 1, 64, 49) and len(offline) == 11
+
+    tps = topics()
+    start_analyzer(tps, model=str(tiny_cnn))
+    p = subprocess.run(cli("produce-file", str(wav), "--stream-id", "probe", "-b", kafka_conf["bootstrap.servers"],
+                           "--topic", tps["frames"], "--speed", "max", "-q"), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    preds = values(consume(kafka_conf, tps["predictions"], count=len(offline)))
+    assert len(preds) == len(offline)
+    live = np.array([[p["scores"][lab] for lab in bundle.labels] for p in preds])
+    np.testing.assert_allclose(live, offline, atol=2e-6)  # JSON keeps 6 decimals
+    assert [p["label"] for p in preds] == [bundle.labels[i] for i in offline.argmax(axis=1)]
+    assert {p["model"]["task"] for p in preds} == {"soundtype-cnn"}
