@@ -198,6 +198,36 @@ def silence(rng, n, tmp: Path) -> tuple[np.ndarray, str]:
     return x, f"{kind} silence {20 * np.log10(level):.0f} dBFS"
 
 
+SILENCE_DBFS = (-75.0, -50.0)  # recipe 2: the RMS level of room-tone silence clips
+
+
+def silence2(rng, n, tmp: Path, pool=None, levels: tuple[float, float] = SILENCE_DBFS) -> tuple[np.ndarray, str, str]:
+    """Recipe 2's silence: nothing audible, but not nothing. Room tone and microphone self-noise without
+    an event, at an RMS level of -75...-50 dBFS (the model learns the stretch above the -60 dBFS gate;
+    below it the gate decides anyway): 10% digital zeros, 45% coloured noise with optional mains hum and
+    a cheap-microphone band, 45% real room tone cut from the quiet stretches of recorded speech and field
+    ambience (``RealPool.room_tone``; generated noise if there is no pool)."""
+    from scipy.signal import butter, sosfilt
+    u = rng.random()
+    if u < 0.1:
+        return np.zeros(n), "digital silence", LICENSES["silence"]
+    level = rng.uniform(*levels)
+    if u < 0.55 or pool is None or not pool.quiet:
+        x = _noise(rng, n, rng.uniform(0.0, 2.0))
+        x = x / (np.sqrt(np.mean(x ** 2)) + 1e-12)
+        x = x + np.sin(2 * np.pi * rng.choice([50, 60]) * np.arange(n) / SR) * rng.uniform(0, 1) * \
+            (rng.random() < 0.4)
+        if rng.random() < 0.4:
+            lo, hi = rng.uniform(60, 400), rng.uniform(3000, 7500)
+            x = sosfilt(butter(2, [lo, hi], btype="band", fs=SR, output="sos"), x)
+        source, license_ = "room noise", LICENSES["silence"]
+    else:
+        x, source, license_ = pool.room_tone(rng, n)
+    x = np.asarray(x, dtype=float)
+    x = x / (np.sqrt(np.mean(x ** 2)) + 1e-12) * 10 ** (level / 20)  # RMS in dBFS as the engine measures it
+    return x, f"{source} {level:.0f} dBFS rms", license_
+
+
 GENERATORS = {"speech": speech, "music": music, "environment": environment, "silence": silence}
 
 
@@ -205,8 +235,13 @@ GENERATORS = {"speech": speech, "music": music, "environment": environment, "sil
 PEAK_DBFS = (-30.0, 3.0)  # default random peak level of a clip (soundtype:1-3 were made with it)
 
 
+CLIP_SHARE = 0.1  # share of clips driven into hard clipping (recipe 2: 0.2)
+STEADY_FLOOR_DB = 15.0  # recipe 2: a steady ambience's peak stays this far above the loudest room tone
+STEADY_SYNTH = ("synth rain", "synth wind", "synth traffic", "synth fan", "synth crowd-less")
+
+
 def augment(x: np.ndarray, rng, label: str, tmp: Path,
-            peak_dbfs: tuple[float, float] = PEAK_DBFS) -> tuple[np.ndarray, list[str]]:
+            peak_dbfs: tuple[float, float] = PEAK_DBFS, clip_share: float = CLIP_SHARE) -> tuple[np.ndarray, list[str]]:
     """``peak_dbfs``: the clip's peak is drawn uniformly from this range (about 1 dB lower after the 0.9
     headroom; above 0 dBFS it clips), then 10% of clips are driven into hard clipping. One draw of the
     seeded rng whatever the range, so a dataset is reproducible from its command."""
@@ -238,7 +273,7 @@ def augment(x: np.ndarray, rng, label: str, tmp: Path,
         gain_db = rng.uniform(*peak_dbfs)
         x = x / (np.max(np.abs(x)) + 1e-9) * 10 ** (gain_db / 20) * 0.9
         applied.append(f"peak {gain_db:.0f} dBFS")
-        if rng.random() < 0.1:  # a hot microphone input: driven into hard clipping
+        if rng.random() < clip_share:  # a hot microphone input: driven into hard clipping
             drive = rng.uniform(6, 20)
             x = np.clip(x / (np.max(np.abs(x)) + 1e-9) * 10 ** (drive / 20), -1, 1)
             applied.append(f"clipped +{drive:.0f} dB")
@@ -255,15 +290,23 @@ def augment(x: np.ndarray, rng, label: str, tmp: Path,
 
 def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 4.0, quiet: bool = False,
           real_fraction: float = 0.0, real_cache: str | Path | None = None,
-          peak_dbfs: tuple[float, float] = PEAK_DBFS) -> Path:
+          peak_dbfs: tuple[float, float] = PEAK_DBFS, recipe: int = 1,
+          silence_dbfs: tuple[float, float] = SILENCE_DBFS) -> Path:
     """``real_fraction`` of the speech/music/environment clips come from real recordings in Debian game
-    packages (training.debian.RealPool), the rest is generated; silence is always generated."""
+    packages (training.debian.RealPool), the rest is generated; silence is generated (recipe 1) or, with
+    ``recipe=2``, room tone at -75...-50 dBFS, half of it real (``silence2``). Recipe 2 also adds the
+    packages of ``debian.EXTRA_PACKAGES`` to the pool, drives 20% of clips into clipping instead of 10%,
+    and never makes a steady ambience (no events) quieter than a -35 dBFS peak: quieter than that it is
+    room tone, which is silence. Recipe 1 is soundtype:1-3's, unchanged."""
+    if recipe not in (1, 2):
+        raise ConfigError(f"--recipe {recipe}: must be 1 or 2")
     import soundfile as sf
     require_tools()
     pool = None
     if real_fraction > 0:
         from .debian import RealPool
-        pool = RealPool(real_cache or Path(out).parent / ".debian-cache")
+        cache = Path(real_cache or Path(out).parent / ".debian-cache")
+        pool = RealPool(cache, extra_cache=cache.parent / (cache.name + "-extra") if recipe >= 2 else None)
     out = Path(out)
     rng = np.random.default_rng(seed)
     n = int(clip_seconds * SR)
@@ -277,9 +320,17 @@ def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 
             for label in LABELS:
                 if pool is not None and label != "silence" and rng.random() < real_fraction:
                     x, source, license_ = pool.clip(label, rng, n)
+                elif label == "silence" and recipe >= 2:
+                    x, source, license_ = silence2(rng, n, tmp, pool, silence_dbfs)
                 else:
                     (x, source), license_ = GENERATORS[label](rng, n, tmp), LICENSES[label]
-                x, applied = augment(np.asarray(x, dtype=float), rng, label, tmp, peak_dbfs)
+                peak, clip_share = peak_dbfs, CLIP_SHARE
+                if recipe >= 2:
+                    clip_share = 0.2
+                    if label == "environment" and (" ambient " in source or source.startswith(STEADY_SYNTH)):
+                        floor = silence_dbfs[1] + STEADY_FLOOR_DB
+                        peak = (max(peak_dbfs[0], floor), max(peak_dbfs[1], floor))
+                x, applied = augment(np.asarray(x, dtype=float), rng, label, tmp, peak, clip_share)
                 rel = Path(label) / f"{label}-{i:05d}.wav"
                 (out / label).mkdir(parents=True, exist_ok=True)
                 sf.write(out / rel, x, SR, subtype="PCM_16")
@@ -295,26 +346,32 @@ def synth(out: str | Path, minutes: float, seed: int = 0, clip_seconds: float = 
     command = f"audiostream dataset synth --out {out} --minutes {minutes:g} --seed {seed}" + \
         (f" --clip-seconds {clip_seconds:g}" if clip_seconds != 4.0 else "") + \
         (f" --real-fraction {real_fraction:g}" if real_fraction else "") + \
-        (f" --peak-dbfs={peak_dbfs[0]:g},{peak_dbfs[1]:g}" if tuple(peak_dbfs) != PEAK_DBFS else "")
-    from .debian import TRAIN_PACKAGES
+        (f" --peak-dbfs={peak_dbfs[0]:g},{peak_dbfs[1]:g}" if tuple(peak_dbfs) != PEAK_DBFS else "") + \
+        (f" --recipe {recipe}" if recipe != 1 else "") + \
+        (f" --silence-dbfs={silence_dbfs[0]:g},{silence_dbfs[1]:g}" if tuple(silence_dbfs) != SILENCE_DBFS else "")
+    from .debian import EXTRA_PACKAGES, TRAIN_PACKAGES
     (out / "dataset.json").write_text(json.dumps({
         "command": command, "seed": seed, "minutes": minutes, "clip_seconds": clip_seconds,
         "real_fraction": real_fraction, "clips": len(rows),
         **({"peak_dbfs": list(peak_dbfs)} if tuple(peak_dbfs) != PEAK_DBFS else {}),
-        "real_packages": sorted(TRAIN_PACKAGES) if pool is not None else []}, indent=2) + "\n")
+        **({"recipe": recipe} if recipe != 1 else {}),
+        **({"silence_dbfs": list(silence_dbfs)} if tuple(silence_dbfs) != SILENCE_DBFS else {}),
+        "real_packages": sorted(TRAIN_PACKAGES) + (sorted(EXTRA_PACKAGES) if recipe >= 2 else [])
+        if pool is not None else []}, indent=2) + "\n")
     return out
 
 
-def parse_peak(text: str | None) -> tuple[float, float]:
+def parse_peak(text: str | None, default: tuple[float, float] = PEAK_DBFS,
+               flag: str = "--peak-dbfs") -> tuple[float, float]:
     """``LOW,HIGH`` in dBFS -> (low, high); None -> the default range."""
     if text is None:
-        return PEAK_DBFS
+        return default
     try:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
-        raise ConfigError(f"--peak-dbfs {text!r} must be LOW,HIGH in dBFS, e.g. -45,3") from None
+        raise ConfigError(f"{flag} {text!r} must be LOW,HIGH in dBFS, e.g. -45,3") from None
     if not -120 <= low <= high <= 20:
-        raise ConfigError(f"--peak-dbfs {text!r}: need -120 <= LOW <= HIGH <= 20")
+        raise ConfigError(f"{flag} {text!r}: need -120 <= LOW <= HIGH <= 20")
     return low, high
 
 
@@ -332,9 +389,19 @@ def add_parser(sub):
     p.add_argument("--peak-dbfs", default=None, metavar="LOW,HIGH",
                    help="synth: range of each speech/music/environment clip's random peak level in dBFS "
                         "(default -30,3; e.g. -45,3 to train from quiet to clipped; above 0 clips)")
+    p.add_argument("--recipe", type=int, default=1, choices=[1, 2],
+                   help="synth: 1 = soundtype:1-3's recipe (default, unchanged); 2 = more real packages "
+                        "(continuous speech, field ambience, music styles), room-tone silence at -75...-50 dBFS "
+                        "(docs/training.md 'Silence, defined'), 20%% clipped clips")
+    p.add_argument("--silence-dbfs", default=None, metavar="LOW,HIGH",
+                   help="synth --recipe 2: RMS range of the room-tone silence clips (default -75,-50); a steady "
+                        "ambience's peak is kept 15 dB above HIGH")
     p.add_argument("--set", default="a", choices=["a", "b"], dest="real_set",
                    help="debian: a = the development set (KLettres, Pingus, Colobot); b = the frozen "
                         "independent set, rebuilt from streamproc/training/sets/b.json with every hash checked")
+    p.add_argument("--room-tone", action="store_true",
+                   help="debian (set A): also cut the room tone inside its recordings (KLettres, Pingus and Colobot "
+                        "effects; pauses of 1.1 s or more) into silence/: a development check of the silence class")
     p.add_argument("--only", type=int, default=None, metavar="N",
                    help="debian --set b: only the first N clips of each label (a quick check of the manifest)")
     p.add_argument("--freeze", action="store_true",
@@ -355,9 +422,10 @@ def run(args) -> int:
             setb.build(args.out, only=args.only)
     elif args.kind == "debian":
         from .debian import build
-        build(args.out, seed=args.seed)
+        build(args.out, seed=args.seed, room_tone=args.room_tone)
     else:
         synth(args.out, args.minutes, args.seed, args.clip_seconds, real_fraction=args.real_fraction,
-              peak_dbfs=parse_peak(args.peak_dbfs))
+              peak_dbfs=parse_peak(args.peak_dbfs), recipe=args.recipe,
+              silence_dbfs=parse_peak(args.silence_dbfs, SILENCE_DBFS, "--silence-dbfs"))
     print(f"wrote {args.out}/manifest.csv", file=sys.stderr)
     return 0

@@ -54,8 +54,32 @@ def fetch(work: Path, packages=PACKAGES) -> Path:
     return root
 
 
+def room_tone_clips(root: Path, out: Path) -> list[dict]:
+    """Set A's room tone (``dataset debian --room-tone``): the pauses of at least 1.1 s inside KLettres'
+    recorded letters and syllables and inside Pingus' and Colobot's sound effects (not their music: a
+    music's quiet passage is not a room), cut by set B's rule (``setb._pauses``: every 20 ms frame 30 dB
+    or more below the recording's loud frames, not digital zeros) -> ``silence``. A development check of
+    the silence class on recordings no model trains on."""
+    import soundfile as sf
+    from .setb import _pauses
+    files = sorted((root / "usr/share/klettres").rglob("*.ogg")) + \
+        sorted((root / "usr/share/games/pingus/data/sounds").glob("*.wav")) + \
+        sorted((root / "usr/share/games/colobot/sounds").glob("*.wav"))
+    rows = []
+    (out / "silence").mkdir(parents=True, exist_ok=True)
+    for f in files:
+        y = load(f, SR)
+        for a, b in _pauses(y, below_speech_db=30.0, min_s=1.1, max_s=4.0):
+            pkg = next(p for p in PACKAGES if p.split("-")[0] in str(f))
+            rel = Path("silence") / f"{pkg.split('-')[0]}-{f.parent.name}-{f.stem}-{a}.wav"
+            sf.write(out / rel, y[a:b], SR, subtype="PCM_16")
+            rows.append({"file": str(rel), "label": "silence", "source": f"{pkg} room tone {f.name} @{a / SR:.2f}s",
+                         "license": PACKAGES[pkg]})
+    return rows
+
+
 def build(out: str | Path, clips_per_language: int = 4, clip_seconds: float = 4.0, seed: int = 0,
-          quiet: bool = False) -> Path:
+          quiet: bool = False, room_tone: bool = False) -> Path:
     import soundfile as sf
     if shutil.which("openmpt123") is None:
         raise RuntimeError("needs openmpt123 to render tracker music (Debian: apt-get install openmpt123)")
@@ -125,6 +149,8 @@ def build(out: str | Path, clips_per_language: int = 4, clip_seconds: float = 4.
             sf.write(out / rel, y[start:start + 30 * SR], SR, subtype="PCM_16")
             rows.append({"file": str(rel), "label": "music", "source": f"colobot-common-sounds music {m.name}",
                          "license": PACKAGES["colobot-common-sounds"]})
+        if room_tone:
+            rows += room_tone_clips(root, out)
         bar.update(len(langs) + 1)
     with open(out / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -152,6 +178,16 @@ TRAIN_PACKAGES = {
     "freedroidrpg-data": "freedroidrpg-data: GPL-2+",
     "supertux-data": "supertux-data: GPL-3+",
 }
+# ``dataset synth --recipe 2`` adds these (none reserved, none in evaluation set A); own cache
+EXTRA_PACKAGES = {
+    "0ad-data": "0ad-data: CC-BY-SA-3.0, Wildfire Games (audio/LICENSE.txt; see /usr/share/doc/0ad-data/copyright)",
+    "codec2-examples": "codec2-examples: LGPL-2.1 (see /usr/share/doc/codec2-examples/copyright)",
+    "lugaru-data": "lugaru-data: CC-BY-SA-3.0 (Data/*; see /usr/share/doc/lugaru-data/copyright)",
+    "heroes-sound-effects": "heroes-sound-effects: GPL-2+",
+    "asterisk-moh-opsound-wav": "asterisk-moh-opsound-wav: CC-BY-SA-3.0 (see /usr/share/doc/asterisk-moh-opsound-wav/copyright)",
+}
+CODEC2_SKIP = {"all", "f2400", "m2400"}  # all.wav joins the others; *2400 are coded (processed) copies
+HEROES_VOCAL = {"ho_yeh", "no", "oh", "go", "foule1", "foule2"}  # voices and crowds
 SKIP_VOICES = {"Robot", "Singer"}  # processed or sung: not plain speech
 # Warzone 2100's recorded voices (narration, radio messages, countdowns; English, 11 kHz radio-style) and
 # its sound effects; Wesnoth's sound effects and ambient recordings without creature voices
@@ -170,6 +206,9 @@ WESNOTH_VOCAL = ("human", "dwarf", "elf", "goblin", "orc", "troll", "ogre", "lic
                  "yeti", "zombie", "wose", "drake")
 
 
+LICENSES = {**TRAIN_PACKAGES, **EXTRA_PACKAGES}
+
+
 class RealPool:
     """Real human speech, music and sound effects from Debian game packages, cut into training clips.
 
@@ -177,9 +216,11 @@ class RealPool:
     evaluation packages, never the packages ``dataset debian`` evaluates on.
     """
 
-    def __init__(self, cache: str | Path):
+    def __init__(self, cache: str | Path, extra_cache: str | Path | None = None):
         import re
         self.cache = Path(cache)
+        self.continuous: set[Path] = set()  # speech recordings longer than a clip: cut, not joined
+        self.quiet: list[tuple[Path, int, int]] = []  # room-tone stretches (file, start, end at SR)
         root = self.cache / "x"
         marker = self.cache / ".complete"
         wanted = " ".join(sorted(TRAIN_PACKAGES)) + "\n"
@@ -249,6 +290,8 @@ class RealPool:
         self.music += sorted((st / "music").rglob("*.ogg"))
         if not (self.speech and self.music and self.environment) or not all(self.speech):
             raise RuntimeError(f"real training pool incomplete under {root}")
+        if extra_cache is not None:
+            self._add_extra(Path(extra_cache))
         self._speech_groups = self._by_package(self.speech, key=lambda pack: pack[0])
         self._environment_groups = self._by_package(self.environment)
 
@@ -257,10 +300,95 @@ class RealPool:
         import soundfile as sf
         return sf.info(str(path)).duration
 
+    def _add_extra(self, cache: Path) -> None:
+        """``dataset synth --recipe 2``: the packages of EXTRA_PACKAGES (own cache, so the recipe-1 pool and
+        its datasets stay as they were): continuous recorded speech, 0 A.D.'s voices, field ambience,
+        animals and work sounds, music in more styles, and room-tone stretches for the silence class."""
+        root = cache / "x"
+        marker = cache / ".complete"
+        wanted = " ".join(sorted(EXTRA_PACKAGES)) + "\n"
+        if not marker.exists() or marker.read_text() != wanted:
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(cache / "0ad", ignore_errors=True)
+            fetch(cache, EXTRA_PACKAGES)
+            import zipfile  # 0 A.D. keeps its audio in a zip archive
+            with zipfile.ZipFile(root / "usr/share/games/0ad/mods/public/public.zip") as z:
+                z.extractall(cache / "0ad", [n for n in z.namelist() if n.startswith("audio/") and n.endswith(".ogg")])
+            marker.write_text(wanted)
+        # speech: codec2's recorded sentences (several speakers, some over HF radio; 8 kHz), the long ones
+        # cut at random points like music; 0 A.D.'s units answering in recorded voices, one pack per civ/role
+        c2 = sorted((root / "usr/share/codec2/wav").glob("*.wav"))
+        c2 = [f for f in c2 if self._seconds(f) >= 1.5 and f.stem not in CODEC2_SKIP]
+        self.continuous |= {f for f in c2 if self._seconds(f) > 4.0}
+        self.speech.append(c2)
+        oad = cache / "0ad" / "audio"
+        for d in sorted((oad / "voice").glob("*/*")):
+            if d.is_dir() and d.parent.name != "global":
+                files = sorted(d.glob("*.ogg"))
+                if len(files) >= 4:
+                    self.speech.append(files)
+        # environment: 0 A.D.'s ambience (day, birds, water, weather, farms, ports) as long stretches, its
+        # animals, footsteps, hooves, ships, gathering, building, fire, impacts and weapons as events; Lugaru's
+        # recorded animals, footsteps, fire and wind; Heroes' effects (not its voice "ho yeh", "no", "oh", "go")
+        for f in sorted((oad / "ambient").rglob("*.ogg")):
+            (self.ambient if self._seconds(f) >= 8 else self.environment).append(f)
+        for sub in ("actor/fauna", "actor/singlesteps", "actor/mounted", "actor/ship", "actor/gate", "resource",
+                    "attack/impact", "attack/weapon", "attack/fire", "attack/destruction", "attack/siege"):
+            self.environment += sorted((oad / sub).rglob("*.ogg"))
+        lug = root / "usr/share/games/lugaru/Sounds"
+        for f in sorted(lug.glob("*.ogg")):
+            if f.stem.startswith("Music"):
+                self.music.append(f)
+            else:
+                (self.ambient if self._seconds(f) >= 8 else self.environment).append(f)
+        self.environment += [f for f in sorted((root / "usr/share/games/heroes/sfx").glob("*.wav"))
+                             if f.stem not in HEROES_VOCAL]
+        # music: 0 A.D.'s soundtrack (orchestral, folk instruments, taiko, many regions), Asterisk's
+        # music on hold (electronic, acoustic; opsound.org)
+        self.music += sorted((oad / "music").glob("*.ogg"))
+        self.music += sorted((root / "usr/share/asterisk/moh").glob("*.wav"))
+        self.quiet = self._quiet_stretches(cache)
+
+    def _quiet_stretches(self, cache: Path) -> list[tuple[Path, int, int]]:
+        """Room tone: stretches of the long recordings (continuous speech, field ambience) where every
+        20 ms frame is 30 dB or more below the recording's loud frames, at least 0.5 s, not digital zeros
+        (the rule of set B's pauses, ``setb._pauses``, applied to the training packages). Found once and
+        kept in ``cache/quiet.json``."""
+        import json
+        from .setb import _pauses
+        sources = sorted(self.continuous) + sorted(self.ambient)
+        index = cache / "quiet.json"
+        key = [str(f) for f in sources]
+        if index.exists():
+            saved = json.loads(index.read_text())
+            if saved.get("sources") == key:
+                return [(Path(f), a, b) for f, a, b in saved["stretches"]]
+        out = []
+        for f in sources:
+            y = load(f, SR)
+            out += [(f, int(a), int(b)) for a, b in _pauses(y, below_speech_db=30.0, min_s=0.5, max_s=4.0)]
+        index.write_text(json.dumps({"sources": key, "stretches": [(str(f), a, b) for f, a, b in out]}))
+        return out
+
+    def room_tone(self, rng, n: int) -> tuple[np.ndarray, str, str]:
+        """A real ``n``-sample stretch of room tone: one quiet stretch, mirrored and repeated to length
+        (a reversed noise has the same spectrum, and the joins have no step). Level is set by the caller."""
+        f, a, b = self.quiet[rng.integers(len(self.quiet))]
+        y = load(f, SR)[a:b]
+        y = y - np.mean(y)
+        reps = int(np.ceil(n / (2 * len(y)))) + 1
+        x = np.tile(np.concatenate([y, y[::-1]]), reps)
+        start = int(rng.integers(0, len(x) - n + 1))
+        pkg = self._package(f)
+        return x[start:start + n], f"{pkg} room tone {f.name} @{a / SR:.1f}-{b / SR:.1f}s", \
+            LICENSES[pkg]
+
     @staticmethod
     def _package(path: Path) -> str:
         s = str(path)
-        for key, pkg in (("hedgewars", "hedgewars-data"), ("xmoto", "xmoto-data"), ("/wz/", "warzone2100-data"),
+        for key, pkg in (("/0ad/", "0ad-data"), ("codec2", "codec2-examples"), ("lugaru", "lugaru-data"),
+                         ("games/heroes", "heroes-sound-effects"), ("asterisk/moh", "asterisk-moh-opsound-wav"),
+                         ("hedgewars", "hedgewars-data"), ("xmoto", "xmoto-data"), ("/wz/", "warzone2100-data"),
                          ("wesnoth", "wesnoth-1.16-data"), ("ktuberling", "ktuberling-data"),
                          ("buckle", "bucklespring-data"), ("eiskaltdcpp", "eiskaltdcpp-sounds"),
                          ("usr/share/sounds", "gnome-audio"), ("megaglest", "megaglest-data"),
@@ -296,11 +424,16 @@ class RealPool:
         if label == "music":
             f = self.music[rng.integers(len(self.music))]
             y, start, fsr = self._segment(f, rng, n)
-            return y, f"{self._package(f)} music {f.name} @{start / fsr:.0f}s", TRAIN_PACKAGES[self._package(f)]
+            return y, f"{self._package(f)} music {f.name} @{start / fsr:.0f}s", LICENSES[self._package(f)]
         if label == "speech":
             packs = self._speech_groups[rng.integers(len(self._speech_groups))]
             files = packs[rng.integers(len(packs))]
             parts, total = [], 0
+            f = files[rng.integers(len(files))]
+            if f in self.continuous:  # a long recording of sentences: a random stretch of it
+                x, start, fsr = self._segment(f, rng, n)
+                pkg = self._package(f)
+                return x.astype(np.float32), f"{pkg} speech {f.name} @{start / fsr:.0f}s", LICENSES[pkg]
             while total < n:
                 y = load(files[rng.integers(len(files))], SR)
                 # pauses as between read words, some longer than a window's hop (KLettres-like recordings)
@@ -310,14 +443,14 @@ class RealPool:
             x = np.concatenate(parts)[:n]
             pkg = self._package(files[0])
             voice = files[0].parent.parent.name if files[0].parent.name == "sounds" else files[0].parent.name
-            return x, f"{pkg} voices/{voice}", TRAIN_PACKAGES[pkg]
+            return x, f"{pkg} voices/{voice}", LICENSES[pkg]
         if label == "environment":
             if self.ambient and rng.random() < 0.4:  # a stretch of a long field recording
                 f = self.ambient[rng.integers(len(self.ambient))]
                 x, start, fsr = self._segment(f, rng, n)
                 x = x.astype(np.float32)
                 pkg = self._package(f)
-                return x, f"{pkg} ambient {f.name} @{start / fsr:.0f}s", TRAIN_PACKAGES[pkg]
+                return x, f"{pkg} ambient {f.name} @{start / fsr:.0f}s", LICENSES[pkg]
             group = self._environment_groups[rng.integers(len(self._environment_groups))]
             x = np.zeros(n, np.float32)
             names = []
@@ -327,5 +460,5 @@ class RealPool:
                 at = int(rng.integers(0, max(1, n - len(y))))
                 x[at:at + len(y)] += y * rng.uniform(0.3, 1.0)
                 names.append(f.stem)
-            return x, f"{self._package(f)} sounds {'+'.join(names)}", TRAIN_PACKAGES[self._package(f)]
+            return x, f"{self._package(f)} sounds {'+'.join(names)}", LICENSES[self._package(f)]
         raise ValueError(label)

@@ -42,3 +42,11 @@ def test_parse_peak():
     for bad in ("-45", "3,-45", "a,b", "-200,0"):
         with pytest.raises(ConfigError):
             parse_peak(bad)
+
+
+def test_parse_silence_range_names_its_flag():
+    from streamproc.training.dataset import SILENCE_DBFS
+    assert parse_peak(None, SILENCE_DBFS, "--silence-dbfs") == SILENCE_DBFS == (-75.0, -50.0)
+    assert parse_peak("-75,-40", SILENCE_DBFS, "--silence-dbfs") == (-75.0, -40.0)
+    with pytest.raises(ConfigError, match="--silence-dbfs"):
+        parse_peak("-40,-75", SILENCE_DBFS, "--silence-dbfs")
