@@ -180,7 +180,7 @@ def real_set(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("version", ["1", "2", "3"])
+@pytest.mark.parametrize("version", ["1", "2", "3", "4"])
 def test_committed_soundtype_bundle_reproduces_its_real_recording_score(real_set, tmp_path, version):
     """Evaluating each committed bundle on the rebuilt real set gives exactly the score committed beside it
     (the numbers in docs/training.md)."""
