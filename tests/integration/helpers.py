@@ -100,6 +100,22 @@ def running_serve(kafka_conf, topics: dict, log_dir: Path, *extra: str, timeout:
         proc.wait(30)
 
 
+def sse_items(base: str, event: str, count: int, timeout: float = 60.0) -> list:
+    """The items of ``serve``'s /v1/events ``event`` events (each a JSON list), until ``count`` or ``timeout``."""
+    import httpx
+    got, current = [], None
+    deadline = time.monotonic() + timeout
+    with httpx.stream("GET", base + "/v1/events", timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                current = line[7:]
+            elif line.startswith("data: ") and current == event:
+                got += json.loads(line[6:])
+            if len(got) >= count or time.monotonic() > deadline:
+                break
+    return got
+
+
 def wait_for(predicate, timeout: float, what: str, step: float = 0.2):
     """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` s pass (AssertionError)."""
     deadline = time.monotonic() + timeout

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from streamproc.errors import BundleError
 from streamproc.inference import ModelBundle
 from streamproc import wire
 
-from .helpers import cli, consume, running_serve
+from .helpers import cli, consume, running_serve, sse_items
 
 pytestmark = pytest.mark.integration
 
@@ -188,16 +187,7 @@ def test_detect_through_kafka_same_as_offline_and_a_wrong_rate_stream_dead_lette
     with running_serve(kafka_conf, topics(), tmp_path, "--detections-topic", t["predictions"], "--model", "starter") \
             as (base, _proc):
         assert 'id="detections"' in httpx.get(base + "/").text
-        got, event = [], None
-        deadline = time.monotonic() + 60
-        with httpx.stream("GET", base + "/v1/events", timeout=30) as r:
-            for line in r.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: ") and event == "detections":
-                    got += json.loads(line[6:])
-                if len(got) >= sum(1 for r in recs if r["detections"]) or time.monotonic() > deadline:
-                    break
+        got = sse_items(base, "detections", sum(1 for r in recs if r["detections"]))
     want = {r["id"]: r["detections"][0] for r in recs if r["detections"]}
     assert {d["id"]: (d["name"], d["confidence"]) for d in got} == {
         i: (d["common_name"], d["confidence"]) for i, d in want.items()}

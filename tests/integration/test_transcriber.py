@@ -30,7 +30,7 @@ from streamproc.kafka import ensure_topics
 from tests.speech import HARVARD, stream_of
 
 from .conftest import REPO
-from .helpers import (cli, consume, deadletter_header_object, free_port, running_serve, validate, values,
+from .helpers import (cli, consume, deadletter_header_object, free_port, running_serve, sse_items, validate, values,
                       wait_for)
 
 SENTENCES = HARVARD[:4]
@@ -167,16 +167,7 @@ def test_the_live_page_shows_recent_transcripts(live, offline, kafka_conf, tmp_p
             as (base, _proc):
         assert 'id="transcripts"' in httpx.get(base + "/").text
         assert 'addEventListener("transcripts"' in httpx.get(base + "/static/app.js").text
-        got, event = [], None
-        deadline = time.monotonic() + 60
-        with httpx.stream("GET", base + "/v1/events", timeout=30) as r:
-            for line in r.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: ") and event == "transcripts":
-                    got += json.loads(line[6:])
-                if len(got) >= len(offline) or time.monotonic() > deadline:
-                    break
+        got = sse_items(base, "transcripts", len(offline))
     assert [(c["start_s"], c["end_s"], c["text"]) for c in got] == [(r["start_s"], r["end_s"], r["text"])
                                                                      for r in offline]
     assert len({c["id"] for c in got}) == len(got) and all(c["stream_id"] == "meeting" for c in got)
