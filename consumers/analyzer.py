@@ -131,6 +131,7 @@ class Analyzer:
         self._stop = threading.Event()
         self._stream_partition: dict[str, tuple[str, int]] = {}
         self._sids: dict[bytes, str] = {}  # record key -> its validated stream id
+        self._label_counters: dict = {}  # label -> its predictions counter child (no look-up per record)
         self._http = None
         self.metrics_port: int | None = None
         self.consumer: Consumer | None = None
@@ -558,7 +559,10 @@ class Analyzer:
                 log.error("output to %s not delivered: %s", msg.topic(), err.str())
             elif on_ok is not None:
                 on_ok(msg)
-        produce(self.producer, topic, value, key, on_delivery=delivered, headers=headers)
+        try:  # the common case without the helper's call; a full local queue waits in produce()
+            self.producer.produce(topic, value=value, key=key, on_delivery=delivered, headers=headers)
+        except BufferError:
+            produce(self.producer, topic, value, key, on_delivery=delivered, headers=headers)
 
     def _infer(self, windows: list[Window]) -> np.ndarray:
         c, m, b = self.config, self.metrics, self.bundle
@@ -597,9 +601,12 @@ class Analyzer:
 
     def _prediction_ack(self, w: Window, label: str):
         m = self.metrics
+        counter = self._label_counters.get(label)
+        if counter is None:
+            counter = self._label_counters[label] = m.predictions.labels(m.model, label)
 
         def ack(msg):
-            m.predictions.labels(m.model, label).inc()
+            counter.inc()
             acked = time.monotonic()  # served by our poll, at most ~2 ms after Kafka's acknowledgement
             latency = acked - w.arrival
             m.window_latency.observe(latency)
