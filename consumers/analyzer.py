@@ -409,6 +409,7 @@ class Analyzer:
         counted: dict[str, list] = {}  # topic -> [records, bytes]
         audio_samples: dict[int, int] = {}  # sample rate -> samples accepted
         sids, spec_sr, accept, where = self._sids, self.spec.sr, self.engine.accept, self._stream_partition
+        streams = self.engine.streams
         decode, max_bytes, max_s = wire.decode, c.max_frame_bytes, c.max_frame_seconds
         for msg in msgs:
             err = msg.error()
@@ -449,9 +450,12 @@ class Analyzer:
                 if not replay:
                     self._deadletter(msg, exc)
                 continue
-            moved = self._moved(sid, tp, frame, replay)
-            if moved is None:
-                continue  # an older frame from the partition the stream left: superseded
+            if where.get(sid) == tp and sid in streams:  # the common case: a stream continuing where it was
+                moved = False
+            else:
+                moved = self._moved(sid, tp, frame, replay)
+                if moved is None:
+                    continue  # an older frame from the partition the stream left: superseded
             res = accept(sid, frame, now, tag=offset)
             where[sid] = tp
             if moved:
