@@ -172,7 +172,8 @@ def windows_done(analyzer) -> float:
 
 
 def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, model: str = DEFAULT_MODEL,
-                partitions: int = 6, warmup_s: float = 10.0, engine_seconds: float = 8.0, progress=None) -> dict:
+                partitions: int = 6, warmup_s: float = 10.0, engine_seconds: float = 8.0, exactly_once: bool = False,
+                progress=None) -> dict:
     from threadpoolctl import threadpool_limits
 
     from streamproc.kafka import ensure_topics
@@ -201,7 +202,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
     cfg = AnalyzerConfig(kafka=conf, model=model, frames_topic=topics["frames"],
                          predictions_topic=topics["predictions"], features_topic=topics["features"],
                          deadletter_topic=topics["deadletter"], group_id=f"bench-{tag}", metrics_port=None,
-                         create_topics=False, record_latencies=10_000_000)
+                         create_topics=False, record_latencies=10_000_000, exactly_once=exactly_once)
     loadgen = None
     try:
         os.sched_setaffinity(0, {analyzer_cpu})  # the analyzer process: one core (librdkafka threads too)
@@ -270,6 +271,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
                          "kafka_vs_engine_basis": basis}
         return {
             "mode": "kafka", "streams": streams, "duration_s": duration, "partitions": partitions,
+            "guarantee": "exactly-once" if exactly_once else "at-least-once",
             "sustained": bool(sustained), "lag_trend_records_per_s": round(slope, 2),
             "max_lag_records": int(max((lag for _, lag, _, _ in samples), default=0)),
             "drain_seconds": round(drain_s, 2), "windows": windows, "windows_expected": expected,
@@ -297,6 +299,8 @@ def add_parser(sub):
     p.add_argument("--seconds", type=float, default=12.0, help="engine mode: seconds of audio per stream")
     p.add_argument("--duration", type=float, default=60.0, help="kafka mode: seconds of load")
     p.add_argument("--bootstrap-servers", "-b", default=None, help="kafka mode: use this cluster")
+    p.add_argument("--exactly-once", action="store_true",
+                   help="kafka mode: the analyzer with Kafka transactions (the cost of the stronger guarantee)")
     p.add_argument("--engine-seconds", type=float, default=8.0,
                    help="kafka mode: first measure the engine alone on the analyzer's CPU with the same streams "
                         "for this many seconds of audio (kafka_vs_engine); 0 skips it")
@@ -336,6 +340,7 @@ def run(args) -> int:
         bar = Progress(f"bench --kafka: {streams} streams", int(args.duration), enabled=not quiet)
         result = kafka_bench(streams=streams, duration=args.duration, bootstrap=args.bootstrap_servers,
                              model=args.model, partitions=args.partitions, engine_seconds=args.engine_seconds,
+                             exactly_once=args.exactly_once,
                              progress=lambda d, t, lag: bar.update(d, f"lag {lag}"))
     else:
         streams = args.streams or 2000
@@ -399,6 +404,7 @@ def table_rows(r: dict) -> list[tuple[str, str]]:
     else:
         rows += [("load", f"{r['streams']} real-time streams x 100 ms frames for {r['duration_s']:g} s, "
                           f"{r['partitions']} partitions"),
+                 ("delivery", r.get("guarantee", "at-least-once")),
                  ("sustained", "yes" if r["sustained"] else "NO"),
                  ("lag trend (2nd half)", f"{r['lag_trend_records_per_s']:+.1f} records/s (max lag "
                                           f"{r['max_lag_records']}, drained in {r['drain_seconds']} s)"),
