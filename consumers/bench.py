@@ -129,39 +129,47 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
         bytes_per_stream = engine.state_bytes() / max(1, len(engine.streams))
         rss_per_stream = (rss_bytes() - rss0) / streams
 
-        # the naive approach, on the same audio, in the same run
-        clip = from_s16(pool[0])
-        bounds = spec.window_bounds(len(clip))
-        picks = [bounds[i % len(bounds)] for i in range(naive_windows)]
-        naive_clips = [from_s16(pool[i % len(pool)]) for i in range(naive_windows)]
-
-        def naive(y):  # the model's input the plain librosa way, one ONNX call per window
-            if bundle.waveform:  # the audio itself: nothing to compute but the model, one call per window
-                return bundle.predict(np.asarray(y, np.float32)[None])
-            if bundle.logmel is not None:
-                return bundle.predict(reference_logmel(y, spec, bundle.logmel)[None])
-            return bundle.predict(reference_window_vector(y, spec)[None, :])
-        for (s, e), y in list(zip(picks, naive_clips))[:3]:  # warm-up, untimed: librosa JIT-compiles on first use
-            naive(y[s:e])
-        c0 = time.process_time()
-        for (s, e), y in zip(picks, naive_clips):
-            naive(y[s:e])
-        naive_cpu_per_window = (time.process_time() - c0) / naive_windows
+        if not naive_windows:  # bench --kafka wants the engine only (the naive path's librosa JIT costs seconds)
+            naive_cpu_per_window = None
+        else:  # the naive approach, on the same audio, in the same run
+            naive_cpu_per_window = _naive_cost(bundle, spec, pool, naive_windows)
     windows_per_stream_second = sr / spec.hop
     streams_per_core = streams * audio_s / cpu_s if cpu_s else 0.0
-    naive_streams_per_core = 1.0 / (naive_cpu_per_window * windows_per_stream_second)
+    naive_streams_per_core = 1.0 / (naive_cpu_per_window * windows_per_stream_second) if naive_cpu_per_window else None
     return {
         "mode": "engine", "streams": streams, "audio_seconds_per_stream": audio_s, "cpu_seconds": round(cpu_s, 3),
         "wall_seconds": round(wall_s, 3), "real_time_factor": round(cpu_s / audio_s, 4) if audio_s else None,
         "streams_per_core": round(streams_per_core, 1),
-        "naive_streams_per_core": round(naive_streams_per_core, 1),
-        "speedup_vs_naive": round(streams_per_core / naive_streams_per_core, 2),
+        "naive_streams_per_core": round(naive_streams_per_core, 1) if naive_streams_per_core else None,
+        "speedup_vs_naive": round(streams_per_core / naive_streams_per_core, 2) if naive_streams_per_core else None,
         "windows": windows, "latency_p50_ms": percentile_ms(latencies, 50),
         "latency_p99_ms": percentile_ms(latencies, 99), "bytes_per_stream": round(bytes_per_stream),
         "rss_growth_per_stream": round(rss_per_stream), "model": bundle.ref,
         "window_spec": {"sr": sr, "window_length": spec.window_length, "hop": spec.hop, "n_fft": spec.n_fft,
                         "hop_length": spec.hop_length}, "cpu": cpu_name(), "pinned_cpu": cpu,
     }
+
+
+def _naive_cost(bundle, spec, pool, naive_windows: int) -> float:
+    """CPU seconds per window of the naive approach (librosa per window, one ONNX call each), on windows of
+    the same audio."""
+    clip = from_s16(pool[0])
+    bounds = spec.window_bounds(len(clip))
+    picks = [bounds[i % len(bounds)] for i in range(naive_windows)]
+    naive_clips = [from_s16(pool[i % len(pool)]) for i in range(naive_windows)]
+
+    def naive(y):  # the model's input the plain librosa way, one ONNX call per window
+        if bundle.waveform:  # the audio itself: nothing to compute but the model, one call per window
+            return bundle.predict(np.asarray(y, np.float32)[None])
+        if bundle.logmel is not None:
+            return bundle.predict(reference_logmel(y, spec, bundle.logmel)[None])
+        return bundle.predict(reference_window_vector(y, spec)[None, :])
+    for (s, e), y in list(zip(picks, naive_clips))[:3]:  # warm-up, untimed: librosa JIT-compiles on first use
+        naive(y[s:e])
+    c0 = time.process_time()
+    for (s, e), y in zip(picks, naive_clips):
+        naive(y[s:e])
+    return (time.process_time() - c0) / naive_windows
 
 
 # -- Kafka mode -----------------------------------------------------------------------
@@ -172,7 +180,8 @@ def windows_done(analyzer) -> float:
 
 
 def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, model: str = DEFAULT_MODEL,
-                partitions: int = 6, warmup_s: float = 10.0, progress=None) -> dict:
+                partitions: int = 6, warmup_s: float = 10.0, engine_seconds: float = 8.0, exactly_once: bool = False,
+                progress=None) -> dict:
     from threadpoolctl import threadpool_limits
 
     from streamproc.kafka import ensure_topics
@@ -191,10 +200,17 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
     ensure_topics(conf, {t: partitions for t in topics.values()})
     cpus = sorted(os.sched_getaffinity(0))
     analyzer_cpu, loadgen_cpu = cpus[0], cpus[-1]
+    engine = None
+    if engine_seconds:  # the bar, in the same run: the engine alone on the analyzer's CPU, same streams
+        try:
+            engine = engine_bench(streams=streams, seconds=engine_seconds, model=model, cpu=analyzer_cpu,
+                                  naive_windows=0)
+        finally:
+            os.sched_setaffinity(0, set(cpus))
     cfg = AnalyzerConfig(kafka=conf, model=model, frames_topic=topics["frames"],
                          predictions_topic=topics["predictions"], features_topic=topics["features"],
                          deadletter_topic=topics["deadletter"], group_id=f"bench-{tag}", metrics_port=None,
-                         create_topics=False, record_latencies=10_000_000)
+                         create_topics=False, record_latencies=10_000_000, exactly_once=exactly_once)
     loadgen = None
     try:
         os.sched_setaffinity(0, {analyzer_cpu})  # the analyzer process: one core (librdkafka threads too)
@@ -246,13 +262,30 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
                        for i in range(streams))
         busy = [(b[3] - a[3]) / (b[0] - a[0]) for a, b in zip(samples, samples[1:])][len(samples) // 2:]
         sustained = slope < 0.01 * input_rate and drain_s < 5.0 and windows >= 0.98 * expected
+        # streams served per CPU second over the second half (windows/s / windows per stream-second / busy):
+        # equals streams / busy when sustained; when not, what the core got through (batches grow with a backlog)
+        tail = samples[len(samples) // 2:]
+        served = None
+        if len(tail) >= 2 and tail[-1][3] > tail[0][3]:
+            served = (tail[-1][2] - tail[0][2]) / (analyzer.spec.sr / analyzer.spec.hop) / (tail[-1][3] - tail[0][3])
+        spc = streams / max(np.mean(busy), 1e-9) if busy and sustained else None
+        kafka_spc, basis = (spc, "sustained") if spc else (served, "served (not sustained)")
+        vs_engine = {}
+        if engine is not None:
+            vs_engine = {"engine_streams_per_core": engine["streams_per_core"],
+                         "engine_latency_p50_ms": engine["latency_p50_ms"],
+                         "engine_latency_p99_ms": engine["latency_p99_ms"],
+                         "kafka_vs_engine": round(kafka_spc / engine["streams_per_core"], 3) if kafka_spc else None,
+                         "kafka_vs_engine_basis": basis}
         return {
             "mode": "kafka", "streams": streams, "duration_s": duration, "partitions": partitions,
+            "guarantee": "exactly-once" if exactly_once else "at-least-once",
             "sustained": bool(sustained), "lag_trend_records_per_s": round(slope, 2),
             "max_lag_records": int(max((lag for _, lag, _, _ in samples), default=0)),
             "drain_seconds": round(drain_s, 2), "windows": windows, "windows_expected": expected,
             "analyzer_cpu_busy": round(float(np.mean(busy)), 3) if busy else None,
-            "streams_per_core": round(streams / max(np.mean(busy), 1e-9), 1) if busy and sustained else None,
+            "streams_per_core": round(spc, 1) if spc else None,
+            "served_streams_per_core": round(served, 1) if served else None, **vs_engine,
             "latency_p50_ms": percentile_ms(lat, 50), "latency_p99_ms": percentile_ms(lat, 99),
             "bytes_per_stream": round(state), "model": analyzer.bundle.ref, "cpu": cpu_name(),
             "lag_samples": [[round(t, 1), lag] for t, lag, _, _ in samples],
@@ -274,6 +307,11 @@ def add_parser(sub):
     p.add_argument("--seconds", type=float, default=12.0, help="engine mode: seconds of audio per stream")
     p.add_argument("--duration", type=float, default=60.0, help="kafka mode: seconds of load")
     p.add_argument("--bootstrap-servers", "-b", default=None, help="kafka mode: use this cluster")
+    p.add_argument("--exactly-once", action="store_true",
+                   help="kafka mode: the analyzer with Kafka transactions (the cost of the stronger guarantee)")
+    p.add_argument("--engine-seconds", type=float, default=8.0,
+                   help="kafka mode: first measure the engine alone on the analyzer's CPU with the same streams "
+                        "for this many seconds of audio (kafka_vs_engine); 0 skips it")
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--model", action="append", default=None,
                    help=f"bundle (default {DEFAULT_MODEL}); give it twice to compare two models side by side")
@@ -309,7 +347,8 @@ def run(args) -> int:
         streams = args.streams or 1000
         bar = Progress(f"bench --kafka: {streams} streams", int(args.duration), enabled=not quiet)
         result = kafka_bench(streams=streams, duration=args.duration, bootstrap=args.bootstrap_servers,
-                             model=args.model, partitions=args.partitions,
+                             model=args.model, partitions=args.partitions, engine_seconds=args.engine_seconds,
+                             exactly_once=args.exactly_once,
                              progress=lambda d, t, lag: bar.update(d, f"lag {lag}"))
     else:
         streams = args.streams or 2000
@@ -373,6 +412,7 @@ def table_rows(r: dict) -> list[tuple[str, str]]:
     else:
         rows += [("load", f"{r['streams']} real-time streams x 100 ms frames for {r['duration_s']:g} s, "
                           f"{r['partitions']} partitions"),
+                 ("delivery", r.get("guarantee", "at-least-once")),
                  ("sustained", "yes" if r["sustained"] else "NO"),
                  ("lag trend (2nd half)", f"{r['lag_trend_records_per_s']:+.1f} records/s (max lag "
                                           f"{r['max_lag_records']}, drained in {r['drain_seconds']} s)"),
@@ -380,5 +420,12 @@ def table_rows(r: dict) -> list[tuple[str, str]]:
                  ("analyzer core busy", f"{r['analyzer_cpu_busy']:.0%}" if r["analyzer_cpu_busy"] else "-"),
                  ("latency p50 / p99", f"{r['latency_p50_ms']} / {r['latency_p99_ms']} ms "
                                        "(last frame arrives -> prediction acknowledged)"),
-                 ("state per stream", f"{r['bytes_per_stream'] / 1024:.0f} KiB")]
+                 ("streams per core", f"{r['streams_per_core'] or '-'} sustained, "
+                                      f"{r.get('served_streams_per_core') or '-'} served (2nd half)")]
+        if r.get("engine_streams_per_core"):
+            rows += [("engine alone, same run", f"{r['engine_streams_per_core']:.0f} streams per core, window "
+                                               f"latency p50 / p99 {r['engine_latency_p50_ms']} / "
+                                               f"{r['engine_latency_p99_ms']} ms"),
+                     ("Kafka vs engine", f"{r['kafka_vs_engine']} ({r['kafka_vs_engine_basis']})")]
+        rows += [("state per stream", f"{r['bytes_per_stream'] / 1024:.0f} KiB")]
     return rows

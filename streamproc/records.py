@@ -6,7 +6,7 @@ Pure functions, no I/O: the analyzer builds every record it publishes here, and 
 - ``window_fields``: the identifying fields a window's records share (prediction and features);
 - ``prediction``: an ``audio.predictions`` record;
 - ``detection``: an ``audio.detections`` record (a multi-label detector such as BirdNET);
-- ``FeaturesEncoder``: an ``audio.features`` window record, its vector formatted in one C-level call;
+- ``FeaturesEncoder``: an ``audio.features`` window record, serialised in one call;
 - ``gap``: an ``audio.features`` gap record;
 - ``deadletter_headers``: the headers added to a dead-lettered record;
 - ``features_vector`` / ``is_window`` / ``is_gap``: reading ``audio.features`` back.
@@ -34,8 +34,22 @@ ANALYZER_HEADER = "audiostream.analyzer"
 MAX_ERROR_BYTES = 1000
 
 
+try:  # orjson (the analyzer extra) writes a prediction in ~1 us where json.dumps takes ~13 us
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - an install without the analyzer extra
+    _orjson = None
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def dumps(record: dict) -> bytes:
-    """A record as it goes on the wire (JSON, UTF-8)."""
+    """A record as it goes on the wire (JSON, UTF-8; compact with orjson, the same values either way)."""
+    if _orjson is not None:
+        return _orjson.dumps(record, default=_plain, option=_orjson.OPT_SERIALIZE_NUMPY)
     return json.dumps(record).encode()
 
 
@@ -85,23 +99,33 @@ def detection(w, found: list[tuple[str, float]], *, task: str, version: str, ana
 class FeaturesEncoder:
     """``audio.features`` window records for one window spec.
 
-    The vector goes through one %-format string built once: ``template % tuple(vector)`` is a single
-    C-level call per window (formatting 74 floats one by one in Python cost ~60 us)."""
+    With orjson the whole record is one call: the vector goes in as numpy slices, written as the shortest
+    decimal that reads back to the same float32 (``template % tuple(vector)`` at ``%.7g`` cost ~3x more).
+    Without orjson, the vector goes through one %-format string built once: a single C-level call per
+    window (formatting 74 floats one by one in Python cost ~60 us)."""
 
     def __init__(self, spec: WindowSpec):
         self.spec = spec
         parts = []
+        self.slices = []  # (key, index or slice into the vector)
+        i = 0
         for name in spec.features:
             width = spec.feature_width(name)
             for stat in ("mean", "std"):
                 value = "[" + ", ".join(["%.7g"] * width) + "]" if width > 1 else "%.7g"
                 parts.append(f'"{name}_{stat}": {value}')
+                self.slices.append((f"{name}_{stat}", slice(i, i + width) if width > 1 else i))
+                i += width
         self.template = "{" + ", ".join(parts) + "}"
 
     def encode(self, w, common: dict | None = None) -> bytes:
-        head = json.dumps({"schema": FEATURES_SCHEMA, "type": "window", **(common or window_fields(w)),
-                           "metrics": w.metrics})
-        return (head[:-1] + ', "features": ' + self.template % tuple(w.vector.tolist()) + "}").encode()
+        rec = {"schema": FEATURES_SCHEMA, "type": "window", **(common or window_fields(w)), "metrics": w.metrics}
+        if _orjson is not None:
+            v = np.asarray(w.vector, dtype=np.float32)
+            rec["features"] = {k: v[s] for k, s in self.slices}
+            return dumps(rec)
+        head = dumps(rec)
+        return b"".join((head[:-1], b', "features": ', (self.template % tuple(w.vector.tolist())).encode(), b"}"))
 
 
 def gap(g) -> dict:

@@ -26,6 +26,10 @@ assert HEADER_SIZE == 64
 ENCODINGS = {1: ("pcm_s16le", np.dtype("<i2")), 2: ("pcm_f32le", np.dtype("<f4"))}
 ENCODING_IDS = {name: eid for eid, (name, _) in ENCODINGS.items()}
 
+_S16 = np.dtype("<i2")
+_S16_SCALE = np.float32(1.0 / 32768.0)
+_new_frame = object.__new__
+
 FLAG_END_OF_STREAM = 0x0001  # last frame of this session; no more samples follow
 FLAG_GAP_BEFORE = 0x0002     # the producer lost audio right before this frame (overflow, drop)
 
@@ -68,8 +72,8 @@ class AudioFrame:
     def mono_float32(self) -> np.ndarray:
         """Samples as float32 mono in [-1, 1): int16 / 32768, channels averaged."""
         x = self.samples
-        if x.dtype == np.int16 or x.dtype == np.dtype("<i2"):
-            y = x.astype(np.float32) * np.float32(1.0 / 32768.0)
+        if x.dtype == _S16:  # cast and scale in one pass (the same float32 values as astype, then multiply)
+            y = np.multiply(x, _S16_SCALE, dtype=np.float32)
         else:
             y = x.astype(np.float32, copy=False)
         return y[:, 0] if y.shape[1] == 1 else y.mean(axis=1, dtype=np.float32)
@@ -122,7 +126,7 @@ def decode(data: bytes | memoryview, *, max_payload_bytes: int = DEFAULT_MAX_PAY
     if n < 6:
         raise FrameError("too_short", f"frame is {n} bytes; a v1 header alone is {HEADER_SIZE}")
     mv = memoryview(data)
-    if bytes(mv[:4]) != MAGIC:
+    if mv[:4] != MAGIC:
         raise FrameError("bad_magic", f"magic {bytes(mv[:4])!r} is not {MAGIC!r}: not an audiostream frame")
     if mv[4] != VERSION:
         raise FrameError("unsupported_version", f"wire version {mv[4]} is not supported (this decoder reads {VERSION})")
@@ -156,9 +160,13 @@ def decode(data: bytes | memoryview, *, max_payload_bytes: int = DEFAULT_MAX_PAY
     samples = np.frombuffer(payload, dtype=dtype).reshape(n_frames, channels)
     if dtype.kind == "f" and not np.isfinite(samples).all():
         raise FrameError("non_finite", "float samples contain NaN or Inf")
-    return AudioFrame(sample_rate=sr, sequence=seq, sample_offset=offset, capture_time_ns=cap_ns,
-                      session_id=session, samples=samples, encoding=name, flags=flags,
-                      header_extension=bytes(mv[HEADER_SIZE:hlen]) if hlen > HEADER_SIZE else b"")
+    # every field validated above: fill the frozen dataclass directly (its generated __init__ costs ~3 us
+    # of the ~10 us a frame takes, and the analyzer decodes 10 000 frames a second at 1000 streams)
+    frame = _new_frame(AudioFrame)
+    frame.__dict__.update(sample_rate=sr, sequence=seq, sample_offset=offset, capture_time_ns=cap_ns,
+                          session_id=session, samples=samples, encoding=name, flags=flags,
+                          header_extension=bytes(mv[HEADER_SIZE:hlen]) if hlen > HEADER_SIZE else b"")
+    return frame
 
 
 def decode_stream_id(key: bytes | None) -> str:

@@ -40,7 +40,7 @@ def test_engine_bench_table_of_two_models_side_by_side(tmp_path):
 
 
 def test_kafka_bench_json(kafka_conf):
-    p = subprocess.run(cli("bench", "--kafka", "--streams", "10", "--duration", "6", "--json",
+    p = subprocess.run(cli("bench", "--kafka", "--streams", "10", "--duration", "6", "--json", "--engine-seconds", "3",
                            "--bootstrap-servers", kafka_conf["bootstrap.servers"]),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -48,3 +48,8 @@ def test_kafka_bench_json(kafka_conf):
     assert COMMON | {"sustained", "lag_trend_records_per_s", "windows", "windows_expected", "lag_samples"} <= set(r)
     assert r["mode"] == "kafka" and r["streams"] == 10
     assert r["windows"] == r["windows_expected"] > 0  # every window of every stream predicted
+    # the bar measured in the same run: the engine alone on the analyzer's CPU with the same streams
+    assert r["engine_streams_per_core"] > 0 and r["engine_latency_p99_ms"] is not None
+    assert r["kafka_vs_engine_basis"] in ("sustained", "served (not sustained)")
+    kafka_spc = r["streams_per_core"] if r["kafka_vs_engine_basis"] == "sustained" else r["served_streams_per_core"]
+    assert r["kafka_vs_engine"] == pytest.approx(kafka_spc / r["engine_streams_per_core"], rel=0.01)

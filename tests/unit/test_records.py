@@ -68,3 +68,25 @@ def test_deadletter_headers_keep_the_original_ones_first():
     assert h[0] == ("trace", b"1")
     assert dict(h[1:]) == {"audiostream.reason": b"bad_magic", "audiostream.error": b"x" * 1000,
                            "audiostream.source": b"t[0]@5", "audiostream.analyzer": b"a1"}
+
+
+def test_features_record_with_orjson_reads_back_the_exact_float32_vector(spec, rng):
+    pytest.importorskip("orjson", reason="orjson (analyzer extra) not installed: the json fallback is tested below")
+    w = window(spec, rng)
+    rec = json.loads(records.FeaturesEncoder(spec).encode(w))
+    np.testing.assert_array_equal(records.features_vector(rec, spec).astype(np.float32), w.vector)
+
+
+def test_records_without_orjson_have_the_same_fields_and_values(spec, rng, monkeypatch):
+    w = window(spec, rng)
+    enc = records.FeaturesEncoder(spec)
+    fast = json.loads(enc.encode(w))
+    pred = records.prediction(w, np.array([0.1, 0.7, 0.2]), ["music", "speech", "noise"], task="t", version="1",
+                              analyzer="a", latency_s=0.01)
+    assert json.loads(records.dumps(pred)) == pred
+    monkeypatch.setattr(records, "_orjson", None)
+    slow = json.loads(enc.encode(w))
+    assert slow.keys() == fast.keys() and {k: v for k, v in slow.items() if k != "features"} == \
+        {k: v for k, v in fast.items() if k != "features"}
+    np.testing.assert_allclose(records.features_vector(slow, spec), records.features_vector(fast, spec), rtol=1e-6)
+    assert json.loads(records.dumps(pred)) == pred  # the stdlib fallback
