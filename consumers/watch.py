@@ -29,7 +29,7 @@ from typing import Iterator
 from confluent_kafka import Consumer, KafkaError
 
 from streamproc.kafka import check_reachable, client_logging
-from streamproc.settings import TOPIC_PREDICTIONS, TOPIC_TRANSCRIPTS, add_kafka_arguments
+from streamproc.settings import TOPIC_DETECTIONS, TOPIC_PREDICTIONS, TOPIC_TRANSCRIPTS, add_kafka_arguments
 from streamproc.config import kafka_config, kafka_config_from_args
 
 
@@ -80,6 +80,13 @@ class Caption:
         d = json.loads(data)
         return cls(id=d["id"], stream_id=d["stream_id"], start_s=d["start_s"], end_s=d["end_s"], text=d["text"],
                    final=d.get("final", True), raw=d)
+
+
+def format_detections(d: dict) -> str:
+    """One ``audio.detections`` record (a BirdNET window) as a line: stream, window, what was heard."""
+    heard = "; ".join(f"{x['common_name']}" + (f" ({x['scientific_name']})" if x.get("scientific_name") else "")
+                      + f" {x['confidence']:.2f}" for x in d["detections"])
+    return f"{d['stream_id']:<20} {d['window_start_s']:8.2f}-{d['window_end_s']:<8.2f} {heard}"
 
 
 def format_caption(c: Caption) -> str:
@@ -201,7 +208,30 @@ def add_parser(sub):
     p.add_argument("--idle-timeout", type=float, default=None, help="exit after this many seconds without predictions")
     p.add_argument("--captions", action="store_true",
                    help=f"the topic holds transcripts: one caption line each (automatic for {TOPIC_TRANSCRIPTS})")
+    p.add_argument("--detections", action="store_true",
+                   help=f"the topic holds a detector's records (BirdNET): one line per window with something heard "
+                        f"(automatic for {TOPIC_DETECTIONS})")
     p.set_defaults(func=run)
+
+
+def run_detections(args, kafka: dict, stop: threading.Event) -> int:
+    """What a detector hears: one line per window with detections (stream, window, names, confidences); a
+    window published again (at-least-once) is shown once; windows with nothing heard are not shown."""
+    import collections
+    seen: collections.OrderedDict = collections.OrderedDict()
+    n = 0
+    for d in subscribe(topic=args.topic, from_beginning=args.from_beginning, kafka=kafka, stop=stop,
+                       idle_timeout=args.idle_timeout, parse=json.loads):
+        if not d.get("detections") or d.get("id") in seen:
+            continue
+        seen[d.get("id")] = None
+        if len(seen) > 10000:
+            seen.popitem(last=False)
+        n += 1
+        print(json.dumps(d) if args.json else format_detections(d), flush=True)
+        if args.max is not None and n >= args.max:
+            break
+    return 0
 
 
 def run_captions(args, kafka: dict, stop: threading.Event) -> int:
@@ -232,6 +262,8 @@ def run(args) -> int:
     check_reachable(kafka)  # an unreachable cluster is one clear error (exit 2), not an endless retry
     if args.captions or args.topic == TOPIC_TRANSCRIPTS:
         return run_captions(args, kafka, stop)
+    if args.detections or args.topic == TOPIC_DETECTIONS:
+        return run_detections(args, kafka, stop)
     table = Table()
     if table_mode:  # the header at once, not a blank screen until the first prediction
         table.draw(waiting=f"waiting for predictions on {args.topic} "

@@ -182,6 +182,13 @@ def test_detect_through_kafka_same_as_offline_and_a_wrong_rate_stream_dead_lette
     for r in recs:
         jsonschema.Draft202012Validator(schema).validate(r)
 
+    # watch prints what was heard, once per window
+    w = subprocess.run(cli("watch", "-b", boot, "--topic", t["predictions"], "--detections", "--from-beginning",
+                           "--max", str(sum(1 for r in recs if r["detections"])), "--idle-timeout", "30"),
+                       capture_output=True, text=True, timeout=120)
+    assert w.returncode == 0, w.stderr
+    assert "Tennessee Warbler (Leiothlypis peregrina)" in w.stdout and w.stdout.startswith("warblers"), w.stdout
+
     # the live page: serve reads the detections topic and /v1/events sends each window's best detection once
     import httpx
     with running_serve(kafka_conf, topics(), tmp_path, "--detections-topic", t["predictions"], "--model", "starter") \
