@@ -269,7 +269,7 @@ def run_transcripts(items, out: str, progress: bool) -> tuple[int, list[str]]:
     asr = Transcriber.load("transcription")  # a missing model fails before any work
     bar = Progress(f"transcribing {len(items)} file(s)", len(items), enabled=progress)
     rows, errors = [], []
-    for i, (path, root, max_s) in enumerate(items, 1):
+    for i, (path, root, max_s, *_options) in enumerate(items, 1):  # (path, root, max seconds, analysis options...)
         try:
             y = load(path, SAMPLE_RATE, max_seconds=max_s)
         except AudiostreamError as exc:

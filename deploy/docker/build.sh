@@ -16,6 +16,8 @@
 # Podman on a host with hybrid cgroups needs the runc runtime and ulimits within the host's hard limits:
 # this script writes its own containers.conf for that (CONTAINERS_CONF), never the host's.
 set -euo pipefail
+# podman's CNI bridge runs iptables from /usr/sbin, which a non-login shell's PATH may lack
+export PATH="$PATH:/usr/sbin:/sbin"
 cd "$(dirname "$0")/../.."
 
 ENGINE=${AUDIOSTREAM_CONTAINER_ENGINE:-}
