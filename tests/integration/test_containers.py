@@ -25,6 +25,8 @@ from streamproc.kafka import producer_config
 from .helpers import consume, free_port, values, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
+# podman's CNI bridge runs iptables from /usr/sbin, which a non-login shell's PATH (a CI runner's) may lack
+os.environ["PATH"] = os.pathsep.join(dict.fromkeys(os.environ.get("PATH", "").split(os.pathsep) + ["/usr/sbin", "/sbin"]))
 REPO = Path(__file__).resolve().parents[2]
 VERSION = "0.1.0"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # what pip inside a build trusts behind a TLS proxy
