@@ -201,20 +201,13 @@ def train_cnn(data_dir: str, *, task: str, out: str, seed: int = 0, test_fractio
               spec_augment: bool = False, quiet: bool = False, spec: WindowSpec | None = None, top_db: float | None = TOP_DB) -> dict:
     from ..inference import logmel_input
     from .bundle import write_bundle
-    from .data import featurise, kept, list_clips
     from .evaluate import plot_confusion, report
-    from .train import _manifest_summary, split_by_clip
+    from .train import _manifest_summary, load_split
 
     spec = spec or WindowSpec()
-    clips = list_clips(data_dir)
-    labels = sorted({lab for _, lab in clips})
-    if len(labels) < 2:
-        raise ValueError(f"{data_dir}: need at least two label folders, found {labels}")
     t0 = time.monotonic()
-    skipped: list = []
-    X, y, idx = featurise(clips, spec, "log-mel patches", quiet=quiet, skipped=skipped, logmel=LogMel(top_db))
-    clips = kept(clips, skipped)
-    test_clips = split_by_clip(clips, labels, seed, test_fraction)
+    clips, labels, X, y, idx, test_clips = load_split(data_dir, spec, seed, test_fraction, quiet, "log-mel patches",
+                                                      LogMel(top_db))
     is_test = np.isin(idx, sorted(test_clips))
     yi = np.array([labels.index(v) for v in y], np.int32)
     if not quiet:

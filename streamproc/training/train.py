@@ -23,6 +23,21 @@ from .data import featurise, kept, list_clips
 from .evaluate import plot_confusion, report
 
 
+def load_split(data_dir: str, spec: WindowSpec, seed: int, test_fraction: float, quiet: bool,
+               what: str = "featurising clips", logmel=None):
+    """A folder-per-label dataset through the analyzer's code path, split by clip file: (clips, labels, X, y,
+    clip index per window, held-out clip indices). An undecodable file is named and left out. Both model
+    families start here, so they see the same windows and the same held-out clips."""
+    clips = list_clips(data_dir)
+    labels = sorted({lab for _, lab in clips})
+    if len(labels) < 2:
+        raise ValueError(f"{data_dir}: need at least two label folders, found {labels}")
+    skipped: list = []
+    X, y, idx = featurise(clips, spec, what, quiet=quiet, skipped=skipped, logmel=logmel)
+    clips = kept(clips, skipped)
+    return clips, labels, X, y, idx, split_by_clip(clips, labels, seed, test_fraction)
+
+
 def train(data_dir: str, *, task: str, out: str, seed: int = 0, test_fraction: float = 0.2, hidden: int = 128,
           ensemble: int = 1, quiet: bool = False, spec: WindowSpec | None = None) -> dict:
     from sklearn.ensemble import VotingClassifier
@@ -31,15 +46,8 @@ def train(data_dir: str, *, task: str, out: str, seed: int = 0, test_fraction: f
     from sklearn.preprocessing import StandardScaler
 
     spec = spec or WindowSpec()
-    clips = list_clips(data_dir)
-    labels = sorted({lab for _, lab in clips})
-    if len(labels) < 2:
-        raise ValueError(f"{data_dir}: need at least two label folders, found {labels}")
     t0 = time.monotonic()
-    skipped: list = []
-    X, y, idx = featurise(clips, spec, quiet=quiet, skipped=skipped)  # an undecodable file is named and left out
-    clips = kept(clips, skipped)
-    test_clips = split_by_clip(clips, labels, seed, test_fraction)
+    clips, labels, X, y, idx, test_clips = load_split(data_dir, spec, seed, test_fraction, quiet)
     is_test = np.isin(idx, sorted(test_clips))
     def mlp(random_state):
         return MLPClassifier(hidden_layer_sizes=(hidden,), alpha=1e-3, max_iter=400, early_stopping=True,
