@@ -49,21 +49,19 @@ def test_dataset_has_every_class_and_a_manifest(tiny):
         assert sr == 16000 and len(y) == 48000
 
 
-def test_bundle_scores_offline_equal_scores_through_kafka(tiny, kafka_conf, topics, start_analyzer, tmp_path):
-    _, models, rep = tiny
-    bundle_dir = models / "soundtype" / "1"
-    assert (bundle_dir / "confusion_held_out.png").stat().st_size > 5000 and 0 <= rep["macro_f1"] <= 1
-    bundle = ModelBundle.load(bundle_dir)
-    assert bundle.labels == ["environment", "music", "silence", "speech"]
-    # a file nobody trained on: 3 s of music-like tones then noise
+def probe_wav(tmp_path):
+    """A file nobody trained on: 3 s of music-like tones then 3 s of noise, at 16 kHz."""
     t = np.arange(3 * 16000) / 16000
     y = np.concatenate([0.2 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 2 * t)) / 2,
                         0.1 * np.random.default_rng(0).standard_normal(t.size)])
     wav = tmp_path / "probe.wav"
     sf.write(wav, y.astype(np.float32), 16000)
-    offline = bundle.predict(clip_vectors(wav, bundle.spec, FeatureExtractor(bundle.spec)))
+    return wav
 
-    tps = topics()
+
+def assert_served_as_offline(kafka_conf, tps, start_analyzer, bundle, bundle_dir, wav, offline, task):
+    """Replay ``wav`` through a real broker to an analyzer serving ``bundle_dir``: one prediction per window,
+    with the scores and labels computed offline (no train/serve skew)."""
     start_analyzer(tps, model=str(bundle_dir))
     p = subprocess.run(cli("produce-file", str(wav), "--stream-id", "probe", "-b", kafka_conf["bootstrap.servers"],
                            "--topic", tps["frames"], "--speed", "max", "-q"), capture_output=True, text=True, timeout=120)
@@ -73,7 +71,19 @@ def test_bundle_scores_offline_equal_scores_through_kafka(tiny, kafka_conf, topi
     live = np.array([[p["scores"][lab] for lab in bundle.labels] for p in preds])
     np.testing.assert_allclose(live, offline, atol=2e-6)  # JSON keeps 6 decimals
     assert [p["label"] for p in preds] == [bundle.labels[i] for i in offline.argmax(axis=1)]
-    assert {p["model"]["task"] for p in preds} == {"soundtype"}
+    assert {p["model"]["task"] for p in preds} == {task}
+
+
+def test_bundle_scores_offline_equal_scores_through_kafka(tiny, kafka_conf, topics, start_analyzer, tmp_path):
+    _, models, rep = tiny
+    bundle_dir = models / "soundtype" / "1"
+    assert (bundle_dir / "confusion_held_out.png").stat().st_size > 5000 and 0 <= rep["macro_f1"] <= 1
+    bundle = ModelBundle.load(bundle_dir)
+    assert bundle.labels == ["environment", "music", "silence", "speech"]
+    wav = probe_wav(tmp_path)
+    offline = bundle.predict(clip_vectors(wav, bundle.spec, FeatureExtractor(bundle.spec)))
+
+    assert_served_as_offline(kafka_conf, topics(), start_analyzer, bundle, bundle_dir, wav, offline, "soundtype")
 
 
 def test_evaluate_prints_scores_and_writes_the_confusion_matrix(tiny, tmp_path):
@@ -229,24 +239,10 @@ def test_cnn_bundle_scores_offline_equal_scores_through_kafka(tiny_cnn, kafka_co
     analyzer's, fed from its one STFT path, so the scores on the predictions topic are the offline ones."""
     bundle = ModelBundle.load(tiny_cnn)
     assert bundle.input_kind == "logmel"
-    t = np.arange(3 * 16000) / 16000
-    y = np.concatenate([0.2 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 2 * t)) / 2,
-                        0.1 * np.random.default_rng(0).standard_normal(t.size)])
-    wav = tmp_path / "probe.wav"
-    sf.write(wav, y.astype(np.float32), 16000)
+    wav = probe_wav(tmp_path)
     fx = FeatureExtractor(bundle.spec)
     V, rms = clip_vectors(wav, bundle.spec, fx, with_rms=True, logmel=bundle.logmel)
     offline = bundle.gate(bundle.predict(V), rms)
     assert V.shape == (len(offline), 1, 64, 49) and len(offline) == 11
 
-    tps = topics()
-    start_analyzer(tps, model=str(tiny_cnn))
-    p = subprocess.run(cli("produce-file", str(wav), "--stream-id", "probe", "-b", kafka_conf["bootstrap.servers"],
-                           "--topic", tps["frames"], "--speed", "max", "-q"), capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    preds = values(consume(kafka_conf, tps["predictions"], count=len(offline)))
-    assert len(preds) == len(offline)
-    live = np.array([[p["scores"][lab] for lab in bundle.labels] for p in preds])
-    np.testing.assert_allclose(live, offline, atol=2e-6)  # JSON keeps 6 decimals
-    assert [p["label"] for p in preds] == [bundle.labels[i] for i in offline.argmax(axis=1)]
-    assert {p["model"]["task"] for p in preds} == {"soundtype-cnn"}
+    assert_served_as_offline(kafka_conf, topics(), start_analyzer, bundle, tiny_cnn, wav, offline, "soundtype-cnn")
