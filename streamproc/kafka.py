@@ -66,7 +66,31 @@ def ensure_topics(conf: dict, topics: dict[str, int], timeout: float = 15.0,
             if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             raise KafkaUnavailable(f"could not create topic {name!r}: {exc}") from None
+    if created:
+        _wait_until_led(admin, created, timeout)
     return created
+
+
+def _wait_until_led(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Return once the broker we ask lists every new topic with a leader on each partition. On a cluster the
+    controller acknowledges a creation before every broker has the metadata, and a client's first request to a
+    broker that has not caught up fails with UNKNOWN_TOPIC_OR_PART; waiting here is cheaper than every caller
+    retrying. Best effort: a slow cluster is logged, not fatal (librdkafka retries the topic later)."""
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        for name in sorted(pending):
+            try:
+                md = admin.list_topics(name, timeout=max(0.5, deadline - time.monotonic())).topics.get(name)
+            except KafkaException:
+                continue
+            if md is not None and md.error is None and md.partitions and all(
+                    p.leader >= 0 and p.error is None for p in md.partitions.values()):
+                pending.discard(name)
+        if pending:
+            time.sleep(0.1)
+    if pending:
+        log.warning("topics %s created but not yet led on every partition after %.0fs", sorted(pending), timeout)
 
 
 class DeliveryTracker:

@@ -33,6 +33,7 @@ def cluster(tmp_path_factory):
 
 
 def test_cluster_is_replicated_as_production_runs_it(cluster):
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, ConfigResource
     topic = f"cluster.{uuid.uuid4().hex[:6]}"
     conf = {"bootstrap.servers": cluster.bootstrap_servers}
@@ -40,7 +41,17 @@ def test_cluster_is_replicated_as_production_runs_it(cluster):
     admin = AdminClient(conf)
     md = admin.list_topics(topic, timeout=10).topics[topic]
     assert all(len(p.replicas) == 3 for p in md.partitions.values())
-    configs = list(admin.describe_configs([ConfigResource("topic", topic)]).values())[0].result(10)
+
+    def described():
+        # each broker learns a new topic from the metadata log on its own; until the one answering has, this
+        # request fails with UNKNOWN_TOPIC_OR_PART (CI saw it once), so ask until one answers
+        try:
+            return list(admin.describe_configs([ConfigResource("topic", topic)]).values())[0].result(10)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return None
+            raise
+    configs = wait_for(described, 30, f"the brokers to describe {topic}")
     assert configs["min.insync.replicas"].value == "2"
     assert cluster.controller() in (1, 2, 3)
 
