@@ -4,6 +4,7 @@ page shows the stream with those labels. Screenshots go to the test's directory 
 AUDIOSTREAM_UPDATE_SCREENSHOTS=1)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -15,7 +16,9 @@ import pytest
 import soundfile as sf
 
 from .browser import Browser, chromium
-from .helpers import consume, running_serve, values
+from streamproc.kafka import ensure_topics
+
+from .helpers import consume, running_serve, validate, values
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -26,13 +29,30 @@ def page_server(kafka_conf, topics, start_analyzer, tmp_path):
     if chromium() is None:
         pytest.skip("no chromium (deploy/setup.sh installs Debian's chromium)")
     t = topics()
+    t["detections"] = t["frames"].replace(".frames", ".detections")
+    ensure_topics(kafka_conf, {t["detections"]: 1})
     start_analyzer(t)
-    yield from serve_for(kafka_conf, t, tmp_path)
+    yield from serve_for(kafka_conf, t, tmp_path, "--detections-topic", t["detections"])
 
 
-def serve_for(kafka_conf, t, tmp_path):
-    with running_serve(kafka_conf, t, tmp_path, "--streams-since", "60") as (base, _):
+def serve_for(kafka_conf, t, tmp_path, *extra):
+    with running_serve(kafka_conf, t, tmp_path, "--streams-since", "60", *extra) as (base, _):
         yield base, t
+
+
+def a_detection(stream_id: str) -> dict:
+    """One audio.detections record as `audiostream detect` writes it (checked against the published schema)."""
+    rec = {"schema": 1, "id": f"{stream_id}/{'0' * 32}/1728000", "stream_id": stream_id, "session_id": "0" * 32,
+           "window_index": 12, "window_start_s": 36.0, "window_end_s": 39.0, "start_sample": 1728000,
+           "end_sample": 1872000, "sample_rate": 48000, "gap": False, "padded": False,
+           "detections": [{"label": "Turdus merula_Eurasian Blackbird", "scientific_name": "Turdus merula",
+                           "common_name": "Eurasian Blackbird", "confidence": 0.87},
+                          {"label": "Erithacus rubecula_European Robin", "scientific_name": "Erithacus rubecula",
+                           "common_name": "European Robin", "confidence": 0.41}],
+           "model": {"task": "birdnet", "version": "2.4"}, "threshold": 0.25, "filters": {},
+           "rms_dbfs": -31.5, "capture_time": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "latency_ms": 48.2, "analyzer": "test"}
+    validate(rec, "audio.detections")
+    return rec
 
 
 def test_browser_microphone_to_labels_on_the_live_page(page_server, kafka_conf, tmp_path):
@@ -75,6 +95,13 @@ def test_browser_microphone_to_labels_on_the_live_page(page_server, kafka_conf, 
         assert browser.js("document.querySelectorAll('#streams tbody tr').length") == 0  # search filters
         browser.js("document.getElementById('search').value = '';"
                    "document.getElementById('search').dispatchEvent(new Event('input'))")
+        # a detector's window (audiostream detect, BirdNET) in "Recent detections": best species, how many more
+        garbage.produce(t["detections"], value=json.dumps(a_detection("garden")).encode(), key=b"garden")
+        garbage.flush(10)
+        item = "document.querySelector('#detections li')"
+        browser.wait_for(f"!!{item}", "the live page to list the detection")
+        text = browser.js(f"{item}.textContent")
+        assert text == "garden 36.0-39.0 s Eurasian Blackbird (Turdus merula) 0.87 +1 more", text
         shots.append(browser.screenshot(tmp_path / "live.png"))
     finally:
         browser.close()
