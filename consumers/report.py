@@ -146,6 +146,34 @@ def species_table(rows: list[dict]) -> list[dict]:
     return out
 
 
+def species_grid(detection_records: list[dict], rows: list[dict], shown: list[str], per: str = "hour"):
+    """Every hour (or day) from the first window to the last, and per shown class its detections in each.
+    A period in which windows were analysed but nothing was detected is 0 (the detector listened and heard
+    nothing: an empty ``detections`` list is published for every window); a period with no window at all
+    (the stream was down) is NaN, drawn grey, so silence and absence are not confused."""
+    import datetime as dt
+
+    import numpy as np
+    width = 13 if per == "hour" else 10  # "YYYY-MM-DDTHH" or "YYYY-MM-DD"
+    listened = {str(r["capture_time"])[:width] for r in detection_records if r.get("capture_time")}
+    if not listened:
+        return [], np.zeros((len(shown), 0))
+    fmt, step = ("%Y-%m-%dT%H", dt.timedelta(hours=1)) if per == "hour" else ("%Y-%m-%d", dt.timedelta(days=1))
+    t, last = (dt.datetime.strptime(b, fmt) for b in (min(listened), max(listened)))
+    buckets = []
+    while t <= last and len(buckets) < 24 * 366:  # a year of hours at most
+        buckets.append(t.strftime(fmt))
+        t += step
+    grid = np.zeros((len(shown), len(buckets)))
+    col = {b: i for i, b in enumerate(buckets)}
+    grid[:, [i for i, b in enumerate(buckets) if b not in listened]] = np.nan
+    row = {lab: i for i, lab in enumerate(shown)}
+    for r in rows:
+        if r["label"] in row and r["time"] and r["time"][:width] in col:
+            grid[row[r["label"]], col[r["time"][:width]]] += 1
+    return buckets, grid
+
+
 def species_report(detection_records: list[dict], out: Path, *, title: str, per: str = "hour",
                    top: int = 12) -> dict:
     """``species.png`` (detections per class per hour or day, the ``top`` most heard) and
@@ -156,19 +184,13 @@ def species_report(detection_records: list[dict], out: Path, *, title: str, per:
     out.mkdir(parents=True, exist_ok=True)
     rows = species_rows(detection_records)
     table = species_table(rows)
-    width = 13 if per == "hour" else 10  # "YYYY-MM-DDTHH" or "YYYY-MM-DD"
-    buckets = sorted({r["time"][:width] for r in rows})
     shown = [t["label"] for t in table[:top]]
+    buckets, grid = species_grid(detection_records, rows, shown, per)
     fig, ax = plt.subplots(figsize=(11, 0.45 * max(len(shown), 2) + 2))
     if shown and buckets:
-        import numpy as np
-        grid = np.zeros((len(shown), len(buckets)))
-        col = {b: i for i, b in enumerate(buckets)}
-        row = {lab: i for i, lab in enumerate(shown)}
-        for r in rows:
-            if r["label"] in row:
-                grid[row[r["label"]], col[r["time"][:width]]] += 1
-        im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+        cmap = matplotlib.colormaps["viridis"].copy()
+        cmap.set_bad("#d9d9d9")  # grey: no window was analysed in that hour or day
+        im = ax.imshow(grid, aspect="auto", cmap=cmap, interpolation="nearest")
         ax.set_yticks(range(len(shown)), [fit(t["common_name"], 32) for t in table[:top]])
         step = max(1, len(buckets) // 12)
         ax.set_xticks(range(0, len(buckets), step), [b.replace("T", " ") + (":00" if per == "hour" else "")
@@ -194,6 +216,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px}} img{{max-width:100%}}</style></he
 <h1>Detections: {html.escape(title)}</h1>
 <p>{len(rows)} detections of {len(table)} classes in {len({r['stream_id'] for r in rows})} stream(s).</p>
 <img src="species.png" alt="detections per {per}">
+<p>Dark cells: windows were analysed and nothing was detected; grey: no window was analysed in that {per}.</p>
 <table><tr>{head}</tr>{body}</table></body></html>
 """)
     return {"species": png, "table": out / "species.html", "classes": table}

@@ -126,3 +126,20 @@ def test_species_report_counts_first_and_last_heard(tmp_path):
     assert blackbird["max_confidence"] == 0.9 and dog["detections"] == 1
     assert (tmp_path / "species.png").stat().st_size > 5000
     assert "Eurasian Blackbird" in (tmp_path / "species.html").read_text()
+
+
+def test_species_grid_keeps_quiet_hours_and_greys_hours_not_listened():
+    """An hour analysed with nothing heard is a 0 column; an hour with no window at all is NaN (drawn grey)."""
+    import numpy as np
+
+    from consumers.report import species_grid, species_rows
+    recs = [{"id": "a", "stream_id": "m", "capture_time": "2026-05-01T05:10:00.000Z",
+             "detections": [{"label": "Turdus merula_Eurasian Blackbird", "confidence": 0.9}]},
+            {"id": "b", "stream_id": "m", "capture_time": "2026-05-01T06:30:00.000Z", "detections": []},
+            {"id": "c", "stream_id": "m", "capture_time": "2026-05-01T08:05:00.000Z",
+             "detections": [{"label": "Turdus merula_Eurasian Blackbird", "confidence": 0.7}]}]
+    buckets, grid = species_grid(recs, species_rows(recs), ["Turdus merula_Eurasian Blackbird"], "hour")
+    assert buckets == ["2026-05-01T05", "2026-05-01T06", "2026-05-01T07", "2026-05-01T08"]
+    assert grid[0, 0] == 1 and grid[0, 1] == 0 and np.isnan(grid[0, 2]) and grid[0, 3] == 1
+    days, per_day = species_grid(recs, species_rows(recs), ["Turdus merula_Eurasian Blackbird"], "day")
+    assert days == ["2026-05-01"] and per_day.tolist() == [[2.0]]
