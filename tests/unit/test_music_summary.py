@@ -1,0 +1,101 @@
+"""The rolling genre/mood summary (streamproc/musicnn/summary.py) on hand-made audio.tags records with a
+known answer, and the tag groups the bundles carry."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from streamproc.inference import resolve
+from streamproc.musicnn import MODELS, TAG_GROUPS
+from streamproc.musicnn.summary import RollingTags, tag_groups
+
+GROUPS = {"genre": ["rock", "pop", "jazz"], "mood": ["happy", "sad"], "era": ["80s"]}
+
+
+def rec(sid, start_s, tags, *, share=1.0, model="musictags-msd:1", length=3.0):
+    return {"stream_id": sid, "model": model, "start_s": start_s, "end_s": start_s + length,
+            "start_sample": int(start_s * 16000), "music_share": share, "tags": tags}
+
+
+def rolling(**kw):
+    return RollingTags(groups=lambda model: GROUPS, **kw)
+
+
+def test_mean_over_the_music_windows_of_the_last_minute_of_stream_time():
+    r = rolling()
+    r.add(rec("porch", 0, {"rock": 0.9, "pop": 0.1, "jazz": 0.0, "happy": 0.2, "sad": 0.9, "80s": 0.5}))
+    r.add(rec("porch", 30, {"rock": 0.5, "pop": 0.3, "jazz": 0.1, "happy": 0.6, "sad": 0.1, "80s": 0.5}))
+    r.add(rec("porch", 60, {"rock": 0.4, "pop": 0.2, "jazz": 0.2, "happy": 0.4, "sad": 0.2, "80s": 0.5},
+              share=0.25))  # speech by the sound type: not counted
+    r.add(rec("porch", 61, {"rock": 0.1, "pop": 0.8, "jazz": 0.3, "happy": 1.0, "sad": 0.0, "80s": 0.5}))
+    s = r.summary("porch")  # at 64 s: windows ending in (4, 64]: those at 30 and 61 (0-3 s is older)
+    assert s.windows == 2 and s.at_s == 64 and s.music_s == 6.0
+    assert s.top("genre") == [("pop", pytest.approx(0.55)), ("rock", pytest.approx(0.3)), ("jazz", pytest.approx(0.2))]
+    assert s.top("mood", 1) == [("happy", pytest.approx(0.8))]
+    assert s.text() == "genre: pop 0.55, rock 0.30  mood: happy 0.80"
+    d = s.as_dict()
+    assert d["top"]["era"] == [["80s", 0.5]] and d["span_s"] == 60 and d["windows"] == 2 and d["text"] == s.text()
+    earlier = r.summary("porch", at_s=63.0)  # a time asked for, not the newest: (3, 63] holds the window at 30
+    assert earlier.windows == 1 and earlier.top("genre", 1) == [("rock", pytest.approx(0.5))]
+    assert r.ignored == 1
+
+
+def test_a_stream_without_music_in_the_last_minute_has_no_summary():
+    r = rolling()
+    r.add(rec("radio", 0, {"rock": 0.9}))
+    assert r.summary("radio").windows == 1
+    r.advance("radio", 63.5)  # a minute of speech since (predictions move the stream time on)
+    assert r.summary("radio") is None
+    r.add(rec("talk", 5, {"rock": 0.9}, share=0.0))  # never music
+    assert r.summary("talk") is None and r.summary("nobody") is None
+
+
+def test_a_repeated_window_counts_once_and_a_restarted_stream_starts_afresh():
+    r = rolling()
+    for _ in range(2):  # at-least-once: the tagger published the window again
+        r.add(rec("s", 10, {"rock": 1.0}))
+    r.add(rec("s", 13, {"rock": 0.0}))
+    assert r.summary("s").windows == 2 and r.summary("s").top("genre", 1) == [("rock", 0.5)]
+    r.add(rec("s", 500, {"rock": 0.2}))
+    r.add(rec("s", 0, {"rock": 0.8}))  # time went back by more than the span: a new stream of that id
+    s = r.summary("s")
+    assert s.windows == 1 and s.at_s == 3.0 and s.top("genre", 1) == [("rock", 0.8)]
+
+
+def test_whole_period_summary_and_bad_records():
+    r = rolling(span_s=math.inf)
+    for i in range(100):
+        r.add(rec("s", 3.0 * i, {"rock": 1.0 if i % 2 else 0.0}))
+    s = r.summary("s")
+    assert s.windows == 100 and s.top("genre", 1) == [("rock", 0.5)] and s.as_dict()["span_s"] is None
+    assert not r.add({"stream_id": "s"}) and not r.add({**rec("s", 1, {}), "tags": "rock"})
+    with pytest.raises(ValueError, match="span_s=0"):
+        RollingTags(span_s=0)
+
+
+def test_the_newest_model_of_a_stream_is_summarised_and_a_model_without_groups_ranks_all_tags():
+    r = RollingTags(groups=lambda model: {})
+    r.add(rec("s", 0, {"a": 0.1, "b": 0.7, "c": 0.4, "d": 0.2}, model="other:1"))
+    assert r.summary("s").text() == "tags: b 0.70, c 0.40, d 0.20"
+    r.add(rec("s", 3, {"x": 0.9}, model="other:2"))
+    assert r.summary("s").model == "other:2" and r.summary("s").windows == 1
+
+
+def test_a_model_without_mood_tags_shows_its_best_instrument():
+    r = RollingTags(groups=lambda model: {"genre": ["rock", "pop"], "mood": [], "instrument": ["piano", "drums"]})
+    r.add(rec("s", 0, {"rock": 0.2, "pop": 0.6, "piano": 0.7, "drums": 0.1}, model="musictags:1"))
+    assert r.summary("s").text() == "genre: pop 0.60, rock 0.20  instrument: piano 0.70"
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_tag_of_each_bundle_is_in_exactly_one_group(model):
+    task, version, _ = MODELS[model]
+    meta = yaml.safe_load((resolve(f"{task}:{version}") / "model.yaml").read_text())
+    groups = meta["tag_groups"]
+    flat = [t for tags in groups.values() for t in tags]
+    assert sorted(flat) == sorted(meta["labels"]) and len(set(flat)) == len(flat)
+    assert groups == TAG_GROUPS[model]  # the converter writes this table: convert-musicnn gives the same file
+    assert tag_groups(f"{task}:{version}") == groups and {"genre", "mood", "instrument", "era"} <= set(groups)
+    assert tag_groups("nosuchtagger:1") == {}
