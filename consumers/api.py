@@ -4,7 +4,8 @@
   (the live analyzer's engine and bundle, as ``batch`` uses);
 - ``GET /v1/models``: the model bundles this server can use;
 - ``GET /v1/streams``: recent live streams and their latest label, read from the
-  predictions topic by a background reader;
+  predictions topic by a background reader, with each stream's genre and mood over
+  its last minute of music (``music``: from the tagger's ``audio.tags``, docs/music.md);
 - ``GET /v1/similar``: the clips (``--index`` batch results) and live streams
   most similar to one of them, by an embedding of MFCC and chroma statistics.
 
@@ -45,8 +46,11 @@ class LiveStreams:
 
     def __init__(self, kafka: dict, predictions_topic: str, features_topic: str, spec, since_s: float = 600,
                  max_streams: int = 10000, deadletter_topic: str | None = None, transcripts_topic: str | None = None,
-                 detections_topic: str | None = None):
+                 detections_topic: str | None = None, tags_topic: str | None = None):
+        from streamproc.musicnn.summary import RollingTags
         self.kafka, self.topics = kafka, (predictions_topic, features_topic)
+        self.tags_topic = tags_topic  # the music tagger's output: genre and mood over a stream's last minute
+        self.music = RollingTags(max_streams=max_streams)
         self.deadletter_topic = deadletter_topic  # counted per stream (its records keep the stream's key)
         self.transcripts_topic = transcripts_topic  # the transcriber's output: recent captions for the live page
         self.captions: collections.deque = collections.deque(maxlen=50)  # (version, caption), newest last
@@ -87,7 +91,8 @@ class LiveStreams:
             since_ms = int((time.time() - self.since_s) * 1000)
             wanted = [*self.topics, *([self.deadletter_topic] if self.deadletter_topic else []),
                       *([self.transcripts_topic] if self.transcripts_topic else []),
-                      *([self.detections_topic] if self.detections_topic else [])]
+                      *([self.detections_topic] if self.detections_topic else []),
+                      *([self.tags_topic] if self.tags_topic else [])]
             while True:  # serve may start before the analyzer has created its output topics: wait for them
                 tps = []
                 for topic in wanted:
@@ -123,6 +128,9 @@ class LiveStreams:
                         self._caption(rec)
                     elif m.topic() == self.detections_topic and isinstance(rec, dict) and rec.get("detections"):
                         self._detection(rec)
+                    elif m.topic() == self.tags_topic and isinstance(rec, dict):
+                        with self._lock:
+                            self.music.add(rec)
                     elif m.topic() == self.topics[1] and records.is_window(rec):
                         self._features(rec)
         finally:
@@ -136,6 +144,7 @@ class LiveStreams:
                                            "model": f"{p['model']['task']}:{p['model']['version']}",
                                            "seen": time.time()}
             self.latest.move_to_end(p["stream_id"])
+            self.music.advance(p["stream_id"], float(p["window_end_s"]))  # a stream turned to speech loses its music
             h = self.history.setdefault(p["stream_id"], self._new_history())
             h["windows"] += 1
             h["gaps"] += int(bool(p.get("gap")))
@@ -146,6 +155,7 @@ class LiveStreams:
             while len(self.latest) > self.max_streams:
                 sid, _ = self.latest.popitem(last=False)
                 self.vectors.pop(sid, None)
+                self.music.forget(sid)
                 self.history.pop(sid, None)
                 self.changed_at.pop(sid, None)
 
@@ -233,7 +243,10 @@ class LiveStreams:
 
     def streams(self, limit: int) -> list[dict]:
         with self._lock:
-            items = list(self.latest.values())[-limit:]
+            items = []
+            for s in list(self.latest.values())[-limit:]:
+                m = self.music.summary(s["stream_id"])
+                items.append({**s, "music": None if m is None else m.as_dict()})
         return sorted(items, key=lambda s: -s["seen"])
 
     def embeddings(self) -> dict[str, np.ndarray]:
@@ -459,6 +472,16 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         default: bool = False
         error: str | None = None
 
+    class MusicSummary(BaseModel):
+        model: str = Field(description="the tagger bundle, e.g. musictags-msd:1")
+        at_s: float = Field(description="the stream time (s) the minute ends at")
+        span_s: float | None = Field(description="the rolling span in stream seconds (60)")
+        windows: int = Field(description="tag windows (~3 s) the sound-type model called music in that span")
+        music_s: float
+        top: dict[str, list[tuple[str, float]]] = Field(
+            description="per tag group (genre, mood, instrument, era, ...): the best tags with their mean score")
+        text: str = Field(description="e.g. 'genre: rock 0.61, pop 0.22  mood: happy 0.31'")
+
     class StreamInfo(BaseModel):
         stream_id: str
         label: str
@@ -467,6 +490,9 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         capture_time: str | None = None
         model: str
         seen: float = Field(description="server time (Unix seconds) the prediction was read")
+        music: MusicSummary | None = Field(None, description="genre and mood over the stream's last minute of "
+                                                             "stream time, mean tag scores of its music windows "
+                                                             "(serve --tags-topic, audiostream tag); null: no music")
 
     class Neighbour(BaseModel):
         id: str
@@ -759,6 +785,8 @@ def add_parser(sub):
     p.add_argument("--transcripts-topic", default=TOPIC_TRANSCRIPTS, help="recent transcripts on the live page")
     p.add_argument("--detections-topic", default=TOPIC_DETECTIONS,
                    help="recent detections (audiostream detect: BirdNET) on the live page")
+    p.add_argument("--tags-topic", default="audio.tags",
+                   help="music tags (audiostream tag): each stream's genre and mood in /v1/streams ('' turns it off)")
     p.add_argument("--ingest-token", default=os.environ.get("AUDIOSTREAM_INGEST_TOKEN"),
                    help="bearer token the ingest routes require (env AUDIOSTREAM_INGEST_TOKEN); without one they "
                         "answer only while serve listens on loopback")
@@ -856,7 +884,7 @@ def run(args) -> int:
         live = LiveStreams(kafka, args.predictions_topic, args.features_topic,
                            ModelBundle.load(args.model).spec, since_s=args.streams_since,
                            deadletter_topic=args.deadletter_topic, transcripts_topic=args.transcripts_topic,
-                           detections_topic=args.detections_topic).start()
+                           detections_topic=args.detections_topic, tags_topic=args.tags_topic or None).start()
         gateway = Gateway(kafka, args.ingest_topic, token=args.ingest_token,
                           require_token=args.host not in ("127.0.0.1", "::1", "localhost"),
                           max_speed=args.ingest_max_speed, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),

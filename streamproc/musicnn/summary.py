@@ -28,6 +28,7 @@ Rules:
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
@@ -181,3 +182,21 @@ class RollingTags:
         ranked = {g: sorted(((t, mean[t]) for t in tags if t in mean), key=lambda x: (-x[1], x[0]))
                   for g, tags in groups.items()}
         return Summary(stream_id, model, at, self.span_s, len(rows), sum(d for d, _ in rows), ranked)
+
+
+def records_from_rows(rows: list[dict]) -> list[dict]:
+    """The tag windows of ``batch --tags`` results (their ``music_tags`` column, tagging.add_columns), once each."""
+    out, seen = [], set()
+    for row in rows:
+        text = row.get("music_tags")
+        if not text:
+            continue
+        try:
+            rec = json.loads(text)
+            key = (rec["stream_id"], rec["model"], rec["start_sample"])
+        except (ValueError, TypeError, KeyError):
+            continue
+        if key not in seen:
+            seen.add(key)
+            out.append(rec)
+    return out

@@ -99,3 +99,17 @@ def test_every_tag_of_each_bundle_is_in_exactly_one_group(model):
     assert groups == TAG_GROUPS[model]  # the converter writes this table: convert-musicnn gives the same file
     assert tag_groups(f"{task}:{version}") == groups and {"genre", "mood", "instrument", "era"} <= set(groups)
     assert tag_groups("nosuchtagger:1") == {}
+
+
+def test_watch_table_shows_each_streams_music_beside_its_label():
+    from consumers.watch import Prediction, Table
+    t = Table()
+    for sid, label in (("porch", "music"), ("desk", "speech")):
+        t.add(Prediction(id=sid, stream_id=sid, session_id="s", window_index=0, window_start_s=0.0, window_end_s=1.0,
+                         label=label, confidence=0.9, scores={}, model={}))
+    assert "MUSIC" not in t.render()  # no tagger: the table as before
+    t.music["porch"] = "genre: rock 0.61, pop 0.22  mood: happy 0.31"
+    lines = t.render().splitlines()
+    assert "MUSIC, LAST MINUTE" in lines[0]
+    assert lines[2].startswith("porch  music") and lines[2].endswith("genre: rock 0.61, pop 0.22  mood: happy 0.31")
+    assert lines[1].startswith("desk   speech") and "genre" not in lines[1]
