@@ -15,6 +15,8 @@ their predictions by id), writes into ``--out``:
   with music, its best genres (solid) and moods (dashed) over stream time, each the mean score over the
   last minute of music (streamproc/musicnn/summary.py, as ``watch`` and ``/v1/streams`` show it), and in
   index.html a table of each stream's genre, mood, instrument and era over the whole report period;
+- "More like this" (results of ``batch --tags``, at least 2 files with music): each file's 3 nearest
+  files by the musicnn embedding of their music windows, ranked as ``/v1/similar?space=music`` ranks them;
 - ``index.html``: a summary table per stream linking the figures.
 
 With ``--detections-topic audio.detections`` (a detector such as BirdNET, ``audiostream detect``):
@@ -290,6 +292,30 @@ def music_section(tag_records: list[dict], out: Path) -> tuple[Path | None, str,
     return png, table, shown
 
 
+def similar_section(rows: list[dict], k: int = 3) -> str:
+    """Each stream's ``k`` nearest streams by the mean musicnn embedding of its music windows (batch --tags
+    rows' ``music_embedding``), the z-scored cosine of /v1/similar?space=music; "" with fewer than 2."""
+    import numpy as np
+
+    from streamproc.analysis import nearest
+    groups: dict[str, list] = {}
+    for r in rows:
+        if r.get("music_embedding") is not None:
+            groups.setdefault(r["stream_id"], []).append(r["music_embedding"])
+    if len(groups) < 2:
+        return ""
+    ids = sorted(groups)
+    X = np.stack([np.asarray(groups[sid], np.float64).mean(axis=0) for sid in ids])
+    body = []
+    for q, sid in enumerate(ids):
+        found = [(i, sim) for i, sim in nearest(X[q], X, k + 1) if i != q][:k]
+        body.append(f"<tr><td>{html.escape(sid)}</td><td>"
+                    + html.escape(", ".join(f"{ids[i]} ({sim:.2f})" for i, sim in found)) + "</td></tr>")
+    return ("<h2>More like this (musicnn embedding of the music windows; cosine after z-scoring, as "
+            "/v1/similar?space=music)</h2><table><tr><th>stream</th><th>most similar (similarity)</th></tr>"
+            + "".join(body) + "</table>")
+
+
 def music_report(tag_records: list[dict], out: Path, *, title: str) -> dict:
     """``report --tags-topic`` alone: ``tags.png`` and ``music.html`` (the whole-period table)."""
     import matplotlib
@@ -412,6 +438,7 @@ def make_report(rows: list[dict], out: Path, *, title: str, spectrogram_file: st
         png, music_html, music_shown = music_section(tag_records, out)
         if png is not None:
             figures["tags"] = png
+    music_html += similar_section(rows)
     shows = {"labels": shown, "trends": shown, "tempo": with_tempo[:MAX_STREAMS], "rhythm": with_rhythm[:4],
              "tags": music_shown}
     _write_html(out, title, source, streams, labels, figures, shows, music_html)

@@ -69,3 +69,17 @@ def test_music_section_from_batch_tags_columns(tmp_path):
     assert "<td>band</td><td>musictags-msd:1</td><td>2</td><td>6.0</td><td>rock 0.60, pop 0.20" in page, page
     assert "happy 0.60, sad 0.30" in page and "80s 0.30" in page and "<td>talk</td><td>musictags" not in page
     assert "1 of 2 streams shown: band" in page  # the figure draws the stream with music
+
+
+def test_more_like_this_from_batch_tags_embeddings(tmp_path):
+    """Each file's nearest files by its mean music embedding, the ranking of /v1/similar?space=music."""
+    rows = []
+    for sid, vec in (("a-piano", [1.0, 0.0, 0.1]), ("b-piano", [0.9, 0.1, 0.0]), ("c-drums", [0.0, 1.0, 0.9]),
+                     ("d-drums", [0.1, 0.9, 1.0]), ("e-speech", None)):
+        for r in rows_for(sid, ["music"] * 4):
+            r["music_embedding"] = vec
+            rows.append(r)
+    make_report(rows, tmp_path, title="t")
+    page = (tmp_path / "index.html").read_text()
+    assert "<td>a-piano</td><td>b-piano (" in page and "<td>c-drums</td><td>d-drums (" in page, page
+    assert "<td>e-speech</td><td>" not in page.split("More like this")[1]
