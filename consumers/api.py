@@ -51,6 +51,7 @@ class LiveStreams:
         self.kafka, self.topics = kafka, (predictions_topic, features_topic)
         self.tags_topic = tags_topic  # the music tagger's output: genre and mood over a stream's last minute
         self.music = RollingTags(max_streams=max_streams)
+        self.music_vectors: dict[str, list] = {}  # stream -> [sum, n] of its music windows' musicnn embeddings
         self.deadletter_topic = deadletter_topic  # counted per stream (its records keep the stream's key)
         self.transcripts_topic = transcripts_topic  # the transcriber's output: recent captions for the live page
         self.captions: collections.deque = collections.deque(maxlen=50)  # (version, caption), newest last
@@ -129,8 +130,7 @@ class LiveStreams:
                     elif m.topic() == self.detections_topic and isinstance(rec, dict) and rec.get("detections"):
                         self._detection(rec)
                     elif m.topic() == self.tags_topic and isinstance(rec, dict):
-                        with self._lock:
-                            self.music.add(rec)
+                        self._tags(rec)
                     elif m.topic() == self.topics[1] and records.is_window(rec):
                         self._features(rec)
         finally:
@@ -156,6 +156,7 @@ class LiveStreams:
                 sid, _ = self.latest.popitem(last=False)
                 self.vectors.pop(sid, None)
                 self.music.forget(sid)
+                self.music_vectors.pop(sid, None)
                 self.history.pop(sid, None)
                 self.changed_at.pop(sid, None)
 
@@ -192,6 +193,27 @@ class LiveStreams:
                 self._detection_ids.popitem(last=False)
             self.version += 1
             self.detections.append((self.version, d))
+
+    def _tags(self, rec: dict) -> None:
+        """An audio.tags record: into the stream's genre/mood summary and, a new music window, into its
+        mean embedding (the music space of /v1/similar)."""
+        with self._lock:
+            if not self.music.add(rec):
+                return
+            emb = rec.get("embedding")
+            if isinstance(emb, list) and emb:
+                try:
+                    x = np.asarray(emb, np.float64)
+                except (TypeError, ValueError):
+                    return
+                acc = self.music_vectors.setdefault(str(rec["stream_id"]), [np.zeros_like(x), 0])
+                if acc[0].shape == x.shape:
+                    acc[0] += x
+                    acc[1] += 1
+
+    def music_embeddings(self) -> dict[str, np.ndarray]:
+        with self._lock:
+            return {sid: s / n for sid, (s, n) in self.music_vectors.items() if n}
 
     def captions_since(self, since: int) -> list[dict]:
         """Transcripts that arrived after version ``since``, once per id, oldest first: the live page's captions."""
@@ -630,12 +652,17 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
                 k: int = Query(5, ge=1, le=100),
                 space: str = Query("features", pattern="^(features|music)$",
                                    description="features: MFCC + chroma statistics (clips and live streams); music: "
-                                               "the musicnn embedding of the clips' music windows (batch --tags)")):
+                                               "the musicnn embedding of the music windows of clips (batch --tags) "
+                                               "and live streams (audio.tags)")):
         if space == "music":
             items = [(cid, "clip", e) for cid, e in music_clips.items()]
-            if id not in music_clips:
-                raise HTTPException(404, f"{display_name(id)!r} has no music embedding ({len(music_clips)} clips "
-                                         "do: index results of 'batch --tags'; live streams are not in this space yet)")
+            if live is not None:  # live streams' music windows (audio.tags); a replayed clip's id: one entry
+                items = [(i, "clip+stream" if i in live.music_vectors else kind, e) for i, kind, e in items]
+                items += [(sid, "stream", e) for sid, e in live.music_embeddings().items() if sid not in music_clips]
+            if id not in [i for i, _, _ in items]:
+                raise HTTPException(404, f"{display_name(id)!r} has no music embedding ({len(items)} clips and "
+                                         "streams do: index results of 'batch --tags', live streams tagged by "
+                                         "'audiostream tag')")
         else:
             items = [(cid, "clip", e) for cid, e in clips.items()]
         if live is not None and space == "features":  # a replayed file's stream id equals its clip id: one entry

@@ -98,6 +98,8 @@ def test_replayed_music_gets_tags_equal_to_offline(kafka_conf, topics, start_ana
             m = got[0]["music"] if got else None
             return m if m and m["windows"] == len(offline) and got[0]["window_end_s"] >= n * 0.5 else None
         m = wait_for(music, 60, "/v1/streams to show radio's music")
+        sim = client.get("/v1/similar", params={"id": "radio", "space": "music"})
+        assert sim.status_code == 200 and sim.json()["query"] == "radio"  # live streams are in the music space
     finally:
         live.stop()
     assert m["model"] == "musictags:1" and m["text"] == want.text() and m["span_s"] == 60
