@@ -474,12 +474,34 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         padded: bool = Field(False, description="the clip is shorter than one window: this window is the clip "
                                                 "followed by zeros (docs/predictions.md)")
 
+    class MusicSummary(BaseModel):
+        model: str = Field(description="the tagger bundle, e.g. musictags-msd:1")
+        at_s: float = Field(description="the stream time (s) the minute ends at")
+        span_s: float | None = Field(description="the rolling span in stream seconds (60)")
+        windows: int = Field(description="tag windows (~3 s) the sound-type model called music in that span")
+        music_s: float
+        top: dict[str, list[tuple[str, float]]] = Field(
+            description="per tag group (genre, mood, instrument, era, ...): the best tags with their mean score")
+        text: str = Field(description="e.g. 'genre: rock 0.61, pop 0.22  mood: happy 0.31'")
+
+    class TagWindow(BaseModel):
+        start_s: float
+        end_s: float
+        model: str
+        music_share: float | None = Field(description="share of the sound-type windows inside it called music")
+        top: list[tuple[str, float]] = Field(description="the 5 best tags, best first")
+        tags: dict[str, float] = Field(description="every tag's sigmoid score")
+
     class Classification(BaseModel):
         model: str
         labels: list[str]
         duration_s: float
         windows: list[Window]
         label_share: dict[str, float]
+        tags: list[TagWindow] | None = Field(None, description="with tags=true: the music tagger's ~3 s windows "
+                                                               "the sound type calls music (batch --tags' answers)")
+        music: MusicSummary | None = Field(None, description="with tags=true: genre and mood over the whole "
+                                                             "upload's music windows (null: no music)")
 
     class ModelInfo(BaseModel):
         task: str
@@ -493,16 +515,6 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         latest: bool | None = None
         default: bool = False
         error: str | None = None
-
-    class MusicSummary(BaseModel):
-        model: str = Field(description="the tagger bundle, e.g. musictags-msd:1")
-        at_s: float = Field(description="the stream time (s) the minute ends at")
-        span_s: float | None = Field(description="the rolling span in stream seconds (60)")
-        windows: int = Field(description="tag windows (~3 s) the sound-type model called music in that span")
-        music_s: float
-        top: dict[str, list[tuple[str, float]]] = Field(
-            description="per tag group (genre, mood, instrument, era, ...): the best tags with their mean score")
-        text: str = Field(description="e.g. 'genre: rock 0.61, pop 0.22  mood: happy 0.31'")
 
     class StreamInfo(BaseModel):
         stream_id: str
@@ -553,8 +565,12 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
                          415: {"description": "not decodable audio"},
                          503: {"description": "busy: --max-concurrent uploads in progress; see Retry-After"}})
     def classify(file: UploadFile = File(..., description="wav, flac, ogg, mp3, ..."),
-                 model_ref: str | None = Query(None, alias="model", description="task[:version]")):
+                 model_ref: str | None = Query(None, alias="model", description="task[:version]"),
+                 tags: bool = Query(False, description="also music tags (musicnn, the windows the sound type "
+                                                       "calls music) and a genre/mood summary; docs/music.md")):
         b = bundle_for(model_ref)
+        if tags and b.spec.sr != 16000:
+            raise HTTPException(400, f"tags=true needs a 16 kHz model; {b.ref} is {b.spec.sr} Hz")
         name = display_name(file.filename)
         ext = re.sub(r"[^A-Za-z0-9]", "", os.path.splitext(file.filename or "")[1])[:8]  # a hint for decoders only
         with tempfile.NamedTemporaryFile(suffix="." + ext if ext else "") as tmp:
@@ -577,6 +593,7 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         pcm = to_s16(y)
         del y
         rows = analyze_pcm(pcm, b, file=file.filename or "upload", stream_id=file.filename or "upload")
+        music = tag_windows(pcm) if tags else None
         del pcm
         share: dict[str, float] = {}
         for r in rows:
@@ -586,7 +603,28 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
                 "windows": [{"index": r["window_index"], "start_s": r["start_s"], "end_s": r["end_s"],
                              "label": r["label"], "confidence": r["confidence"], "gap": r["gap"], "gated": r["gated"],
                              "padded": r["padded"],
-                             "scores": {lab: r[f"score_{lab}"] for lab in b.labels}} for r in rows]}
+                             "scores": {lab: r[f"score_{lab}"] for lab in b.labels}} for r in rows],
+                **(music or {})}
+
+    tagger: dict = {}  # the music tagger, loaded on the first classify?tags=true
+    tagger_lock = threading.Lock()  # one Tagger keeps per-stream engine state: one upload at a time
+
+    def tag_windows(pcm) -> dict:
+        """``tags`` and ``music`` of an upload: the tagger batch --tags runs (tagging.tag_pcm), whole-file summary."""
+        import math
+
+        from streamproc.musicnn import tagging
+        from streamproc.musicnn.summary import RollingTags
+        with tagger_lock:
+            if "t" not in tagger:
+                tagger["t"] = tagging.load()
+            recs = tagging.tag_pcm(pcm, tagger["t"], f"upload-{uuid.uuid4().hex}")
+        whole = RollingTags(span_s=math.inf)
+        for r in recs:
+            whole.add(r)
+        s = whole.summary(recs[0]["stream_id"]) if recs else None
+        return {"tags": [{k: r[k] for k in ("start_s", "end_s", "model", "music_share", "top", "tags")} for r in recs],
+                "music": None if s is None else s.as_dict()}
 
     asr: dict = {}  # the speech model, loaded on the first /v1/transcribe (serve runs without the asr extra)
     asr_lock = threading.Lock()
