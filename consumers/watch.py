@@ -332,7 +332,7 @@ def run(args) -> int:
     topics: str | list[str] = args.topic
     if table_mode and args.tags_topic:  # each stream's genre and mood beside its label
         from streamproc.musicnn.summary import RollingTags
-        rolling, topics = RollingTags(), [args.topic, args.tags_topic]
+        rolling, topics = RollingTags(), list(dict.fromkeys([args.topic, args.tags_topic]))
 
     def parse(raw):
         d = json.loads(raw)
