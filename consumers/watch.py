@@ -36,9 +36,9 @@ from confluent_kafka import Consumer, KafkaError
 
 from streamproc.kafka import check_reachable, client_logging
 from streamproc.settings import TOPIC_DETECTIONS, TOPIC_PREDICTIONS, TOPIC_TRANSCRIPTS, add_kafka_arguments
+from streamproc.config import kafka_config, kafka_config_from_args
 
 TOPIC_TAGS = "audio.tags"  # streamproc.musicnn.tagging.TOPIC_TAGS (not imported: it loads the engine)
-from streamproc.config import kafka_config, kafka_config_from_args
 
 
 @dataclass(frozen=True)
