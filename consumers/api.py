@@ -211,6 +211,10 @@ class LiveStreams:
                     acc[0] += x
                     acc[1] += 1
 
+    def _music_text(self, sid: str) -> str | None:
+        s = self.music.summary(sid)
+        return None if s is None else s.text()
+
     def music_embeddings(self) -> dict[str, np.ndarray]:
         with self._lock:
             return {sid: s / n for sid, (s, n) in self.music_vectors.items() if n}
@@ -241,7 +245,7 @@ class LiveStreams:
     def _changes(self, since: int) -> tuple[int, list[dict]]:
         rows = [{**self.latest[sid], **{k: self.history[sid][k] for k in ("windows", "gaps", "dead_letters",
                                                                             "rms_dbfs")},
-                 "recent": list(self.history[sid]["recent"])}
+                 "recent": list(self.history[sid]["recent"]), "music": self._music_text(sid)}
                 for sid, v in self.changed_at.items() if v > since and sid in self.latest]
         return self.version, rows
 

@@ -113,3 +113,24 @@ def test_watch_table_shows_each_streams_music_beside_its_label():
     assert "MUSIC, LAST MINUTE" in lines[0]
     assert lines[2].startswith("porch  music") and lines[2].endswith("genre: rock 0.61, pop 0.22  mood: happy 0.31")
     assert lines[1].startswith("desk   speech") and "genre" not in lines[1]
+
+
+def test_serve_live_streams_carry_the_summary_and_drop_it_a_minute_after_the_music():
+    """serve's LiveStreams (not started: fed as its Kafka reader feeds it): /v1/streams' ``music`` and the
+    live page's rows; predictions move the stream time on, so a stream that turned to speech loses it."""
+    pytest.importorskip("fastapi")
+    from consumers.api import LiveStreams
+    from streamproc.inference import ModelBundle
+    live = LiveStreams({}, "p", "f", ModelBundle.load("soundtype").spec, tags_topic="t")
+
+    def prediction(end_s, label):
+        live._prediction({"stream_id": "porch", "label": label, "confidence": 0.9, "window_end_s": end_s,
+                          "model": {"task": "soundtype", "version": "4"}})
+    tags = {"rock": 0.61, "pop": 0.22, "happy": 0.31, "sad": 0.02}
+    live._tags({**rec("porch", 0.0, tags), "embedding": [1.0, 2.0]})
+    prediction(3.0, "music")
+    m = live.streams(10)[0]["music"]
+    assert m["text"] == "genre: rock 0.61, pop 0.22  mood: happy 0.31" and m["windows"] == 1
+    assert live.changes(0)[1][0]["music"] == m["text"] and list(live.music_embeddings()["porch"]) == [1.0, 2.0]
+    prediction(63.5, "speech")
+    assert live.streams(10)[0]["music"] is None and live.changes(0)[1][0]["music"] is None
