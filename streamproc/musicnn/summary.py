@@ -113,6 +113,9 @@ class RollingTags:
         self._windows: dict[str, dict[str, OrderedDict]] = defaultdict(dict)  # stream -> model -> start -> rec
         self._clock: OrderedDict[str, float] = OrderedDict()  # stream -> its newest stream time (LRU order)
         self._model: dict[str, str] = {}  # stream -> the model of its newest record
+        # stream -> model -> [sum of each tag, windows, seconds] over the kept windows: a summary at the
+        # stream's own time costs one pass over the tags, not over every window (serve asks per prediction)
+        self._acc: dict[str, dict[str, list]] = defaultdict(dict)
         self.ignored = 0  # records not counted: not music, or malformed
 
     def add(self, rec: dict) -> bool:
@@ -133,9 +136,20 @@ class RollingTags:
         wins = self._windows[sid].setdefault(model, OrderedDict())
         if start in wins:
             return False
-        wins[start] = (end, float(rec["end_s"]) - float(rec.get("start_s", end)),
-                       {str(k): float(v) for k, v in tags.items()})
+        win = (end, end - float(rec.get("start_s", end)), {str(k): float(v) for k, v in tags.items()})
+        wins[start] = win
+        self._account(sid, model, win, +1)
         return True
+
+    def _account(self, sid: str, model: str, win: tuple, sign: int) -> None:
+        acc = self._acc[sid].setdefault(model, [defaultdict(float), 0, 0.0])
+        acc[1] += sign
+        if acc[1] == 0:  # empty: start the sums afresh (no rounding left over from adding and taking away)
+            self._acc[sid][model] = [defaultdict(float), 0, 0.0]
+            return
+        acc[2] += sign * win[1]
+        for k, v in win[2].items():
+            acc[0][k] += sign * v
 
     def advance(self, stream_id: str, t_s: float) -> None:
         """The stream has reached stream time ``t_s`` (seconds): windows older than the span drop out."""
@@ -148,15 +162,16 @@ class RollingTags:
         self._clock.move_to_end(stream_id)
         while len(self._clock) > self.max_streams:
             self.forget(next(iter(self._clock)))
-        if not math.isinf(self.span_s):
+        if not math.isinf(self.span_s) and stream_id in self._windows:
             cut = self._clock[stream_id] - self.span_s
-            for wins in self._windows.get(stream_id, {}).values():
-                while wins and next(iter(wins.values()))[0] <= cut:
-                    wins.popitem(last=False)
+            for model, wins in self._windows[stream_id].items():
+                for start in [k for k, w in wins.items() if w[0] <= cut]:  # a minute holds ~20 windows
+                    self._account(stream_id, model, wins.pop(start), -1)
 
     def forget(self, stream_id: str) -> None:
         self._clock.pop(stream_id, None)
         self._windows.pop(stream_id, None)
+        self._acc.pop(stream_id, None)
         self._model.pop(stream_id, None)
 
     def streams(self) -> list[str]:
@@ -168,20 +183,23 @@ class RollingTags:
         model = self._model.get(stream_id)
         if model is None:
             return None
-        at = self._clock[stream_id] if at_s is None else at_s
-        rows = [(d, tags) for end, d, tags in self._windows[stream_id].get(model, {}).values()
-                if at - self.span_s < end <= at]
-        if not rows:
+        if at_s is None:  # the stream's own time: the kept windows are exactly those of the span
+            at = self._clock[stream_id]
+            sums, n, music_s = self._acc[stream_id].get(model, [{}, 0, 0.0])
+        else:
+            at = at_s
+            rows = [w for w in self._windows[stream_id].get(model, {}).values() if at - self.span_s < w[0] <= at]
+            sums, n, music_s = defaultdict(float), len(rows), sum(w[1] for w in rows)
+            for _, _, tags in rows:
+                for k, v in tags.items():
+                    sums[k] += v
+        if not n:
             return None
-        sums: dict[str, float] = defaultdict(float)
-        for _, tags in rows:
-            for k, v in tags.items():
-                sums[k] += v
-        mean = {k: v / len(rows) for k, v in sums.items()}
+        mean = {k: v / n for k, v in sums.items()}
         groups = self._groups(model) or {"tags": list(mean)}
         ranked = {g: sorted(((t, mean[t]) for t in tags if t in mean), key=lambda x: (-x[1], x[0]))
                   for g, tags in groups.items()}
-        return Summary(stream_id, model, at, self.span_s, len(rows), sum(d for d, _ in rows), ranked)
+        return Summary(stream_id, model, at, self.span_s, n, music_s, ranked)
 
 
 def records_from_rows(rows: list[dict]) -> list[dict]:

@@ -134,3 +134,26 @@ def test_serve_live_streams_carry_the_summary_and_drop_it_a_minute_after_the_mus
     assert live.changes(0)[1][0]["music"] == m["text"] and list(live.music_embeddings()["porch"]) == [1.0, 2.0]
     prediction(63.5, "speech")
     assert live.streams(10)[0]["music"] is None and live.changes(0)[1][0]["music"] is None
+
+
+def test_the_running_sums_equal_a_fresh_mean_over_a_long_stream():
+    """The summary at the stream's time comes from sums kept as windows enter and leave the minute: after
+    an hour of windows (out of order now and then) it equals the mean computed afresh for that time."""
+    import numpy as np
+    rng = np.random.default_rng(23)
+    r = rolling()
+    starts, checked = [3.0 * i for i in range(1200)], 0
+    for i in range(0, len(starts) - 1, 7):
+        starts[i], starts[i + 1] = starts[i + 1], starts[i]
+    for i, s in enumerate(starts):
+        r.add(rec("s", s, {"rock": float(rng.random()), "pop": float(rng.random()), "happy": float(rng.random())},
+                  share=0.2 if i % 5 == 0 else 1.0))
+        if i % 97 == 1:
+            checked += 1
+            now = r.summary("s")
+            fresh = r.summary("s", at_s=now.at_s)
+            assert now.windows == fresh.windows and now.music_s == pytest.approx(fresh.music_s)
+            for g in ("genre", "mood"):
+                assert [t for t, _ in now.top(g)] == [t for t, _ in fresh.top(g)]
+                assert [v for _, v in now.top(g)] == pytest.approx([v for _, v in fresh.top(g)], abs=1e-9)
+    assert checked == 13
