@@ -157,3 +157,15 @@ def test_the_running_sums_equal_a_fresh_mean_over_a_long_stream():
                 assert [t for t, _ in now.top(g)] == [t for t, _ in fresh.top(g)]
                 assert [v for _, v in now.top(g)] == pytest.approx([v for _, v in fresh.top(g)], abs=1e-9)
     assert checked == 13
+
+
+def test_every_window_records_keep_the_gate_so_a_stream_without_music_has_no_summary():
+    """tag --every-window tags noise too, but its records still say what the sound type heard
+    (gate_model, music_share), so the summary leaves such a stream out."""
+    import numpy as np
+    from streamproc.musicnn import tagging
+    pcm = (0.1 * np.random.default_rng(5).standard_normal(7 * 16000) * 32767).astype(np.int16)  # noise
+    recs = tagging.tag_pcm(pcm, tagging.load(every_window=True), "fan")
+    assert len(recs) == 2 and all(r["gate_model"].startswith("soundtype:") and r["music_share"] < 0.5 for r in recs)
+    r = RollingTags()
+    assert not any(r.add(x) for x in recs) and r.summary("fan") is None
