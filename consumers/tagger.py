@@ -105,13 +105,13 @@ def run(args) -> int:
     from streamproc.config import kafka_config_from_args
     from streamproc.kafka import check_reachable, ensure_topics
     from streamproc.musicnn import tagging
-    kafka = kafka_config_from_args(args)
-    check_reachable(kafka)
-    ensure_topics(kafka, {args.tags_topic: 6})
     gate = None if str(args.gate_model).lower() == "none" else args.gate_model
     if gate is None and not args.every_window:
         from streamproc.errors import ConfigError
         raise ConfigError("--gate-model none tags every window: say so with --every-window")
+    kafka = kafka_config_from_args(args)
+    check_reachable(kafka)
+    ensure_topics(kafka, {args.tags_topic: 6})
     tagger = tagging.load(args.model, gate, every_window=args.every_window)
     service = TaggerService(kafka, tagger, frames_topic=args.frames_topic, tags_topic=args.tags_topic,
                             group_id=args.group_id)
