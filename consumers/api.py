@@ -4,7 +4,8 @@
   (the live analyzer's engine and bundle, as ``batch`` uses);
 - ``GET /v1/models``: the model bundles this server can use;
 - ``GET /v1/streams``: recent live streams and their latest label, read from the
-  predictions topic by a background reader;
+  predictions topic by a background reader, with each stream's genre and mood over
+  its last minute of music (``music``: from the tagger's ``audio.tags``, docs/music.md);
 - ``GET /v1/similar``: the clips (``--index`` batch results) and live streams
   most similar to one of them, by an embedding of MFCC and chroma statistics.
 
@@ -45,8 +46,12 @@ class LiveStreams:
 
     def __init__(self, kafka: dict, predictions_topic: str, features_topic: str, spec, since_s: float = 600,
                  max_streams: int = 10000, deadletter_topic: str | None = None, transcripts_topic: str | None = None,
-                 detections_topic: str | None = None):
+                 detections_topic: str | None = None, tags_topic: str | None = None):
+        from streamproc.musicnn.summary import RollingTags
         self.kafka, self.topics = kafka, (predictions_topic, features_topic)
+        self.tags_topic = tags_topic  # the music tagger's output: genre and mood over a stream's last minute
+        self.music = RollingTags(max_streams=max_streams)
+        self.music_vectors: dict[str, list] = {}  # stream -> [sum, n] of its music windows' musicnn embeddings
         self.deadletter_topic = deadletter_topic  # counted per stream (its records keep the stream's key)
         self.transcripts_topic = transcripts_topic  # the transcriber's output: recent captions for the live page
         self.captions: collections.deque = collections.deque(maxlen=50)  # (version, caption), newest last
@@ -87,7 +92,8 @@ class LiveStreams:
             since_ms = int((time.time() - self.since_s) * 1000)
             wanted = [*self.topics, *([self.deadletter_topic] if self.deadletter_topic else []),
                       *([self.transcripts_topic] if self.transcripts_topic else []),
-                      *([self.detections_topic] if self.detections_topic else [])]
+                      *([self.detections_topic] if self.detections_topic else []),
+                      *([self.tags_topic] if self.tags_topic else [])]
             while True:  # serve may start before the analyzer has created its output topics: wait for them
                 tps = []
                 for topic in wanted:
@@ -123,6 +129,8 @@ class LiveStreams:
                         self._caption(rec)
                     elif m.topic() == self.detections_topic and isinstance(rec, dict) and rec.get("detections"):
                         self._detection(rec)
+                    elif m.topic() == self.tags_topic and isinstance(rec, dict):
+                        self._tags(rec)
                     elif m.topic() == self.topics[1] and records.is_window(rec):
                         self._features(rec)
         finally:
@@ -136,6 +144,7 @@ class LiveStreams:
                                            "model": f"{p['model']['task']}:{p['model']['version']}",
                                            "seen": time.time()}
             self.latest.move_to_end(p["stream_id"])
+            self.music.advance(p["stream_id"], float(p["window_end_s"]))  # a stream turned to speech loses its music
             h = self.history.setdefault(p["stream_id"], self._new_history())
             h["windows"] += 1
             h["gaps"] += int(bool(p.get("gap")))
@@ -146,6 +155,8 @@ class LiveStreams:
             while len(self.latest) > self.max_streams:
                 sid, _ = self.latest.popitem(last=False)
                 self.vectors.pop(sid, None)
+                self.music.forget(sid)
+                self.music_vectors.pop(sid, None)
                 self.history.pop(sid, None)
                 self.changed_at.pop(sid, None)
 
@@ -183,6 +194,31 @@ class LiveStreams:
             self.version += 1
             self.detections.append((self.version, d))
 
+    def _tags(self, rec: dict) -> None:
+        """An audio.tags record: into the stream's genre/mood summary and, a new music window, into its
+        mean embedding (the music space of /v1/similar)."""
+        with self._lock:
+            if not self.music.add(rec):
+                return
+            emb = rec.get("embedding")
+            if isinstance(emb, list) and emb:
+                try:
+                    x = np.asarray(emb, np.float64)
+                except (TypeError, ValueError):
+                    return
+                acc = self.music_vectors.setdefault(str(rec["stream_id"]), [np.zeros_like(x), 0])
+                if acc[0].shape == x.shape:
+                    acc[0] += x
+                    acc[1] += 1
+
+    def _music_text(self, sid: str) -> str | None:
+        s = self.music.summary(sid)
+        return None if s is None else s.text()
+
+    def music_embeddings(self) -> dict[str, np.ndarray]:
+        with self._lock:
+            return {sid: s / n for sid, (s, n) in self.music_vectors.items() if n}
+
     def captions_since(self, since: int) -> list[dict]:
         """Transcripts that arrived after version ``since``, once per id, oldest first: the live page's captions."""
         with self._lock:
@@ -209,7 +245,7 @@ class LiveStreams:
     def _changes(self, since: int) -> tuple[int, list[dict]]:
         rows = [{**self.latest[sid], **{k: self.history[sid][k] for k in ("windows", "gaps", "dead_letters",
                                                                             "rms_dbfs")},
-                 "recent": list(self.history[sid]["recent"])}
+                 "recent": list(self.history[sid]["recent"]), "music": self._music_text(sid)}
                 for sid, v in self.changed_at.items() if v > since and sid in self.latest]
         return self.version, rows
 
@@ -233,7 +269,10 @@ class LiveStreams:
 
     def streams(self, limit: int) -> list[dict]:
         with self._lock:
-            items = list(self.latest.values())[-limit:]
+            items = []
+            for s in list(self.latest.values())[-limit:]:
+                m = self.music.summary(s["stream_id"])
+                items.append({**s, "music": None if m is None else m.as_dict()})
         return sorted(items, key=lambda s: -s["seen"])
 
     def embeddings(self) -> dict[str, np.ndarray]:
@@ -439,12 +478,34 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         padded: bool = Field(False, description="the clip is shorter than one window: this window is the clip "
                                                 "followed by zeros (docs/predictions.md)")
 
+    class MusicSummary(BaseModel):
+        model: str = Field(description="the tagger bundle, e.g. musictags-msd:1")
+        at_s: float = Field(description="the stream time (s) the minute ends at")
+        span_s: float | None = Field(description="the rolling span in stream seconds (60)")
+        windows: int = Field(description="tag windows (~3 s) the sound-type model called music in that span")
+        music_s: float
+        top: dict[str, list[tuple[str, float]]] = Field(
+            description="per tag group (genre, mood, instrument, era, ...): the best tags with their mean score")
+        text: str = Field(description="e.g. 'genre: rock 0.61, pop 0.22  mood: happy 0.31'")
+
+    class TagWindow(BaseModel):
+        start_s: float
+        end_s: float
+        model: str
+        music_share: float | None = Field(description="share of the sound-type windows inside it called music")
+        top: list[tuple[str, float]] = Field(description="the 5 best tags, best first")
+        tags: dict[str, float] = Field(description="every tag's sigmoid score")
+
     class Classification(BaseModel):
         model: str
         labels: list[str]
         duration_s: float
         windows: list[Window]
         label_share: dict[str, float]
+        tags: list[TagWindow] | None = Field(None, description="with tags=true: the music tagger's ~3 s windows "
+                                                               "the sound type calls music (batch --tags' answers)")
+        music: MusicSummary | None = Field(None, description="with tags=true: genre and mood over the whole "
+                                                             "upload's music windows (null: no music)")
 
     class ModelInfo(BaseModel):
         task: str
@@ -467,6 +528,9 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         capture_time: str | None = None
         model: str
         seen: float = Field(description="server time (Unix seconds) the prediction was read")
+        music: MusicSummary | None = Field(None, description="genre and mood over the stream's last minute of "
+                                                             "stream time, mean tag scores of its music windows "
+                                                             "(serve --tags-topic, audiostream tag); null: no music")
 
     class Neighbour(BaseModel):
         id: str
@@ -505,8 +569,12 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
                          415: {"description": "not decodable audio"},
                          503: {"description": "busy: --max-concurrent uploads in progress; see Retry-After"}})
     def classify(file: UploadFile = File(..., description="wav, flac, ogg, mp3, ..."),
-                 model_ref: str | None = Query(None, alias="model", description="task[:version]")):
+                 model_ref: str | None = Query(None, alias="model", description="task[:version]"),
+                 tags: bool = Query(False, description="also music tags (musicnn, the windows the sound type "
+                                                       "calls music) and a genre/mood summary; docs/music.md")):
         b = bundle_for(model_ref)
+        if tags and b.spec.sr != 16000:
+            raise HTTPException(400, f"tags=true needs a 16 kHz model; {b.ref} is {b.spec.sr} Hz")
         name = display_name(file.filename)
         ext = re.sub(r"[^A-Za-z0-9]", "", os.path.splitext(file.filename or "")[1])[:8]  # a hint for decoders only
         with tempfile.NamedTemporaryFile(suffix="." + ext if ext else "") as tmp:
@@ -529,6 +597,7 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
         pcm = to_s16(y)
         del y
         rows = analyze_pcm(pcm, b, file=file.filename or "upload", stream_id=file.filename or "upload")
+        music = tag_windows(pcm) if tags else None
         del pcm
         share: dict[str, float] = {}
         for r in rows:
@@ -538,7 +607,28 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
                 "windows": [{"index": r["window_index"], "start_s": r["start_s"], "end_s": r["end_s"],
                              "label": r["label"], "confidence": r["confidence"], "gap": r["gap"], "gated": r["gated"],
                              "padded": r["padded"],
-                             "scores": {lab: r[f"score_{lab}"] for lab in b.labels}} for r in rows]}
+                             "scores": {lab: r[f"score_{lab}"] for lab in b.labels}} for r in rows],
+                **(music or {})}
+
+    tagger: dict = {}  # the music tagger, loaded on the first classify?tags=true
+    tagger_lock = threading.Lock()  # one Tagger keeps per-stream engine state: one upload at a time
+
+    def tag_windows(pcm) -> dict:
+        """``tags`` and ``music`` of an upload: the tagger batch --tags runs (tagging.tag_pcm), whole-file summary."""
+        import math
+
+        from streamproc.musicnn import tagging
+        from streamproc.musicnn.summary import RollingTags
+        with tagger_lock:
+            if "t" not in tagger:
+                tagger["t"] = tagging.load()
+            recs = tagging.tag_pcm(pcm, tagger["t"], f"upload-{uuid.uuid4().hex}")
+        whole = RollingTags(span_s=math.inf)
+        for r in recs:
+            whole.add(r)
+        s = whole.summary(recs[0]["stream_id"]) if recs else None
+        return {"tags": [{k: r[k] for k in ("start_s", "end_s", "model", "music_share", "top", "tags")} for r in recs],
+                "music": None if s is None else s.as_dict()}
 
     asr: dict = {}  # the speech model, loaded on the first /v1/transcribe (serve runs without the asr extra)
     asr_lock = threading.Lock()
@@ -604,12 +694,17 @@ def create_app(*, model: str = DEFAULT_MODEL, max_upload_bytes: int = 20 << 20, 
                 k: int = Query(5, ge=1, le=100),
                 space: str = Query("features", pattern="^(features|music)$",
                                    description="features: MFCC + chroma statistics (clips and live streams); music: "
-                                               "the musicnn embedding of the clips' music windows (batch --tags)")):
+                                               "the musicnn embedding of the music windows of clips (batch --tags) "
+                                               "and live streams (audio.tags)")):
         if space == "music":
             items = [(cid, "clip", e) for cid, e in music_clips.items()]
-            if id not in music_clips:
-                raise HTTPException(404, f"{display_name(id)!r} has no music embedding ({len(music_clips)} clips "
-                                         "do: index results of 'batch --tags'; live streams are not in this space yet)")
+            if live is not None:  # live streams' music windows (audio.tags); a replayed clip's id: one entry
+                items = [(i, "clip+stream" if i in live.music_vectors else kind, e) for i, kind, e in items]
+                items += [(sid, "stream", e) for sid, e in live.music_embeddings().items() if sid not in music_clips]
+            if id not in [i for i, _, _ in items]:
+                raise HTTPException(404, f"{display_name(id)!r} has no music embedding ({len(items)} clips and "
+                                         "streams do: index results of 'batch --tags', live streams tagged by "
+                                         "'audiostream tag')")
         else:
             items = [(cid, "clip", e) for cid, e in clips.items()]
         if live is not None and space == "features":  # a replayed file's stream id equals its clip id: one entry
@@ -759,6 +854,8 @@ def add_parser(sub):
     p.add_argument("--transcripts-topic", default=TOPIC_TRANSCRIPTS, help="recent transcripts on the live page")
     p.add_argument("--detections-topic", default=TOPIC_DETECTIONS,
                    help="recent detections (audiostream detect: BirdNET) on the live page")
+    p.add_argument("--tags-topic", default="audio.tags",
+                   help="music tags (audiostream tag): each stream's genre and mood in /v1/streams ('' turns it off)")
     p.add_argument("--ingest-token", default=os.environ.get("AUDIOSTREAM_INGEST_TOKEN"),
                    help="bearer token the ingest routes require (env AUDIOSTREAM_INGEST_TOKEN); without one they "
                         "answer only while serve listens on loopback")
@@ -856,7 +953,7 @@ def run(args) -> int:
         live = LiveStreams(kafka, args.predictions_topic, args.features_topic,
                            ModelBundle.load(args.model).spec, since_s=args.streams_since,
                            deadletter_topic=args.deadletter_topic, transcripts_topic=args.transcripts_topic,
-                           detections_topic=args.detections_topic).start()
+                           detections_topic=args.detections_topic, tags_topic=args.tags_topic or None).start()
         gateway = Gateway(kafka, args.ingest_topic, token=args.ingest_token,
                           require_token=args.host not in ("127.0.0.1", "::1", "localhost"),
                           max_speed=args.ingest_max_speed, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),

@@ -11,6 +11,12 @@ their predictions by id), writes into ``--out``:
   and key, and a beat grid (downbeats marked) over 8 s of its waveform;
 - ``spectrogram.png``: a mel spectrogram of one file with its predicted labels on top
   (batch results whose files are readable, or ``--spectrogram FILE``);
+- ``tags.png`` (results of ``batch --tags``, or ``--tags-topic audio.tags``: the music tagger): per stream
+  with music, its best genres (solid) and moods (dashed) over stream time, each the mean score over the
+  last minute of music (streamproc/musicnn/summary.py, as ``watch`` and ``/v1/streams`` show it), and in
+  index.html a table of each stream's genre, mood, instrument and era over the whole report period;
+- "More like this" (results of ``batch --tags``, at least 2 files with music): each file's 3 nearest
+  files by the musicnn embedding of their music windows, ranked as ``/v1/similar?space=music`` ranks them;
 - ``index.html``: a summary table per stream linking the figures.
 
 With ``--detections-topic audio.detections`` (a detector such as BirdNET, ``audiostream detect``):
@@ -246,9 +252,116 @@ def _colors(labels):
     return {lab: cmap(i % 10) for i, lab in enumerate(labels)}
 
 
+def music_section(tag_records: list[dict], out: Path) -> tuple[Path | None, str, list[str]]:
+    """``tags.png``: per stream with music (the first MAX_STREAMS), its 4 best genres (solid) and 2 best moods
+    (dashed; instruments for a tagger without moods) over stream time, each point the rolling-minute mean
+    after a music window; and the HTML table of each stream's summary over all its records (the whole
+    report period). Returns (png or None without music, table html, streams drawn)."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from streamproc.musicnn.summary import RollingTags
+    by = defaultdict(list)
+    for r in tag_records:
+        if isinstance(r, dict) and isinstance(r.get("stream_id"), str):
+            by[r["stream_id"]].append(r)
+    whole, timelines = RollingTags(span_s=math.inf), {}
+    for sid, recs in sorted(by.items()):
+        recs.sort(key=lambda r: r.get("end_s") if isinstance(r.get("end_s"), (int, float)) else 0.0)
+        minute, pts = RollingTags(), []
+        for r in recs:
+            whole.add(r)
+            if minute.add(r):
+                pts.append(minute.summary(sid))
+        timelines[sid] = [p for p in pts if p is not None]
+    summaries = {sid: s for sid in sorted(by) if (s := whole.summary(sid)) is not None}
+    if not summaries:
+        return None, "<p>Music tags: no stream had music in this period.</p>", []
+    shown = list(summaries)[:MAX_STREAMS]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 2.3 * len(shown) + 0.6), squeeze=False)
+    for ax, sid in zip(axes[:, 0], shown):
+        total = summaries[sid]
+        second = "mood" if total.groups.get("mood") else "instrument"
+        first = "genre" if total.groups.get("genre") else next(iter(total.groups))
+        for group, n, style in ((first, 4, "-"), (second, 2, "--")):
+            for tag, _ in total.top(group, n):
+                t = [p.at_s for p in timelines[sid]]
+                y = [dict(p.groups.get(group, [])).get(tag) for p in timelines[sid]]
+                ax.plot(t, y, style, marker=".", lw=1.2, ms=3, label=f"{tag} ({group})")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("mean score")
+        ax.legend(fontsize=7, ncol=3, loc="upper left")
+        ax.set_title(f"{fit(sid, 60)}: {total.model}, {total.windows} music windows; whole period: {total.text()}",
+                     loc="left", fontsize=8)
+    axes[-1, 0].set_xlabel("stream time (s); each point: the mean over the last minute of music windows")
+    more = f" (first {len(shown)} of {len(summaries)} streams with music)" if len(summaries) > len(shown) else ""
+    fig.suptitle(f"Genre and mood over time{more}", fontsize=10)
+    fig.tight_layout()
+    png = out / "tags.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+    def tops(s, group, n):
+        return html.escape(", ".join(f"{t} {v:.2f}" for t, v in s.top(group, n)))
+    head = "".join(f"<th>{h}</th>" for h in ["stream", "tagger", "music windows", "music (s)", "genre", "mood",
+                                               "instrument", "era"])
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in [
+        html.escape(sid), html.escape(s.model), s.windows, f"{s.music_s:.1f}", tops(s, "genre", 3),
+        tops(s, "mood", 3), tops(s, "instrument", 2), tops(s, "era", 1)]) + "</tr>"
+        for sid, s in summaries.items())
+    table = (f"<h2>Genre and mood (mean tag score over each stream's music windows, whole period)</h2>"
+             f"<table><tr>{head}</tr>{body}</table>")
+    return png, table, shown
+
+
+def similar_section(rows: list[dict], k: int = 3) -> str:
+    """Each stream's ``k`` nearest streams by the mean musicnn embedding of its music windows (batch --tags
+    rows' ``music_embedding``), the z-scored cosine of /v1/similar?space=music; "" with fewer than 2."""
+    import numpy as np
+
+    from streamproc.analysis import nearest
+    groups: dict[str, list] = {}
+    for r in rows:
+        if r.get("music_embedding") is not None:
+            groups.setdefault(r["stream_id"], []).append(r["music_embedding"])
+    if len(groups) < 2:
+        return ""
+    ids = sorted(groups)
+    X = np.stack([np.asarray(groups[sid], np.float64).mean(axis=0) for sid in ids])
+    body = []
+    for q, sid in enumerate(ids):
+        found = [(i, sim) for i, sim in nearest(X[q], X, k + 1) if i != q][:k]
+        body.append(f"<tr><td>{html.escape(sid)}</td><td>"
+                    + html.escape(", ".join(f"{ids[i]} ({sim:.2f})" for i, sim in found)) + "</td></tr>")
+    return ("<h2>More like this (musicnn embedding of the music windows; cosine after z-scoring, as "
+            "/v1/similar?space=music)</h2><table><tr><th>stream</th><th>most similar (similarity)</th></tr>"
+            + "".join(body) + "</table>")
+
+
+def music_report(tag_records: list[dict], out: Path, *, title: str) -> dict:
+    """``report --tags-topic`` alone: ``tags.png`` and ``music.html`` (the whole-period table)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    out.mkdir(parents=True, exist_ok=True)
+    png, table, shown = music_section(tag_records, out)
+    img = f'<img src="{png.name}" alt="genre and mood over time">' if png else ""
+    (out / "music.html").write_text(f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>audiostream music: {html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px}} img{{max-width:100%}}</style></head><body>
+<h1>Music: {html.escape(title)}</h1>
+{table}
+{img}
+</body></html>
+""")
+    return {"tags": png, "table": out / "music.html", "streams": shown}
+
+
 def make_report(rows: list[dict], out: Path, *, title: str, spectrogram_file: str | None = None,
-                source: str = "") -> dict:
-    """Write the figures and index.html; return {section: png path}."""
+                source: str = "", tag_records: list[dict] | None = None) -> dict:
+    """Write the figures and index.html; return {section: png path}. ``tag_records``: audio.tags records for
+    the music section (default: those of batch --tags results' ``music_tags`` column)."""
     if not rows:
         raise ConfigError("no windows to report on (empty results, or nothing in the topics for --since)")
     import matplotlib
@@ -339,8 +452,19 @@ def make_report(rows: list[dict], out: Path, *, title: str, spectrogram_file: st
     if spec_file:
         figures["spectrogram"] = _spectrogram(spec_file, [r for r in rows if r.get("file") == spec_file], out,
                                               colors)
-    shows = {"labels": shown, "trends": shown, "tempo": with_tempo[:MAX_STREAMS], "rhythm": with_rhythm[:4]}
-    _write_html(out, title, source, streams, labels, figures, shows)
+    # genre and mood (batch --tags, or the tagger's topic)
+    if tag_records is None:
+        from streamproc.musicnn.summary import records_from_rows
+        tag_records = records_from_rows(rows)
+    music_html, music_shown = "", []
+    if tag_records:
+        png, music_html, music_shown = music_section(tag_records, out)
+        if png is not None:
+            figures["tags"] = png
+    music_html += similar_section(rows)
+    shows = {"labels": shown, "trends": shown, "tempo": with_tempo[:MAX_STREAMS], "rhythm": with_rhythm[:4],
+             "tags": music_shown}
+    _write_html(out, title, source, streams, labels, figures, shows, music_html)
     return figures
 
 
@@ -417,7 +541,7 @@ def _spectrogram(path: str, rows: list[dict], out: Path, colors: dict) -> Path:
 
 
 def _write_html(out: Path, title: str, source: str, streams: dict, labels: list[str], figures: dict,
-                shows: dict) -> None:
+                shows: dict, music_html: str = "") -> None:
     def cell(v, fmt="{:.1f}"):
         return "" if v is None else html.escape(fmt.format(v) if isinstance(v, float) else str(v))
     rhythm = any(r.get("track_tempo_bpm") or r.get("key") for rs in streams.values() for r in rs)
@@ -455,6 +579,7 @@ img{{max-width:100%}}</style></head><body>
 <p>{html.escape(source)}; {sum(len(v) for v in streams.values())} windows, {len(streams)} stream(s);
 generated {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.</p>
 <table><tr>{head}</tr>{''.join(body)}</table>
+{music_html}
 {imgs}
 </body></html>
 """)
@@ -473,6 +598,9 @@ def add_parser(sub):
                    help="also (or only) report a detector's topic (e.g. audio.detections): detections per "
                         "class per hour or day, and first/last heard (species.png, species.html)")
     p.add_argument("--per", choices=["hour", "day"], default="hour", help="with --detections-topic: the time bucket")
+    p.add_argument("--tags-topic", default=None, metavar="TOPIC",
+                   help="also (or only) report the music tagger's topic (audio.tags): genre and mood over time per "
+                        "stream (tags.png) and over the whole period (a table; music.html when given alone)")
     add_kafka_arguments(p)
     p.set_defaults(func=run)
 
@@ -480,8 +608,19 @@ def add_parser(sub):
 def run(args) -> int:
     if args.results and args.topic:
         raise ConfigError("give either a results file or --topic (live output topics), not both")
-    if not (args.results or args.topic or args.detections_topic):
-        raise ConfigError("give a results file, --topic (live output topics) or --detections-topic")
+    if not (args.results or args.topic or args.detections_topic or args.tags_topic):
+        raise ConfigError("give a results file, --topic (live output topics), --detections-topic or --tags-topic")
+    tag_records = None
+    if args.tags_topic:
+        from streamproc.config import kafka_config_from_args
+        from streamproc.kafka import check_reachable
+        kafka = kafka_config_from_args(args)
+        check_reachable(kafka)
+        tag_records = read_topic(kafka, args.tags_topic, parse_since(args.since))
+        if not (args.results or args.topic or args.detections_topic):
+            made = music_report(tag_records, Path(args.out), title=f"{args.tags_topic}, last {args.since}")
+            print(f"report: {made['table']} ({len(made['streams'])} stream(s) with music drawn)", file=sys.stderr)
+            return 0
     if args.detections_topic:
         from streamproc.config import kafka_config_from_args
         from streamproc.kafka import check_reachable
@@ -491,6 +630,8 @@ def run(args) -> int:
         made = species_report(recs, Path(args.out), title=f"{args.detections_topic}, last {args.since}", per=args.per)
         print(f"report: {made['table']} ({len(made['classes'])} classes)", file=sys.stderr)
         if not (args.results or args.topic):
+            if tag_records is not None:
+                music_report(tag_records, Path(args.out), title=f"{args.tags_topic}, last {args.since}")
             return 0
     if args.topic:
         from streamproc.config import kafka_config_from_args
@@ -502,6 +643,7 @@ def run(args) -> int:
     else:
         rows = load_results(args.results)
         title, source = Path(args.results).name, f"batch results {args.results}"
-    figures = make_report(rows, Path(args.out), title=title, spectrogram_file=args.spectrogram, source=source)
+    figures = make_report(rows, Path(args.out), title=title, spectrogram_file=args.spectrogram, source=source,
+                          tag_records=tag_records)
     print(f"report: {Path(args.out) / 'index.html'} ({', '.join(p.name for p in figures.values())})", file=sys.stderr)
     return 0

@@ -91,7 +91,9 @@ def add_parser(sub):
     p = sub.add_parser("tag", help="music tagger service: audio.frames -> audio.tags (musicnn)", description=__doc__)
     p.add_argument("--model", default="musictags", help="the tagger bundle (task[:version] or a directory)")
     p.add_argument("--gate-model", default="soundtype", help="the sound-type bundle whose 'music' windows are tagged")
-    p.add_argument("--every-window", action="store_true", help="tag every window, music or not")
+    p.add_argument("--every-window", action="store_true",
+                   help="tag every window, music or not (the gate still runs: each record's music_share says which "
+                        "were music, which the genre/mood summaries keep to); --gate-model none: no gate")
     p.add_argument("--tags-topic", default="audio.tags")
     p.add_argument("--frames-topic", default=TOPIC_FRAMES)
     p.add_argument("--group-id", default=GROUP)
@@ -103,10 +105,14 @@ def run(args) -> int:
     from streamproc.config import kafka_config_from_args
     from streamproc.kafka import check_reachable, ensure_topics
     from streamproc.musicnn import tagging
+    gate = None if str(args.gate_model).lower() == "none" else args.gate_model
+    if gate is None and not args.every_window:
+        from streamproc.errors import ConfigError
+        raise ConfigError("--gate-model none tags every window: say so with --every-window")
     kafka = kafka_config_from_args(args)
     check_reachable(kafka)
     ensure_topics(kafka, {args.tags_topic: 6})
-    tagger = tagging.load(args.model, None if args.every_window else args.gate_model, every_window=args.every_window)
+    tagger = tagging.load(args.model, gate, every_window=args.every_window)
     service = TaggerService(kafka, tagger, frames_topic=args.frames_topic, tags_topic=args.tags_topic,
                             group_id=args.group_id)
     signal.signal(signal.SIGTERM, service.stop)

@@ -14,6 +14,12 @@ Live captions: ``watch --topic audio.transcripts`` (or ``--captions`` for a topi
 another name) prints one line per utterance as the transcriber publishes it:
 stream, start-end in stream seconds, text (a repeat after a transcriber restart,
 same id, is shown once).
+
+Genre and mood: the table also reads the music tagger's topic (``--tags-topic``, default
+``audio.tags``; ``audiostream tag``) and shows, per stream with music, its genre and mood over the
+last minute of stream time (streamproc/musicnn/summary.py), e.g.
+``porch  music  genre: rock 0.61, pop 0.22  mood: happy 0.31``. ``watch --topic audio.tags`` shows
+that summary alone: a row per stream (a line each time it changes when not on a terminal).
 """
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ from confluent_kafka import Consumer, KafkaError
 from streamproc.kafka import check_reachable, client_logging
 from streamproc.settings import TOPIC_DETECTIONS, TOPIC_PREDICTIONS, TOPIC_TRANSCRIPTS, add_kafka_arguments
 from streamproc.config import kafka_config, kafka_config_from_args
+
+TOPIC_TAGS = "audio.tags"  # streamproc.musicnn.tagging.TOPIC_TAGS (not imported: it loads the engine)
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,8 @@ def format_caption(c: Caption) -> str:
     return f"{c.stream_id:<20} {c.start_s:8.2f}-{c.end_s:<8.2f} {c.text}"
 
 
-def subscribe(bootstrap_servers: str | None = None, *, topic: str = TOPIC_PREDICTIONS, from_beginning: bool = False,
+def subscribe(bootstrap_servers: str | None = None, *, topic: str | list[str] = TOPIC_PREDICTIONS,
+              from_beginning: bool = False,
               group_id: str | None = None, kafka: dict | None = None, stop: threading.Event | None = None,
               poll_timeout: float = 0.2, idle_timeout: float | None = None,
               parse=None) -> Iterator[Prediction]:
@@ -103,6 +112,7 @@ def subscribe(bootstrap_servers: str | None = None, *, topic: str = TOPIC_PREDIC
     give a group id to share work and resume where the group left off.
     ``idle_timeout``: stop after that many seconds without a prediction.
     ``parse``: how a record becomes an item (default ``Prediction.from_json``; ``Caption.from_json`` for transcripts).
+    ``topic``: one topic or a list (a topic that does not exist yet is waited for, silently).
     """
     parse = parse or Prediction.from_json
     conf = dict(kafka) if kafka else kafka_config(bootstrap_servers)
@@ -113,7 +123,7 @@ def subscribe(bootstrap_servers: str | None = None, *, topic: str = TOPIC_PREDIC
                  "auto.offset.reset": "earliest" if from_beginning else "latest",
                  "isolation.level": "read_committed"})
     consumer = Consumer(client_logging(conf))
-    consumer.subscribe([topic])
+    consumer.subscribe([topic] if isinstance(topic, str) else list(topic))
     stop = stop or threading.Event()
     last = time.monotonic()
     try:
@@ -165,6 +175,7 @@ class Table:
         self.rows: dict[str, Prediction] = {}
         self.windows: dict[str, int] = {}
         self.gaps: dict[str, int] = {}
+        self.music: dict[str, str] = {}  # stream -> its genre/mood summary text (last minute of music)
         self._drawn = 0
 
     def add(self, p: Prediction) -> None:
@@ -176,14 +187,16 @@ class Table:
 
     def render(self, waiting: str | None = None) -> str:
         w = max([6] + [min(len(sid), self.MAX_ID) for sid in self.rows])
+        music = any(self.music.get(sid) for sid in self.rows)
         head = (f"{'STREAM':<{w}} {'LABEL':<12} {'CONF':>5}  {'LEVEL':<12} {'dBFS':>6} {'WINDOWS':>7} {'GAPS':>4}  "
-                f"{'AT (s)':>8}")
+                f"{'AT (s)':>8}" + ("  MUSIC, LAST MINUTE (mean tag score)" if music else ""))
         lines = [head]
         for sid in sorted(self.rows):
             p = self.rows[sid]
             db = f"{p.rms_dbfs:6.1f}" if p.rms_dbfs is not None else "     -"
             lines.append(f"{fit(sid, w):<{w}} {fit(p.label, 12):<12} {p.confidence:5.2f}  {level_meter(p.rms_dbfs)} "
-                         f"{db} {self.windows[sid]:>7} {self.gaps[sid]:>4}  {p.window_end_s:8.1f}")
+                         f"{db} {self.windows[sid]:>7} {self.gaps[sid]:>4}  {p.window_end_s:8.1f}"
+                         + (f"  {self.music[sid]}" if self.music.get(sid) else ""))
         if waiting and not self.rows:
             lines.append(waiting)
         return "\n".join(lines)
@@ -208,6 +221,12 @@ def add_parser(sub):
     p.add_argument("--idle-timeout", type=float, default=None, help="exit after this many seconds without predictions")
     p.add_argument("--captions", action="store_true",
                    help=f"the topic holds transcripts: one caption line each (automatic for {TOPIC_TRANSCRIPTS})")
+    p.add_argument("--tags-topic", default=TOPIC_TAGS, metavar="TOPIC",
+                   help=f"the music tagger's topic: the table shows each stream's genre and mood over the last "
+                        f"minute (default: {TOPIC_TAGS}; '' turns it off)")
+    p.add_argument("--tags", action="store_true",
+                   help=f"the topic holds music tags (audiostream tag): a row per stream with its genre and mood over "
+                        f"the last minute of stream time (automatic for {TOPIC_TAGS})")
     p.add_argument("--detections", action="store_true",
                    help=f"the topic holds a detector's records (BirdNET): one line per window with something heard "
                         f"(automatic for {TOPIC_DETECTIONS})")
@@ -229,6 +248,48 @@ def run_detections(args, kafka: dict, stop: threading.Event) -> int:
             seen.popitem(last=False)
         n += 1
         print(json.dumps(d) if args.json else format_detections(d), flush=True)
+        if args.max is not None and n >= args.max:
+            break
+    return 0
+
+
+def is_tags_record(d) -> bool:
+    return isinstance(d, dict) and isinstance(d.get("tags"), dict) and "top" in d
+
+
+def format_music(summary) -> str:
+    """A stream's rolling music summary as a line: stream, stream time, 'music', genre and mood."""
+    return f"{summary.stream_id:<20} {summary.at_s:8.2f}  music  {summary.text()}  ({summary.windows} windows)"
+
+
+def run_tags(args, kafka: dict, stop: threading.Event) -> int:
+    """Genre and mood per stream over the last minute of stream time, from the tagger's records: a table
+    on a terminal; otherwise a line whenever a stream's summary changes (``--json``: its JSON)."""
+    from streamproc.musicnn.summary import RollingTags
+    rolling, shown, n = RollingTags(), {}, 0
+    table_mode = sys.stdout.isatty() and not (args.lines or args.json)
+    out = sys.stdout
+    drawn = 0
+    for d in subscribe(topic=args.topic, from_beginning=args.from_beginning, kafka=kafka, stop=stop,
+                       idle_timeout=args.idle_timeout, parse=json.loads):
+        if not is_tags_record(d) or not rolling.add(d):
+            continue
+        s = rolling.summary(d["stream_id"])
+        if s is None or shown.get(s.stream_id, (None,))[0] == s.text():
+            continue
+        shown[s.stream_id] = (s.text(), s)
+        n += 1
+        if table_mode:
+            w = max([6] + [min(len(sid), Table.MAX_ID) for sid in shown])
+            lines = [f"{'STREAM':<{w}} {'AT (s)':>8}  {'WINDOWS':>7}  MUSIC, LAST MINUTE (mean tag score)"]
+            lines += [f"{fit(sid, w):<{w}} {x.at_s:8.1f}  {x.windows:>7}  {text}" for sid, (text, x) in sorted(shown.items())]
+            if drawn:
+                out.write(f"\033[{drawn}F\033[J")
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+            drawn = len(lines)
+        else:
+            print(json.dumps({"stream_id": s.stream_id, **s.as_dict()}) if args.json else format_music(s), flush=True)
         if args.max is not None and n >= args.max:
             break
     return 0
@@ -264,14 +325,38 @@ def run(args) -> int:
         return run_captions(args, kafka, stop)
     if args.detections or args.topic == TOPIC_DETECTIONS:
         return run_detections(args, kafka, stop)
+    if args.tags or args.topic == TOPIC_TAGS:
+        return run_tags(args, kafka, stop)
     table = Table()
+    rolling = None
+    topics: str | list[str] = args.topic
+    if table_mode and args.tags_topic:  # each stream's genre and mood beside its label
+        from streamproc.musicnn.summary import RollingTags
+        rolling, topics = RollingTags(), list(dict.fromkeys([args.topic, args.tags_topic]))
+
+    def parse(raw):
+        d = json.loads(raw)
+        return d if rolling is not None and is_tags_record(d) else Prediction.from_json(raw)
     if table_mode:  # the header at once, not a blank screen until the first prediction
         table.draw(waiting=f"waiting for predictions on {args.topic} "
                            f"({'from the oldest retained' if args.from_beginning else 'new ones only'}) ...")
     n = 0
     last_draw = 0.0
-    for p in subscribe(topic=args.topic, from_beginning=args.from_beginning, kafka=kafka,
-                       stop=stop, idle_timeout=args.idle_timeout):
+    for p in subscribe(topic=topics, from_beginning=args.from_beginning, kafka=kafka,
+                       stop=stop, idle_timeout=args.idle_timeout, parse=parse):
+        if rolling is not None:
+            sid = p["stream_id"] if isinstance(p, dict) else p.stream_id
+            if isinstance(p, dict):
+                rolling.add(p)
+            else:
+                rolling.advance(sid, p.window_end_s)
+            s = rolling.summary(sid)
+            table.music[sid] = s.text() if s is not None else ""
+            if isinstance(p, dict):
+                if sid in table.rows and time.monotonic() - last_draw > 0.25:
+                    table.draw()
+                    last_draw = time.monotonic()
+                continue
         n += 1
         if args.json:
             print(json.dumps(p.raw), flush=True)

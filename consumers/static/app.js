@@ -39,7 +39,7 @@ function render() {
     tr.append(cell(r.stream_id), label, cell(r.confidence.toFixed(2), "num"), timeline, level,
               cell(r.rms_dbfs == null ? "-" : r.rms_dbfs.toFixed(1), "num"),
               cell(String(r.windows), "num hide-narrow"), cell(String(r.gaps), "num hide-narrow"),
-              cell(String(r.dead_letters), "num hide-narrow"));
+              cell(String(r.dead_letters), "num hide-narrow"), cell(r.music || "", "hide-narrow"));
     return tr;
   }));
   status.textContent = `${rows.size} stream(s)` + (q ? `, ${shown.length} shown` : "") + ", live";

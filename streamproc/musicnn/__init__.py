@@ -36,6 +36,33 @@ MODELS = {
     "MTT_musicnn": ("musictags", "1", "MagnaTagATune: 50 tags of genre, instrument, voice, tempo and mood"),
     "MSD_musicnn": ("musictags-msd", "1", "Million Song Dataset (last.fm tags): 50 tags of genre, era and mood"),
 }
+# Each tag vocabulary sorted into groups (model.yaml ``tag_groups``; docs/music.md "Tag groups"): what the
+# rolling genre/mood summary (streamproc/musicnn/summary.py) reads. Every label in exactly one group.
+# MagnaTagATune has no mood tags (its "soft", "quiet", "loud", "fast", "slow" describe the sound: "character").
+TAG_GROUPS = {
+    "MTT_musicnn": {
+        "genre": ["classical", "techno", "electronic", "rock", "ambient", "indian", "opera", "pop", "classic",
+                  "new age", "dance", "country", "metal", "choral"],
+        "mood": [],
+        "instrument": ["guitar", "strings", "drums", "piano", "violin", "synth", "harpsichord", "flute", "sitar",
+                       "harp", "cello"],
+        "era": [],
+        "voice": ["vocal", "female", "male", "singing", "vocals", "no vocals", "woman", "male vocal", "no vocal",
+                  "man", "choir", "voice", "male voice", "female vocal", "no voice", "female voice"],
+        "character": ["slow", "fast", "beat", "loud", "quiet", "soft", "solo", "beats", "weird"],
+    },
+    "MSD_musicnn": {
+        "genre": ["rock", "pop", "alternative", "indie", "electronic", "dance", "alternative rock", "jazz", "metal",
+                  "classic rock", "soul", "indie rock", "electronica", "folk", "punk", "blues", "hard rock",
+                  "ambient", "experimental", "Hip-Hop", "country", "easy listening", "funk", "electro",
+                  "heavy metal", "Progressive rock", "rnb", "indie pop", "House"],
+        "mood": ["beautiful", "chillout", "Mellow", "chill", "party", "sexy", "catchy", "sad", "happy"],
+        "instrument": ["instrumental", "acoustic", "guitar"],
+        "era": ["00s", "80s", "90s", "70s", "60s", "oldies"],
+        "voice": ["female vocalists", "male vocalists", "female vocalist"],
+        "character": [],
+    },
+}
 # The log-mel patch every musicnn model takes (musicnn/configuration.py and extractor.batch_data)
 SR, N_FFT, HOP_LENGTH, N_MELS, FRAMES = 16000, 512, 256, 96, 187
 WINDOW_LENGTH = N_FFT + (FRAMES - 1) * HOP_LENGTH  # 48128 samples: 187 frames with center=False
@@ -151,6 +178,7 @@ def write_bundle(work: Path, model: str, labels: list[str], converted: dict, che
         "input": logmel_input(),
         "output": {"name": "tags", "activation": "sigmoid", "multilabel": True},
         "embedding": {"name": "embedding", "size": 200, "layer": "penultimate (batch-normalised dense, 200)"},
+        "tag_groups": TAG_GROUPS[model],
         "window_spec": {"sr": SR, "window_length": WINDOW_LENGTH, "hop": hop, "n_fft": N_FFT,
                         "hop_length": HOP_LENGTH, "n_mels": N_MELS},
         "serving": {"gate_label": "music", "gate_model": "soundtype"},

@@ -9,6 +9,7 @@ inside a tag window is complete when the tag window is. The same object serves t
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict, deque
 
 import numpy as np
@@ -73,7 +74,7 @@ class Tagger:
             return []
         x = np.stack([windows[i].patch for i in keep]).astype(np.float32)
         tags, emb = self.tagger.session.run([self.tagger.output_name, "embedding"], {self.tagger.input_name: x})
-        gate = self.gate.ref if self.gate is not None and not self.every_window else None
+        gate = self.gate.ref if self.gate is not None else None  # with every_window: music_share still says
         return [tags_record(windows[i], t, e, self.labels, model=self.tagger.ref, gate=gate, music_share=shares[i])
                 for i, t, e in zip(keep, tags, emb)]
 
@@ -111,16 +112,21 @@ def tag_pcm(pcm: np.ndarray, tagger: Tagger, stream_id: str, frame_samples: int 
 
 
 # -- batch --tags columns --------------------------------------------------------------------------------
-COLUMNS = {"music_top": "string", "music_embedding": "list<float32>"}
+COLUMNS = {"music_top": "string", "music_embedding": "list<float32>", "music_tags": "string"}
+TAG_WINDOW_FIELDS = ("stream_id", "model", "start_sample", "start_s", "end_s", "music_share", "tags")
 
 
 def add_columns(rows: list[dict], recs: list[dict]) -> list[dict]:
     """Each window row gets the tags and embedding of the tag window containing its centre (null where
-    that stretch was not music, or for a file shorter than one tag window)."""
+    that stretch was not music, or for a file shorter than one tag window); ``music_tags`` is that tag
+    window's record without its embedding (JSON: window, model, music_share, every tag's score), which
+    ``report`` reads back as audio.tags records (``summary.records_from_rows``)."""
     spans = sorted(((r["start_s"], r["end_s"], r) for r in recs), key=lambda x: x[0])
     for row in rows:
         c = (row["start_s"] + row["end_s"]) / 2
         rec = next((r for a, b, r in spans if a <= c < b), None)
         row["music_top"] = None if rec is None else "; ".join(f"{t} {p:.2f}" for t, p in rec["top"])
         row["music_embedding"] = None if rec is None else rec["embedding"]
+        row["music_tags"] = None if rec is None else json.dumps({k: rec[k] for k in TAG_WINDOW_FIELDS})
     return rows
+

@@ -230,7 +230,7 @@ def _wav_bytes(y, sr=16000) -> bytes:
     return buf.getvalue()
 
 
-def test_api_classify_models_similar(api_server, corpus):
+def test_api_classify_models_similar(api_server, corpus, tmp_path):
     import httpx
     song = (corpus / "song.wav").read_bytes()
     r = httpx.post(api_server + "/v1/classify", files={"file": ("song.wav", song, "audio/wav")}, timeout=60)
@@ -251,6 +251,25 @@ def test_api_classify_models_similar(api_server, corpus):
     assert sim["query"] == "song.wav" and [n["id"] for n in sim["neighbours"]] == ["field/day1/street.flac"]
     assert httpx.get(api_server + "/v1/similar", params={"id": "nope"}).status_code == 404
     assert httpx.get(api_server + "/v1/streams").status_code == 503  # started without Kafka: says so
+
+    # music tags over HTTP: the answers batch --tags gives (the same tagger on the same decoded samples)
+    from streamproc import rhythm
+    from streamproc.audio import load, to_s16
+    from streamproc.musicnn import tagging
+    y = rhythm.render_track(100, 0, False, 7.0, tmp_path, program=0, drums=True)
+    render = _wav_bytes((0.5 * y / abs(y).max()).astype(np.float32))
+    (tmp_path / "render.wav").write_bytes(render)
+    offline = tagging.tag_pcm(to_s16(load(str(tmp_path / "render.wav"), 16000)), tagging.load(), "render.wav")
+    r = httpx.post(api_server + "/v1/classify?tags=true", files={"file": ("render.wav", render)}, timeout=120)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert offline and [(t["start_s"], t["music_share"]) for t in got["tags"]] == \
+        [(t["start_s"], t["music_share"]) for t in offline]
+    assert all([x for x, _ in g["top"]] == [x for x, _ in o["top"]] and
+               max(abs(g["tags"][k] - o["tags"][k]) for k in o["tags"]) <= 1e-4
+               for g, o in zip(got["tags"], offline))
+    assert got["music"]["windows"] == len(offline) and got["music"]["text"].startswith("genre: ")
+    assert httpx.post(api_server + "/v1/classify", files={"file": ("r.wav", render)}, timeout=60).json()["tags"] is None
 
 
 @pytest.mark.parametrize("name,payload,status,message", [

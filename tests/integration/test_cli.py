@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from streamproc.windowing import WindowSpec
 
-from .helpers import cli, consume, values
+from .helpers import cli, consume, validate, values
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -241,11 +241,25 @@ def test_watch_prints_predictions(kafka_conf, topics, start_analyzer, tmp_path):
 
 
 def test_watch_draws_a_live_table_on_a_terminal(kafka_conf, topics, start_analyzer, tmp_path):
-    """Under a pseudo-terminal `watch` redraws one row per stream with label, confidence and level meter."""
+    """Under a pseudo-terminal `watch` redraws one row per stream with label, confidence and level meter,
+    and a stream's genre and mood from the music tagger's records (docs/music.md) beside its label."""
     import pty
     import select
+    from confluent_kafka import Producer
     t = topics()
     start_analyzer(t, model="starter")  # tone -> "tonal", noise -> "noise"
+    # a tag record of porch's first 3 s (audio.tags schema), keyed like porch's frames and ahead of its
+    # predictions in their partition, so watch has read it before its 6th prediction: here the tagger's
+    # topic is the predictions topic (watch tells the records apart by their fields)
+    tags = {"rock": 0.61, "pop": 0.22, "jazz": 0.05, "happy": 0.31, "sad": 0.02}
+    rec = {"v": 1, "stream_id": "porch", "window_index": 0, "start_sample": 0, "end_sample": 48128,
+           "sample_rate": 16000, "start_s": 0.0, "end_s": 3.008, "model": "musictags-msd:1",
+           "gate_model": "soundtype:4", "music_share": 1.0, "top": [[k, v] for k, v in tags.items()],
+           "tags": tags, "embedding": [0.0]}
+    validate(rec, "audio.tags")
+    prod = Producer({**kafka_conf})
+    prod.produce(t["predictions"], json.dumps(rec).encode(), key=b"porch")
+    assert prod.flush(30) == 0
     for sid, y in (("porch", 0.3 * np.sin(2 * np.pi * 660 * np.arange(2 * 16000) / 16000)),
                    ("garage", 0.2 * np.random.default_rng(1).standard_normal(2 * 16000))):
         sf.write(tmp_path / f"{sid}.wav", y.astype(np.float32), 16000)
@@ -256,7 +270,8 @@ def test_watch_draws_a_live_table_on_a_terminal(kafka_conf, topics, start_analyz
     consume(kafka_conf, t["predictions"], count=6)
     master, slave = pty.openpty()
     proc = subprocess.Popen(cli("watch", "-b", kafka_conf["bootstrap.servers"], "--topic", t["predictions"],
-                                "--from-beginning", "--max", "6", "--idle-timeout", "20"),
+                                "--tags-topic", t["predictions"], "--from-beginning", "--max", "6",
+                                "--idle-timeout", "20"),
                             stdin=slave, stdout=slave, stderr=subprocess.PIPE)
     os.close(slave)
     screen = b""
@@ -283,3 +298,6 @@ def test_watch_draws_a_live_table_on_a_terminal(kafka_conf, topics, start_analyz
     rows = {ln.split()[0]: ln.split() for ln in last.splitlines() if ln.strip().startswith(("porch", "garage"))}
     assert rows["porch"][1] == "tonal" and rows["garage"][1] == "noise", last
     assert "#" in rows["porch"][3]  # the level meter shows a -13 dBFS tone
+    porch = next(ln for ln in last.splitlines() if ln.strip().startswith("porch"))
+    assert "MUSIC, LAST MINUTE" in last and porch.rstrip().endswith("genre: rock 0.61, pop 0.22  mood: happy 0.31"), last
+    assert "genre" not in next(ln for ln in last.splitlines() if ln.strip().startswith("garage"))

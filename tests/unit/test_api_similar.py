@@ -84,8 +84,19 @@ def test_music_space_ranks_by_the_tagger_embedding_of_batch_tags(tmp_path):
     assert any("piano" in (r["music_top"] or "") for r in rows if r["stream_id"] == "piano-a.wav")
     index = tmp_path / "index.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema(bundle.labels, bundle.spec.n_features)), index)
-    client = TestClient(create_app(index=str(index)))
+    from consumers.api import LiveStreams
+    live = LiveStreams({}, "p", "f", bundle.spec, tags_topic="t")  # not started: fed as its Kafka reader feeds it
+    y = rhythm.render_track(88, 2, False, 6.5, tmp_path, program=0, drums=False)  # a third piano, live
+    for rec in tagging.tag_pcm((0.5 * y / abs(y).max() * 32767).astype(np.int16), tagger, "radio"):
+        live._tags(rec)
+        live._tags(rec)  # at-least-once: a window published twice counts once
+    assert set(live.music_embeddings()) == {"radio"} and live.music_vectors["radio"][1] >= 1
+    client = TestClient(create_app(index=str(index), live=live))
     got = client.get("/v1/similar", params={"id": "piano-a.wav", "space": "music"}).json()
-    assert [n["id"] for n in got["neighbours"]] == ["piano-b.wav", "synth.wav"], got
+    # the live piano stream joins the clips: both pianos nearer than the drum-and-synth track
+    assert [(n["id"], n["kind"]) for n in got["neighbours"]][2:] == [("synth.wav", "clip")], got
+    assert {n["id"] for n in got["neighbours"][:2]} == {"piano-b.wav", "radio"}, got
+    got = client.get("/v1/similar", params={"id": "radio", "space": "music"}).json()
+    assert [n["id"] for n in got["neighbours"]][-1] == "synth.wav", got
     assert client.get("/v1/similar", params={"id": "quiet.wav", "space": "music"}).status_code == 404
     assert client.get("/v1/similar", params={"id": "quiet.wav"}).status_code == 200  # features space: every clip

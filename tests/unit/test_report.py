@@ -49,3 +49,37 @@ def test_rhythm_section_from_batch_rhythm_columns(tmp_path):
     page = (tmp_path / "index.html").read_text()
     assert figures["rhythm"].exists() and "1 of 2 streams shown: song" in page
     assert "<th>key</th>" in page and "<td>A minor</td>" in page and "<td>0.95</td>" in page
+
+
+def test_music_section_from_batch_tags_columns(tmp_path):
+    """Rows of `batch --tags` carry their tag window (music_tags): a genre/mood timeline per stream with
+    music and the whole-period summary table (the mean over its music windows, each window once)."""
+    import json
+    rows = rows_for("band", ["music"] * 12) + rows_for("talk", ["speech"] * 12)
+    for r in rows:  # 2 tag windows of 3 s in the band; a row takes the window containing its centre
+        if r["stream_id"] == "band":
+            k = min(1, int(((r["start_s"] + r["end_s"]) / 2) // 3))
+            rec = {"stream_id": "band", "model": "musictags-msd:1", "start_sample": 48000 * k, "start_s": 3.0 * k,
+                   "end_s": 3.0 * k + 3, "music_share": 1.0,
+                   "tags": {"rock": 0.8 - 0.4 * k, "pop": 0.2, "happy": 0.6, "sad": 0.1 + 0.4 * k, "80s": 0.3}}
+            r["music_tags"] = json.dumps(rec)
+    figures = make_report(rows, tmp_path, title="t")
+    assert figures["tags"].stat().st_size > 10_000
+    page = (tmp_path / "index.html").read_text()
+    assert "<td>band</td><td>musictags-msd:1</td><td>2</td><td>6.0</td><td>rock 0.60, pop 0.20" in page, page
+    assert "happy 0.60, sad 0.30" in page and "80s 0.30" in page and "<td>talk</td><td>musictags" not in page
+    assert "1 of 2 streams shown: band" in page  # the figure draws the stream with music
+
+
+def test_more_like_this_from_batch_tags_embeddings(tmp_path):
+    """Each file's nearest files by its mean music embedding, the ranking of /v1/similar?space=music."""
+    rows = []
+    for sid, vec in (("a-piano", [1.0, 0.0, 0.1]), ("b-piano", [0.9, 0.1, 0.0]), ("c-drums", [0.0, 1.0, 0.9]),
+                     ("d-drums", [0.1, 0.9, 1.0]), ("e-speech", None)):
+        for r in rows_for(sid, ["music"] * 4):
+            r["music_embedding"] = vec
+            rows.append(r)
+    from consumers.report import similar_section
+    page = similar_section(rows)  # what make_report puts in index.html (no figures needed here)
+    assert "<td>a-piano</td><td>b-piano (" in page and "<td>c-drums</td><td>d-drums (" in page, page
+    assert "<td>e-speech</td>" not in page and similar_section(rows_for("solo", ["music"])) == ""
