@@ -516,7 +516,8 @@ def _rhythm(streams: dict, sids: list[str], out: Path) -> Path:
 
 
 def _spectrogram(path: str, rows: list[dict], out: Path, colors: dict) -> Path:
-    import librosa
+    from streamproc.librosa_import import librosa as safe_librosa
+    safe_librosa()  # librosa's numba functions under the machine's lock first (streamproc/librosa_import.py)
     import librosa.display
     import matplotlib.pyplot as plt
     import numpy as np

@@ -54,8 +54,8 @@ class LogMel:
 
 
 def _import_librosa():
-    import librosa  # heavy (numba); only the analyzer side imports it
-    return librosa
+    from .librosa_import import librosa  # heavy (numba); only the analyzer side imports it
+    return librosa()
 
 
 class FeatureExtractor:

@@ -47,7 +47,8 @@ def estimate_key(chroma_mean: np.ndarray) -> tuple[str, float, np.ndarray]:
 
 def analyze(y: np.ndarray, sr: int) -> dict:
     """The rhythm view of one whole mono signal ``y`` at ``sr``."""
-    import librosa
+    from .librosa_import import librosa as _librosa
+    librosa = _librosa()
     y = np.asarray(y, dtype=np.float32)
     out = {"duration_s": round(len(y) / sr, 3), "tempo_bpm": None, "tempo_stability": None, "beats_s": [],
            "downbeats_s": [], "tempo_curve": [], "key": None, "key_confidence": 0.0}

@@ -16,8 +16,8 @@ from .errors import WindowSpecError
 
 
 def _librosa():
-    import librosa  # heavy (numba): imported only when a reference is computed
-    return librosa
+    from .librosa_import import librosa  # heavy (numba): imported only when a reference is computed
+    return librosa()
 
 
 def _stft(spec) -> dict:

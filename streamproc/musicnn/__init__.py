@@ -82,7 +82,8 @@ def _say(msg: str) -> None:
 def logmel(y: np.ndarray) -> np.ndarray:
     """The reference log-mel of 16 kHz mono ``y`` by librosa, as musicnn computes it but in float32 and
     center=False: (frames, 96). A 48128-sample window gives one 187-frame patch."""
-    import librosa
+    from ..librosa_import import librosa as _librosa
+    librosa = _librosa()
     S = librosa.feature.melspectrogram(y=np.asarray(y, np.float32), sr=SR, n_fft=N_FFT, hop_length=HOP_LENGTH,
                                        n_mels=N_MELS, center=False)
     return np.log10(LOG_SCALE * S.T.astype(np.float32) + 1.0).astype(np.float32)
