@@ -142,6 +142,7 @@ class Analyzer:
         self._features = records.FeaturesEncoder(self.spec)
         self.latencies = collections.deque(maxlen=config.record_latencies) if config.record_latencies else None
         self.last_lag: dict[tuple[str, int], int] = {}
+        self.batch_shape = [0, 0, 0]  # batches processed, records in them, windows their Engine.step returned (bench)
         self._down_since: float | None = None
         self._started = False
         self.last_loop = time.monotonic()
@@ -469,8 +470,13 @@ class Analyzer:
             m.audio_seconds.inc(sum(n / sr for sr, n in audio_samples.items()))
 
         t0 = time.perf_counter()
-        if self.engine.step(now):
+        ready = self.engine.step(now)
+        if ready:
             m.feature_seconds.observe(time.perf_counter() - t0)
+        shape = self.batch_shape
+        shape[0] += 1
+        shape[1] += len(msgs)
+        shape[2] += len(ready)
         self._handle(self.engine.drain())
         for sid in self.engine.finished():
             self._stream_partition.pop(sid, None)

@@ -142,7 +142,8 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
         "streams_per_core": round(streams_per_core, 1),
         "naive_streams_per_core": round(naive_streams_per_core, 1) if naive_streams_per_core else None,
         "speedup_vs_naive": round(streams_per_core / naive_streams_per_core, 2) if naive_streams_per_core else None,
-        "windows": windows, "latency_p50_ms": percentile_ms(latencies, 50),
+        "windows": windows, "windows_per_step": round(windows / max(1, ticks - warm), 1),
+        "latency_p50_ms": percentile_ms(latencies, 50),
         "latency_p99_ms": percentile_ms(latencies, 99), "bytes_per_stream": round(bytes_per_stream),
         "rss_growth_per_stream": round(rss_per_stream), "model": bundle.ref,
         "window_spec": {"sr": sr, "window_length": spec.window_length, "hop": spec.hop, "n_fft": spec.n_fft,
@@ -177,6 +178,30 @@ def windows_done(analyzer) -> float:
     """Windows the analyzer has featurised and inferred so far (its Prometheus counter)."""
     m = analyzer.metrics
     return m.registry.get_sample_value("audiostream_windows_analyzed_total", {"model": m.model}) or 0.0
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process's threads, by kind: librdkafka's (``rdk:*``) and the rest."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"librdkafka": 0.0, "python": 0.0}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out["librdkafka" if name.startswith("rdk:") else "python"] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def batch_shape(analyzer) -> tuple:
+    """(batches, records, windows stepped, inference calls, windows inferred) so far."""
+    m = analyzer.metrics
+    calls = m.registry.get_sample_value("audiostream_inference_batch_windows_count") or 0.0
+    inferred = m.registry.get_sample_value("audiostream_inference_batch_windows_sum") or 0.0
+    return (*analyzer.batch_shape, calls, inferred)
 
 
 def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, model: str = DEFAULT_MODEL,
@@ -227,11 +252,13 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             t0 = time.monotonic()
             loadgen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             samples = []  # (t, total lag, predictions so far, cpu seconds so far)
+            shapes = []  # (batch_shape, thread_cpu) at each sample
             while loadgen.poll() is None and not errors:
                 time.sleep(1.0)
                 lag = sum(analyzer.last_lag.values())
                 preds = windows_done(analyzer)
                 samples.append((time.monotonic() - t0, lag, preds, time.process_time()))
+                shapes.append((batch_shape(analyzer), thread_cpu()))
                 if progress:
                     progress(min(int(time.monotonic() - t0), int(duration)), int(duration), lag)
             load_err = loadgen.stderr.read()
@@ -270,9 +297,20 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             served = (tail[-1][2] - tail[0][2]) / (analyzer.spec.sr / analyzer.spec.hop) / (tail[-1][3] - tail[0][3])
         spc = streams / max(np.mean(busy), 1e-9) if busy and sustained else None
         kafka_spc, basis = (spc, "sustained") if spc else (served, "served (not sustained)")
+        shape = {}
+        if len(shapes) >= 4:  # the second half: batch shape, and where the process's CPU went
+            (a, ca), (b, cb) = shapes[len(shapes) // 2], shapes[-1]
+            d = [y - x for x, y in zip(a, b)]
+            cpu = {k: cb[k] - ca[k] for k in ca}
+            shape = {"records_per_batch": round(d[1] / max(1, d[0]), 1),
+                     "windows_per_step": round(d[2] / max(1, d[0]), 2),
+                     "windows_per_inference": round(d[4] / max(1, d[3]), 1),
+                     "batches_per_s": round(d[0] / max(1e-9, samples[-1][0] - samples[len(shapes) // 2][0]), 1),
+                     "librdkafka_cpu_share": round(cpu["librdkafka"] / max(1e-9, sum(cpu.values())), 3)}
         vs_engine = {}
         if engine is not None:
             vs_engine = {"engine_streams_per_core": engine["streams_per_core"],
+                         "engine_windows_per_step": engine["windows_per_step"],
                          "engine_latency_p50_ms": engine["latency_p50_ms"],
                          "engine_latency_p99_ms": engine["latency_p99_ms"],
                          "kafka_vs_engine": round(kafka_spc / engine["streams_per_core"], 3) if kafka_spc else None,
@@ -285,7 +323,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             "drain_seconds": round(drain_s, 2), "windows": windows, "windows_expected": expected,
             "analyzer_cpu_busy": round(float(np.mean(busy)), 3) if busy else None,
             "streams_per_core": round(spc, 1) if spc else None,
-            "served_streams_per_core": round(served, 1) if served else None, **vs_engine,
+            "served_streams_per_core": round(served, 1) if served else None, **vs_engine, **shape,
             "latency_p50_ms": percentile_ms(lat, 50), "latency_p99_ms": percentile_ms(lat, 99),
             "bytes_per_stream": round(state), "model": analyzer.bundle.ref, "cpu": cpu_name(),
             "lag_samples": [[round(t, 1), lag] for t, lag, _, _ in samples],
