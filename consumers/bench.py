@@ -43,7 +43,7 @@ from streamproc.engine import Engine
 from streamproc.features import reference_logmel, reference_window_vector
 from streamproc.inference import ModelBundle
 
-from .analyzer import DEFAULT_MODEL
+from .analyzer import DEFAULT_MODEL, freeze_heap
 
 
 def cpu_name() -> str:
@@ -84,6 +84,7 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
         spec = bundle.spec if hop_length is None else dataclasses.replace(bundle.spec, hop_length=hop_length)
         # a logmel bundle: patches from the same STFT rows; a waveform bundle (BirdNET): the windows' audio
         engine = Engine(spec, logmel=bundle.logmel, waveform=bundle.waveform)
+        freeze_heap()  # as the analyzer does (like for like with bench --kafka)
         sr = spec.sr
         n = sr // 10
         pool = clip_pool(sr)
@@ -206,7 +207,7 @@ def batch_shape(analyzer) -> tuple:
 
 def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, model: str = DEFAULT_MODEL,
                 partitions: int = 6, warmup_s: float = 10.0, engine_seconds: float = 8.0, exactly_once: bool = False,
-                progress=None) -> dict:
+                consumer_options: dict | None = None, producer_options: dict | None = None, progress=None) -> dict:
     from threadpoolctl import threadpool_limits
 
     from streamproc.kafka import ensure_topics
@@ -235,12 +236,14 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
     cfg = AnalyzerConfig(kafka=conf, model=model, frames_topic=topics["frames"],
                          predictions_topic=topics["predictions"], features_topic=topics["features"],
                          deadletter_topic=topics["deadletter"], group_id=f"bench-{tag}", metrics_port=None,
-                         create_topics=False, record_latencies=10_000_000, exactly_once=exactly_once)
+                         create_topics=False, record_latencies=10_000_000, exactly_once=exactly_once,
+                         consumer_overrides=dict(consumer_options or {}), producer_overrides=dict(producer_options or {}))
     loadgen = None
     try:
         os.sched_setaffinity(0, {analyzer_cpu})  # the analyzer process: one core (librdkafka threads too)
         with threadpool_limits(1):
             analyzer = Analyzer(cfg)
+            freeze_heap()  # as `audiostream analyze` does once its model is loaded
             th = analyzer.run_in_background()
             errors = th.errors
             join_deadline = time.monotonic() + 60
@@ -318,6 +321,8 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
         return {
             "mode": "kafka", "streams": streams, "duration_s": duration, "partitions": partitions,
             "guarantee": "exactly-once" if exactly_once else "at-least-once",
+            **({"consumer_options": consumer_options} if consumer_options else {}),
+            **({"producer_options": producer_options} if producer_options else {}),
             "sustained": bool(sustained), "lag_trend_records_per_s": round(slope, 2),
             "max_lag_records": int(max((lag for _, lag, _, _ in samples), default=0)),
             "drain_seconds": round(drain_s, 2), "windows": windows, "windows_expected": expected,
@@ -350,6 +355,10 @@ def add_parser(sub):
     p.add_argument("--engine-seconds", type=float, default=8.0,
                    help="kafka mode: first measure the engine alone on the analyzer's CPU with the same streams "
                         "for this many seconds of audio (kafka_vs_engine); 0 skips it")
+    p.add_argument("--consumer-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="kafka mode: a librdkafka setting for the analyzer's consumer (e.g. fetch.min.bytes=65536)")
+    p.add_argument("--producer-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="kafka mode: a librdkafka setting for the analyzer's producer (e.g. linger.ms=5)")
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--model", action="append", default=None,
                    help=f"bundle (default {DEFAULT_MODEL}); give it twice to compare two models side by side")
@@ -386,7 +395,8 @@ def run(args) -> int:
         bar = Progress(f"bench --kafka: {streams} streams", int(args.duration), enabled=not quiet)
         result = kafka_bench(streams=streams, duration=args.duration, bootstrap=args.bootstrap_servers,
                              model=args.model, partitions=args.partitions, engine_seconds=args.engine_seconds,
-                             exactly_once=args.exactly_once,
+                             exactly_once=args.exactly_once, consumer_options=_options(args.consumer_option),
+                             producer_options=_options(args.producer_option),
                              progress=lambda d, t, lag: bar.update(d, f"lag {lag}"))
     else:
         streams = args.streams or 2000
@@ -398,6 +408,17 @@ def run(args) -> int:
         return 0
     print(format_table(result))
     return 0
+
+
+def _options(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            from streamproc.errors import AudiostreamError
+            raise AudiostreamError(f"expected KEY=VALUE (a librdkafka setting), got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _compare(args, models: list[str], quiet: bool) -> int:
