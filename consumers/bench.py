@@ -341,6 +341,138 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             broker.stop()
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _scrape(port: int, name: str) -> float:
+    """The sum of one metric's samples on an analyzer's /metrics (0 when unreachable or absent)."""
+    import urllib.request
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+               if ln.startswith(name) and (ln[len(name)] in " {"))
+
+
+def _proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_bench(*, streams: int, duration: float, analyzers: int, bootstrap: str | None = None,
+                model: str = DEFAULT_MODEL, partitions: int = 6, progress=None) -> dict:
+    """Consumer-group scaling: ``analyzers`` ``audiostream analyze`` processes in one group, analyzer i pinned to
+    CPU i (mod the CPUs we may use); the load generator and the broker are not pinned (they share every core).
+    Reported: per analyzer its core busy, and for the group the windows predicted per second and per analyzer
+    CPU second over the second half (served streams per core = windows per CPU second / windows per
+    stream-second). Compare ``--analyzers 1`` and ``2`` run back to back."""
+    from streamproc.kafka import ensure_topics
+    from streamproc.config import kafka_config
+
+    from .local_broker import load_local_kafka
+
+    broker = None
+    if bootstrap is None:
+        broker = load_local_kafka().LocalKafka().start()
+        bootstrap = broker.bootstrap_servers
+    conf = kafka_config(bootstrap)
+    tag = uuid.uuid4().hex[:6]
+    topics = {k: f"bench.{tag}.{k}" for k in ("frames", "predictions", "features", "deadletter")}
+    ensure_topics(conf, {t: partitions for t in topics.values()})
+    cpus = sorted(os.sched_getaffinity(0))
+    bundle = ModelBundle.load(model)
+    windows_per_stream_s = bundle.spec.sr / bundle.spec.hop
+    procs, ports, loadgen = [], [], None
+    try:
+        for i in range(analyzers):
+            port = _free_port()
+            cmd = [sys.executable, "-m", "streamproc.cli", "analyze", "-b", bootstrap, "--model", model,
+                   "--group-id", f"bench-{tag}", "--frames-topic", topics["frames"],
+                   "--predictions-topic", topics["predictions"], "--features-topic", topics["features"],
+                   "--deadletter-topic", topics["deadletter"], "--metrics-port", str(port), "--no-create-topics",
+                   "--instance-id", f"bench-{tag}-{i}"]
+            cpu = cpus[i % len(cpus)]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu}),
+                                          env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}))
+            ports.append(port)
+        deadline = time.monotonic() + 90
+        # the load starts once every partition has an owner (each owner reports its lag per partition)
+        while time.monotonic() < deadline and sum(
+                _scrape_count(p, "audiostream_consumer_lag_records") for p in ports) < partitions:
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("an analyzer exited before the load started")
+            time.sleep(0.5)
+        cmd = [sys.executable, "-m", "streamproc.cli", "loadgen", "-b", bootstrap, "--topic", topics["frames"],
+               "--streams", str(streams), "--duration", str(duration), "--prefix", f"bench{tag}"]
+        t0 = time.monotonic()
+        loadgen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        samples = []  # (t, [windows per analyzer], [cpu seconds per analyzer])
+        while loadgen.poll() is None:
+            time.sleep(1.0)
+            samples.append((time.monotonic() - t0, [_scrape(p, "audiostream_windows_analyzed_total") for p in ports],
+                            [_proc_cpu(p.pid) for p in procs]))
+            if progress:
+                progress(min(int(samples[-1][0]), int(duration)), int(duration))
+        load_err = loadgen.stderr.read()
+        if loadgen.returncode != 0:
+            raise RuntimeError(f"load generator failed: {load_err[-2000:]}")
+        ticks = int(duration * 10)
+        expected = sum(len(bundle.spec.window_bounds((ticks - i % 5) * bundle.spec.sr // 10)) for i in range(streams))
+        drain0 = time.monotonic()
+        while time.monotonic() - drain0 < 60 and sum(_scrape(p, "audiostream_windows_analyzed_total")
+                                                       for p in ports) < expected:
+            time.sleep(0.5)
+        drain_s = time.monotonic() - drain0
+        windows = int(sum(_scrape(p, "audiostream_windows_analyzed_total") for p in ports))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if loadgen is not None and loadgen.poll() is None:
+            loadgen.kill()
+        if broker is not None:
+            broker.stop()
+    a, b = samples[len(samples) // 2], samples[-1]
+    span = b[0] - a[0]
+    busy = [(cb - ca) / span for ca, cb in zip(a[2], b[2])]
+    got = [(wb - wa) for wa, wb in zip(a[1], b[1])]
+    cpu_s = sum(cb - ca for ca, cb in zip(a[2], b[2]))
+    return {
+        "mode": "kafka-group", "streams": streams, "duration_s": duration, "partitions": partitions,
+        "analyzers": analyzers, "analyzer_cpus": [cpus[i % len(cpus)] for i in range(analyzers)],
+        "loadgen_and_broker": "not pinned (share every core)", "windows": windows, "windows_expected": expected,
+        "sustained": windows >= 0.98 * expected and drain_s < 5.0, "drain_seconds": round(drain_s, 2),
+        "analyzer_cpu_busy": [round(x, 3) for x in busy],
+        "windows_per_s": round(sum(got) / span, 1),
+        "windows_per_s_by_analyzer": [round(g / span, 1) for g in got],
+        "served_streams_per_core": round(sum(got) / windows_per_stream_s / cpu_s, 1) if cpu_s else None,
+        "model": bundle.ref, "cpu": cpu_name(), "machine_load": os.getloadavg(),
+    }
+
+
+def _scrape_count(port: int, name: str) -> int:
+    """How many samples (label sets) of one metric an analyzer's /metrics has."""
+    import urllib.request
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0
+    return sum(1 for ln in text.splitlines() if ln.startswith(name + "{"))
+
+
 # -- CLI ------------------------------------------------------------------------------
 def add_parser(sub):
     p = sub.add_parser("bench", help="streams per core: optimised engine vs naive librosa, or the whole analyzer "
@@ -359,6 +491,9 @@ def add_parser(sub):
                    help="kafka mode: a librdkafka setting for the analyzer's consumer (e.g. fetch.min.bytes=65536)")
     p.add_argument("--producer-option", action="append", default=[], metavar="KEY=VALUE",
                    help="kafka mode: a librdkafka setting for the analyzer's producer (e.g. linger.ms=5)")
+    p.add_argument("--analyzers", type=int, default=0,
+                   help="kafka mode: N `audiostream analyze` processes in one consumer group, one per CPU (consumer-"
+                        "group scaling: compare 1 and 2 back to back)")
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--model", action="append", default=None,
                    help=f"bundle (default {DEFAULT_MODEL}); give it twice to compare two models side by side")
@@ -390,6 +525,15 @@ def run(args) -> int:
     if len(models) == 2:
         return _compare(args, models, quiet)
     args.model = models[0]
+    if args.kafka and args.analyzers:
+        streams = args.streams or 1000
+        bar = Progress(f"bench --kafka --analyzers {args.analyzers}: {streams} streams", int(args.duration),
+                       enabled=not quiet)
+        result = group_bench(streams=streams, duration=args.duration, analyzers=args.analyzers,
+                             bootstrap=args.bootstrap_servers, model=args.model, partitions=args.partitions,
+                             progress=lambda d, t: bar.update(d))
+        print(json.dumps(result) if args.json else "\n".join(f"{k:<28} {v}" for k, v in result.items()))
+        return 0
     if args.kafka:
         streams = args.streams or 1000
         bar = Progress(f"bench --kafka: {streams} streams", int(args.duration), enabled=not quiet)
