@@ -43,7 +43,7 @@ from streamproc.engine import Engine
 from streamproc.features import reference_logmel, reference_window_vector
 from streamproc.inference import ModelBundle
 
-from .analyzer import DEFAULT_MODEL
+from .analyzer import DEFAULT_MODEL, freeze_heap
 
 
 def cpu_name() -> str:
@@ -84,6 +84,7 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
         spec = bundle.spec if hop_length is None else dataclasses.replace(bundle.spec, hop_length=hop_length)
         # a logmel bundle: patches from the same STFT rows; a waveform bundle (BirdNET): the windows' audio
         engine = Engine(spec, logmel=bundle.logmel, waveform=bundle.waveform)
+        freeze_heap()  # as the analyzer does (like for like with bench --kafka)
         sr = spec.sr
         n = sr // 10
         pool = clip_pool(sr)
@@ -142,7 +143,8 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
         "streams_per_core": round(streams_per_core, 1),
         "naive_streams_per_core": round(naive_streams_per_core, 1) if naive_streams_per_core else None,
         "speedup_vs_naive": round(streams_per_core / naive_streams_per_core, 2) if naive_streams_per_core else None,
-        "windows": windows, "latency_p50_ms": percentile_ms(latencies, 50),
+        "windows": windows, "windows_per_step": round(windows / max(1, ticks - warm), 1),
+        "latency_p50_ms": percentile_ms(latencies, 50),
         "latency_p99_ms": percentile_ms(latencies, 99), "bytes_per_stream": round(bytes_per_stream),
         "rss_growth_per_stream": round(rss_per_stream), "model": bundle.ref,
         "window_spec": {"sr": sr, "window_length": spec.window_length, "hop": spec.hop, "n_fft": spec.n_fft,
@@ -179,9 +181,33 @@ def windows_done(analyzer) -> float:
     return m.registry.get_sample_value("audiostream_windows_analyzed_total", {"model": m.model}) or 0.0
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process's threads, by kind: librdkafka's (``rdk:*``) and the rest."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"librdkafka": 0.0, "python": 0.0}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out["librdkafka" if name.startswith("rdk:") else "python"] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def batch_shape(analyzer) -> tuple:
+    """(batches, records, windows stepped, inference calls, windows inferred) so far."""
+    m = analyzer.metrics
+    calls = m.registry.get_sample_value("audiostream_inference_batch_windows_count") or 0.0
+    inferred = m.registry.get_sample_value("audiostream_inference_batch_windows_sum") or 0.0
+    return (*analyzer.batch_shape, calls, inferred)
+
+
 def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, model: str = DEFAULT_MODEL,
                 partitions: int = 6, warmup_s: float = 10.0, engine_seconds: float = 8.0, exactly_once: bool = False,
-                progress=None) -> dict:
+                consumer_options: dict | None = None, producer_options: dict | None = None, progress=None) -> dict:
     from threadpoolctl import threadpool_limits
 
     from streamproc.kafka import ensure_topics
@@ -210,12 +236,14 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
     cfg = AnalyzerConfig(kafka=conf, model=model, frames_topic=topics["frames"],
                          predictions_topic=topics["predictions"], features_topic=topics["features"],
                          deadletter_topic=topics["deadletter"], group_id=f"bench-{tag}", metrics_port=None,
-                         create_topics=False, record_latencies=10_000_000, exactly_once=exactly_once)
+                         create_topics=False, record_latencies=10_000_000, exactly_once=exactly_once,
+                         consumer_overrides=dict(consumer_options or {}), producer_overrides=dict(producer_options or {}))
     loadgen = None
     try:
         os.sched_setaffinity(0, {analyzer_cpu})  # the analyzer process: one core (librdkafka threads too)
         with threadpool_limits(1):
             analyzer = Analyzer(cfg)
+            freeze_heap()  # as `audiostream analyze` does once its model is loaded
             th = analyzer.run_in_background()
             errors = th.errors
             join_deadline = time.monotonic() + 60
@@ -227,11 +255,13 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             t0 = time.monotonic()
             loadgen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             samples = []  # (t, total lag, predictions so far, cpu seconds so far)
+            shapes = []  # (batch_shape, thread_cpu) at each sample
             while loadgen.poll() is None and not errors:
                 time.sleep(1.0)
                 lag = sum(analyzer.last_lag.values())
                 preds = windows_done(analyzer)
                 samples.append((time.monotonic() - t0, lag, preds, time.process_time()))
+                shapes.append((batch_shape(analyzer), thread_cpu()))
                 if progress:
                     progress(min(int(time.monotonic() - t0), int(duration)), int(duration), lag)
             load_err = loadgen.stderr.read()
@@ -270,9 +300,20 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             served = (tail[-1][2] - tail[0][2]) / (analyzer.spec.sr / analyzer.spec.hop) / (tail[-1][3] - tail[0][3])
         spc = streams / max(np.mean(busy), 1e-9) if busy and sustained else None
         kafka_spc, basis = (spc, "sustained") if spc else (served, "served (not sustained)")
+        shape = {}
+        if len(shapes) >= 4:  # the second half: batch shape, and where the process's CPU went
+            (a, ca), (b, cb) = shapes[len(shapes) // 2], shapes[-1]
+            d = [y - x for x, y in zip(a, b)]
+            cpu = {k: cb[k] - ca[k] for k in ca}
+            shape = {"records_per_batch": round(d[1] / max(1, d[0]), 1),
+                     "windows_per_step": round(d[2] / max(1, d[0]), 2),
+                     "windows_per_inference": round(d[4] / max(1, d[3]), 1),
+                     "batches_per_s": round(d[0] / max(1e-9, samples[-1][0] - samples[len(shapes) // 2][0]), 1),
+                     "librdkafka_cpu_share": round(cpu["librdkafka"] / max(1e-9, sum(cpu.values())), 3)}
         vs_engine = {}
         if engine is not None:
             vs_engine = {"engine_streams_per_core": engine["streams_per_core"],
+                         "engine_windows_per_step": engine["windows_per_step"],
                          "engine_latency_p50_ms": engine["latency_p50_ms"],
                          "engine_latency_p99_ms": engine["latency_p99_ms"],
                          "kafka_vs_engine": round(kafka_spc / engine["streams_per_core"], 3) if kafka_spc else None,
@@ -280,12 +321,14 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
         return {
             "mode": "kafka", "streams": streams, "duration_s": duration, "partitions": partitions,
             "guarantee": "exactly-once" if exactly_once else "at-least-once",
+            **({"consumer_options": consumer_options} if consumer_options else {}),
+            **({"producer_options": producer_options} if producer_options else {}),
             "sustained": bool(sustained), "lag_trend_records_per_s": round(slope, 2),
             "max_lag_records": int(max((lag for _, lag, _, _ in samples), default=0)),
             "drain_seconds": round(drain_s, 2), "windows": windows, "windows_expected": expected,
             "analyzer_cpu_busy": round(float(np.mean(busy)), 3) if busy else None,
             "streams_per_core": round(spc, 1) if spc else None,
-            "served_streams_per_core": round(served, 1) if served else None, **vs_engine,
+            "served_streams_per_core": round(served, 1) if served else None, **vs_engine, **shape,
             "latency_p50_ms": percentile_ms(lat, 50), "latency_p99_ms": percentile_ms(lat, 99),
             "bytes_per_stream": round(state), "model": analyzer.bundle.ref, "cpu": cpu_name(),
             "lag_samples": [[round(t, 1), lag] for t, lag, _, _ in samples],
@@ -296,6 +339,138 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             loadgen.kill()
         if broker is not None:
             broker.stop()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _scrape(port: int, name: str) -> float:
+    """The sum of one metric's samples on an analyzer's /metrics (0 when unreachable or absent)."""
+    import urllib.request
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+               if ln.startswith(name) and (ln[len(name)] in " {"))
+
+
+def _proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_bench(*, streams: int, duration: float, analyzers: int, bootstrap: str | None = None,
+                model: str = DEFAULT_MODEL, partitions: int = 6, progress=None) -> dict:
+    """Consumer-group scaling: ``analyzers`` ``audiostream analyze`` processes in one group, analyzer i pinned to
+    CPU i (mod the CPUs we may use); the load generator and the broker are not pinned (they share every core).
+    Reported: per analyzer its core busy, and for the group the windows predicted per second and per analyzer
+    CPU second over the second half (served streams per core = windows per CPU second / windows per
+    stream-second). Compare ``--analyzers 1`` and ``2`` run back to back."""
+    from streamproc.kafka import ensure_topics
+    from streamproc.config import kafka_config
+
+    from .local_broker import load_local_kafka
+
+    broker = None
+    if bootstrap is None:
+        broker = load_local_kafka().LocalKafka().start()
+        bootstrap = broker.bootstrap_servers
+    conf = kafka_config(bootstrap)
+    tag = uuid.uuid4().hex[:6]
+    topics = {k: f"bench.{tag}.{k}" for k in ("frames", "predictions", "features", "deadletter")}
+    ensure_topics(conf, {t: partitions for t in topics.values()})
+    cpus = sorted(os.sched_getaffinity(0))
+    bundle = ModelBundle.load(model)
+    windows_per_stream_s = bundle.spec.sr / bundle.spec.hop
+    procs, ports, loadgen = [], [], None
+    try:
+        for i in range(analyzers):
+            port = _free_port()
+            cmd = [sys.executable, "-m", "streamproc.cli", "analyze", "-b", bootstrap, "--model", model,
+                   "--group-id", f"bench-{tag}", "--frames-topic", topics["frames"],
+                   "--predictions-topic", topics["predictions"], "--features-topic", topics["features"],
+                   "--deadletter-topic", topics["deadletter"], "--metrics-port", str(port), "--no-create-topics",
+                   "--instance-id", f"bench-{tag}-{i}"]
+            cpu = cpus[i % len(cpus)]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu}),
+                                          env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}))
+            ports.append(port)
+        deadline = time.monotonic() + 90
+        # the load starts once every partition has an owner (each owner reports its lag per partition)
+        while time.monotonic() < deadline and sum(
+                _scrape_count(p, "audiostream_consumer_lag_records") for p in ports) < partitions:
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("an analyzer exited before the load started")
+            time.sleep(0.5)
+        cmd = [sys.executable, "-m", "streamproc.cli", "loadgen", "-b", bootstrap, "--topic", topics["frames"],
+               "--streams", str(streams), "--duration", str(duration), "--prefix", f"bench{tag}"]
+        t0 = time.monotonic()
+        loadgen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        samples = []  # (t, [windows per analyzer], [cpu seconds per analyzer])
+        while loadgen.poll() is None:
+            time.sleep(1.0)
+            samples.append((time.monotonic() - t0, [_scrape(p, "audiostream_windows_analyzed_total") for p in ports],
+                            [_proc_cpu(p.pid) for p in procs]))
+            if progress:
+                progress(min(int(samples[-1][0]), int(duration)), int(duration))
+        load_err = loadgen.stderr.read()
+        if loadgen.returncode != 0:
+            raise RuntimeError(f"load generator failed: {load_err[-2000:]}")
+        ticks = int(duration * 10)
+        expected = sum(len(bundle.spec.window_bounds((ticks - i % 5) * bundle.spec.sr // 10)) for i in range(streams))
+        drain0 = time.monotonic()
+        while time.monotonic() - drain0 < 60 and sum(_scrape(p, "audiostream_windows_analyzed_total")
+                                                       for p in ports) < expected:
+            time.sleep(0.5)
+        drain_s = time.monotonic() - drain0
+        windows = int(sum(_scrape(p, "audiostream_windows_analyzed_total") for p in ports))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if loadgen is not None and loadgen.poll() is None:
+            loadgen.kill()
+        if broker is not None:
+            broker.stop()
+    a, b = samples[len(samples) // 2], samples[-1]
+    span = b[0] - a[0]
+    busy = [(cb - ca) / span for ca, cb in zip(a[2], b[2])]
+    got = [(wb - wa) for wa, wb in zip(a[1], b[1])]
+    cpu_s = sum(cb - ca for ca, cb in zip(a[2], b[2]))
+    return {
+        "mode": "kafka-group", "streams": streams, "duration_s": duration, "partitions": partitions,
+        "analyzers": analyzers, "analyzer_cpus": [cpus[i % len(cpus)] for i in range(analyzers)],
+        "loadgen_and_broker": "not pinned (share every core)", "windows": windows, "windows_expected": expected,
+        "sustained": windows >= 0.98 * expected and drain_s < 5.0, "drain_seconds": round(drain_s, 2),
+        "analyzer_cpu_busy": [round(x, 3) for x in busy],
+        "windows_per_s": round(sum(got) / span, 1),
+        "windows_per_s_by_analyzer": [round(g / span, 1) for g in got],
+        "served_streams_per_core": round(sum(got) / windows_per_stream_s / cpu_s, 1) if cpu_s else None,
+        "model": bundle.ref, "cpu": cpu_name(), "machine_load": os.getloadavg(),
+    }
+
+
+def _scrape_count(port: int, name: str) -> int:
+    """How many samples (label sets) of one metric an analyzer's /metrics has."""
+    import urllib.request
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0
+    return sum(1 for ln in text.splitlines() if ln.startswith(name + "{"))
 
 
 # -- CLI ------------------------------------------------------------------------------
@@ -312,6 +487,13 @@ def add_parser(sub):
     p.add_argument("--engine-seconds", type=float, default=8.0,
                    help="kafka mode: first measure the engine alone on the analyzer's CPU with the same streams "
                         "for this many seconds of audio (kafka_vs_engine); 0 skips it")
+    p.add_argument("--consumer-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="kafka mode: a librdkafka setting for the analyzer's consumer (e.g. fetch.min.bytes=65536)")
+    p.add_argument("--producer-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="kafka mode: a librdkafka setting for the analyzer's producer (e.g. linger.ms=5)")
+    p.add_argument("--analyzers", type=int, default=0,
+                   help="kafka mode: N `audiostream analyze` processes in one consumer group, one per CPU (consumer-"
+                        "group scaling: compare 1 and 2 back to back)")
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--model", action="append", default=None,
                    help=f"bundle (default {DEFAULT_MODEL}); give it twice to compare two models side by side")
@@ -343,12 +525,22 @@ def run(args) -> int:
     if len(models) == 2:
         return _compare(args, models, quiet)
     args.model = models[0]
+    if args.kafka and args.analyzers:
+        streams = args.streams or 1000
+        bar = Progress(f"bench --kafka --analyzers {args.analyzers}: {streams} streams", int(args.duration),
+                       enabled=not quiet)
+        result = group_bench(streams=streams, duration=args.duration, analyzers=args.analyzers,
+                             bootstrap=args.bootstrap_servers, model=args.model, partitions=args.partitions,
+                             progress=lambda d, t: bar.update(d))
+        print(json.dumps(result) if args.json else "\n".join(f"{k:<28} {v}" for k, v in result.items()))
+        return 0
     if args.kafka:
         streams = args.streams or 1000
         bar = Progress(f"bench --kafka: {streams} streams", int(args.duration), enabled=not quiet)
         result = kafka_bench(streams=streams, duration=args.duration, bootstrap=args.bootstrap_servers,
                              model=args.model, partitions=args.partitions, engine_seconds=args.engine_seconds,
-                             exactly_once=args.exactly_once,
+                             exactly_once=args.exactly_once, consumer_options=_options(args.consumer_option),
+                             producer_options=_options(args.producer_option),
                              progress=lambda d, t, lag: bar.update(d, f"lag {lag}"))
     else:
         streams = args.streams or 2000
@@ -360,6 +552,17 @@ def run(args) -> int:
         return 0
     print(format_table(result))
     return 0
+
+
+def _options(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            from streamproc.errors import AudiostreamError
+            raise AudiostreamError(f"expected KEY=VALUE (a librdkafka setting), got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _compare(args, models: list[str], quiet: bool) -> int:

@@ -90,3 +90,15 @@ def test_records_without_orjson_have_the_same_fields_and_values(spec, rng, monke
         {k: v for k, v in fast.items() if k != "features"}
     np.testing.assert_allclose(records.features_vector(slow, spec), records.features_vector(fast, spec), rtol=1e-6)
     assert json.loads(records.dumps(pred)) == pred  # the stdlib fallback
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_features_records_of_a_batch_are_the_same_bytes_as_one_by_one(spec, rng, n):
+    """encode_many (the analyzer's batch path) writes exactly what encode writes, whatever the values."""
+    enc = records.FeaturesEncoder(spec)
+    ws = [window(spec, rng, index=i, start=8000 * i, end=8000 * i + 16000) for i in range(n)]
+    ws[0].vector[:4] = [np.nan, np.inf, -np.inf, 0.0]
+    ws[-1].vector[-3:] = [1e-38, -3.4e38, 1e-45]
+    ws[-1].vector[20] = np.float32(0.1)
+    assert enc.encode_many(ws) == [enc.encode(w) for w in ws]
+    assert enc.encode_many([]) == []
