@@ -116,7 +116,7 @@ TRANSCRIPT_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
-PARTIAL_SKIP_REASONS = ("lag", "no_text")
+PARTIAL_SKIP_REASONS = ("lag", "busy", "no_text")
 
 
 class TranscriberMetrics:
@@ -177,7 +177,8 @@ class TranscriberMetrics:
                                 "Kafka", ["model"], registry=r)
         self.partials_skipped = Counter("audiostream_partial_transcripts_skipped_total",
                                         "Partial transcripts due but not published, by reason (lag: the service was "
-                                        "behind its input; no_text: the recogniser heard no words yet)", ["reason"],
+                                        "behind its input; busy: the recogniser had no spare time; no_text: it "
+                                        "heard no words yet)", ["reason"],
                                         registry=r)
         self.partial_cpu = Counter("audiostream_partial_transcription_cpu_seconds_total",
                                    "CPU seconds the speech recogniser spent on partial transcripts (included in "

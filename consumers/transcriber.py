@@ -87,6 +87,7 @@ class TranscriberConfig:
     words: bool = False
     partial_every_s: float = 2.0   # an open utterance gets a partial transcript per this much new audio (0 = never)
     partial_max_lag_s: float = 0.5  # ... unless this much audio per stream waits unread in Kafka (finals first)
+    partial_max_busy: float = 0.5   # ... or the recogniser was busy more than this share of the last 10 s
     cpu_threads: int = 1
     create_topics: bool = True
     partitions: int = _D["partitions"]
@@ -310,6 +311,7 @@ class TranscriberService:
         self._lag: dict[tuple[str, int], int] = {}
         self._frame_s: dict[tuple[str, int], float] = {}  # audio seconds per record, per partition (moving mean)
         self._finals_made = False  # this loop transcribed finals: partials wait for the next one
+        self._calls: collections.deque = collections.deque()  # (ended, wall seconds) of recent Whisper calls
         self._counted = collections.Counter()
         self._gap_counted = 0.0
         self._http = None
@@ -603,6 +605,7 @@ class TranscriberService:
             u = f.utterance
             self._finals_made = True
             result = self.asr.transcribe(u.audio, words=self.config.words)
+            self._calls.append((time.monotonic(), result.seconds))
             seconds = u.audio.size / SAMPLE_RATE
             m.utterances.labels(m.model, u.reason).inc()
             m.audio_transcribed.labels(m.model).inc(seconds)
@@ -635,6 +638,12 @@ class TranscriberService:
         n = sum(1 for t in self._stream_partition.values() if t == tp) or 1
         return lag * self._frame_s.get(tp, 0.1) / n
 
+    def busy_share(self, now: float, window_s: float = 10.0) -> float:
+        """Share of the last ``window_s`` seconds the recogniser spent in Whisper calls (finals and partials)."""
+        while self._calls and self._calls[0][0] < now - window_s:
+            self._calls.popleft()
+        return sum(w for _, w in self._calls) / window_s
+
     def _partial(self) -> None:
         """At most one partial transcript per loop, for the stream whose open utterance waited longest for one.
         Partials are never tracked by the checkpoint (they hold back no commit, and no state is rebuilt from
@@ -659,11 +668,17 @@ class TranscriberService:
                 st.partial_mark = position
                 m.partials_skipped.labels("lag").inc()
                 continue
+            if c.partial_max_busy < 1 and self.busy_share(time.monotonic()) > c.partial_max_busy:
+                # a started call is not interrupted: partials use spare time only, or finals would queue behind them
+                st.partial_mark = position
+                m.partials_skipped.labels("busy").inc()
+                continue
             u = st.seg.open_utterance()
             st.partial_mark = position
             if u is None:
                 continue
             result = self.asr.transcribe(u.audio)  # no word timings: a partial is a preview, kept cheap
+            self._calls.append((time.monotonic(), result.seconds))
             m.engine_seconds.labels(m.model).inc(result.cpu_seconds)
             m.partial_cpu.labels(m.model).inc(result.cpu_seconds)
             if not result.text:
@@ -751,6 +766,8 @@ def add_parser(sub):
                         "audio; 0 = finals only")
     p.add_argument("--partial-max-lag", type=float, default=d.partial_max_lag_s, metavar="SECONDS",
                    help="skip partials while more than this much audio per stream waits unread (finals first)")
+    p.add_argument("--partial-max-busy", type=float, default=d.partial_max_busy, metavar="SHARE",
+                   help="skip partials while Whisper was busy more than this share of the last 10 s (1 = never)")
     p.add_argument("--cpu-threads", type=int, default=d.cpu_threads, help="threads Whisper may use")
     p.add_argument("--partitions", type=int, default=d.partitions, help="partitions for topics it creates")
     p.add_argument("--no-create-topics", action="store_true")
@@ -777,6 +794,8 @@ def config_from_args(args) -> TranscriberConfig:
         raise ConfigError(f"--partial-every {args.partial_every} must be >= 0 seconds (0 = no partial transcripts)")
     if not args.partial_max_lag >= 0:
         raise ConfigError(f"--partial-max-lag {args.partial_max_lag} must be >= 0 seconds")
+    if not 0 <= args.partial_max_busy <= 1:
+        raise ConfigError(f"--partial-max-busy {args.partial_max_busy} must be a share in [0, 1]")
     return TranscriberConfig(
         kafka=kafka_config_from_args(args), asr_model=args.asr_model, segmentation=segmentation_overrides(args),
         group_id=args.group_id,
@@ -785,6 +804,7 @@ def config_from_args(args) -> TranscriberConfig:
         metrics_addr=args.metrics_addr, idle_flush_s=args.idle_flush, idle_timeout_s=args.idle_timeout,
         max_gap_fill_s=args.max_gap_fill, words=args.words, cpu_threads=args.cpu_threads,
         partial_every_s=args.partial_every, partial_max_lag_s=args.partial_max_lag,
+        partial_max_busy=args.partial_max_busy,
         create_topics=not args.no_create_topics, partitions=args.partitions,
         auto_offset_reset=args.auto_offset_reset, unavailable_timeout_s=args.unavailable_timeout,
         instance_id=args.instance_id)

@@ -95,9 +95,10 @@ def _transcriber(kafka_conf, t: dict, group: str, port: int, log_path):
     return subprocess.Popen(cli("transcriber", "-b", kafka_conf["bootstrap.servers"], "--frames-topic", t["frames"],
                                 "--transcripts-topic", t["transcripts"], "--deadletter-topic", t["deadletter"],
                                 "--group-id", group, "--metrics-port", str(port), "--no-create-topics",
-                                # partials every 2 s of speech (the default), never skipped for lag here (a
-                                # loaded CI machine lags): the skip rule is tested in tests/unit/test_transcriber.py
-                                "--partial-every", "2", "--partial-max-lag", "1000",
+                                # partials every 2 s of speech (the default), never skipped for lag or a busy
+                                # recogniser here (a loaded CI machine is both): the skip rules are tested in
+                                # tests/unit/test_transcriber.py
+                                "--partial-every", "2", "--partial-max-lag", "1000", "--partial-max-busy", "1",
                                 # the restart takes the killed member's partitions back at once (static
                                 # membership), not after the session timeout
                                 "--instance-id", "replica-1", "-X", "session.timeout.ms=6000"),

