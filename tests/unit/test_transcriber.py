@@ -323,3 +323,14 @@ def test_watch_shows_a_partial_as_an_updating_line_replaced_by_the_final():
     for c in (a1, a2, b1, fa, fa):
         view.add(c)
     assert out.getvalue() == format_caption(fa) + "\n"
+
+
+def test_the_one_core_replay_of_bench_transcribe_queues_first_come_first_served():
+    """bench --transcribe's load-independent latency: utterances that close together wait for each other."""
+    from consumers.bench_transcribe import one_core_replay
+    engine = {"_utterances": [(2.0, 2.5, 1.0), (2.2, 2.6, 1.0), (6.0, 6.5, 0.5)], "_vad_rtf": 0.0}
+    r = one_core_replay(engine, 10.0, streams=1, duration=10.0, warmup_s=0.0)
+    assert r["finals"] == 3 and r["e2e_max_s"] == pytest.approx(2.3)  # 2.5 + 1 + 1 - 2.2: queued behind the first
+    assert r["e2e_p50_s"] == pytest.approx(1.5) and r["core_busy"] == pytest.approx(0.25)
+    two = one_core_replay({**engine, "_vad_rtf": 0.25}, 10.0, streams=2, duration=10.0, warmup_s=0.0)
+    assert two["vad_share"] == 0.5 and two["finals"] > r["finals"]  # the VAD of both streams halves the core
