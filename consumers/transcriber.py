@@ -311,7 +311,8 @@ class TranscriberService:
         self._lag: dict[tuple[str, int], int] = {}
         self._frame_s: dict[tuple[str, int], float] = {}  # audio seconds per record, per partition (moving mean)
         self._finals_made = False  # this loop transcribed finals: partials wait for the next one
-        self._calls: collections.deque = collections.deque()  # (ended, wall seconds) of recent Whisper calls
+        # (ended, wall seconds) of recent Whisper calls; bounded (a call takes far more than 10 s / 256)
+        self._calls: collections.deque = collections.deque(maxlen=256)
         self._counted = collections.Counter()
         self._gap_counted = 0.0
         self._http = None
