@@ -701,15 +701,21 @@ class TranscriberService:
             return
 
     def _ack(self, f: Finished, rec: dict):
+        """The delivery callback of a final transcript. Its latencies end when Kafka acknowledged it: produce() time
+        plus the message's own delivery latency, not when this callback runs (the service's thread serves
+        callbacks between Whisper calls, so a batch's first final would otherwise count the calls after it)."""
         m = self.metrics
+        produced_mono, produced_ns = time.monotonic(), time.time_ns()
 
         def ack(msg):
-            latency = time.monotonic() - f.arrival
+            delay = msg.latency() if hasattr(msg, "latency") else None
+            delay = time.monotonic() - produced_mono if delay is None else max(0.0, float(delay))
+            latency = produced_mono + delay - f.arrival
             m.transcripts.labels(m.model).inc()
             m.latency.observe(latency)
             e2e = None
             if f.end_capture_ns is not None:
-                e2e = max(0.0, (time.time_ns() - f.end_capture_ns) / 1e9)
+                e2e = max(0.0, (produced_ns + delay * 1e9 - f.end_capture_ns) / 1e9)
                 m.e2e_latency.observe(e2e)
             if self.latencies is not None:
                 wait = None if f.close_sample is None else (f.close_sample - f.utterance.end_sample) / SAMPLE_RATE
