@@ -262,6 +262,12 @@ def kafka_part(y: np.ndarray, *, streams: int, duration: float, bootstrap: str |
                 "partials_skipped_busy": int(get("audiostream_partial_transcripts_skipped_total",
                                                  {"reason": "busy"}) or 0),
                 "partial_cpu_s": round(get("audiostream_partial_transcription_cpu_seconds_total", model) or 0, 2),
+                # Whisper's CPU per final in this phase, against the engine part's: contention on the core shows
+                "cpu_per_final_s": round(((get("audiostream_transcription_cpu_seconds_total", model) or 0)
+                                          - (get("audiostream_partial_transcription_cpu_seconds_total", model) or 0))
+                                         / max(1, sum(get("audiostream_utterances_transcribed_total",
+                                                          {**model, "reason": r}) or 0
+                                                      for r in ("silence", "max_length", "end", "idle", "gap"))), 3),
                 "load_average_end": round(os.getloadavg()[0], 1)}
     finally:
         os.sched_setaffinity(0, set(cpus))
@@ -348,6 +354,8 @@ def summary(r: dict, target_s: float = 2.0) -> dict:
            "of_which_unread_p50_s": k.get("unread_p50_s"),
            "of_which_service_p50_s": k.get("service_p50_s"), "of_which_service_p99_s": k.get("service_p99_s"),
            "finals": k.get("transcripts_steady"), "transcriber_core_busy": k.get("service_cpu_busy"),
+           "whisper_cpu_per_final_s_kafka": k.get("cpu_per_final_s"),
+           "whisper_cpu_per_final_s_engine": round(e["segmented_cpu_s"] / max(1, e["utterances"]), 3),
            "partials_published": k.get("partials_published"),
            "partials_skipped": (k["partials_skipped_lag"] + k["partials_skipped_busy"]) if k else None,
            "streams_per_core_segmented": e["segmented_streams_per_core"],
