@@ -268,6 +268,10 @@ def kafka_part(y: np.ndarray, *, streams: int, duration: float, bootstrap: str |
                                          / max(1, sum(get("audiostream_utterances_transcribed_total",
                                                           {**model, "reason": r}) or 0
                                                       for r in ("silence", "max_length", "end", "idle", "gap"))), 3),
+                # wall seconds of the service's recent Whisper calls (up to 256): above cpu_per_final_s = the core
+                # was not the service's alone while it transcribed
+                "wall_per_call_s": round(float(np.mean([w for _, w in service._calls])), 3) if service._calls
+                else None,
                 "load_average_end": round(os.getloadavg()[0], 1)}
     finally:
         os.sched_setaffinity(0, set(cpus))
@@ -354,7 +358,8 @@ def summary(r: dict, target_s: float = 2.0) -> dict:
            "of_which_unread_p50_s": k.get("unread_p50_s"),
            "of_which_service_p50_s": k.get("service_p50_s"), "of_which_service_p99_s": k.get("service_p99_s"),
            "finals": k.get("transcripts_steady"), "transcriber_core_busy": k.get("service_cpu_busy"),
-           "whisper_cpu_per_final_s_kafka": k.get("cpu_per_final_s"),
+           "whisper_cpu_per_final_s_kafka": k.get("cpu_per_final_s"), "whisper_wall_per_call_s_kafka":
+               k.get("wall_per_call_s"),
            "whisper_cpu_per_final_s_engine": round(e["segmented_cpu_s"] / max(1, e["utterances"]), 3),
            "partials_published": k.get("partials_published"),
            "partials_skipped": (k["partials_skipped_lag"] + k["partials_skipped_busy"]) if k else None,
