@@ -161,6 +161,8 @@ class LiveStreams:
                 self.changed_at.pop(sid, None)
 
     def _caption(self, t: dict) -> None:
+        if t.get("final") is False:  # a partial transcript of an open utterance: the page lists finals only
+            return
         try:
             c = {"id": str(t["id"]), "stream_id": str(t["stream_id"]), "start_s": float(t["start_s"]),
                  "end_s": float(t["end_s"]), "text": str(t["text"])}

@@ -509,6 +509,10 @@ def add_parser(sub):
     p.add_argument("--speech", default=None, metavar="FILE", help="--transcribe: this speech instead of espeak-ng's")
     p.add_argument("--speech-share", type=float, default=0.3, help="--transcribe: share of the time someone speaks")
     p.add_argument("--no-kafka", action="store_true", help="--transcribe: the one-core part only")
+    p.add_argument("--partial-every", type=float, default=2.0, metavar="SECONDS",
+                   help="--transcribe: the transcriber's --partial-every (0 = finals only)")
+    from streamproc.transcribe import add_segmentation_arguments
+    add_segmentation_arguments(p)  # --transcribe: --long-pause, --min-utterance (the latency / WER trade)
     p.set_defaults(func=run)
 
 

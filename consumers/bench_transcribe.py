@@ -9,7 +9,14 @@
 2. **Through Kafka** (``--streams N``, default 10, for ``--duration`` s): N real-time streams of the same
    audio, each starting at another point of it, from a producer process on another CPU; the transcriber
    service in this process pinned to one CPU. Latency from each utterance's end (its last sample's capture
-   time) to its transcript acknowledged on the topic, p50/p99, and the service's CPU use.
+   time) to its final transcript acknowledged on the topic, p50/p99, split into the segmenter's wait (from the
+   utterance's end to the frame that closed it, stream time: the pause rule) and the service's part (that
+   frame arriving -> the transcript acknowledged: queueing behind other streams' utterances and Whisper);
+   partial transcripts published and skipped; the service's CPU use; the load average before and after.
+
+The one-line summary (``summary`` in ``--json``) puts the figures side by side: caption latency at N streams
+against the 2 s target, and real-time streams per core for the service's segmented path and the engine run
+once per whole file (the baseline a live service cannot use: it has no text until the file ends).
 """
 from __future__ import annotations
 
@@ -77,12 +84,20 @@ def engine_part(y: np.ndarray, asr) -> dict:
     from streamproc.segmentation import Segmenter
     c0 = time.process_time()
     seg = Segmenter(asr.segmenter_config)
-    utts = []
+    utts, closes = [], []
     for k in range(0, y.size, 1600):  # 100 ms frames, as the wire carries them
-        utts += seg.push(y[k:k + 1600])
-    utts += seg.flush("end")
+        done = seg.push(y[k:k + 1600])
+        utts += done
+        closes += [min(k + 1600, y.size)] * len(done)  # the frame that closed it
+    done = seg.flush("end")
+    utts += done
+    closes += [y.size] * len(done)
     vad_cpu = time.process_time() - c0
-    texts = [asr.transcribe(u.audio).text for u in utts]
+    texts, costs = [], []
+    for u in utts:
+        r = asr.transcribe(u.audio)
+        texts.append(r.text)
+        costs.append(r.cpu_seconds)
     seg_cpu = time.process_time() - c0
     c1 = time.process_time()
     whole = asr.transcribe_file(y)
@@ -95,7 +110,41 @@ def engine_part(y: np.ndarray, asr) -> dict:
             "segmented_streams_per_core": round(audio_s / seg_cpu, 1),
             "whole_file_streams_per_core": round(audio_s / whole_cpu, 1),
             "segmented_vs_whole_cost": round(seg_cpu / whole_cpu, 2),
-            "words_segmented": sum(len(t.split()) for t in texts), "words_whole_file": len(whole.text.split())}
+            "words_segmented": sum(len(t.split()) for t in texts), "words_whole_file": len(whole.text.split()),
+            "_utterances": [(u.end_sample / SR, c / SR, cost) for u, c, cost in zip(utts, closes, costs)],
+            "_vad_rtf": vad_cpu / audio_s}
+
+
+def one_core_replay(engine: dict, audio_s: float, *, streams: int, duration: float, warmup_s: float = 10.0) -> dict:
+    """Caption latency on one uncontended core, replayed from this run's measured costs: ``streams`` real-time
+    streams of the same audio, each from another point of it (as the Kafka part sends them); every utterance
+    closes when the frame that closed it in the measured run arrives and costs the CPU seconds its Whisper
+    call took; one recogniser serves them first come, first served (the service's one thread), slowed by the
+    VAD of every stream (its measured share of the core). Latency = done - the utterance's end. It does not
+    depend on the machine's other load (CPU seconds), unlike the Kafka part; it leaves out partials (skipped
+    while the recogniser is busy over half the time) and Kafka's own delivery (milliseconds)."""
+    vad_share = min(0.9, engine["_vad_rtf"] * streams)
+    events = []  # (close, end, cost) in wall seconds from the start
+    for i in range(streams):
+        offset = (audio_s * i / streams) // 0.1 * 0.1  # where stream i starts in the audio (as _produce does)
+        for loop in range(int(duration / audio_s) + 2):
+            for end, close, cost in engine["_utterances"]:
+                t = end - offset + loop * audio_s
+                c = close - offset + loop * audio_s
+                if 0 <= t and c <= duration:
+                    events.append((c, t, cost / (1 - vad_share)))
+    events.sort()
+    free, lat, busy = 0.0, [], 0.0
+    for close, end, cost in events:
+        start = max(close, free)
+        free = start + cost
+        busy += cost
+        if end >= warmup_s:
+            lat.append(free - end)
+    return {"streams": streams, "duration_s": duration, "finals": len(lat),
+            "core_busy": round(busy / max(duration, free), 3), "vad_share": round(vad_share, 3),
+            "e2e_p50_s": _pct(lat, 50), "e2e_p99_s": _pct(lat, 99), "e2e_max_s": _pct(lat, 100),
+            "segmenter_wait_p50_s": _pct([c - e for e, c, _ in engine["_utterances"]], 50)}
 
 
 def _produce(bootstrap: str, topic: str, path: str, streams: int, duration: float, cpu: int, prefix: str) -> None:
@@ -126,7 +175,7 @@ def _produce(bootstrap: str, topic: str, path: str, streams: int, duration: floa
 
 
 def kafka_part(y: np.ndarray, *, streams: int, duration: float, bootstrap: str | None, warmup_s: float = 10.0,
-               progress=None) -> dict:
+               progress=None, partial_every: float = 2.0, segmentation: dict | None = None) -> dict:
     import multiprocessing as mp
 
     import soundfile as sf
@@ -150,7 +199,8 @@ def kafka_part(y: np.ndarray, *, streams: int, duration: float, bootstrap: str |
     published = []
     cfg = TranscriberConfig(kafka=conf, frames_topic=topics["frames"], transcripts_topic=topics["transcripts"],
                             deadletter_topic=topics["deadletter"], group_id=f"bench-{tag}", metrics_port=None,
-                            create_topics=False, record_latencies=1_000_000,
+                            create_topics=False, record_latencies=1_000_000, partial_every_s=partial_every,
+                            segmentation=dict(segmentation or {}),
                             on_published=lambda rec: published.append((time.monotonic(), rec["reason"])))
     wav = tempfile.NamedTemporaryFile(suffix=".wav", delete=False)
     sf.write(wav.name, y, SR)
@@ -183,15 +233,46 @@ def kafka_part(y: np.ndarray, *, streams: int, duration: float, bootstrap: str |
         if th.errors:
             raise th.errors[0]
         lat = [x for x in service.latencies if x is not None]
-        steady = [(a, e) for (t, _), (a, e) in zip(published, lat) if t - t0 >= warmup_s]
-        e2e = [e for _, e in steady if e is not None]
-        svc = [a for a, _ in steady]
+        steady = [x for (t, _), x in zip(published, lat) if t - t0 >= warmup_s]
+        e2e = [x[1] for x in steady if x[1] is not None]
+        svc = [x[0] for x in steady]
+        wait = [x[2] for x in steady if x[2] is not None]
+        # closing frame captured -> read by the service: transport, and the service busy with other utterances
+        unread = [max(0.0, x[1] - x[2] - x[0]) for x in steady if x[1] is not None and x[2] is not None]
+        reasons = {}
+        for x in steady:
+            reasons[x[3]] = reasons.get(x[3], 0) + 1
         busy = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(cpu_marks, cpu_marks[1:])][len(cpu_marks) // 3:]
+        get = service.metrics.registry.get_sample_value
+        model = {"model": service.metrics.model}
+        # utterances the streams held in the measured time, for "did it keep up": every stream loops the audio
+        expected = engine_utterances_per_s(y, service.asr) * streams * duration if streams else None
         return {"streams": streams, "duration_s": duration, "transcripts": len(published),
-                "transcripts_steady": len(steady),
+                "transcripts_steady": len(steady), "final_reasons": reasons,
+                "utterances_expected": round(expected) if expected else None,
                 "service_cpu_busy": round(float(np.mean(busy)), 3) if busy else None,
                 "e2e_p50_s": _pct(e2e, 50), "e2e_p99_s": _pct(e2e, 99), "e2e_max_s": _pct(e2e, 100),
-                "service_p50_s": _pct(svc, 50), "service_p99_s": _pct(svc, 99)}
+                "segmenter_wait_p50_s": _pct(wait, 50), "segmenter_wait_p99_s": _pct(wait, 99),
+                "unread_p50_s": _pct(unread, 50), "unread_p99_s": _pct(unread, 99),
+                "service_p50_s": _pct(svc, 50), "service_p99_s": _pct(svc, 99),
+                "partial_every_s": partial_every,
+                "partials_published": int(get("audiostream_partial_transcripts_total", model) or 0),
+                "partials_skipped_lag": int(get("audiostream_partial_transcripts_skipped_total",
+                                                {"reason": "lag"}) or 0),
+                "partials_skipped_busy": int(get("audiostream_partial_transcripts_skipped_total",
+                                                 {"reason": "busy"}) or 0),
+                "partial_cpu_s": round(get("audiostream_partial_transcription_cpu_seconds_total", model) or 0, 2),
+                # Whisper's CPU per final in this phase, against the engine part's: contention on the core shows
+                "cpu_per_final_s": round(((get("audiostream_transcription_cpu_seconds_total", model) or 0)
+                                          - (get("audiostream_partial_transcription_cpu_seconds_total", model) or 0))
+                                         / max(1, sum(get("audiostream_utterances_transcribed_total",
+                                                          {**model, "reason": r}) or 0
+                                                      for r in ("silence", "max_length", "end", "idle", "gap"))), 3),
+                # wall seconds of the service's recent Whisper calls (up to 256): above cpu_per_final_s = the core
+                # was not the service's alone while it transcribed
+                "wall_per_call_s": round(float(np.mean([w for _, w in service._calls])), 3) if service._calls
+                else None,
+                "load_average_end": round(os.getloadavg()[0], 1)}
     finally:
         os.sched_setaffinity(0, set(cpus))
         if proc is not None and proc.is_alive():
@@ -201,13 +282,25 @@ def kafka_part(y: np.ndarray, *, streams: int, duration: float, bootstrap: str |
             broker.stop()
 
 
+_UTT_RATE: dict = {}
+
+
+def engine_utterances_per_s(y: np.ndarray, asr) -> float:
+    """Utterances per second of audio the service's segmenter cuts from ``y`` (cached per signal)."""
+    key = (id(y), y.size)
+    if key not in _UTT_RATE:
+        from streamproc.segmentation import segment
+        _UTT_RATE[key] = len(segment(y, asr.segmenter_config, chunk=1600)) / (y.size / SR)
+    return _UTT_RATE[key]
+
+
 def _pct(values, q):
     return round(float(np.percentile(values, q)), 3) if values else None
 
 
 def bench_transcribe(*, streams: int = 10, duration: float = 60.0, share: float = 0.3, seconds: float = 120.0,
                      speech: str | None = None, bootstrap: str | None = None, kafka: bool = True,
-                     progress=None) -> dict:
+                     progress=None, partial_every: float = 2.0, segmentation: dict | None = None) -> dict:
     from threadpoolctl import threadpool_limits
 
     from streamproc.audio import from_s16, load, to_s16
@@ -219,15 +312,60 @@ def bench_transcribe(*, streams: int = 10, duration: float = 60.0, share: float 
     try:
         cpu = pin_to_one_cpu(None)
         with threadpool_limits(1):
-            asr = Transcriber.load("transcription", cpu_threads=1)
+            asr = Transcriber.load("transcription", cpu_threads=1, segmentation=segmentation)
             asr.transcribe(y[:SR])  # first call: allocations, not the measurement
             out = {"mode": "transcribe", "cpu": cpu_name(), "pinned_cpu": cpu, "model": asr.model_id,
+                   "segmentation": {k: getattr(asr.segmenter_config, k)
+                                    for k in ("hangover_s", "min_utterance_s", "long_pause_s", "max_utterance_s")},
                    "speech_share": round(active_share(y), 3), "load_average": round(os.getloadavg()[0], 1),
                    "engine": engine_part(y, asr)}
+            engine_utterances_per_s(y, asr)
+            if segmentation:  # the bundle's own settings too, replayed side by side: the trade in one run
+                from streamproc.segmentation import SegmenterConfig
+                given = asr.segmenter_config
+                asr.segmenter_config = SegmenterConfig.from_dict(asr.meta.get("segmentation"))
+                bundle = engine_part(y, asr)
+                asr.segmenter_config = given
+                out["one_core_replay_bundle_settings"] = one_core_replay(bundle, y.size / SR, streams=streams,
+                                                                         duration=duration)
     finally:
         os.sched_setaffinity(0, cpus)
+    out["one_core_replay"] = one_core_replay(out["engine"], y.size / SR, streams=streams, duration=duration)
+    for key in [k for k in out["engine"] if k.startswith("_")]:
+        del out["engine"][key]
     if kafka:
-        out["kafka"] = kafka_part(y, streams=streams, duration=duration, bootstrap=bootstrap, progress=progress)
+        out["kafka"] = kafka_part(y, streams=streams, duration=duration, bootstrap=bootstrap, progress=progress,
+                                  partial_every=partial_every, segmentation=segmentation)
+    out["summary"] = summary(out)
+    return out
+
+
+def summary(r: dict, target_s: float = 2.0) -> dict:
+    """The figures a reader compares, in one flat object."""
+    e, k, o = r["engine"], r.get("kafka") or {}, r["one_core_replay"]
+    out = {"streams": o["streams"], "speech_share": r["speech_share"], "segmentation": r["segmentation"],
+           "load_average_start": r["load_average"], "load_average_end": k.get("load_average_end"),
+           "final_latency_p50_s": k.get("e2e_p50_s"), "final_latency_p99_s": k.get("e2e_p99_s"),
+           "target_s": target_s,
+           "target_met": (k["e2e_p99_s"] <= target_s) if k.get("e2e_p99_s") is not None else None,
+           "finals_expected": k.get("utterances_expected"),
+           "one_core_replay_p50_s": o["e2e_p50_s"], "one_core_replay_p99_s": o["e2e_p99_s"],
+           "one_core_replay_target_met": (o["e2e_p99_s"] <= target_s) if o["e2e_p99_s"] is not None else None,
+           "one_core_replay_core_busy": o["core_busy"],
+           "one_core_replay_bundle_settings_p50_s": r.get("one_core_replay_bundle_settings", {}).get("e2e_p50_s"),
+           "one_core_replay_bundle_settings_p99_s": r.get("one_core_replay_bundle_settings", {}).get("e2e_p99_s"),
+           "of_which_segmenter_wait_p50_s": k.get("segmenter_wait_p50_s"),
+           "of_which_unread_p50_s": k.get("unread_p50_s"),
+           "of_which_service_p50_s": k.get("service_p50_s"), "of_which_service_p99_s": k.get("service_p99_s"),
+           "finals": k.get("transcripts_steady"), "transcriber_core_busy": k.get("service_cpu_busy"),
+           "whisper_cpu_per_final_s_kafka": k.get("cpu_per_final_s"), "whisper_wall_per_call_s_kafka":
+               k.get("wall_per_call_s"),
+           "whisper_cpu_per_final_s_engine": round(e["segmented_cpu_s"] / max(1, e["utterances"]), 3),
+           "partials_published": k.get("partials_published"),
+           "partials_skipped": (k["partials_skipped_lag"] + k["partials_skipped_busy"]) if k else None,
+           "streams_per_core_segmented": e["segmented_streams_per_core"],
+           "streams_per_core_whole_file": e["whole_file_streams_per_core"],
+           "segmented_vs_whole_file_cost": e["segmented_vs_whole_cost"]}
     return out
 
 
@@ -235,6 +373,7 @@ def format_table(r: dict) -> str:
     e = r["engine"]
     rows = [("machine", f"{r['cpu']} (load average {r['load_average']} at start)"),
             ("model", ", ".join(f"{k}={v}" for k, v in r["model"].items())),
+            ("segmentation", ", ".join(f"{k}={v:g}" for k, v in r["segmentation"].items())),
             ("audio", f"{e['audio_seconds']} s, speech share {r['speech_share']:.0%} (32 ms frames above -45 dBFS); "
                       f"{e['utterances']} utterances, {e['utterance_seconds']} s"),
             ("one core, segmented (service)", f"{e['segmented_cpu_s']} CPU s (VAD {e['vad_cpu_s']}) -> "
@@ -242,15 +381,33 @@ def format_table(r: dict) -> str:
             ("one core, whole file (engine)", f"{e['whole_file_cpu_s']} CPU s -> "
                                               f"{e['whole_file_streams_per_core']} real-time streams per core"),
             ("segmented / whole-file cost", f"{e['segmented_vs_whole_cost']}x (same run)")]
+    o = r["one_core_replay"]
+    rows += [("one core, replayed", f"{o['streams']} streams, {o['finals']} finals: utterance end -> final p50 "
+                                    f"{o['e2e_p50_s']} s, p99 {o['e2e_p99_s']} s; core busy {o['core_busy']:.0%} "
+                                    f"(this run's CPU per utterance, first come first served; no other load)")]
+    b = r.get("one_core_replay_bundle_settings")
+    if b:
+        rows += [("  ... bundle's segmentation", f"p50 {b['e2e_p50_s']} s, p99 {b['e2e_p99_s']} s (pause rule p50 "
+                                                 f"{b['segmenter_wait_p50_s']} s vs {o['segmenter_wait_p50_s']} s)")]
     k = r.get("kafka")
     if k:
         rows += [("through Kafka", f"{k['streams']} real-time streams for {k['duration_s']:g} s, "
                                    f"{k['transcripts']} transcripts ({k['transcripts_steady']} after warm-up)"),
                  ("transcriber core busy", f"{k['service_cpu_busy']:.0%}" if k["service_cpu_busy"] is not None
                   else "-"),
-                 ("utterance end -> on topic", f"p50 {k['e2e_p50_s']} s, p99 {k['e2e_p99_s']} s, max "
-                                               f"{k['e2e_max_s']} s (includes the 0.5 s hangover that ends it)"),
-                 ("closing frame -> on topic", f"p50 {k['service_p50_s']} s, p99 {k['service_p99_s']} s")]
+                 ("utterance end -> final on topic", f"p50 {k['e2e_p50_s']} s, p99 {k['e2e_p99_s']} s, max "
+                                                     f"{k['e2e_max_s']} s (target: 2 s)"),
+                 ("  of which: pause rule", f"p50 {k['segmenter_wait_p50_s']} s, p99 {k['segmenter_wait_p99_s']} s "
+                                            f"(utterance end -> the frame that closed it; finals by reason: "
+                                            f"{k['final_reasons']})"),
+                 ("  of which: unread", f"p50 {k['unread_p50_s']} s, p99 {k['unread_p99_s']} s (closing frame "
+                                        f"captured -> read: transport, the service busy with other utterances)"),
+                 ("  of which: service", f"p50 {k['service_p50_s']} s, p99 {k['service_p99_s']} s (closing frame "
+                                         f"read -> final on topic: finals before it in the batch + Whisper)"),
+                 ("partials", f"{k['partials_published']} published, {k['partials_skipped_lag']} skipped (lag), "
+                              f"{k['partials_skipped_busy']} skipped (busy), "
+                              f"{k['partial_cpu_s']} CPU s (every {k['partial_every_s']:g} s of speech)"),
+                 ("load average after", f"{k['load_average_end']}")]
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
@@ -260,9 +417,11 @@ def run(args) -> int:
 
     from streamproc.progress import Progress
     bar = Progress(f"bench --transcribe: {args.streams or 10} streams", int(args.duration), enabled=not args.json)
+    from streamproc.transcribe import segmentation_overrides
     result = bench_transcribe(streams=args.streams or 10, duration=args.duration, share=args.speech_share,
                               speech=args.speech, bootstrap=args.bootstrap_servers, kafka=not args.no_kafka,
-                              progress=lambda d, t: bar.update(d))
+                              progress=lambda d, t: bar.update(d), partial_every=args.partial_every,
+                              segmentation=segmentation_overrides(args))
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 

@@ -116,6 +116,9 @@ TRANSCRIPT_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
+PARTIAL_SKIP_REASONS = ("lag", "busy", "no_text")
+
+
 class TranscriberMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, model: str = "",
                  frames_topic: str = "audio.frames", output_topics=()):
@@ -169,9 +172,24 @@ class TranscriberMetrics:
         self.replayed = Counter("audiostream_utterances_replayed_total",
                                 "Utterances rebuilt after a restart or rebalance whose transcripts were already "
                                 "published (not published again)", registry=r)
+        self.partials = Counter("audiostream_partial_transcripts_total",
+                                "Partial transcript records (final: false, an utterance still open) acknowledged by "
+                                "Kafka", ["model"], registry=r)
+        self.partials_skipped = Counter("audiostream_partial_transcripts_skipped_total",
+                                        "Partial transcripts due but not published, by reason (lag: the service was "
+                                        "behind its input; busy: the recogniser had no spare time; no_text: it "
+                                        "heard no words yet)", ["reason"],
+                                        registry=r)
+        self.partial_cpu = Counter("audiostream_partial_transcription_cpu_seconds_total",
+                                   "CPU seconds the speech recogniser spent on partial transcripts (included in "
+                                   "audiostream_transcription_cpu_seconds_total)", ["model"], registry=r)
         self.build = Info("audiostream_build", "audiostream build", registry=r)
         self.build.info({"version": streamproc.__version__})
         self.frames.labels(frames_topic)
+        for reason in PARTIAL_SKIP_REASONS:
+            self.partials_skipped.labels(reason)
+        self.partials.labels(model)
+        self.partial_cpu.labels(model)
         for reason in DEADLETTER_REASONS:
             self.deadletter.labels(reason)
         for event in SEQUENCE_EVENTS:

@@ -8,7 +8,10 @@ samples, transcribes every utterance that comes out with Whisper
 (streamproc/transcription.py) and publishes one transcript record per utterance
 to ``audio.transcripts`` (key = stream id; docs/transcription.md). Utterances end
 on silence, at the maximum length, at the end of the stream, after a long gap and
-when a stream has sent nothing for ``--idle-flush`` seconds.
+when a stream has sent nothing for ``--idle-flush`` seconds. While an utterance is
+open, a partial transcript (``"final": false``, its ``utterance_id`` = the final's
+``id``) is published per ``--partial-every`` seconds of new audio, best effort:
+never tracked by the checkpoint, skipped while the service is behind.
 
 Delivery is the analyzer's (docs/guarantees.md), through the same checkpoint
 (consumers/checkpoint.py, at-least-once): offsets are committed only after the
@@ -48,6 +51,7 @@ from streamproc.config import ANALYZER_SETTINGS
 from streamproc.errors import AudiostreamError, ConfigError, FrameError
 from streamproc.kafka import check_reachable, client_logging, ensure_topics, produce, producer_config
 from streamproc.segmentation import SAMPLE_RATE, VAD_WINDOW, Segmenter, SegmenterConfig, Utterance
+from streamproc.transcribe import add_segmentation_arguments, segmentation_overrides
 from streamproc.settings import (TOPIC_DEADLETTER, TOPIC_FRAMES, TOPIC_TRANSCRIPTS, add_kafka_arguments,
                                  masked)
 
@@ -67,6 +71,7 @@ class OutputDeliveryError(AudiostreamError):
 class TranscriberConfig:
     kafka: dict
     asr_model: str = "transcription"
+    segmentation: dict = field(default_factory=dict)  # overrides of the bundle's segmentation (--long-pause ...)
     group_id: str = "audiostream-transcriber"
     frames_topic: str = TOPIC_FRAMES
     transcripts_topic: str = TOPIC_TRANSCRIPTS
@@ -80,6 +85,9 @@ class TranscriberConfig:
     max_gap_fill_s: float = 1.0    # missing audio up to this long is filled with silence; longer ends the utterance
     warmup_s: float = 1.0          # audio re-read before an open utterance after a restart (the VAD's state)
     words: bool = False
+    partial_every_s: float = 2.0   # an open utterance gets a partial transcript per this much new audio (0 = never)
+    partial_max_lag_s: float = 0.5  # ... unless this much audio per stream waits unread in Kafka (finals first)
+    partial_max_busy: float = 0.5   # ... or the recogniser was busy more than this share of the last 10 s
     cpu_threads: int = 1
     create_topics: bool = True
     partitions: int = _D["partitions"]
@@ -92,6 +100,7 @@ class TranscriberConfig:
     consumer_overrides: dict = field(default_factory=dict)
     record_latencies: int = 0  # keep the last N (utterance end -> acknowledged) latencies, for bench
     on_published: Callable | None = None  # called with each acknowledged transcript record (bench)
+    on_partial: Callable | None = None  # called with each acknowledged partial record (bench)
 
 
 # -- per-stream state: no Kafka, no wall clock but the caller's ---------------------------------------------------
@@ -107,13 +116,15 @@ class Finished:
     arrival: float  # when that record was accepted (monotonic)
     end_capture_ns: int | None = None  # the utterance's last sample on the producer's capture clock
     tp: tuple | None = None  # (topic, partition) the stream's frames come from (set by the service)
+    close_sample: int | None = None  # how far the stream had come when the utterance closed (stream time)
 
 
 class SpeechStream:
     """One stream session: its sequence position and its Segmenter, and which record brought which samples."""
 
     __slots__ = ("stream_id", "session_id", "next_seq", "next_sample", "seg", "marks", "tags",
-                 "last_seen", "last_tag", "last_arrival", "origin", "idle_flushed", "clock")
+                 "last_seen", "last_tag", "last_arrival", "origin", "idle_flushed", "clock", "partial_start",
+                 "partial_mark")
 
     def __init__(self, stream_id: str, session_id: bytes, first_sample: int, config: SegmenterConfig, vad, now: float,
                  session_start: bool = True):
@@ -138,6 +149,19 @@ class SpeechStream:
         self.last_arrival = now
         self.idle_flushed = False
         self.clock: tuple[int, int] | None = None  # (sample_offset, capture_time_ns) of the latest frame
+        self.partial_start: int | None = None  # the open utterance the partial mark belongs to ...
+        self.partial_mark = 0  # ... and the sample up to which its last partial was made (or skipped)
+
+    def partial_due(self, every: int) -> int | None:
+        """Samples since the open utterance's last partial (or its start) if at least ``every``, else None. Not
+        while a pause runs inside it: the utterance may be about to close, and its final comes first."""
+        seg = self.seg
+        if not seg.in_utterance or seg.pausing:
+            return None
+        if self.partial_start != seg.open_start:
+            self.partial_start, self.partial_mark = seg.open_start, seg.open_start
+        new = seg.position - self.partial_mark
+        return new if new >= every else None
 
     def capture_ns(self, sample: int) -> int | None:
         """When ``sample`` was captured, on the producer's clock (from the latest frame's capture time)."""
@@ -233,7 +257,8 @@ class SpeechStreams:
         return "ok", out
 
     def _finish(self, st: SpeechStream, utts: list[Utterance], tag, now: float) -> list[Finished]:
-        return [Finished(st.stream_id, st.session_id, u, tag, now, st.capture_ns(u.end_sample)) for u in utts]
+        return [Finished(st.stream_id, st.session_id, u, tag, now, st.capture_ns(u.end_sample),
+                         close_sample=st.seg.position) for u in utts]
 
     def flush_idle(self, now: float, idle_flush_s: float, idle_timeout_s: float,
                    caught_up: Callable[[str], bool] = lambda sid: True) -> tuple[list[Finished], list[str]]:
@@ -245,8 +270,8 @@ class SpeechStreams:
             quiet = now - st.last_seen
             if quiet >= idle_flush_s and not st.idle_flushed and caught_up(sid):
                 st.idle_flushed = True
-                out += [Finished(sid, st.session_id, u, st.last_tag, st.last_arrival, st.capture_ns(u.end_sample))
-                        for u in st.seg.flush("idle")]
+                out += [Finished(sid, st.session_id, u, st.last_tag, st.last_arrival, st.capture_ns(u.end_sample),
+                                 close_sample=st.seg.position) for u in st.seg.flush("idle")]
             if quiet >= idle_timeout_s:
                 del self.streams[sid]
                 dropped.append(sid)
@@ -271,7 +296,8 @@ class TranscriberService:
         from streamproc.transcription import Transcriber
         self.config = config
         # fail fast, before consuming anything: a bad bundle never moves an offset
-        self.asr = asr or Transcriber.load(config.asr_model, cpu_threads=config.cpu_threads)
+        self.asr = asr or Transcriber.load(config.asr_model, cpu_threads=config.cpu_threads,
+                                           segmentation=config.segmentation)
         model = self.asr.model_id
         self.model = f"{model.get('task')}:{model.get('version') or 'dir'}"
         self.streams = SpeechStreams(self.asr.segmenter_config or SegmenterConfig(),
@@ -283,6 +309,10 @@ class TranscriberService:
         self._stop = threading.Event()
         self._stream_partition: dict[str, tuple[str, int]] = {}
         self._lag: dict[tuple[str, int], int] = {}
+        self._frame_s: dict[tuple[str, int], float] = {}  # audio seconds per record, per partition (moving mean)
+        self._finals_made = False  # this loop transcribed finals: partials wait for the next one
+        # (ended, wall seconds) of recent Whisper calls; bounded (a call takes far more than 10 s / 256)
+        self._calls: collections.deque = collections.deque(maxlen=256)
         self._counted = collections.Counter()
         self._gap_counted = 0.0
         self._http = None
@@ -441,6 +471,9 @@ class TranscriberService:
                 if now - last_house > 0.5:
                     self._housekeeping(now)
                     last_house = now
+                if self.config.partial_every_s > 0 and not self._finals_made:
+                    self._partial()
+                self._finals_made = False
         except BaseException:
             self.checkpoint.fail()
             raise
@@ -533,6 +566,9 @@ class TranscriberService:
                     self._deadletter(msg, exc)
                 continue
             self._stream_partition[sid] = tp
+            fs = self._frame_s.get(tp)
+            sec = frame.n_frames / frame.sample_rate
+            self._frame_s[tp] = sec if fs is None else 0.95 * fs + 0.05 * sec
             status, done = self.streams.accept(sid, frame, now, tag=offset)
             for f in done:
                 f.tp = tp  # kept with the utterance: an ended stream's partition is forgotten below
@@ -568,7 +604,9 @@ class TranscriberService:
                 m.replayed.inc()
                 continue
             u = f.utterance
+            self._finals_made = True
             result = self.asr.transcribe(u.audio, words=self.config.words)
+            self._calls.append((time.monotonic(), result.seconds))
             seconds = u.audio.size / SAMPLE_RATE
             m.utterances.labels(m.model, u.reason).inc()
             m.audio_transcribed.labels(m.model).inc(seconds)
@@ -584,19 +622,104 @@ class TranscriberService:
             self._emit(self.config.transcripts_topic, records.dumps(rec), f.stream_id.encode(),
                        on_ok=self._ack(f, rec))
 
+    # -- partial transcripts: best effort, after the finals ---------------------------------------------------
+    def behind_s(self, tp) -> float:
+        """Seconds of audio per stream waiting unread on partition ``tp`` (Kafka lag x the mean record length /
+        streams on it): 0 when the service keeps up."""
+        if self.consumer is None or tp is None:
+            return 0.0
+        try:
+            (pos,) = self.consumer.position([TopicPartition(tp[0], tp[1])])
+            _low, high = self.consumer.get_watermark_offsets(TopicPartition(tp[0], tp[1]), cached=True)
+        except Exception:
+            return 0.0
+        if high is None or high < 0 or pos.offset < 0:
+            return 0.0
+        lag = max(0, high - pos.offset)
+        n = sum(1 for t in self._stream_partition.values() if t == tp) or 1
+        return lag * self._frame_s.get(tp, 0.1) / n
+
+    def busy_share(self, now: float, window_s: float = 10.0) -> float:
+        """Share of the last ``window_s`` seconds the recogniser spent in Whisper calls (finals and partials)."""
+        while self._calls and self._calls[0][0] < now - window_s:
+            self._calls.popleft()
+        return sum(w for _, w in self._calls) / window_s
+
+    def _partial(self) -> None:
+        """At most one partial transcript per loop, for the stream whose open utterance waited longest for one.
+        Partials are never tracked by the checkpoint (they hold back no commit, and no state is rebuilt from
+        them); they are skipped (counted) while the service is behind its input, and not made for utterances a
+        previous owner of the partition already completed (a replay)."""
+        from streamproc.transcription import transcript_record
+        c, m, cp = self.config, self.metrics, self.checkpoint
+        every = max(1, int(round(c.partial_every_s * SAMPLE_RATE)))
+        due = []
+        for sid, st in self.streams.streams.items():
+            new = st.partial_due(every)
+            if new is not None:
+                due.append((-new, sid))
+        for _, sid in sorted(due):
+            st = self.streams.streams[sid]
+            tp = self._stream_partition.get(sid)
+            position = st.seg.position
+            if tp is not None and st.last_tag is not None and cp.replaying(tp, st.last_tag):
+                st.partial_mark = position  # published (final) by the previous owner: nothing to show
+                continue
+            if self.behind_s(tp) > c.partial_max_lag_s:
+                st.partial_mark = position
+                m.partials_skipped.labels("lag").inc()
+                continue
+            if c.partial_max_busy < 1 and self.busy_share(time.monotonic()) > c.partial_max_busy:
+                # a started call is not interrupted: partials use spare time only, or finals would queue behind them
+                st.partial_mark = position
+                m.partials_skipped.labels("busy").inc()
+                continue
+            u = st.seg.open_utterance()
+            st.partial_mark = position
+            if u is None:
+                continue
+            result = self.asr.transcribe(u.audio)  # no word timings: a partial is a preview, kept cheap
+            self._calls.append((time.monotonic(), result.seconds))
+            m.engine_seconds.labels(m.model).inc(result.cpu_seconds)
+            m.partial_cpu.labels(m.model).inc(result.cpu_seconds)
+            if not result.text:
+                m.partials_skipped.labels("no_text").inc()
+                return
+            rec = transcript_record(stream_id=sid, session_id=st.session_id.hex(), start_sample=u.start_sample,
+                                    end_sample=u.end_sample, sample_rate=SAMPLE_RATE, result=result,
+                                    model=self.asr.model_id, reason="partial", final=False)
+
+            def delivered(err, msg, rec=rec):
+                if err is not None:  # best effort: counted and logged, never a reason to stop or to re-read
+                    m.delivery_errors.labels(msg.topic()).inc()
+                    log.warning("partial transcript %s not delivered: %s", rec["id"], err.str())
+                else:
+                    m.partials.labels(m.model).inc()
+                    if c.on_partial is not None:
+                        c.on_partial(rec)
+            produce(self.producer, c.transcripts_topic, records.dumps(rec), sid.encode(), on_delivery=delivered)
+            return
+
     def _ack(self, f: Finished, rec: dict):
+        """The delivery callback of a final transcript. Its latencies end when Kafka acknowledged it: produce() time
+        plus the message's own delivery latency, not when this callback runs (the service's thread serves
+        callbacks between Whisper calls, so a batch's first final would otherwise count the calls after it)."""
         m = self.metrics
+        produced_mono, produced_ns = time.monotonic(), time.time_ns()
 
         def ack(msg):
-            latency = time.monotonic() - f.arrival
+            delay = msg.latency() if hasattr(msg, "latency") else None
+            delay = time.monotonic() - produced_mono if delay is None else max(0.0, float(delay))
+            latency = produced_mono + delay - f.arrival
             m.transcripts.labels(m.model).inc()
             m.latency.observe(latency)
             e2e = None
             if f.end_capture_ns is not None:
-                e2e = max(0.0, (time.time_ns() - f.end_capture_ns) / 1e9)
+                e2e = max(0.0, (produced_ns + delay * 1e9 - f.end_capture_ns) / 1e9)
                 m.e2e_latency.observe(e2e)
             if self.latencies is not None:
-                self.latencies.append((latency, e2e))
+                wait = None if f.close_sample is None else (f.close_sample - f.utterance.end_sample) / SAMPLE_RATE
+                self.latencies.append((latency, e2e, wait, f.utterance.reason))
             if self.config.on_published is not None:
                 self.config.on_published(rec)
         return ack
@@ -644,6 +767,14 @@ def add_parser(sub):
     p.add_argument("--max-gap-fill", type=float, default=d.max_gap_fill_s, metavar="SECONDS",
                    help="missing audio up to this long is filled with silence; a longer gap ends the utterance")
     p.add_argument("--words", action="store_true", help="word timings in the records (about 2x the CPU)")
+    add_segmentation_arguments(p)
+    p.add_argument("--partial-every", type=float, default=d.partial_every_s, metavar="SECONDS",
+                   help="while an utterance is open, publish a partial transcript (final: false) per this much new "
+                        "audio; 0 = finals only")
+    p.add_argument("--partial-max-lag", type=float, default=d.partial_max_lag_s, metavar="SECONDS",
+                   help="skip partials while more than this much audio per stream waits unread (finals first)")
+    p.add_argument("--partial-max-busy", type=float, default=d.partial_max_busy, metavar="SHARE",
+                   help="skip partials while Whisper was busy more than this share of the last 10 s (1 = never)")
     p.add_argument("--cpu-threads", type=int, default=d.cpu_threads, help="threads Whisper may use")
     p.add_argument("--partitions", type=int, default=d.partitions, help="partitions for topics it creates")
     p.add_argument("--no-create-topics", action="store_true")
@@ -666,12 +797,21 @@ def config_from_args(args) -> TranscriberConfig:
                           f"{args.idle_timeout}")
     if args.max_gap_fill < 0:
         raise ConfigError(f"--max-gap-fill {args.max_gap_fill} must be >= 0")
+    if not args.partial_every >= 0:
+        raise ConfigError(f"--partial-every {args.partial_every} must be >= 0 seconds (0 = no partial transcripts)")
+    if not args.partial_max_lag >= 0:
+        raise ConfigError(f"--partial-max-lag {args.partial_max_lag} must be >= 0 seconds")
+    if not 0 <= args.partial_max_busy <= 1:
+        raise ConfigError(f"--partial-max-busy {args.partial_max_busy} must be a share in [0, 1]")
     return TranscriberConfig(
-        kafka=kafka_config_from_args(args), asr_model=args.asr_model, group_id=args.group_id,
+        kafka=kafka_config_from_args(args), asr_model=args.asr_model, segmentation=segmentation_overrides(args),
+        group_id=args.group_id,
         frames_topic=args.frames_topic, transcripts_topic=args.transcripts_topic,
         deadletter_topic=args.deadletter_topic, metrics_port=None if args.no_metrics else args.metrics_port,
         metrics_addr=args.metrics_addr, idle_flush_s=args.idle_flush, idle_timeout_s=args.idle_timeout,
         max_gap_fill_s=args.max_gap_fill, words=args.words, cpu_threads=args.cpu_threads,
+        partial_every_s=args.partial_every, partial_max_lag_s=args.partial_max_lag,
+        partial_max_busy=args.partial_max_busy,
         create_topics=not args.no_create_topics, partitions=args.partitions,
         auto_offset_reset=args.auto_offset_reset, unavailable_timeout_s=args.unavailable_timeout,
         instance_id=args.instance_id)

@@ -13,7 +13,10 @@ prints one line per prediction.
 Live captions: ``watch --topic audio.transcripts`` (or ``--captions`` for a topic of
 another name) prints one line per utterance as the transcriber publishes it:
 stream, start-end in stream seconds, text (a repeat after a transcriber restart,
-same id, is shown once).
+same id, is shown once). On a terminal, a partial transcript of an utterance still
+open (``"final": false``) is shown as a line that updates in place and is replaced
+by the final one; elsewhere (a pipe, a log) only finals are printed, ``--json``
+prints every record.
 
 Genre and mood: the table also reads the music tagger's topic (``--tags-topic``, default
 ``audio.tags``; ``audiostream tag``) and shows, per stream with music, its genre and mood over the
@@ -88,6 +91,51 @@ class Caption:
         d = json.loads(data)
         return cls(id=d["id"], stream_id=d["stream_id"], start_s=d["start_s"], end_s=d["end_s"], text=d["text"],
                    final=d.get("final", True), raw=d)
+
+    @property
+    def utterance_id(self) -> str:
+        """The utterance this record is about: a final's own id, a partial's ``utterance_id``."""
+        return self.id if self.final else self.raw.get("utterance_id", self.id)
+
+
+class CaptionView:
+    """Captions on a text stream. Finals: one line each, each utterance once. Partials (on a terminal, ``tty``):
+    one line at the bottom, rewritten in place as an utterance grows and replaced by its final line; a partial
+    that arrives after its final (or for an utterance already shown) is ignored. Without ``tty`` partials are
+    not shown (a pipe or a log gets the finals only)."""
+
+    CLEAR = "\r\033[K"
+
+    def __init__(self, out, *, tty: bool, remember: int = 10000):
+        import collections
+        self.out, self.tty, self.remember = out, tty, remember
+        self.done: collections.OrderedDict = collections.OrderedDict()  # utterance ids shown as finals
+        self.live: Caption | None = None  # the partial on the bottom line
+
+    def add(self, c: Caption) -> bool:
+        """Show ``c``; True when it was a new final line."""
+        uid = c.utterance_id
+        if uid in self.done:
+            return False  # a repeat (at-least-once) or a partial overtaken by its final
+        if not c.final:
+            if self.tty:
+                self.live = c
+                self.out.write(self.CLEAR + format_caption(c) + " ...")
+                self.out.flush()
+            return False
+        self.done[uid] = None
+        if len(self.done) > self.remember:
+            self.done.popitem(last=False)
+        if self.tty and self.live is not None:
+            self.out.write(self.CLEAR)
+        self.out.write(format_caption(c) + "\n")
+        if self.live is not None:
+            if self.live.utterance_id == uid:
+                self.live = None
+            elif self.tty:  # another stream's utterance is still open: its partial goes back on the bottom line
+                self.out.write(format_caption(self.live) + " ...")
+        self.out.flush()
+        return True
 
 
 def format_detections(d: dict) -> str:
@@ -296,21 +344,28 @@ def run_tags(args, kafka: dict, stop: threading.Event) -> int:
 
 
 def run_captions(args, kafka: dict, stop: threading.Event) -> int:
-    """Live captions: one line per transcript (stream, start-end, text); a repeated id is shown once."""
+    """Live captions: one line per transcript (stream, start-end, text); a repeated id is shown once; partials
+    update the bottom line on a terminal (:class:`CaptionView`). ``--max`` counts final transcripts."""
     import collections
     seen: collections.OrderedDict = collections.OrderedDict()
+    view = CaptionView(sys.stdout, tty=sys.stdout.isatty())
     n = 0
     for c in subscribe(topic=args.topic, from_beginning=args.from_beginning, kafka=kafka, stop=stop,
                        idle_timeout=args.idle_timeout, parse=Caption.from_json):
-        if c.id in seen:  # at-least-once: a transcriber restart may publish an utterance again
-            continue
-        seen[c.id] = None
-        if len(seen) > 10000:
-            seen.popitem(last=False)
-        n += 1
-        print(json.dumps(c.raw) if args.json else format_caption(c), flush=True)
+        if args.json:
+            if c.id in seen:  # at-least-once: a transcriber restart may publish an utterance again
+                continue
+            seen[c.id] = None
+            if len(seen) > 10000:
+                seen.popitem(last=False)
+            print(json.dumps(c.raw), flush=True)
+            n += c.final
+        else:
+            n += view.add(c)
         if args.max is not None and n >= args.max:
             break
+    if view.live is not None and view.tty:
+        sys.stdout.write("\n")
     return 0
 
 

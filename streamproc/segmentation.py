@@ -211,6 +211,27 @@ class Segmenter:
         """First sample of the open utterance (None when idle): what a restarted reader must re-read from."""
         return self._start
 
+    def open_utterance(self) -> Utterance | None:
+        """The open utterance so far (``reason="partial"``), for a partial transcript: from its first sample to the
+        latest pushed one, or to ``pad_s`` past its last speech while a pause runs; None when idle or while it
+        holds fewer speech windows than a finished utterance needs. Reading it changes nothing: the utterance
+        that ``push``/``flush`` later return starts at the same sample."""
+        if self._start is None or self._speech_windows < self._min_speech_windows:
+            return None
+        end = self.position
+        if self._silence_from is not None:
+            end = min(self._silence_from + self._pad, end)
+        if end <= self._start:
+            return None
+        i0 = self._start - self._buf_start
+        return Utterance(start_sample=self._start, end_sample=end, audio=self._buf[i0:end - self._buf_start].copy(),
+                         reason="partial")
+
+    @property
+    def pausing(self) -> bool:
+        """A run of quiet windows is going on inside the open utterance (it may close within the hangover)."""
+        return self._start is not None and self._silence_from is not None
+
     def _idle(self) -> None:
         self._start = None  # first sample of the open utterance
         self._silence_from = None  # start of the current run of quiet windows

@@ -39,7 +39,29 @@ def add_parser(sub):
     p.add_argument("--cpu-threads", type=int, default=1, help="threads the engine may use")
     p.add_argument("--whole-file", action="store_true",
                    help="no segmentation: the engine's own long-form decoding of the whole file, one line")
+    add_segmentation_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_segmentation_arguments(p) -> None:
+    """``--long-pause`` / ``--min-utterance``: the two segmentation settings that trade caption latency for word
+    error rate (docs/transcription.md); the same flags on ``transcribe`` and ``transcriber`` cut the same
+    utterances."""
+    p.add_argument("--long-pause", type=float, default=None, metavar="SECONDS",
+                   help="a pause this long ends any utterance (bundle: 2.0); shorter = captions sooner, utterances "
+                        "shorter (see docs/transcription.md for the measured word error rate)")
+    p.add_argument("--min-utterance", type=float, default=None, metavar="SECONDS",
+                   help="a shorter pause (the 0.5 s hangover) ends an utterance only once it is this long (bundle: 5)")
+
+
+def segmentation_overrides(args) -> dict:
+    """The segmentation settings given on the command line (validated by SegmenterConfig when loaded)."""
+    out = {}
+    if getattr(args, "long_pause", None) is not None:
+        out["long_pause_s"] = args.long_pause
+    if getattr(args, "min_utterance", None) is not None:
+        out["min_utterance_s"] = args.min_utterance
+    return out
 
 
 def session_of(y) -> str:
@@ -92,7 +114,8 @@ def run(args) -> int:
     if args.cpu_threads < 1:
         raise ConfigError(f"--cpu-threads {args.cpu_threads} must be at least 1")
     y = as_streamed(load(args.file, SAMPLE_RATE))  # a bad file fails before the model is loaded
-    transcriber = Transcriber.load(args.asr_model, cpu_threads=args.cpu_threads)
+    transcriber = Transcriber.load(args.asr_model, cpu_threads=args.cpu_threads,
+                                   segmentation=segmentation_overrides(args))
     stream_id = args.stream_id or (args.file.rstrip("/").rsplit("/", 1)[-1] if is_url(args.file)
                                    else Path(args.file).name)
     if args.whole_file:

@@ -79,12 +79,15 @@ class Transcriber:
 
     @classmethod
     def load(cls, ref: str | os.PathLike = "transcription", *, cpu_threads: int = 1,
-             compute_type: str | None = None, verify: bool = True) -> "Transcriber":
-        """A bundle (path or ``transcription[:version]``) or a CTranslate2 model directory, ready to transcribe."""
+             compute_type: str | None = None, verify: bool = True,
+             segmentation: dict | None = None) -> "Transcriber":
+        """A bundle (path or ``transcription[:version]``) or a CTranslate2 model directory, ready to transcribe.
+        ``segmentation``: settings that override the bundle's (``{"long_pause_s": 1.0}``; CLI ``--long-pause``)."""
         model_dir, model_id, language, meta = locate(ref, verify=verify)
         from .segmentation import SegmenterConfig, SegmenterError
         try:
-            segmenter_config = SegmenterConfig.from_dict(meta.get("segmentation"))
+            segmenter_config = SegmenterConfig.from_dict({**(meta.get("segmentation") or {}),
+                                                          **(segmentation or {})})
         except SegmenterError as exc:
             raise BundleError(f"{model_dir}: {exc}") from None
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: only local paths are passed below
@@ -214,16 +217,22 @@ def verify_weights(meta: dict, model_dir: Path, meta_path: Path) -> None:
 def transcript_record(*, stream_id: str, session_id: str | None, start_sample: int, end_sample: int,
                       sample_rate: int, result: Transcription, model: dict, reason: str,
                       final: bool = True) -> dict:
-    """The one transcript record (docs/transcription.md): the offline command, and later the service and the
-    API, all build it here so the fields never drift apart."""
+    """The one transcript record (docs/transcription.md): the offline command, the service and the API all
+    build it here so the fields never drift apart.
+
+    ``final=False`` builds a partial record (the service, for an utterance still open): ``reason`` is
+    ``"partial"``, ``utterance_id`` is the ``id`` its final record will have, and its own ``id`` is
+    ``UTTERANCE_ID/partial/END_SAMPLE``, so a consumer that de-duplicates by ``id`` never mistakes a partial
+    for the final. A final record has no ``utterance_id`` (its ``id`` is the utterance's)."""
     words = None
     if result.words is not None:
         offset = start_sample / sample_rate
         words = [{"word": w.word, "start_s": round(offset + w.start_s, 3), "end_s": round(offset + w.end_s, 3),
                   "probability": w.probability} for w in result.words]
-    return {
+    utterance_id = f"{stream_id}/{session_id or '-'}/{start_sample}"
+    rec = {
         "schema": TRANSCRIPT_SCHEMA,
-        "id": f"{stream_id}/{session_id or '-'}/{start_sample}",
+        "id": utterance_id if final else f"{utterance_id}/partial/{int(end_sample)}",
         "stream_id": stream_id,
         "session_id": session_id,
         "start_sample": int(start_sample),
@@ -237,8 +246,11 @@ def transcript_record(*, stream_id: str, session_id: str | None, start_sample: i
         "language": result.language,
         "model": dict(model),
         "final": bool(final),
-        "reason": reason,
+        "reason": reason if final else "partial",
     }
+    if not final:
+        rec["utterance_id"] = utterance_id
+    return rec
 
 
 # --- word error rate ------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ Per set, three paths over the same audio, all greedy at temperature 0 on one CPU
 - ``segmented``: each clip through our Segmenter, each utterance transcribed, texts joined;
 - ``stream whole`` / ``stream segmented``: the clips of the set concatenated into streams of ~10 clips with
   0.6-1.5 s pauses (seeded), transcribed whole by the engine vs cut by the Segmenter (what a live stream does)
-  with the bundle's settings, and ``unpacked``: with min_utterance_s=0 (every 0.5 s pause ends an utterance).
+  with the bundle's settings, ``unpacked``: with min_utterance_s=0 (every 0.5 s pause ends an utterance), and
+  ``long pause L``: the bundle's settings with long_pause_s=L (``--long-pause``, default 1.0: any pause of L
+  seconds ends an utterance; the caption-latency setting, ``transcriber --long-pause``).
 
 RTF = engine CPU seconds / audio seconds (CPU time, so other processes on the machine do not inflate it).
 """
@@ -105,7 +107,7 @@ def segmented_text(tr, y, config=None):
     return " ".join(t for t in texts if t), cpu, len(utts)
 
 
-def measure(tr, name, clips):
+def measure(tr, name, clips, long_pause=1.0):
     res = {"set": name, "clips": len(clips), "audio_s": round(sum(y.size for _, y, _ in clips) / SR, 1),
            "reference_words": sum(len(r.split()) for *_, r in clips)}
     whole, seg, cpu_w, cpu_s, examples = [], [], 0.0, 0.0, []
@@ -123,11 +125,17 @@ def measure(tr, name, clips):
     s_whole, s_seg, s_audio, s_cpu_w, s_cpu_s, n_utts = [], [], 0.0, 0.0, 0.0, 0
     s_unpacked, n_unpacked = [], 0
     unpacked = dataclasses.replace(tr.segmenter_config, min_utterance_s=0.0)  # every 0.5 s pause ends one
+    s_live, n_live, cpu_live = [], 0, 0.0
+    live = dataclasses.replace(tr.segmenter_config, long_pause_s=long_pause)
     for y, ref in streams(clips):
         r = tr.transcribe_file(y)
         text2, _, n2 = segmented_text(tr, y, unpacked)
         s_unpacked.append((ref, text2))
         n_unpacked += n2
+        text3, c3, n3 = segmented_text(tr, y, live)
+        s_live.append((ref, text3))
+        n_live += n3
+        cpu_live += c3
         text, c, n = segmented_text(tr, y)
         s_whole.append((ref, r.text))
         s_seg.append((ref, text))
@@ -138,6 +146,8 @@ def measure(tr, name, clips):
     res.update({"streams": len(s_whole), "stream_audio_s": round(s_audio, 1), "stream_utterances": n_utts,
                 "wer_stream_whole": round(wer(s_whole), 4), "wer_stream_segmented": round(wer(s_seg), 4),
                 "wer_stream_segmented_unpacked": round(wer(s_unpacked), 4), "stream_utterances_unpacked": n_unpacked,
+                "long_pause_s": long_pause, "wer_stream_segmented_long_pause": round(wer(s_live), 4),
+                "stream_utterances_long_pause": n_live, "rtf_stream_segmented_long_pause": round(cpu_live / s_audio, 3),
                 "rtf_clip": round(cpu_w / res["audio_s"], 3), "rtf_segmented_clips": round(cpu_s / res["audio_s"], 3),
                 "rtf_stream_whole": round(s_cpu_w / s_audio, 3), "rtf_stream_segmented": round(s_cpu_s / s_audio, 3),
                 "examples": examples})
@@ -149,12 +159,13 @@ def main(argv=None):
     ap.add_argument("--data", default="/tmp/asr-data")
     ap.add_argument("--sets", default="espeak,ktuberling,arctic,asterisk")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--long-pause", type=float, default=1.0, help="long_pause_s of the 'long pause' variant")
     args = ap.parse_args(argv)
     tr = Transcriber.load("transcription", cpu_threads=1)
     results = []
     for name in args.sets.split(","):
         t0 = time.perf_counter()
-        res = measure(tr, name, SETS[name](args.data))
+        res = measure(tr, name, SETS[name](args.data), long_pause=args.long_pause)
         res["wall_s"] = round(time.perf_counter() - t0, 1)
         results.append(res)
         print(json.dumps({k: v for k, v in res.items() if k != "examples"}), flush=True)

