@@ -26,9 +26,11 @@ import os
 import shutil
 import signal
 import socket
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -198,9 +200,10 @@ class LocalKafka:
                 raise RuntimeError(f"formatting KRaft storage failed:\n{fmt.stdout}\n{fmt.stderr}")
         log = open(self.log_path, "ab")
         self._log_start = self.log_path.stat().st_size  # a restart appends: look only at this run's lines
-        self.proc = subprocess.Popen(base + ["kafka.Kafka", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True,
-                                     preexec_fn=_die_with_parent if self.die_with_parent else _unblock_signals)
+        self.proc = _spawn(base + ["kafka.Kafka", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                           start_new_session=True,
+                           preexec_fn=_die_with_parent if self.die_with_parent else _unblock_signals)
+        log.close()  # the child holds its own copy
         (self.workdir / "broker.pid").write_text(str(self.proc.pid))
         return self
 
@@ -377,10 +380,43 @@ def _unblock_signals() -> None:
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the process that started us dies (Linux), so a test run
-    or bench killed without cleanup does not leave a broker behind."""
+    or bench killed without cleanup does not leave a broker behind. The kernel sends it when the *thread*
+    that forked exits, not the process: hence ``_spawn``."""
     _unblock_signals()
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+_spawner: "queue.Queue | None" = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn(cmd: list[str], **popen) -> subprocess.Popen:
+    """``subprocess.Popen`` run in one daemon thread that lives as long as this process. PR_SET_PDEATHSIG
+    fires when the forking thread exits: a broker (re)started from a short-lived thread (the chaos soak's
+    bounce thread) was SIGTERMed the moment that thread ended, a clean shutdown with nothing in its log
+    but a WARN. Forked here, a broker dies with the process, never with a helper thread."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = queue.Queue()
+
+            def serve(q: queue.Queue) -> None:
+                while True:
+                    args, kwargs, box, done = q.get()
+                    try:
+                        box.append(subprocess.Popen(args, **kwargs))
+                    except BaseException as exc:  # handed back to the caller
+                        box.append(exc)
+                    done.set()
+            threading.Thread(target=serve, args=(_spawner,), name="local-kafka-spawner", daemon=True).start()
+    box: list = []
+    done = threading.Event()
+    _spawner.put((cmd, popen, box, done))
+    done.wait()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
 
 
 def _port_open(port: int) -> bool:
