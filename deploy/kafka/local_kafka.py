@@ -110,6 +110,9 @@ class LocalKafka:
         self.node_id = node_id
         self.cluster_id = cluster_id  # None: a fresh one when the storage is formatted (a single node)
         self.voters: str | None = None  # a cluster's controller.quorum.voters (LocalCluster sets it)
+        # (listen port, advertised port) of a second PLAINTEXT listener, VIA, for clients that reach the
+        # cluster through a proxy forwarding the advertised port to the listen port (LocalCluster(proxied=True))
+        self.via: tuple[int, int] | None = None
         # PLAINTEXT clients: bind address and the host name given to clients (a container binds 0.0.0.0
         # and advertises its service name); the controller stays on loopback
         self.host = host
@@ -164,6 +167,13 @@ class LocalKafka:
             "group.initial.rebalance.delay.ms": "0",
             "log.flush.interval.messages": "9223372036854775807",
         }
+        if self.via:
+            listen, advertised = self.via
+            props.update({
+                "listeners": props["listeners"] + f",VIA://127.0.0.1:{listen}",
+                "advertised.listeners": props["advertised.listeners"] + f",VIA://127.0.0.1:{advertised}",
+                "listener.security.protocol.map": props["listener.security.protocol.map"] + ",VIA:PLAINTEXT",
+            })
         if self.scram_users:
             props.update({
                 "listeners": props["listeners"] + f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
@@ -262,10 +272,15 @@ class LocalCluster:
     ``kill(i)`` (SIGKILL, data kept) and ``restart(i)`` bounce one node, ``pause(i)``/``resume(i)`` hold one
     down (SIGSTOP/SIGCONT); ``leader(topic, partition)`` and
     ``controller()`` say which node to hit.
+
+    ``proxied``: every node also listens on a VIA listener advertised at another free port; a proxy
+    forwarding each ``proxy_routes()`` pair lets a client bootstrapped on ``proxied_bootstrap_servers``
+    reach every broker only through it (its metadata names the advertised ports of the listener it asked),
+    so a test can cut that one client's network (tests/integration/netpause.py).
     """
 
     def __init__(self, nodes: int = 3, workdir: str | os.PathLike | None = None, heap: str = "384m",
-                 extra_properties: dict[str, str] | None = None):
+                 extra_properties: dict[str, str] | None = None, proxied: bool = False):
         if nodes < 1:
             raise ValueError(f"nodes={nodes} must be at least 1")
         self._own_dir = workdir is None
@@ -281,10 +296,21 @@ class LocalCluster:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
         for n in self.nodes:
             n.voters = voters
+            if proxied:
+                n.via = (free_port(), free_port())
 
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(n.bootstrap_servers for n in self.nodes)
+
+    @property
+    def proxied_bootstrap_servers(self) -> str | None:
+        """The VIA listeners' advertised addresses (where the proxies listen), None unless ``proxied``."""
+        return ",".join(f"127.0.0.1:{n.via[1]}" for n in self.nodes) if self.nodes[0].via else None
+
+    def proxy_routes(self) -> list[tuple[int, int]]:
+        """(port a proxy listens on, broker port it forwards to) for each node's VIA listener."""
+        return [(n.via[1], n.via[0]) for n in self.nodes if n.via]
 
     def node(self, node_id: int) -> LocalKafka:
         return self.nodes[node_id - 1]
