@@ -279,9 +279,20 @@ def test_exactly_once_refused_output_aborts_rewinds_and_delivers_once(cluster):
     try:
         streams = Streams(4, 6.0)
         senders = streams.produce(conf, t["frames"], speed=3.0)
-        wait_for(lambda: (reg.get_sample_value("audiostream_transaction_rewinds_total") or 0) >= 1, 120,
-                 "a transaction aborted and rewound")
-        assert th.is_alive(), th.errors  # not stopped
+        def rewound() -> bool:
+            assert th.is_alive(), th.errors  # not stopped (a dead analyzer would otherwise be waited on for 120 s)
+            return (reg.get_sample_value("audiostream_transaction_rewinds_total") or 0) >= 1
+        try:
+            wait_for(rewound, 120, "a transaction aborted and rewound")
+        except AssertionError:
+            # seen once in a full-module run on a loaded machine (refused outputs logged, then no rewind, no
+            # stop within 120 s, not reproduced in isolation): say where every thread is, the analyzer's too
+            import faulthandler
+            import sys
+            faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)  # fd 2: captured by pytest
+            print(f"checkpoint: txn_open={analyzer.checkpoint.txn_open} failed={analyzer.checkpoint.failed} "
+                  f"rewinds={analyzer.checkpoint.rewinds}", file=sys.stderr)
+            raise
         max_bytes("1048588")  # the default: outputs accepted again
         for s in senders:
             s.join(120)
