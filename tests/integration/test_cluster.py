@@ -231,6 +231,10 @@ def test_exactly_once_refused_output_aborts_rewinds_and_delivers_once(cluster):
 
     from .test_reliability import Streams, classify, read_predictions
     conf = {"bootstrap.servers": cluster.bootstrap_servers}
+    # the test before restarts its last victim without waiting: start only once every partition (the
+    # transaction state log's too) has its full ISR, so no coordinator or leader moves under this test's
+    # transactions (an abort sent to a moving coordinator can block for minutes: librdkafka#3779)
+    wait_for(lambda: all_in_sync(cluster), 180, "every partition's full ISR", step=1.0)
     tag = uuid.uuid4().hex[:6]
     t = {k: f"cl.{tag}.{k}" for k in ("frames", "predictions", "features", "deadletter")}
     ensure_topics(conf, {name: 2 for name in t.values()})
