@@ -26,9 +26,11 @@ import os
 import shutil
 import signal
 import socket
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -108,6 +110,9 @@ class LocalKafka:
         self.node_id = node_id
         self.cluster_id = cluster_id  # None: a fresh one when the storage is formatted (a single node)
         self.voters: str | None = None  # a cluster's controller.quorum.voters (LocalCluster sets it)
+        # (listen port, advertised port) of a second PLAINTEXT listener, VIA, for clients that reach the
+        # cluster through a proxy forwarding the advertised port to the listen port (LocalCluster(proxied=True))
+        self.via: tuple[int, int] | None = None
         # PLAINTEXT clients: bind address and the host name given to clients (a container binds 0.0.0.0
         # and advertises its service name); the controller stays on loopback
         self.host = host
@@ -162,6 +167,13 @@ class LocalKafka:
             "group.initial.rebalance.delay.ms": "0",
             "log.flush.interval.messages": "9223372036854775807",
         }
+        if self.via:
+            listen, advertised = self.via
+            props.update({
+                "listeners": props["listeners"] + f",VIA://127.0.0.1:{listen}",
+                "advertised.listeners": props["advertised.listeners"] + f",VIA://127.0.0.1:{advertised}",
+                "listener.security.protocol.map": props["listener.security.protocol.map"] + ",VIA:PLAINTEXT",
+            })
         if self.scram_users:
             props.update({
                 "listeners": props["listeners"] + f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
@@ -198,9 +210,10 @@ class LocalKafka:
                 raise RuntimeError(f"formatting KRaft storage failed:\n{fmt.stdout}\n{fmt.stderr}")
         log = open(self.log_path, "ab")
         self._log_start = self.log_path.stat().st_size  # a restart appends: look only at this run's lines
-        self.proc = subprocess.Popen(base + ["kafka.Kafka", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True,
-                                     preexec_fn=_die_with_parent if self.die_with_parent else _unblock_signals)
+        self.proc = _spawn(base + ["kafka.Kafka", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                           start_new_session=True,
+                           preexec_fn=_die_with_parent if self.die_with_parent else _unblock_signals)
+        log.close()  # the child holds its own copy
         (self.workdir / "broker.pid").write_text(str(self.proc.pid))
         return self
 
@@ -259,10 +272,15 @@ class LocalCluster:
     ``kill(i)`` (SIGKILL, data kept) and ``restart(i)`` bounce one node, ``pause(i)``/``resume(i)`` hold one
     down (SIGSTOP/SIGCONT); ``leader(topic, partition)`` and
     ``controller()`` say which node to hit.
+
+    ``proxied``: every node also listens on a VIA listener advertised at another free port; a proxy
+    forwarding each ``proxy_routes()`` pair lets a client bootstrapped on ``proxied_bootstrap_servers``
+    reach every broker only through it (its metadata names the advertised ports of the listener it asked),
+    so a test can cut that one client's network (tests/integration/netpause.py).
     """
 
     def __init__(self, nodes: int = 3, workdir: str | os.PathLike | None = None, heap: str = "384m",
-                 extra_properties: dict[str, str] | None = None):
+                 extra_properties: dict[str, str] | None = None, proxied: bool = False):
         if nodes < 1:
             raise ValueError(f"nodes={nodes} must be at least 1")
         self._own_dir = workdir is None
@@ -278,10 +296,21 @@ class LocalCluster:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
         for n in self.nodes:
             n.voters = voters
+            if proxied:
+                n.via = (free_port(), free_port())
 
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(n.bootstrap_servers for n in self.nodes)
+
+    @property
+    def proxied_bootstrap_servers(self) -> str | None:
+        """The VIA listeners' advertised addresses (where the proxies listen), None unless ``proxied``."""
+        return ",".join(f"127.0.0.1:{n.via[1]}" for n in self.nodes) if self.nodes[0].via else None
+
+    def proxy_routes(self) -> list[tuple[int, int]]:
+        """(port a proxy listens on, broker port it forwards to) for each node's VIA listener."""
+        return [(n.via[1], n.via[0]) for n in self.nodes if n.via]
 
     def node(self, node_id: int) -> LocalKafka:
         return self.nodes[node_id - 1]
@@ -377,10 +406,43 @@ def _unblock_signals() -> None:
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the process that started us dies (Linux), so a test run
-    or bench killed without cleanup does not leave a broker behind."""
+    or bench killed without cleanup does not leave a broker behind. The kernel sends it when the *thread*
+    that forked exits, not the process: hence ``_spawn``."""
     _unblock_signals()
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+_spawner: "queue.Queue | None" = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn(cmd: list[str], **popen) -> subprocess.Popen:
+    """``subprocess.Popen`` run in one daemon thread that lives as long as this process. PR_SET_PDEATHSIG
+    fires when the forking thread exits: a broker (re)started from a short-lived thread (the chaos soak's
+    bounce thread) was SIGTERMed the moment that thread ended, a clean shutdown with nothing in its log
+    but a WARN. Forked here, a broker dies with the process, never with a helper thread."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = queue.Queue()
+
+            def serve(q: queue.Queue) -> None:
+                while True:
+                    args, kwargs, box, done = q.get()
+                    try:
+                        box.append(subprocess.Popen(args, **kwargs))
+                    except BaseException as exc:  # handed back to the caller
+                        box.append(exc)
+                    done.set()
+            threading.Thread(target=serve, args=(_spawner,), name="local-kafka-spawner", daemon=True).start()
+    box: list = []
+    done = threading.Event()
+    _spawner.put((cmd, popen, box, done))
+    done.wait()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
 
 
 def _port_open(port: int) -> bool:

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     lk = load_local_kafka()
-    c = lk.LocalCluster(3, workdir=tmp_path_factory.mktemp("cluster"))
+    # proxied: a VIA listener per node, so the soak can cut one producer's network (tests/integration/netpause.py)
+    c = lk.LocalCluster(3, workdir=tmp_path_factory.mktemp("cluster"), proxied=True)
     c.start()
     yield c
     c.stop()
@@ -134,8 +135,10 @@ class Waves:
                 s.join(300)
             self.results += senders[0].results
 
-    def stop(self, timeout: float = 300) -> None:
+    def stop(self, timeout: float = 300, wait: bool = True) -> None:
         self._stop.set()
+        if not wait:  # (several stopped together: none starts a new clip while another finishes its own)
+            return
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the streams did not finish"
 
@@ -222,11 +225,16 @@ def test_exactly_once_refused_output_aborts_rewinds_and_delivers_once(cluster):
     lowered below a prediction's size, then restored, the deterministic stand-in for a refusal during a leader
     failover) aborts the transaction; the analyzer rewinds to its last commit instead of stopping, rebuilds the
     streams from the log, and a read_committed reader sees every window once."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
     from consumers.analyzer import Analyzer, AnalyzerConfig
 
     from .test_reliability import Streams, classify, read_predictions
     conf = {"bootstrap.servers": cluster.bootstrap_servers}
+    # the test before restarts its last victim without waiting: start only once every partition (the
+    # transaction state log's too) has its full ISR, so no coordinator or leader moves under this test's
+    # transactions (an abort sent to a moving coordinator can block for minutes: librdkafka#3779)
+    wait_for(lambda: all_in_sync(cluster), 180, "every partition's full ISR", step=1.0)
     tag = uuid.uuid4().hex[:6]
     t = {k: f"cl.{tag}.{k}" for k in ("frames", "predictions", "features", "deadletter")}
     ensure_topics(conf, {name: 2 for name in t.values()})
@@ -234,10 +242,38 @@ def test_exactly_once_refused_output_aborts_rewinds_and_delivers_once(cluster):
 
     def max_bytes(value: str) -> None:
         entry = ConfigEntry("max.message.bytes", value, incremental_operation=AlterConfigOpType.SET)
-        for f in admin.incremental_alter_configs([ConfigResource("topic", t["predictions"],
-                                                                 incremental_configs=[entry])]).values():
-            f.result(30)
+
+        def altered() -> bool:  # (a broker that has not caught up with the new topic yet does not know it)
+            try:
+                for f in admin.incremental_alter_configs([ConfigResource("topic", t["predictions"],
+                                                                         incremental_configs=[entry])]).values():
+                    f.result(30)
+                return True
+            except KafkaException as exc:
+                if exc.args and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    return False
+                raise
+        wait_for(altered, 60, f"max.message.bytes={value} on {t['predictions']}")
+
+    # A probe: a transaction (always aborted: a read_committed reader never sees it) with a 300-byte record to
+    # each predictions partition. Each leader applies an altered config from the metadata log on its own time;
+    # an analyzer started before every leader refuses could see all its outputs accepted and never rewind
+    # (CI timed out waiting for the rewind once).
+    probe = Producer(producer_config(conf, **{"transactional.id": f"probe-{tag}"}))
+    probe.init_transactions(60)
+
+    def refused_by_every_leader() -> bool:
+        outcomes = []
+        probe.begin_transaction()
+        for partition in range(2):
+            probe.produce(t["predictions"], b"p" * 300, partition=partition,
+                          on_delivery=lambda err, _msg: outcomes.append(err))
+        probe.flush(30)
+        probe.abort_transaction(30)
+        return len(outcomes) == 2 and all(e is not None and e.code() == KafkaError.MSG_SIZE_TOO_LARGE
+                                          for e in outcomes)
     max_bytes("200")  # a prediction is larger: refused by the broker
+    wait_for(refused_by_every_leader, 60, "every predictions leader to refuse a record over 200 bytes", step=0.5)
     analyzer = Analyzer(AnalyzerConfig(kafka=dict(conf), frames_topic=t["frames"], predictions_topic=t["predictions"],
                                        features_topic=t["features"], deadletter_topic=t["deadletter"],
                                        group_id=f"cluster-{tag}", metrics_port=None, create_topics=False,
@@ -247,16 +283,27 @@ def test_exactly_once_refused_output_aborts_rewinds_and_delivers_once(cluster):
     try:
         streams = Streams(4, 6.0)
         senders = streams.produce(conf, t["frames"], speed=3.0)
-        wait_for(lambda: reg.get_sample_value("audiostream_transaction_rewinds_total") >= 1, 120,
-                 "a transaction aborted and rewound")
-        assert th.is_alive(), th.errors  # not stopped
+        def rewound() -> bool:
+            assert th.is_alive(), th.errors  # not stopped (a dead analyzer would otherwise be waited on for 120 s)
+            return (reg.get_sample_value("audiostream_transaction_rewinds_total") or 0) >= 1
+        try:
+            wait_for(rewound, 120, "a transaction aborted and rewound")
+        except AssertionError:
+            # seen once in a full-module run on a loaded machine (refused outputs logged, then no rewind, no
+            # stop within 120 s, not reproduced in isolation): say where every thread is, the analyzer's too
+            import faulthandler
+            import sys
+            faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)  # fd 2: captured by pytest
+            print(f"checkpoint: txn_open={analyzer.checkpoint.txn_open} failed={analyzer.checkpoint.failed} "
+                  f"rewinds={analyzer.checkpoint.rewinds}", file=sys.stderr)
+            raise
         max_bytes("1048588")  # the default: outputs accepted again
         for s in senders:
             s.join(120)
         preds = read_predictions(conf, t["predictions"], streams.expected, timeout=180, read_committed=True)
         report = classify(preds, streams.expected)
         assert report["verdict"] == "all-delivered", report
-        assert reg.get_sample_value("audiostream_offset_commits_total", {"outcome": "aborted"}) >= 1
+        assert (reg.get_sample_value("audiostream_offset_commits_total", {"outcome": "aborted"}) or 0) >= 1
         print(f"rewinds: {reg.get_sample_value('audiostream_transaction_rewinds_total'):.0f}")
     finally:
         analyzer.stop()
@@ -461,14 +508,20 @@ class Replica:
 
 
 def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: float, bounces: bool,
-         clip_s: float = 6.0, max_replicas: int = 3) -> dict:
+         clip_s: float = 6.0, max_replicas: int = 3, net_pause_s: float = 0.0, net_pause_at: float | None = None,
+         paused_streams: int = 1) -> dict:
     """``streams`` real-time streams (``clip_s`` clips back to back) for ``seconds`` while a seeded schedule,
     every ``every`` s, SIGKILLs or SIGTERMs a replica (restarted at once, as a supervisor does), adds a replica
-    or removes one (rebalances), and (``bounces``) SIGKILLs a broker node for a few seconds. Returns the
-    accounting: windows expected / received / duplicated, gap markers against producer drops, peak RSS."""
+    or removes one (rebalances), (``bounces``) SIGKILLs a broker node for a few seconds and (``net_pause_s``)
+    pauses the network of one more producer (``paused_streams`` streams, reaching the cluster only through
+    pausable proxies) for ``net_pause_s`` s; with ``net_pause_at``, once at that second of the run instead of
+    on the schedule.
+    Returns the accounting: windows expected / received / duplicated, gap markers and the frames they cover
+    against producer drops, peak RSS."""
     import random
     import signal as sig
 
+    from .netpause import Proxies
     from .test_reliability import analyze_cmd, classify, read_predictions
     rng = random.Random(seed)
     conf = {"bootstrap.servers": cluster.bootstrap_servers}
@@ -534,17 +587,44 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
 
     def all_nodes_up() -> bool:
         return all(n.proc is not None and n.proc.poll() is None for n in cluster.nodes)
+
+    proxies = Proxies(cluster.proxy_routes()) if net_pause_s else None
+    pausing: list[threading.Thread] = []
+
+    def net_pause(after: float = 0.0) -> None:
+        """The proxied producer's network silent for ``net_pause_s`` s (connections open, nothing moves)."""
+        time.sleep(after)
+        proxies.pause()
+        try:
+            time.sleep(net_pause_s)
+        finally:
+            proxies.resume()
+
+    def start_pause(after: float = 0.0) -> None:
+        th = threading.Thread(target=net_pause, args=(after,), daemon=True)
+        th.start()
+        pausing.append(th)
     waves = Waves(conf, t["frames"], n=streams, clip_s=clip_s)
+    # the producer whose network is paused: its own streams, bootstrapped on the proxies, which the brokers'
+    # VIA listeners advertise for every node, so none of its traffic bypasses them
+    pwaves = Waves({"bootstrap.servers": proxies.bootstrap_servers}, t["frames"], n=paused_streams,
+                   clip_s=clip_s) if proxies else None
     t0 = time.monotonic()
+    if proxies and net_pause_at is not None:
+        start_pause(net_pause_at)
+        counts["netpause"] += 1
     try:
         while time.monotonic() - t0 < seconds:
             time.sleep(every)
-            kinds = ["sigkill", "sigterm", "add", "remove"] + (["bounce"] if bounces else [])
+            kinds = ["sigkill", "sigterm", "add", "remove"] + (["bounce"] if bounces else []) + \
+                (["netpause"] if proxies and net_pause_at is None else [])
             kind = rng.choice(kinds)
             running = live()
             if kind == "add" and len(running) >= max_replicas or kind == "remove" and len(running) <= 1:
                 kind = "sigkill"
             if kind == "bounce" and (any(b.is_alive() for b in bouncing) or not all_nodes_up()):
+                kind = "sigterm"
+            if kind == "netpause" and any(p.is_alive() for p in pausing):
                 kind = "sigterm"
             victim = rng.choice(running) if running else None
             if kind in ("sigkill", "sigterm") and victim is not None:
@@ -562,6 +642,8 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
                                      daemon=True)
                 b.start()
                 bouncing.append(b)
+            elif kind == "netpause":
+                start_pause()
             counts[kind] += 1
             for r in [r for r in replicas if not r.alive() and not r.stopped and not r.restarted]:
                 # exited on its own (e.g. "cannot reach Kafka" while starting during a bounce on a loaded
@@ -569,30 +651,47 @@ def soak(cluster, tmp_path, *, seconds: float, streams: int, seed: int, every: f
                 r.restarted = True
                 exits.append((r.name, r.proc.returncode, r.log_path.read_text(errors="replace")[-300:]))
                 start(r.name if r.static else None)
-        waves.stop()
+        for p in pausing:
+            p.join(net_pause_s + 60)
+        all_waves = [waves] + ([pwaves] if pwaves else [])
+        for w in all_waves:
+            w.stop(wait=False)
+        for w in all_waves:
+            w.stop()
         for b in bouncing:
             b.join(180)
         if not live():
             start("s0")
         elapsed = time.monotonic() - t0
-        preds = read_predictions(conf, t["predictions"], waves.expected, timeout=max(180.0, seconds / 2))
-        report = classify(preds, waves.expected)
+        expected = set().union(*(w.expected for w in all_waves))
+        results = [r for w in all_waves for r in w.results]
+        preds = read_predictions(conf, t["predictions"], expected, timeout=max(180.0, seconds / 2))
+        report = classify(preds, expected)
         features = consume(conf, t["features"], count=len(preds), timeout=60, settle=2.0)
-        gap_markers = sum(1 for m in features if json.loads(m.value()).get("type") == "gap")
+        gaps = [g for g in (json.loads(m.value()) for m in features) if g.get("type") == "gap"]
     finally:
         sampling.set()
+        if proxies:
+            proxies.resume()
+            proxies.close()
         for r in live():
             terminate(r)
         for n in cluster.nodes:  # whatever a bounce left down
             if n.proc is None or n.proc.poll() is not None:
                 n.start(120)
-    failed = [r for r in waves.results if r.failed or r.delivered != r.frames]
-    summary = {"seconds": round(elapsed), "streams": streams, "clips": waves.clips, "seed": seed,
-               **{k: counts[k] for k in ("sigkill", "sigterm", "add", "remove", "bounce", "restart_retries")},
+    failed = [r for r in results if r.failed or r.delivered != r.frames]
+    summary = {"seconds": round(elapsed), "streams": streams + (paused_streams if pwaves else 0),
+               "clips": sum(w.clips for w in all_waves), "seed": seed,
+               **{k: counts[k] for k in ("sigkill", "sigterm", "add", "remove", "bounce", "restart_retries",
+                                         "netpause")},
+               "net_paused_s": round(counts["netpause"] * net_pause_s),
+               "proxied_clips": pwaves.clips if pwaves else 0,
+               "proxied_mib": round(sum(p.bytes for p in proxies.proxies) / 2**20, 1) if proxies else 0,
                "replicas_started": len(replicas), "expected": report["expected"], "received": report["received"],
                "distinct": report["distinct"], "duplicates": report["duplicates"], "missing": report["missing"],
-               "unexpected": report["unexpected"], "verdict": report["verdict"], "gap_markers": gap_markers,
-               "producer_drops": sum(r.failed for r in waves.results), "producer_failures": len(failed),
+               "unexpected": report["unexpected"], "verdict": report["verdict"], "gap_markers": len(gaps),
+               "gap_frames": sum(g["missing_frames"] for g in gaps),
+               "producer_drops": sum(r.failed for r in results), "producer_failures": len(failed),
                "peak_rss_mib": round(peak[0] / 2**20), "bad_exits": len(bad_exits),
                "restarted_after_exit": len(exits),
                "exit_reasons": sorted({("cannot reach Kafka" if "cannot reach Kafka" in text else f"exit {rc}")
@@ -606,15 +705,21 @@ def check_soak(s: dict) -> None:
     # at-least-once: ALL, or MORE made of duplicates only (deduped count equal to what was expected)
     assert s["missing"] == 0 and s["unexpected"] == 0 and s["distinct"] == s["expected"], s
     assert s["producer_failures"] == 0, s
-    assert s["gap_markers"] == s["producer_drops"] == 0, s  # the file producer never drops: no gap is unexplained
+    # every gap explained by a counted producer drop, frame for frame; the file producer's buffer (librdkafka's
+    # queue, message.timeout.ms 300 s) outlasts every pause here, so there are none of either
+    assert s["gap_frames"] == s["producer_drops"] == 0 and s["gap_markers"] == 0, s
     assert s["peak_rss_mib"] < 1024, s  # bounded: the slow-model test's RSS bound for one replica, with room
 
 
 def test_chaos_soak_short_form(cluster, tmp_path):
     """CI form of the soak: 8 real-time streams for ~18 s while a seeded schedule SIGKILLs, SIGTERMs, adds and
-    removes analyzer replicas (no broker bounces here: the rolling-restart test bounces every node)."""
-    s = soak(cluster, tmp_path, seconds=18, streams=8, seed=30, every=4.5, bounces=False)
-    assert all(s[k] >= 1 for k in ("sigkill", "sigterm", "add", "remove")), s  # seed 30: add, term, kill, remove
+    removes analyzer replicas (no broker bounces here: the rolling-restart test bounces every node), and a
+    ninth stream's producer loses its network for 4 s (within its buffer: no drop, no gap)."""
+    s = soak(cluster, tmp_path, seconds=18, streams=8, seed=30, every=4.5, bounces=False, net_pause_s=4.0,
+             net_pause_at=2.0)
+    assert all(s[k] >= 1 for k in ("sigkill", "sigterm", "add", "remove", "netpause")), s  # seed 30: add, term,
+    # kill, remove on the schedule, the pause at 2 s
+    assert s["proxied_clips"] >= 1 and s["proxied_mib"] > 0, s  # the paused producer's traffic went through
     check_soak(s)
 
 
@@ -622,8 +727,12 @@ def test_chaos_soak_short_form(cluster, tmp_path):
 @pytest.mark.skipif(not os.environ.get("AUDIOSTREAM_SOAK_MINUTES"), reason="long form: set AUDIOSTREAM_SOAK_MINUTES")
 @pytest.mark.timeout(int(float(os.environ.get("AUDIOSTREAM_SOAK_MINUTES") or 0) * 60) + 1800)  # over the 300 s default
 def test_chaos_soak_long_form(cluster, tmp_path):
-    """The long soak: AUDIOSTREAM_SOAK_MINUTES of 20 streams, an event every 20 s, broker bounces included."""
+    """The long soak: AUDIOSTREAM_SOAK_MINUTES of 20 streams (and 2 more behind the pausable proxies), an event
+    every 20 s, broker bounces and 40 s network pauses included (past librdkafka's 30 s request timeout, within
+    its 300 s message timeout: the paused producer must drop nothing)."""
     minutes = float(os.environ["AUDIOSTREAM_SOAK_MINUTES"])
     s = soak(cluster, tmp_path, seconds=minutes * 60, streams=int(os.environ.get("AUDIOSTREAM_SOAK_STREAMS", 20)),
-             seed=int(os.environ.get("AUDIOSTREAM_SOAK_SEED", 19)), every=20.0, bounces=True)
+             seed=int(os.environ.get("AUDIOSTREAM_SOAK_SEED", 19)), every=20.0, bounces=True,
+             net_pause_s=float(os.environ.get("AUDIOSTREAM_SOAK_PAUSE_S", 40)), paused_streams=2)
+    assert s["netpause"] >= 1 and s["proxied_clips"] >= 1, s
     check_soak(s)
