@@ -85,6 +85,7 @@ class AnalyzerConfig:
     instance_id: str | None = _D["instance_id"]
     unavailable_timeout_s: float = _D["unavailable_timeout_s"]
     max_reorder: int = _D["max_reorder"]
+    blas_threads: int = _D["blas_threads"]
     batch_size: int = 1000
     poll_timeout: float = 0.02
     commit_interval_s: float = 1.0        # at-least-once: how often acknowledged progress is committed
@@ -118,6 +119,19 @@ def freeze_heap() -> None:
     For processes that run one analyzer (the CLI, bench), not for test processes that build many."""
     gc.collect()
     gc.freeze()
+
+
+def limit_blas_threads(n: int) -> None:
+    """BLAS on ``n`` threads for the rest of this process (process-wide: threadpoolctl).
+
+    One analyzer is sized and measured as one core (``bench`` runs it so), and scales with replicas; on
+    its own OpenBLAS would start a thread per CPU for matmuls of a few hundred rows, which only contend
+    with librdkafka's threads and the other replicas. Two analyzers in one process calling a threaded
+    OpenBLAS 0.3.31 at once were also seen hung in the same ``power @ mel_chroma`` matmul (a test's
+    pair of analyzers); on one thread each call runs in its caller."""
+    if n and n > 0:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n, user_api="blas")
 
 
 class Analyzer:
@@ -158,6 +172,7 @@ class Analyzer:
         self._down_since: float | None = None
         self._started = False
         self.last_loop = time.monotonic()
+        limit_blas_threads(config.blas_threads)  # last: every BLAS the model and engine loaded is limited too
 
     # -- lifecycle ----------------------------------------------------------------
     def stop(self) -> None:
@@ -303,6 +318,7 @@ class Analyzer:
 
     def run(self) -> None:
         """Consume until stop(); raises on unrecoverable errors (after closing cleanly)."""
+        limit_blas_threads(self.config.blas_threads)  # and any loaded since (threadpoolctl acts on loaded ones)
         self._connect()
         self.metrics.kafka_up.set(1)
         last_house = time.monotonic()

@@ -77,6 +77,9 @@ ANALYZER_SETTINGS: tuple[Setting, ...] = (
             "exit non-zero if Kafka stays unreachable (or outputs unacknowledged) this long", metavar="SECONDS"),
     Setting("max_reorder", int, 4, "--max-reorder",
             "frames held back per stream to put a reordering right before calling it a gap", metavar="FRAMES"),
+    Setting("blas_threads", int, 1, "--blas-threads",
+            "threads BLAS (numpy's matmuls) may use in this process; one analyzer is sized as one core, "
+            "scale with replicas", metavar="N"),
 )
 # analyzer settings: key -> (type, default), derived from ANALYZER_SETTINGS
 ANALYZER_KEYS: dict[str, tuple[type, object]] = {s.name: (s.type, s.default) for s in ANALYZER_SETTINGS}

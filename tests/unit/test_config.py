@@ -114,3 +114,16 @@ def test_every_analyzer_setting_is_defined_once():
     assert (cfg.create_topics, cfg.exactly_once, cfg.auto_offset_reset, cfg.idle_timeout_s, cfg.max_reorder) == \
         (False, True, "latest", 5.0, 2)
     assert cfg.model == fields["model"] and cfg.kafka["bootstrap.servers"] == "h:1"
+
+
+def test_an_analyzer_runs_blas_on_the_threads_its_setting_allows():
+    """`--blas-threads` (default 1: one analyzer is one core) holds for the whole process from the start."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from consumers.analyzer import Analyzer, AnalyzerConfig
+    blas = lambda: {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}  # noqa: E731
+    with threadpool_limits(2, user_api="blas"):  # as a 2-core machine starts
+        a = Analyzer(AnalyzerConfig(kafka={"bootstrap.servers": "127.0.0.1:1"}, metrics_port=None))
+        assert a.config.blas_threads == 1 and blas() == {1}
+        Analyzer(AnalyzerConfig(kafka={"bootstrap.servers": "127.0.0.1:1"}, metrics_port=None, blas_threads=2))
+        assert blas() == {2}
