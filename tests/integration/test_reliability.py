@@ -251,7 +251,7 @@ def test_broker_restart_during_replay(private_broker):
     from streamproc.kafka import ensure_topics
     t = {k: f"outage.{k}" for k in ("frames", "predictions", "features", "deadletter")}
     ensure_topics(conf, {n: 2 for n in t.values()})
-    streams = Streams(2, 40.0)
+    streams = Streams(2, 24.0)  # 12 s at speed 2: frames sent during the outage wait in the producer
     port = free_port()
     cmd = analyze_cmd(conf, t, "outage-group", "--unavailable-timeout", "25")
     cmd.remove("--no-metrics")
@@ -265,7 +265,7 @@ def test_broker_restart_during_replay(private_broker):
         except OSError:
             return -1
     wait_for(lambda: ready() == 200, 60, "the analyzer to be ready")
-    producers = streams.produce(conf, t["frames"], speed=2.0)  # 40 s in 20 s
+    producers = streams.produce(conf, t["frames"], speed=2.0)
     wait_for(lambda: count_records(conf, t["predictions"]) >= 20, 60, "first predictions")
     t_stop = time.monotonic()
     broker.stop(remove=False)  # SIGTERM: a controlled shutdown, data kept
