@@ -194,8 +194,7 @@ def species_report(detection_records: list[dict], out: Path, *, title: str, per:
     buckets, grid = species_grid(detection_records, rows, shown, per)
     fig, ax = plt.subplots(figsize=(11, 0.45 * max(len(shown), 2) + 2))
     if shown and buckets:
-        cmap = matplotlib.colormaps["viridis"].copy()
-        cmap.set_bad("#d9d9d9")  # grey: no window was analysed in that hour or day
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")  # grey: no window analysed then
         im = ax.imshow(grid, aspect="auto", cmap=cmap, interpolation="nearest")
         ax.set_yticks(range(len(shown)), [fit(t["common_name"], 32) for t in table[:top]])
         step = max(1, len(buckets) // 12)
