@@ -205,25 +205,34 @@ def batch_shape(analyzer) -> tuple:
     return (*analyzer.batch_shape, calls, inferred)
 
 
-def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, model: str = DEFAULT_MODEL,
-                partitions: int = 6, warmup_s: float = 10.0, engine_seconds: float = 8.0, exactly_once: bool = False,
-                consumer_options: dict | None = None, producer_options: dict | None = None, progress=None) -> dict:
-    from threadpoolctl import threadpool_limits
-
-    from streamproc.kafka import ensure_topics
+def bench_broker(bootstrap: str | None, kinds: tuple[str, ...], partitions: int):
+    """The broker a Kafka bench runs against (a local one started here when ``bootstrap`` is None: the
+    caller stops it) and fresh ``bench.<tag>.<kind>`` topics on it: (broker or None, conf, topics, tag)."""
     from streamproc.config import kafka_config
+    from streamproc.kafka import ensure_topics
 
-    from .analyzer import Analyzer, AnalyzerConfig
     from .local_broker import load_local_kafka
-
     broker = None
     if bootstrap is None:
         broker = load_local_kafka().LocalKafka().start()
         bootstrap = broker.bootstrap_servers
     conf = kafka_config(bootstrap)
     tag = uuid.uuid4().hex[:6]
-    topics = {k: f"bench.{tag}.{k}" for k in ("frames", "predictions", "features", "deadletter")}
+    topics = {k: f"bench.{tag}.{k}" for k in kinds}
     ensure_topics(conf, {t: partitions for t in topics.values()})
+    return broker, conf, topics, tag
+
+
+def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, model: str = DEFAULT_MODEL,
+                partitions: int = 6, warmup_s: float = 10.0, engine_seconds: float = 8.0, exactly_once: bool = False,
+                consumer_options: dict | None = None, producer_options: dict | None = None, progress=None) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    from .analyzer import Analyzer, AnalyzerConfig
+
+    broker, conf, topics, tag = bench_broker(bootstrap, ("frames", "predictions", "features", "deadletter"),
+                                             partitions)
+    bootstrap = conf["bootstrap.servers"]  # the local broker's when none was given (loadgen gets it)
     cpus = sorted(os.sched_getaffinity(0))
     analyzer_cpu, loadgen_cpu = cpus[0], cpus[-1]
     engine = None
@@ -373,19 +382,10 @@ def group_bench(*, streams: int, duration: float, analyzers: int, bootstrap: str
     Reported: per analyzer its core busy, and for the group the windows predicted per second and per analyzer
     CPU second over the second half (served streams per core = windows per CPU second / windows per
     stream-second). Compare ``--analyzers 1`` and ``2`` run back to back."""
-    from streamproc.kafka import ensure_topics
-    from streamproc.config import kafka_config
 
-    from .local_broker import load_local_kafka
-
-    broker = None
-    if bootstrap is None:
-        broker = load_local_kafka().LocalKafka().start()
-        bootstrap = broker.bootstrap_servers
-    conf = kafka_config(bootstrap)
-    tag = uuid.uuid4().hex[:6]
-    topics = {k: f"bench.{tag}.{k}" for k in ("frames", "predictions", "features", "deadletter")}
-    ensure_topics(conf, {t: partitions for t in topics.values()})
+    broker, conf, topics, tag = bench_broker(bootstrap, ("frames", "predictions", "features", "deadletter"),
+                                             partitions)
+    bootstrap = conf["bootstrap.servers"]  # the local broker's when none was given (loadgen gets it)
     cpus = sorted(os.sched_getaffinity(0))
     bundle = ModelBundle.load(model)
     windows_per_stream_s = bundle.spec.sr / bundle.spec.hop

@@ -25,7 +25,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import uuid
 
 import numpy as np
 
@@ -181,19 +180,10 @@ def kafka_part(y: np.ndarray, *, streams: int, duration: float, bootstrap: str |
     import soundfile as sf
     from threadpoolctl import threadpool_limits
 
-    from streamproc.config import kafka_config
-    from streamproc.kafka import ensure_topics
-
-    from .local_broker import load_local_kafka
+    from .bench import bench_broker
     from .transcriber import TranscriberConfig, TranscriberService
-    broker = None
-    if bootstrap is None:
-        broker = load_local_kafka().LocalKafka().start()
-        bootstrap = broker.bootstrap_servers
-    conf = kafka_config(bootstrap)
-    tag = uuid.uuid4().hex[:6]
-    topics = {k: f"bench.{tag}.{k}" for k in ("frames", "transcripts", "deadletter")}
-    ensure_topics(conf, {t: 1 for t in topics.values()})
+    broker, conf, topics, tag = bench_broker(bootstrap, ("frames", "transcripts", "deadletter"), 1)
+    bootstrap = conf["bootstrap.servers"]  # the local broker's when none was given (the producers get it)
     cpus = sorted(os.sched_getaffinity(0))
     service_cpu, producer_cpu = cpus[0], cpus[-1]
     published = []
