@@ -168,14 +168,7 @@ class LiveStreams:
                  "end_s": float(t["end_s"]), "text": str(t["text"])}
         except (KeyError, TypeError, ValueError):
             return
-        with self._lock:
-            if c["id"] in self._caption_ids:
-                return
-            self._caption_ids[c["id"]] = None
-            if len(self._caption_ids) > 10000:
-                self._caption_ids.popitem(last=False)
-            self.version += 1
-            self.captions.append((self.version, c))
+        self._append_once(self._caption_ids, self.captions, c)
 
     def _detection(self, r: dict) -> None:
         """A window with detections: its best one (and how many more) for the live page, once per window id."""
@@ -187,14 +180,19 @@ class LiveStreams:
                  "more": len(r["detections"]) - 1, "capture_time": r.get("capture_time")}
         except (KeyError, TypeError, ValueError, IndexError):
             return
+        self._append_once(self._detection_ids, self.detections, d)
+
+    def _append_once(self, ids: OrderedDict, items: collections.deque, item: dict) -> None:
+        """Append ``item`` at a new version unless its id was seen (the last 10 000 ids are remembered):
+        a record republished after a service restart shows once."""
         with self._lock:
-            if d["id"] in self._detection_ids:
+            if item["id"] in ids:
                 return
-            self._detection_ids[d["id"]] = None
-            if len(self._detection_ids) > 10000:
-                self._detection_ids.popitem(last=False)
+            ids[item["id"]] = None
+            if len(ids) > 10000:
+                ids.popitem(last=False)
             self.version += 1
-            self.detections.append((self.version, d))
+            items.append((self.version, item))
 
     def _tags(self, rec: dict) -> None:
         """An audio.tags record: into the stream's genre/mood summary and, a new music window, into its

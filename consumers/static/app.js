@@ -47,31 +47,24 @@ function render() {
 search.addEventListener("input", render);
 const events = new EventSource("/v1/events");
 events.addEventListener("streams", e => { for (const r of JSON.parse(e.data)) rows.set(r.stream_id, r); render(); });
-const captions = document.getElementById("transcripts");  // newest first, the last 20 (speech to text)
-events.addEventListener("transcripts", e => {
-  for (const c of JSON.parse(e.data)) {
+// newest first, the last 20: one line per item, "stream start-end s" then its text
+function prependItems(list, items, text) {
+  for (const it of items) {
     const li = document.createElement("li");
-    li.dataset.id = c.id;
+    li.dataset.id = it.id;
     const who = document.createElement("span"); who.className = "who";
-    who.textContent = `${c.stream_id} ${c.start_s.toFixed(1)}-${c.end_s.toFixed(1)} s`;
-    li.append(who, document.createTextNode(" " + c.text));
-    captions.prepend(li);
+    who.textContent = `${it.stream_id} ${it.start_s.toFixed(1)}-${it.end_s.toFixed(1)} s`;
+    li.append(who, document.createTextNode(" " + text(it)));
+    list.prepend(li);
   }
-  while (captions.children.length > 20) captions.lastElementChild.remove();
-});
-const heard = document.getElementById("detections");  // newest first, the last 20 (BirdNET: audiostream detect)
-events.addEventListener("detections", e => {
-  for (const d of JSON.parse(e.data)) {
-    const li = document.createElement("li");
-    li.dataset.id = d.id;
-    const who = document.createElement("span"); who.className = "who";
-    who.textContent = `${d.stream_id} ${d.start_s.toFixed(1)}-${d.end_s.toFixed(1)} s`;
-    const name = d.scientific_name ? `${d.name} (${d.scientific_name})` : d.name;
-    li.append(who, document.createTextNode(` ${name} ${d.confidence.toFixed(2)}` + (d.more ? ` +${d.more} more` : "")));
-    heard.prepend(li);
-  }
-  while (heard.children.length > 20) heard.lastElementChild.remove();
-});
+  while (list.children.length > 20) list.lastElementChild.remove();
+}
+const captions = document.getElementById("transcripts");  // speech to text
+events.addEventListener("transcripts", e => prependItems(captions, JSON.parse(e.data), c => c.text));
+const heard = document.getElementById("detections");  // BirdNET: audiostream detect
+events.addEventListener("detections", e => prependItems(heard, JSON.parse(e.data), d =>
+  (d.scientific_name ? `${d.name} (${d.scientific_name})` : d.name) + ` ${d.confidence.toFixed(2)}`
+  + (d.more ? ` +${d.more} more` : "")));
 events.addEventListener("error", e => {
   if (e.data) status.textContent = JSON.parse(e.data);
   else status.textContent = "connection lost; reconnecting ...";

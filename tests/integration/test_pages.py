@@ -30,9 +30,11 @@ def page_server(kafka_conf, topics, start_analyzer, tmp_path):
         pytest.skip("no chromium (deploy/setup.sh installs Debian's chromium)")
     t = topics()
     t["detections"] = t["frames"].replace(".frames", ".detections")
-    ensure_topics(kafka_conf, {t["detections"]: 1})
+    t["transcripts"] = t["frames"].replace(".frames", ".transcripts")
+    ensure_topics(kafka_conf, {t["detections"]: 1, t["transcripts"]: 1})
     start_analyzer(t)
-    yield from serve_for(kafka_conf, t, tmp_path, "--detections-topic", t["detections"])
+    yield from serve_for(kafka_conf, t, tmp_path, "--detections-topic", t["detections"],
+                         "--transcripts-topic", t["transcripts"])
 
 
 def serve_for(kafka_conf, t, tmp_path, *extra):
@@ -52,6 +54,21 @@ def a_detection(stream_id: str) -> dict:
            "model": {"task": "birdnet", "version": "2.4"}, "threshold": 0.25, "filters": {},
            "rms_dbfs": -31.5, "capture_time": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "latency_ms": 48.2, "analyzer": "test"}
     validate(rec, "audio.detections")
+    return rec
+
+
+def a_transcript(stream_id: str, *, final: bool) -> dict:
+    """One audio.transcripts record as the transcriber writes it (checked against the published schema)."""
+    utterance = f"{stream_id}/{'0' * 32}/32000"
+    rec = {"schema": 1, "id": utterance if final else f"{utterance}/partial/56000", "stream_id": stream_id,
+           "session_id": "0" * 32, "start_sample": 32000, "end_sample": 72000 if final else 56000,
+           "sample_rate": 16000, "start_s": 2.0, "end_s": 4.5 if final else 3.5,
+           "text": "the birch canoe slid" + (" on the smooth planks" if final else ""), "words": None,
+           "confidence": -0.21, "language": "en", "model": {"task": "transcription", "version": "1"},
+           "final": final, "reason": "silence" if final else "partial"}
+    if not final:
+        rec["utterance_id"] = utterance
+    validate(rec, "transcript")
     return rec
 
 
@@ -102,6 +119,16 @@ def test_browser_microphone_to_labels_on_the_live_page(page_server, kafka_conf, 
         browser.wait_for(f"!!{item}", "the live page to list the detection")
         text = browser.js(f"{item}.textContent")
         assert text == "garden 36.0-39.0 s Eurasian Blackbird (Turdus merula) 0.87 +1 more", text
+        # a transcriber's partial then final of one utterance in "Recent transcripts": the final only
+        for final in (False, True):
+            garbage.produce(t["transcripts"], value=json.dumps(a_transcript("kitchen", final=final)).encode(),
+                            key=b"kitchen")
+        garbage.flush(10)
+        caption = "document.querySelector('#transcripts li')"
+        browser.wait_for(f"!!{caption}", "the live page to list the transcript")
+        assert browser.js("document.querySelectorAll('#transcripts li').length") == 1
+        text = browser.js(f"{caption}.textContent")
+        assert text == "kitchen 2.0-4.5 s the birch canoe slid on the smooth planks", text
         shots.append(browser.screenshot(tmp_path / "live.png"))
     finally:
         browser.close()
