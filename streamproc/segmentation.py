@@ -29,6 +29,16 @@ An utterance
   the caller decides the stream is idle (``flush("idle")``);
 - is dropped if it held less than ``min_speech_s`` of speech windows (clicks,
   breaths).
+
+**Pause captions** (``Segmenter(captions=True)``): when a pause inside an open
+utterance reaches ``hangover_s`` but the utterance stays open to pack more speech
+(it is shorter than ``min_utterance_s``), the utterance so far (its first sample
+to ``pad_s`` past the last speech, ``reason="pause"``) is queued in
+``captions``; ``take_captions()`` hands them over. The transcriber publishes one
+as a partial transcript at once: the caption a viewer needs, while the final
+still waits for the packed context. If no speech follows, the final is exactly
+that audio (same start, same end). Decided on stream time like every cut, so
+the same audio gives the same captions however it was chunked.
 """
 from __future__ import annotations
 
@@ -169,8 +179,9 @@ class Segmenter:
     """One stream's utterance cutter. ``push(y)`` and ``flush(reason)`` return finished utterances."""
 
     def __init__(self, config: SegmenterConfig | None = None, *, vad: Callable[[np.ndarray], float] | None = None,
-                 start_sample: int = 0, score_from: int | None = None):
+                 start_sample: int = 0, score_from: int | None = None, captions: bool = False):
         self.config = config or SegmenterConfig()
+        self.captions: list[Utterance] | None = [] if captions else None  # pause captions not yet taken
         self.vad = vad if vad is not None else SileroVad()
         c = self.config
         self._pad = c.samples(c.pad_s)
@@ -232,9 +243,15 @@ class Segmenter:
         """A run of quiet windows is going on inside the open utterance (it may close within the hangover)."""
         return self._start is not None and self._silence_from is not None
 
+    def take_captions(self) -> list[Utterance]:
+        """The pause captions queued since the last call (``captions=True``; oldest first), and forget them."""
+        out, self.captions = (self.captions or []), ([] if self.captions is not None else None)
+        return out
+
     def _idle(self) -> None:
         self._start = None  # first sample of the open utterance
         self._silence_from = None  # start of the current run of quiet windows
+        self._pause_captioned = False  # the current pause already gave a caption
         self._last_quiet = None  # start of the latest quiet window of the open utterance
         self._speech_windows = 0
 
@@ -294,6 +311,7 @@ class Segmenter:
             return None
         if prob >= c.threshold:
             self._silence_from = None
+            self._pause_captioned = False
             self._speech_windows += 1
         elif prob < c.neg_threshold:
             if self._silence_from is None:
@@ -303,6 +321,12 @@ class Segmenter:
             pause, end = e - self._silence_from, min(self._silence_from + self._pad, e)
             if pause >= self._long_pause or (pause >= self._hangover and end - self._start >= self._min_utt):
                 return self._emit(end, "silence")
+            if pause >= self._hangover and not self._pause_captioned:
+                self._pause_captioned = True  # kept open to pack more speech: caption what was said so far
+                if self.captions is not None and self._speech_windows >= self._min_speech_windows:
+                    i0 = self._start - self._buf_start
+                    self.captions.append(Utterance(self._start, end, self._buf[i0:end - self._buf_start].copy(),
+                                                   "pause"))
         if e - self._start >= self._max:
             cut = e
             if self._last_quiet is not None and self._last_quiet - self._start >= self._max // 2:
