@@ -351,6 +351,7 @@ class TranscriberService:
         self.caption_latencies = (collections.deque(maxlen=config.record_latencies) if config.record_latencies
                                   else None)
         self._segments: dict[str, list] = {}
+        self._segment_last: dict[str, tuple] = {}  # per stream, the latest pause caption's segment
 
     # -- lifecycle (the analyzer's) ---------------------------------------------------
     def stop(self) -> None:
@@ -524,6 +525,7 @@ class TranscriberService:
             self._stream_partition.pop(sid, None)
             self._caption_cache.pop(sid, None)
             self._segments.pop(sid, None)
+            self._segment_last.pop(sid, None)
         if finished:
             cp.begin(now)
             self._publish(finished)
@@ -682,7 +684,6 @@ class TranscriberService:
                 m.partials_skipped.labels("pause_lag").inc()
                 continue
             u = f.utterance
-            self._finals_made = True  # no periodic partial in this loop either
             result = self.asr.transcribe(u.audio, words=c.words)  # words too: a final of this audio reuses it
             self._calls.append((time.monotonic(), result.seconds))
             m.engine_seconds.labels(m.model).inc(result.cpu_seconds)
@@ -721,8 +722,13 @@ class TranscriberService:
         """Note the end of a speech segment (a pause caption's or a final's end) for the caption latency."""
         if f.end_capture_ns is None:
             return
+        key = (f.session_id.hex(), f.utterance.start_sample, f.utterance.end_sample)
+        if f.utterance.reason == "pause":
+            self._segment_last[f.stream_id] = key
+        elif self._segment_last.pop(f.stream_id, None) == key:
+            return  # a final of its pause caption's audio: the caption's segment, already noted
         segs = self._segments.setdefault(f.stream_id, [])
-        segs.append((f.session_id.hex(), f.utterance.start_sample, f.utterance.end_sample, f.end_capture_ns))
+        segs.append(key + (f.end_capture_ns,))
         if len(segs) > 256:
             del segs[:-256]
 
