@@ -254,8 +254,11 @@ def main(argv=None):
     ap.add_argument("--long-pause", type=float, default=1.0, help="long_pause_s of the 'long pause' variant")
     ap.add_argument("--captions", action="store_true",
                     help="only the streams: pause captions vs finals (measure_captions), bundle settings")
+    ap.add_argument("--caption-pause", type=float, default=None, help="with --captions: caption_pause_s")
     args = ap.parse_args(argv)
     tr = Transcriber.load("transcription", cpu_threads=1)
+    if args.caption_pause is not None:
+        tr.segmenter_config = dataclasses.replace(tr.segmenter_config, caption_pause_s=args.caption_pause)
     results = []
     for name in args.sets.split(","):
         t0 = time.perf_counter()

@@ -166,6 +166,16 @@ def test_a_pause_that_keeps_a_short_utterance_open_gives_a_caption_of_it_so_far(
     unpacked = Segmenter(dataclasses.replace(cfg, min_utterance_s=0.0), vad=level_vad, captions=True)
     unpacked.push(y)
     assert unpacked.take_captions() == []  # every pause closes an utterance: the final is the caption
+    # caption_pause_s shorter than the hangover: a caption at every such pause, also before a final that closes
+    # at the hangover (the same audio: the end is the pad past the last speech either way)
+    early = Segmenter(dataclasses.replace(cfg, caption_pause_s=0.3), vad=level_vad, captions=True)
+    finals = early.push(y) + early.flush("end")
+    assert bounds(finals) == bounds(segment(y, cfg, vad=level_vad))
+    assert bounds(early.take_captions()) == [
+        (10 * W - PAD, 70 * W + PAD, "pause"), (10 * W - PAD, 155 * W + PAD, "pause"),
+        (225 * W - PAD, 285 * W + PAD, "pause"), (225 * W - PAD, 370 * W + PAD, "pause"),
+        (395 * W - PAD, 455 * W + PAD, "pause"), (395 * W - PAD, 540 * W + PAD, "pause"),
+        (565 * W - PAD, 625 * W + PAD, "pause"), (695 * W - PAD, 755 * W + PAD, "pause")]
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -176,6 +186,8 @@ def test_a_pause_that_keeps_a_short_utterance_open_gives_a_caption_of_it_so_far(
     ({"max_utterance_s": 0.5}, "at least 1 second"),
     ({"min_utterance_s": 20.0}, "min_utterance_s=20.0 must be in"),
     ({"long_pause_s": 0.3}, "long_pause_s=0.3 must be >= hangover_s"),
+    ({"caption_pause_s": 0.1}, "caption_pause_s=0.1 must be in"),
+    ({"caption_pause_s": 0.6}, "caption_pause_s=0.6 must be in"),
 ])
 def test_bad_settings_name_the_value(kwargs, message):
     with pytest.raises(SegmenterError, match=message):

@@ -350,7 +350,10 @@ def test_a_pause_caption_is_published_at_once_and_its_final_reuses_it():
 
 
 def test_a_pause_caption_is_skipped_while_behind_and_dropped_once_its_utterance_closed():
-    svc, engine, fs, _ = _caption_service(lag_s=2.0)
+    svc, engine, fs, _ = _caption_service(lag_s=1.0)  # behind, but less than the 1.5 s to the long pause
+    svc._pause_captions()
+    assert len(svc.producer.sent) == 1
+    svc, engine, fs, _ = _caption_service(lag_s=2.0)  # the frame that closes it may be unread already
     svc._pause_captions()
     assert svc.producer.sent == [] and engine.calls == []
     assert svc.metrics.registry.get_sample_value("audiostream_partial_transcripts_skipped_total",
