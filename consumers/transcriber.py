@@ -11,7 +11,10 @@ on silence, at the maximum length, at the end of the stream, after a long gap an
 when a stream has sent nothing for ``--idle-flush`` seconds. While an utterance is
 open, a partial transcript (``"final": false``, its ``utterance_id`` = the final's
 ``id``) is published per ``--partial-every`` seconds of new audio, best effort:
-never tracked by the checkpoint, skipped while the service is behind.
+never tracked by the checkpoint, skipped while the service is behind; and at
+once at each pause that keeps a short utterance open (a pause caption: the
+text so far, while the final waits to pack more speech; a final of the same
+audio reuses its result).
 
 Delivery is the analyzer's (docs/guarantees.md), through the same checkpoint
 (consumers/checkpoint.py, at-least-once): offsets are committed only after the

@@ -59,7 +59,8 @@ def dictation():
     min_utterance_s, so its pause keeps the utterance open and the transcriber owes it a pause caption (the
     first sentence, at once); the utterance (5.5 s) is open, and not in a pause, where the audio stops, with
     over 2 s of audio after the caption, so it also owes a periodic partial (--partial-every 2) (checked here
-    with the real VAD and the bundle's settings, not assumed). Returns the audio and the pause caption's (start, end) sample."""
+    with the real VAD and the bundle's settings, not assumed). Returns the audio and the pause caption's
+    (start, end) sample."""
     from streamproc.segmentation import Segmenter, SegmenterConfig
     from tests.speech import say, silence
     a, b = say(HARVARD[4]), say(HARVARD[7])
