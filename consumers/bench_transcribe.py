@@ -82,21 +82,40 @@ def engine_part(y: np.ndarray, asr) -> dict:
     """CPU seconds per audio second: the service's segmented path vs the engine's own whole-file decoding."""
     from streamproc.segmentation import Segmenter
     c0 = time.process_time()
-    seg = Segmenter(asr.segmenter_config)
-    utts, closes = [], []
+    seg = Segmenter(asr.segmenter_config, captions=True)
+    utts, closes, caps, cap_closes = [], [], [], []
     for k in range(0, y.size, 1600):  # 100 ms frames, as the wire carries them
         done = seg.push(y[k:k + 1600])
         utts += done
         closes += [min(k + 1600, y.size)] * len(done)  # the frame that closed it
+        new = seg.take_captions()
+        closed = {u.start_sample for u in done}
+        new = [c for c in new if c.start_sample not in closed]  # closed by the same frame: the final covers it
+        caps += new
+        cap_closes += [min(k + 1600, y.size)] * len(new)
     done = seg.flush("end")
     utts += done
     closes += [y.size] * len(done)
     vad_cpu = time.process_time() - c0
-    texts, costs = [], []
-    for u in utts:
-        r = asr.transcribe(u.audio)
+    # as the service: each pause caption transcribed when its frame arrives; a final of exactly a caption's audio
+    # reuses it (cost 0 here)
+    records, cache = [], {}
+    for c, close in zip(caps, cap_closes):
+        r = asr.transcribe(c.audio)
+        cache[(c.start_sample, c.end_sample)] = r
+        records.append((close / SR, "pause", c.start_sample, c.end_sample / SR, r.cpu_seconds))
+    texts, costs, reused = [], [], 0
+    for u, close in zip(utts, closes):
+        r = cache.get((u.start_sample, u.end_sample))
+        reused += r is not None
+        cost = 0.0 if r is not None else None
+        if r is None:
+            r = asr.transcribe(u.audio)
+            cost = r.cpu_seconds
         texts.append(r.text)
-        costs.append(r.cpu_seconds)
+        costs.append(cost)
+        records.append((close / SR, "final", u.start_sample, u.end_sample / SR, cost))
+    records.sort(key=lambda x: (x[0], x[1] != "final"))  # in one frame: finals first, as the service
     seg_cpu = time.process_time() - c0
     c1 = time.process_time()
     whole = asr.transcribe_file(y)
@@ -110,40 +129,63 @@ def engine_part(y: np.ndarray, asr) -> dict:
             "whole_file_streams_per_core": round(audio_s / whole_cpu, 1),
             "segmented_vs_whole_cost": round(seg_cpu / whole_cpu, 2),
             "words_segmented": sum(len(t.split()) for t in texts), "words_whole_file": len(whole.text.split()),
+            "pause_captions": len(caps), "finals_reusing_caption": reused,
             "_utterances": [(u.end_sample / SR, c / SR, cost) for u, c, cost in zip(utts, closes, costs)],
-            "_vad_rtf": vad_cpu / audio_s}
+            "_records": records, "_vad_rtf": vad_cpu / audio_s}
 
 
 def one_core_replay(engine: dict, audio_s: float, *, streams: int, duration: float, warmup_s: float = 10.0) -> dict:
     """Caption latency on one uncontended core, replayed from this run's measured costs: ``streams`` real-time
-    streams of the same audio, each from another point of it (as the Kafka part sends them); every utterance
-    closes when the frame that closed it in the measured run arrives and costs the CPU seconds its Whisper
-    call took; one recogniser serves them first come, first served (the service's one thread), slowed by the
-    VAD of every stream (its measured share of the core). Latency = done - the utterance's end. It does not
-    depend on the machine's other load (CPU seconds), unlike the Kafka part; it leaves out partials (skipped
-    while the recogniser is busy over half the time) and Kafka's own delivery (milliseconds)."""
+    streams of the same audio, each from another point of it (as the Kafka part sends them); every record (a
+    pause caption or a final) is due when the frame that triggered it in the measured run arrives and costs the
+    CPU seconds its Whisper call took (0 for a final that reuses its caption); one recogniser serves them first
+    come, first served (the service's one thread; within a frame finals first), slowed by the VAD of every
+    stream (its measured share of the core). Final latency = the final done - its utterance's end. Caption
+    latency, per speech segment (the stretch up to each pause caption's end and up to each final's end) = the
+    first record of its utterance done whose end covers it - the segment's end; split into the pause rule
+    (segment end -> the covering record's trigger) and the service (trigger -> done: queueing and Whisper). It
+    does not depend on the machine's other load (CPU seconds), unlike the Kafka part; it leaves out periodic
+    partials (skipped while the recogniser is busy over half the time) and Kafka's own delivery (milliseconds)."""
     vad_share = min(0.9, engine["_vad_rtf"] * streams)
-    events = []  # (close, end, cost) in wall seconds from the start
+    events = []  # (trigger, kind, utterance key, end, cost) in wall seconds from the start
     for i in range(streams):
         offset = (audio_s * i / streams) // 0.1 * 0.1  # where stream i starts in the audio (as _produce does)
         for loop in range(int(duration / audio_s) + 2):
-            for end, close, cost in engine["_utterances"]:
-                t = end - offset + loop * audio_s
-                c = close - offset + loop * audio_s
-                if 0 <= t and c <= duration:
-                    events.append((c, t, cost / (1 - vad_share)))
+            shift = loop * audio_s - offset
+            for trigger, kind, start, end, cost in engine["_records"]:
+                if 0 <= end + shift and trigger + shift <= duration:
+                    events.append((trigger + shift, kind != "final", (i, loop, start), end + shift,
+                                   cost / (1 - vad_share)))
     events.sort()
-    free, lat, busy = 0.0, [], 0.0
-    for close, end, cost in events:
-        start = max(close, free)
+    free, lat, busy, done = 0.0, [], 0.0, []
+    for trigger, is_caption, key, end, cost in events:
+        start = max(trigger, free)
         free = start + cost
         busy += cost
-        if end >= warmup_s:
+        done.append((free, trigger, key, end))
+        if not is_caption and end >= warmup_s:
             lat.append(free - end)
+    # segments: every record's end; each covered by the earliest-done record of its utterance reaching it
+    first: dict = {}
+    for d, trigger, key, end in done:
+        first.setdefault(key, []).append((d, trigger, end))
+    cap, wait, svc = [], [], []
+    for key, recs in first.items():
+        for seg_end in sorted({r[2] for r in recs}):  # a final of its caption's audio ends no new segment
+            if seg_end < warmup_s:
+                continue
+            d, trigger, _ = min((r for r in recs if r[2] >= seg_end), key=lambda r: r[0])
+            cap.append(d - seg_end)
+            wait.append(trigger - seg_end)
+            svc.append(d - trigger)
     return {"streams": streams, "duration_s": duration, "finals": len(lat),
             "core_busy": round(busy / max(duration, free), 3), "vad_share": round(vad_share, 3),
             "e2e_p50_s": _pct(lat, 50), "e2e_p99_s": _pct(lat, 99), "e2e_max_s": _pct(lat, 100),
-            "segmenter_wait_p50_s": _pct([c - e for e, c, _ in engine["_utterances"]], 50)}
+            "segmenter_wait_p50_s": _pct([c - e for e, c, _ in engine["_utterances"]], 50),
+            "caption_segments": len(cap), "caption_p50_s": _pct(cap, 50), "caption_p99_s": _pct(cap, 99),
+            "caption_max_s": _pct(cap, 100), "caption_pause_rule_p50_s": _pct(wait, 50),
+            "caption_pause_rule_p99_s": _pct(wait, 99), "caption_service_p50_s": _pct(svc, 50),
+            "caption_service_p99_s": _pct(svc, 99)}
 
 
 def _produce(bootstrap: str, topic: str, path: str, streams: int, duration: float, cpu: int, prefix: str) -> None:
@@ -229,6 +271,14 @@ def kafka_part(y: np.ndarray, *, streams: int, duration: float, bootstrap: str |
         wait = [x[2] for x in steady if x[2] is not None]
         # closing frame captured -> read by the service: transport, and the service busy with other utterances
         unread = [max(0.0, x[1] - x[2] - x[0]) for x in steady if x[1] is not None and x[2] is not None]
+        caps = [x for x in service.caption_latencies if x[4] - t0 >= warmup_s]
+        cap_e2e = [x[1] for x in caps]
+        cap_wait = [x[2] for x in caps if x[2] is not None]
+        cap_svc = [x[3] for x in caps]
+        cap_unread = [max(0.0, x[1] - x[2] - x[3]) for x in caps if x[2] is not None]
+        cap_by = {}
+        for x in caps:
+            cap_by[x[0]] = cap_by.get(x[0], 0) + 1
         reasons = {}
         for x in steady:
             reasons[x[3]] = reasons.get(x[3], 0) + 1
@@ -245,6 +295,15 @@ def kafka_part(y: np.ndarray, *, streams: int, duration: float, bootstrap: str |
                 "segmenter_wait_p50_s": _pct(wait, 50), "segmenter_wait_p99_s": _pct(wait, 99),
                 "unread_p50_s": _pct(unread, 50), "unread_p99_s": _pct(unread, 99),
                 "service_p50_s": _pct(svc, 50), "service_p99_s": _pct(svc, 99),
+                "caption_segments": len(caps), "caption_covered_by": cap_by,
+                "caption_p50_s": _pct(cap_e2e, 50), "caption_p99_s": _pct(cap_e2e, 99),
+                "caption_max_s": _pct(cap_e2e, 100),
+                "caption_pause_rule_p50_s": _pct(cap_wait, 50), "caption_pause_rule_p99_s": _pct(cap_wait, 99),
+                "caption_unread_p50_s": _pct(cap_unread, 50), "caption_unread_p99_s": _pct(cap_unread, 99),
+                "caption_service_p50_s": _pct(cap_svc, 50), "caption_service_p99_s": _pct(cap_svc, 99),
+                "pause_captions_reused": int(get("audiostream_pause_captions_reused_total", model) or 0),
+                "pause_captions_skipped_lag": int(get("audiostream_partial_transcripts_skipped_total",
+                                                      {"reason": "pause_lag"}) or 0),
                 "partial_every_s": partial_every,
                 "partials_published": int(get("audiostream_partial_transcripts_total", model) or 0),
                 "partials_skipped_lag": int(get("audiostream_partial_transcripts_skipped_total",
@@ -339,11 +398,28 @@ def summary(r: dict, target_s: float = 2.0) -> dict:
            "target_s": target_s,
            "target_met": (k["e2e_p99_s"] <= target_s) if k.get("e2e_p99_s") is not None else None,
            "finals_expected": k.get("utterances_expected"),
+           "caption_latency_p50_s": k.get("caption_p50_s"), "caption_latency_p99_s": k.get("caption_p99_s"),
+           "caption_target_met": (k["caption_p99_s"] <= target_s) if k.get("caption_p99_s") is not None else None,
+           "caption_of_which_pause_rule_p50_s": k.get("caption_pause_rule_p50_s"),
+           "caption_of_which_unread_p50_s": k.get("caption_unread_p50_s"),
+           "caption_of_which_service_p50_s": k.get("caption_service_p50_s"),
+           "caption_of_which_service_p99_s": k.get("caption_service_p99_s"),
+           "one_core_replay_caption_p50_s": o["caption_p50_s"], "one_core_replay_caption_p99_s": o["caption_p99_s"],
+           "one_core_replay_caption_target_met": (o["caption_p99_s"] <= target_s) if o["caption_p99_s"] is not None
+           else None,
+           "one_core_replay_caption_pause_rule_p50_s": o["caption_pause_rule_p50_s"],
+           "one_core_replay_caption_service_p50_s": o["caption_service_p50_s"],
+           "one_core_replay_caption_service_p99_s": o["caption_service_p99_s"],
+           "pause_captions_per_final": round(e["pause_captions"] / max(1, e["utterances"]), 2),
            "one_core_replay_p50_s": o["e2e_p50_s"], "one_core_replay_p99_s": o["e2e_p99_s"],
            "one_core_replay_target_met": (o["e2e_p99_s"] <= target_s) if o["e2e_p99_s"] is not None else None,
            "one_core_replay_core_busy": o["core_busy"],
            "one_core_replay_bundle_settings_p50_s": r.get("one_core_replay_bundle_settings", {}).get("e2e_p50_s"),
            "one_core_replay_bundle_settings_p99_s": r.get("one_core_replay_bundle_settings", {}).get("e2e_p99_s"),
+           "one_core_replay_bundle_settings_caption_p50_s": r.get("one_core_replay_bundle_settings", {}).get(
+               "caption_p50_s"),
+           "one_core_replay_bundle_settings_caption_p99_s": r.get("one_core_replay_bundle_settings", {}).get(
+               "caption_p99_s"),
            "of_which_segmenter_wait_p50_s": k.get("segmenter_wait_p50_s"),
            "of_which_unread_p50_s": k.get("unread_p50_s"),
            "of_which_service_p50_s": k.get("service_p50_s"), "of_which_service_p99_s": k.get("service_p99_s"),
@@ -374,11 +450,18 @@ def format_table(r: dict) -> str:
     o = r["one_core_replay"]
     rows += [("one core, replayed", f"{o['streams']} streams, {o['finals']} finals: utterance end -> final p50 "
                                     f"{o['e2e_p50_s']} s, p99 {o['e2e_p99_s']} s; core busy {o['core_busy']:.0%} "
-                                    f"(this run's CPU per utterance, first come first served; no other load)")]
+                                    f"(this run's CPU per utterance, first come first served; no other load)"),
+             ("  captions (replayed)", f"{o['caption_segments']} speech segments: segment end -> first record "
+                                       f"covering it p50 {o['caption_p50_s']} s, p99 {o['caption_p99_s']} s; pause "
+                                       f"rule p50 {o['caption_pause_rule_p50_s']} s, service p50/p99 "
+                                       f"{o['caption_service_p50_s']}/{o['caption_service_p99_s']} s; "
+                                       f"{e['pause_captions']} pause captions, {e['finals_reusing_caption']} finals "
+                                       f"reuse theirs")]
     b = r.get("one_core_replay_bundle_settings")
     if b:
         rows += [("  ... bundle's segmentation", f"p50 {b['e2e_p50_s']} s, p99 {b['e2e_p99_s']} s (pause rule p50 "
-                                                 f"{b['segmenter_wait_p50_s']} s vs {o['segmenter_wait_p50_s']} s)")]
+                                                 f"{b['segmenter_wait_p50_s']} s vs {o['segmenter_wait_p50_s']} s); "
+                                                 f"captions p50 {b['caption_p50_s']} s, p99 {b['caption_p99_s']} s")]
     k = r.get("kafka")
     if k:
         rows += [("through Kafka", f"{k['streams']} real-time streams for {k['duration_s']:g} s, "
@@ -394,6 +477,16 @@ def format_table(r: dict) -> str:
                                         f"captured -> read: transport, the service busy with other utterances)"),
                  ("  of which: service", f"p50 {k['service_p50_s']} s, p99 {k['service_p99_s']} s (closing frame "
                                          f"read -> final on topic: finals before it in the batch + Whisper)"),
+                 ("segment end -> caption on topic", f"p50 {k['caption_p50_s']} s, p99 {k['caption_p99_s']} s, max "
+                                                     f"{k['caption_max_s']} s over {k['caption_segments']} speech "
+                                                     f"segments (first record covering each: "
+                                                     f"{k['caption_covered_by']})"),
+                 ("  of which: pause rule", f"p50 {k['caption_pause_rule_p50_s']} s, p99 "
+                                            f"{k['caption_pause_rule_p99_s']} s"),
+                 ("  of which: unread", f"p50 {k['caption_unread_p50_s']} s, p99 {k['caption_unread_p99_s']} s"),
+                 ("  of which: service", f"p50 {k['caption_service_p50_s']} s, p99 {k['caption_service_p99_s']} s "
+                                         f"({k['pause_captions_reused']} finals reused their pause caption, "
+                                         f"{k['pause_captions_skipped_lag']} pause captions skipped (lag))"),
                  ("partials", f"{k['partials_published']} published, {k['partials_skipped_lag']} skipped (lag), "
                               f"{k['partials_skipped_busy']} skipped (busy), "
                               f"{k['partial_cpu_s']} CPU s (every {k['partial_every_s']:g} s of speech)"),

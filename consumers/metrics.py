@@ -116,7 +116,7 @@ TRANSCRIPT_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
-PARTIAL_SKIP_REASONS = ("lag", "busy", "no_text")
+PARTIAL_SKIP_REASONS = ("lag", "busy", "no_text", "pause_lag")
 
 
 class TranscriberMetrics:
@@ -178,11 +178,15 @@ class TranscriberMetrics:
         self.partials_skipped = Counter("audiostream_partial_transcripts_skipped_total",
                                         "Partial transcripts due but not published, by reason (lag: the service was "
                                         "behind its input; busy: the recogniser had no spare time; no_text: it "
-                                        "heard no words yet)", ["reason"],
+                                        "heard no words yet; pause_lag: a pause caption skipped, the service "
+                                        "behind its input)", ["reason"],
                                         registry=r)
         self.partial_cpu = Counter("audiostream_partial_transcription_cpu_seconds_total",
                                    "CPU seconds the speech recogniser spent on partial transcripts (included in "
                                    "audiostream_transcription_cpu_seconds_total)", ["model"], registry=r)
+        self.caption_reused = Counter("audiostream_pause_captions_reused_total",
+                                      "Final transcripts whose audio was exactly their pause caption's: its text "
+                                      "reused, no second Whisper call", ["model"], registry=r)
         self.build = Info("audiostream_build", "audiostream build", registry=r)
         self.build.info({"version": streamproc.__version__})
         self.frames.labels(frames_topic)
@@ -190,6 +194,7 @@ class TranscriberMetrics:
             self.partials_skipped.labels(reason)
         self.partials.labels(model)
         self.partial_cpu.labels(model)
+        self.caption_reused.labels(model)
         for reason in DEADLETTER_REASONS:
             self.deadletter.labels(reason)
         for event in SEQUENCE_EVENTS:

@@ -11,7 +11,10 @@ on silence, at the maximum length, at the end of the stream, after a long gap an
 when a stream has sent nothing for ``--idle-flush`` seconds. While an utterance is
 open, a partial transcript (``"final": false``, its ``utterance_id`` = the final's
 ``id``) is published per ``--partial-every`` seconds of new audio, best effort:
-never tracked by the checkpoint, skipped while the service is behind.
+never tracked by the checkpoint, skipped while the service is behind; and at
+once at each pause that keeps a short utterance open (a pause caption: the
+text so far, while the final waits to pack more speech; a final of the same
+audio reuses its result).
 
 Delivery is the analyzer's (docs/guarantees.md), through the same checkpoint
 (consumers/checkpoint.py, at-least-once): offsets are committed only after the
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
 import logging
 import signal
 import sys
@@ -88,6 +92,7 @@ class TranscriberConfig:
     partial_every_s: float = 2.0   # an open utterance gets a partial transcript per this much new audio (0 = never)
     partial_max_lag_s: float = 0.5  # ... unless this much audio per stream waits unread in Kafka (finals first)
     partial_max_busy: float = 0.5   # ... or the recogniser was busy more than this share of the last 10 s
+    pause_captions: bool = True    # a partial at the first pause of an utterance kept open to pack more speech
     cpu_threads: int = 1
     create_topics: bool = True
     partitions: int = _D["partitions"]
@@ -127,18 +132,18 @@ class SpeechStream:
                  "partial_mark")
 
     def __init__(self, stream_id: str, session_id: bytes, first_sample: int, config: SegmenterConfig, vad, now: float,
-                 session_start: bool = True):
+                 session_start: bool = True, captions: bool = False):
         self.stream_id = stream_id
         self.session_id = session_id
         self.origin = -(-first_sample // VAD_WINDOW) * VAD_WINDOW  # VAD windows lie on one grid for every reader
-        seg = Segmenter(config, vad=vad() if vad else None, start_sample=self.origin)
+        seg = Segmenter(config, vad=vad() if vad else None, start_sample=self.origin, captions=captions)
         grid = seg.restart_grid()
         if not session_start and grid:
             # joining a session in its middle (a re-read after a crash, or after a long gap): cutting starts at
             # the first restart point whose pre-roll we hold, as a reader that saw the whole session would
             score_from = -(-(first_sample + seg.pad) // grid) * grid
             self.origin = score_from - seg.pad
-            seg = Segmenter(config, vad=seg.vad, start_sample=self.origin, score_from=score_from)
+            seg = Segmenter(config, vad=seg.vad, start_sample=self.origin, score_from=score_from, captions=captions)
         self.seg = seg
         self.next_seq: int | None = None
         self.next_sample = self.origin
@@ -197,10 +202,12 @@ class SpeechStreams:
     engine's (streamproc/engine.py) without the reorder hold-back: a frame ahead of its sequence is applied
     at once and the skipped frames count as a gap."""
 
-    def __init__(self, config: SegmenterConfig, *, max_gap_fill_s: float = 1.0, vad=None):
+    def __init__(self, config: SegmenterConfig, *, max_gap_fill_s: float = 1.0, vad=None, captions: bool = False):
         self.config = config
         self.max_gap_fill = int(round(max_gap_fill_s * SAMPLE_RATE))
         self.vad = vad  # a factory of VAD callables (tests); None = Silero
+        self.captions = captions
+        self.pending_captions: list[Finished] = []  # pause captions of open utterances, oldest first (take_captions)
         self.streams: dict[str, SpeechStream] = {}
         self.events: collections.Counter = collections.Counter()
         self.gap_seconds = 0.0
@@ -215,7 +222,7 @@ class SpeechStreams:
             st = None
         if st is None:  # a session's first record, or a re-read after a crash (from a restart point's pre-roll)
             st = SpeechStream(stream_id, frame.session_id, frame.sample_offset, self.config, self.vad, now,
-                              session_start=frame.sequence == 0 or frame.sample_offset == 0)
+                              session_start=frame.sequence == 0 or frame.sample_offset == 0, captions=self.captions)
             self.streams[stream_id] = st
         elif frame.sequence < st.next_seq:
             st.last_seen = now
@@ -240,7 +247,7 @@ class SpeechStreams:
                 self.events["resync"] += 1
                 out += self._finish(st, st.seg.flush("gap"), tag, now)
                 fresh = SpeechStream(stream_id, st.session_id, offset, self.config, self.vad, now,
-                                     session_start=False)
+                                     session_start=False, captions=self.captions)
                 fresh.next_seq, fresh.last_tag, fresh.marks, fresh.tags = st.next_seq, tag, st.marks, st.tags
                 fresh.clock = st.clock
                 st = self.streams[stream_id] = fresh
@@ -249,6 +256,8 @@ class SpeechStreams:
         if y.size:
             out += self._finish(st, st.seg.push(y), tag, now)
             st.next_sample += y.size
+            if self.captions:
+                self.pending_captions += self._finish(st, st.seg.take_captions(), tag, now)
         st.marks.append(st.next_sample)
         st.tags.append(tag)
         if frame.end_of_stream:
@@ -259,6 +268,17 @@ class SpeechStreams:
     def _finish(self, st: SpeechStream, utts: list[Utterance], tag, now: float) -> list[Finished]:
         return [Finished(st.stream_id, st.session_id, u, tag, now, st.capture_ns(u.end_sample),
                          close_sample=st.seg.position) for u in utts]
+
+    def take_captions(self) -> list[Finished]:
+        """The pause captions (``Segmenter(captions=True)``) whose utterance is still open, oldest first; those whose
+        utterance has closed since (its final covers them) or whose stream ended are dropped."""
+        out = []
+        for f in self.pending_captions:
+            st = self.streams.get(f.stream_id)
+            if st is not None and st.session_id == f.session_id and st.seg.open_start == f.utterance.start_sample:
+                out.append(f)
+        self.pending_captions = []
+        return out
 
     def flush_idle(self, now: float, idle_flush_s: float, idle_timeout_s: float,
                    caught_up: Callable[[str], bool] = lambda sid: True) -> tuple[list[Finished], list[str]]:
@@ -301,7 +321,10 @@ class TranscriberService:
         model = self.asr.model_id
         self.model = f"{model.get('task')}:{model.get('version') or 'dir'}"
         self.streams = SpeechStreams(self.asr.segmenter_config or SegmenterConfig(),
-                                     max_gap_fill_s=config.max_gap_fill_s, vad=vad)
+                                     max_gap_fill_s=config.max_gap_fill_s, vad=vad, captions=config.pause_captions)
+        # per stream, the latest pause caption's (session, start, end, Transcription): a final of exactly that audio
+        # reuses it instead of a second Whisper call (deterministic decoding: the same text either way)
+        self._caption_cache: dict[str, tuple] = {}
         self.metrics = TranscriberMetrics(registry, model=self.model, frames_topic=config.frames_topic,
                                           output_topics=(config.transcripts_topic, config.deadletter_topic))
         self.metrics.up.set_function(lambda: 1.0 if self.ready else 0.0)
@@ -325,6 +348,13 @@ class TranscriberService:
         self._started = False
         self.last_loop = time.monotonic()
         self.latencies = collections.deque(maxlen=config.record_latencies) if config.record_latencies else None
+        # caption latency (bench): per stream, the ends of speech segments (a pause caption's end, a final's end) not
+        # yet covered by an acknowledged record; per segment once one covers it: (kind of that record, e2e, pause
+        # rule, service, when acknowledged (monotonic))
+        self.caption_latencies = (collections.deque(maxlen=config.record_latencies) if config.record_latencies
+                                  else None)
+        self._segments: dict[str, list] = {}
+        self._segment_last: dict[str, tuple] = {}  # per stream, the latest pause caption's segment
 
     # -- lifecycle (the analyzer's) ---------------------------------------------------
     def stop(self) -> None:
@@ -496,6 +526,9 @@ class TranscriberService:
             caught_up=lambda sid: self._lag.get(self._stream_partition.get(sid)) == 0)
         for sid in dropped:
             self._stream_partition.pop(sid, None)
+            self._caption_cache.pop(sid, None)
+            self._segments.pop(sid, None)
+            self._segment_last.pop(sid, None)
         if finished:
             cp.begin(now)
             self._publish(finished)
@@ -578,7 +611,12 @@ class TranscriberService:
             if sid not in self.streams.streams:
                 self._stream_partition.pop(sid, None)  # ended
         self._count_sequence_events()
+        if self.caption_latencies is not None:
+            for f in self.streams.pending_captions:  # before any final's acknowledgement can cover them
+                self._segment(f)
         self._publish(finished)
+        if c.pause_captions:
+            self._pause_captions()
         m.active_streams.set(len(self.streams.streams))
         cp.store(high)
         cp.end(now)
@@ -605,22 +643,130 @@ class TranscriberService:
                 continue
             u = f.utterance
             self._finals_made = True
-            result = self.asr.transcribe(u.audio, words=self.config.words)
-            self._calls.append((time.monotonic(), result.seconds))
+            if self.caption_latencies is not None:
+                self._segment(f)
+            cached = self._caption_cache.get(f.stream_id)
+            if cached is not None and cached[:2] == (f.session_id, u.start_sample):
+                del self._caption_cache[f.stream_id]
+            if cached is not None and cached[:3] == (f.session_id, u.start_sample, u.end_sample):
+                result = cached[3]  # its pause caption was this very audio: the same text, no second call
+                m.caption_reused.labels(m.model).inc()
+            else:
+                result = self.asr.transcribe(u.audio, words=self.config.words)
+                self._calls.append((time.monotonic(), result.seconds))
+                m.engine_seconds.labels(m.model).inc(result.cpu_seconds)
             seconds = u.audio.size / SAMPLE_RATE
             m.utterances.labels(m.model, u.reason).inc()
             m.audio_transcribed.labels(m.model).inc(seconds)
-            m.engine_seconds.labels(m.model).inc(result.cpu_seconds)
             if seconds > 0:
                 m.real_time_factor.labels(m.model).observe(result.cpu_seconds / seconds)
             if not result.text:
                 m.empty.labels(m.model).inc()  # Whisper heard no words: no record
+                self._segments.pop(f.stream_id, None)
                 continue
             rec = transcript_record(stream_id=f.stream_id, session_id=f.session_id.hex(),
                                     start_sample=u.start_sample, end_sample=u.end_sample, sample_rate=SAMPLE_RATE,
                                     result=result, model=self.asr.model_id, reason=u.reason)
             self._emit(self.config.transcripts_topic, records.dumps(rec), f.stream_id.encode(),
                        on_ok=self._ack(f, rec))
+
+    # -- pause captions: a partial at the first pause of a short utterance kept open -------------------------
+    def _pause_captions(self) -> None:
+        """Transcribe and publish, oldest first, the pause captions of utterances still open: the text so far, at
+        once, while the final waits for more speech to pack (docs/transcription.md). Untracked like every partial;
+        skipped (counted, ``pause_lag``) only when so much audio per stream waits unread that the frame closing the
+        utterance may already be among it: more than the long pause less the caption pause (1.7 s with the
+        bundle; at least ``--partial-max-lag``). Not for a busy recogniser either: when no speech follows, the final
+        is the same audio and reuses the caption's text, so a caption is mostly the final's own call made earlier.
+        (Measured: with the periodic partials' 0.5 s the lag left by one Whisper call at 10 streams skipped 13 of
+        76 captions.)"""
+        from streamproc.transcription import transcript_record
+        c, m, cp = self.config, self.metrics, self.checkpoint
+        sc = self.streams.config
+        max_lag = max(c.partial_max_lag_s, sc.long_pause_s - (sc.hangover_s if sc.caption_pause_s is None
+                                                               else sc.caption_pause_s))
+        for f in self.streams.take_captions():
+            tp = f.tp or self._stream_partition.get(f.stream_id)
+            if tp is not None and f.tag is not None and cp.replaying(tp, f.tag):
+                continue  # published (final) by the previous owner of the partition
+            if self.behind_s(tp) > max_lag:
+                m.partials_skipped.labels("pause_lag").inc()
+                continue
+            u = f.utterance
+            result = self.asr.transcribe(u.audio, words=c.words)  # words too: a final of this audio reuses it
+            self._calls.append((time.monotonic(), result.seconds))
+            m.engine_seconds.labels(m.model).inc(result.cpu_seconds)
+            m.partial_cpu.labels(m.model).inc(result.cpu_seconds)
+            self._caption_cache[f.stream_id] = (f.session_id, u.start_sample, u.end_sample, result)
+            st = self.streams.streams.get(f.stream_id)
+            if st is not None and st.seg.open_start == u.start_sample:  # the periodic partial counts from here
+                st.partial_start, st.partial_mark = u.start_sample, max(st.partial_mark, u.end_sample)
+            if not result.text:
+                m.partials_skipped.labels("no_text").inc()
+                continue
+            rec = transcript_record(stream_id=f.stream_id, session_id=f.session_id.hex(),
+                                    start_sample=u.start_sample, end_sample=u.end_sample, sample_rate=SAMPLE_RATE,
+                                    result=dataclasses.replace(result, words=None), model=self.asr.model_id,
+                                    reason="partial", final=False)
+            self._produce_partial(rec, "pause", f.close_sample, f.arrival)
+
+    def _produce_partial(self, rec: dict, kind: str, trigger_sample: int | None, arrival: float) -> None:
+        """Publish a partial record, untracked: a lost one is counted and logged, never re-read."""
+        c, m = self.config, self.metrics
+        cover = self._cover(rec, kind, trigger_sample, arrival)
+
+        def delivered(err, msg, rec=rec):
+            if err is not None:  # best effort: counted and logged, never a reason to stop or to re-read
+                m.delivery_errors.labels(msg.topic()).inc()
+                log.warning("partial transcript %s not delivered: %s", rec["id"], err.str())
+            else:
+                m.partials.labels(m.model).inc()
+                cover(msg)
+                if c.on_partial is not None:
+                    c.on_partial(rec)
+        produce(self.producer, c.transcripts_topic, records.dumps(rec), rec["stream_id"].encode(),
+                on_delivery=delivered)
+
+    def _segment(self, f: Finished) -> None:
+        """Note the end of a speech segment (a pause caption's or a final's end) for the caption latency."""
+        if f.end_capture_ns is None:
+            return
+        key = (f.session_id.hex(), f.utterance.start_sample, f.utterance.end_sample)
+        if f.utterance.reason == "pause":
+            self._segment_last[f.stream_id] = key
+        elif self._segment_last.pop(f.stream_id, None) == key:
+            return  # a final of its pause caption's audio: the caption's segment, already noted
+        segs = self._segments.setdefault(f.stream_id, [])
+        segs.append(key + (f.end_capture_ns,))
+        if len(segs) > 256:
+            del segs[:-256]
+
+    def _cover(self, rec: dict, kind: str, trigger_sample: int | None, arrival: float):
+        """An acknowledgement callback part: the segments of ``rec``'s utterance it covers (end <= its end) get their
+        caption latency: segment end (capture clock) -> this record acknowledged, with its pause-rule part (segment
+        end -> the sample that triggered this record, stream time) and service part (that frame read -> acked)."""
+        if self.caption_latencies is None:
+            return lambda msg: None
+        produced_mono, produced_ns = time.monotonic(), time.time_ns()
+        key = (rec["session_id"], rec["start_sample"])
+
+        def cover(msg):
+            delay = msg.latency() if hasattr(msg, "latency") else None
+            delay = time.monotonic() - produced_mono if delay is None else max(0.0, float(delay))
+            segs = self._segments.get(rec["stream_id"])
+            if not segs:
+                return
+            keep = []
+            for seg in segs:
+                if seg[:2] == key and seg[2] <= rec["end_sample"]:
+                    e2e = max(0.0, (produced_ns + delay * 1e9 - seg[3]) / 1e9)
+                    wait = None if trigger_sample is None else (trigger_sample - seg[2]) / SAMPLE_RATE
+                    self.caption_latencies.append((kind, e2e, wait, produced_mono + delay - arrival,
+                                                   produced_mono + delay))
+                else:
+                    keep.append(seg)
+            segs[:] = keep
+        return cover
 
     # -- partial transcripts: best effort, after the finals ---------------------------------------------------
     def behind_s(self, tp) -> float:
@@ -688,16 +834,7 @@ class TranscriberService:
             rec = transcript_record(stream_id=sid, session_id=st.session_id.hex(), start_sample=u.start_sample,
                                     end_sample=u.end_sample, sample_rate=SAMPLE_RATE, result=result,
                                     model=self.asr.model_id, reason="partial", final=False)
-
-            def delivered(err, msg, rec=rec):
-                if err is not None:  # best effort: counted and logged, never a reason to stop or to re-read
-                    m.delivery_errors.labels(msg.topic()).inc()
-                    log.warning("partial transcript %s not delivered: %s", rec["id"], err.str())
-                else:
-                    m.partials.labels(m.model).inc()
-                    if c.on_partial is not None:
-                        c.on_partial(rec)
-            produce(self.producer, c.transcripts_topic, records.dumps(rec), sid.encode(), on_delivery=delivered)
+            self._produce_partial(rec, "partial", position, st.last_arrival)
             return
 
     def _ack(self, f: Finished, rec: dict):
@@ -706,8 +843,10 @@ class TranscriberService:
         callbacks between Whisper calls, so a batch's first final would otherwise count the calls after it)."""
         m = self.metrics
         produced_mono, produced_ns = time.monotonic(), time.time_ns()
+        cover = self._cover(rec, "final", f.close_sample, f.arrival)
 
         def ack(msg):
+            cover(msg)
             delay = msg.latency() if hasattr(msg, "latency") else None
             delay = time.monotonic() - produced_mono if delay is None else max(0.0, float(delay))
             latency = produced_mono + delay - f.arrival
@@ -771,6 +910,9 @@ def add_parser(sub):
     p.add_argument("--partial-every", type=float, default=d.partial_every_s, metavar="SECONDS",
                    help="while an utterance is open, publish a partial transcript (final: false) per this much new "
                         "audio; 0 = finals only")
+    p.add_argument("--no-pause-captions", dest="pause_captions", action="store_false",
+                   help="no partial at the first pause of an utterance kept open to pack more speech (captions "
+                        "then wait for the final, or the next --partial-every)")
     p.add_argument("--partial-max-lag", type=float, default=d.partial_max_lag_s, metavar="SECONDS",
                    help="skip partials while more than this much audio per stream waits unread (finals first)")
     p.add_argument("--partial-max-busy", type=float, default=d.partial_max_busy, metavar="SHARE",
@@ -811,7 +953,7 @@ def config_from_args(args) -> TranscriberConfig:
         metrics_addr=args.metrics_addr, idle_flush_s=args.idle_flush, idle_timeout_s=args.idle_timeout,
         max_gap_fill_s=args.max_gap_fill, words=args.words, cpu_threads=args.cpu_threads,
         partial_every_s=args.partial_every, partial_max_lag_s=args.partial_max_lag,
-        partial_max_busy=args.partial_max_busy,
+        partial_max_busy=args.partial_max_busy, pause_captions=args.pause_captions,
         create_topics=not args.no_create_topics, partitions=args.partitions,
         auto_offset_reset=args.auto_offset_reset, unavailable_timeout_s=args.unavailable_timeout,
         instance_id=args.instance_id)

@@ -29,6 +29,17 @@ An utterance
   the caller decides the stream is idle (``flush("idle")``);
 - is dropped if it held less than ``min_speech_s`` of speech windows (clicks,
   breaths).
+
+**Pause captions** (``Segmenter(captions=True)``): when a pause inside an open
+utterance reaches ``caption_pause_s`` (default: ``hangover_s``) and does not end
+it there (it is shorter than ``min_utterance_s``, or the pause is shorter than the
+hangover), the utterance so far (its first sample
+to ``pad_s`` past the last speech, ``reason="pause"``) is queued in
+``captions``; ``take_captions()`` hands them over. The transcriber publishes one
+as a partial transcript at once: the caption a viewer needs, while the final
+still waits for the packed context. If no speech follows, the final is exactly
+that audio (same start, same end). Decided on stream time like every cut, so
+the same audio gives the same captions however it was chunked.
 """
 from __future__ import annotations
 
@@ -64,6 +75,7 @@ class SegmenterConfig:
     min_utterance_s: float = 5.0  # a pause of hangover_s ends an utterance only once it is this long ...
     long_pause_s: float = 2.0  # ... a pause this long ends it whatever its length
     vad_reset_s: float | None = None  # restart the VAD's recurrent state on this grid while idle (see Segmenter)
+    caption_pause_s: float | None = None  # a pause this long gives a pause caption (None: hangover_s)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SegmenterConfig":
@@ -98,6 +110,9 @@ class SegmenterConfig:
         if self.vad_reset_s is not None and round(self.vad_reset_s * SAMPLE_RATE / VAD_WINDOW) < 1:
             raise SegmenterError(f"vad_reset_s={self.vad_reset_s} must be at least one VAD window "
                                  f"({VAD_WINDOW / SAMPLE_RATE} s), or null")
+        if self.caption_pause_s is not None and not self.pad_s <= self.caption_pause_s <= self.hangover_s:
+            raise SegmenterError(f"caption_pause_s={self.caption_pause_s} must be in [pad_s={self.pad_s}, "
+                                 f"hangover_s={self.hangover_s}] (or null: the hangover)")
         if self.long_pause_s < self.hangover_s:
             raise SegmenterError(f"long_pause_s={self.long_pause_s} must be >= hangover_s={self.hangover_s}")
 
@@ -169,8 +184,9 @@ class Segmenter:
     """One stream's utterance cutter. ``push(y)`` and ``flush(reason)`` return finished utterances."""
 
     def __init__(self, config: SegmenterConfig | None = None, *, vad: Callable[[np.ndarray], float] | None = None,
-                 start_sample: int = 0, score_from: int | None = None):
+                 start_sample: int = 0, score_from: int | None = None, captions: bool = False):
         self.config = config or SegmenterConfig()
+        self.captions: list[Utterance] | None = [] if captions else None  # pause captions not yet taken
         self.vad = vad if vad is not None else SileroVad()
         c = self.config
         self._pad = c.samples(c.pad_s)
@@ -178,6 +194,7 @@ class Segmenter:
         self._max = c.samples(c.max_utterance_s)
         self._min_utt = c.samples(c.min_utterance_s)
         self._long_pause = c.samples(c.long_pause_s)
+        self._caption_pause = c.samples(c.hangover_s if c.caption_pause_s is None else c.caption_pause_s)
         self._min_speech_windows = math.ceil(c.samples(c.min_speech_s) / VAD_WINDOW)
         self._buf = np.zeros(0, dtype=np.float32)  # samples [self._buf_start, self.position)
         self._buf_start = start_sample
@@ -232,9 +249,15 @@ class Segmenter:
         """A run of quiet windows is going on inside the open utterance (it may close within the hangover)."""
         return self._start is not None and self._silence_from is not None
 
+    def take_captions(self) -> list[Utterance]:
+        """The pause captions queued since the last call (``captions=True``; oldest first), and forget them."""
+        out, self.captions = (self.captions or []), ([] if self.captions is not None else None)
+        return out
+
     def _idle(self) -> None:
         self._start = None  # first sample of the open utterance
         self._silence_from = None  # start of the current run of quiet windows
+        self._pause_captioned = False  # the current pause already gave a caption
         self._last_quiet = None  # start of the latest quiet window of the open utterance
         self._speech_windows = 0
 
@@ -294,6 +317,7 @@ class Segmenter:
             return None
         if prob >= c.threshold:
             self._silence_from = None
+            self._pause_captioned = False
             self._speech_windows += 1
         elif prob < c.neg_threshold:
             if self._silence_from is None:
@@ -303,6 +327,12 @@ class Segmenter:
             pause, end = e - self._silence_from, min(self._silence_from + self._pad, e)
             if pause >= self._long_pause or (pause >= self._hangover and end - self._start >= self._min_utt):
                 return self._emit(end, "silence")
+            if pause >= self._caption_pause and not self._pause_captioned:
+                self._pause_captioned = True  # kept open to pack more speech: caption what was said so far
+                if self.captions is not None and self._speech_windows >= self._min_speech_windows:
+                    i0 = self._start - self._buf_start
+                    self.captions.append(Utterance(self._start, end, self._buf[i0:end - self._buf_start].copy(),
+                                                   "pause"))
         if e - self._start >= self._max:
             cut = e
             if self._last_quiet is not None and self._last_quiet - self._start >= self._max // 2:

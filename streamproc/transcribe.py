@@ -52,6 +52,9 @@ def add_segmentation_arguments(p) -> None:
                         "shorter (see docs/transcription.md for the measured word error rate)")
     p.add_argument("--min-utterance", type=float, default=None, metavar="SECONDS",
                    help="a shorter pause (the 0.5 s hangover) ends an utterance only once it is this long (bundle: 5)")
+    p.add_argument("--caption-pause", type=float, default=None, metavar="SECONDS",
+                   help="a pause this long gives the transcriber's pause caption (default: the 0.5 s hangover; "
+                        "between the 0.2 s pad and it); offline paths cut the same utterances whatever it is")
 
 
 def segmentation_overrides(args) -> dict:
@@ -61,6 +64,8 @@ def segmentation_overrides(args) -> dict:
         out["long_pause_s"] = args.long_pause
     if getattr(args, "min_utterance", None) is not None:
         out["min_utterance_s"] = args.min_utterance
+    if getattr(args, "caption_pause", None) is not None:
+        out["caption_pause_s"] = args.caption_pause
     return out
 
 

@@ -9,7 +9,8 @@ identical), and the utterances and text must equal ``transcribe FILE --json``, `
 transcriber's alert rules use are exposed. A second stream ("dictation") stops in the middle of a sentence:
 the transcriber publishes a partial transcript of the open utterance (``final: false``) and, when the stream
 stays idle, the final one with the same utterance id; partials (of either stream) match the schema and never
-replace or change a final.
+replace or change a final. The dictation's first sentence, shorter than min_utterance_s, gets a pause caption
+(a partial at its first pause, at once) before a periodic partial and the final.
 """
 from __future__ import annotations
 
@@ -54,21 +55,25 @@ def _count_finals(n: int):
 
 @pytest.fixture(scope="module")
 def dictation():
-    """Two sentences, cut off 1.3 s into the second: the utterance (about 4 s) is open, and not in a pause, where
-    the audio stops, so the transcriber owes it a partial transcript of at least 2 s of it (--partial-every 2,
-    however the frames are batched: words are heard by then) as soon as it reads it
-    (checked here with the real VAD and the bundle's settings, not assumed)."""
+    """Two sentences 0.8 s apart, cut off 2.2 s into the second: the first (2.5 s) is shorter than
+    min_utterance_s, so its pause keeps the utterance open and the transcriber owes it a pause caption (the
+    first sentence, at once); the utterance (5.5 s) is open, and not in a pause, where the audio stops, with
+    over 2 s of audio after the caption, so it also owes a periodic partial (--partial-every 2) (checked here
+    with the real VAD and the bundle's settings, not assumed). Returns the audio and the pause caption's
+    (start, end) sample."""
     from streamproc.segmentation import Segmenter, SegmenterConfig
     from tests.speech import say, silence
-    a, b = say(HARVARD[4]), say(HARVARD[5])
-    y = np.concatenate([silence(0.3), a, silence(0.2), b])[:int(0.3 * 16000) + a.size + int(1.5 * 16000)]
+    a, b = say(HARVARD[4]), say(HARVARD[7])
+    y = np.concatenate([silence(0.3), a, silence(0.8), b])[:int(0.3 * 16000) + a.size + int(3.0 * 16000)]
     y = (np.round(y * 32767) / 32768).astype(np.float32)
     meta = yaml.safe_load((REPO / "models" / "transcription" / "1" / "model.yaml").read_text())
-    seg = Segmenter(SegmenterConfig.from_dict(meta["segmentation"]))
+    seg = Segmenter(SegmenterConfig.from_dict(meta["segmentation"]), captions=True)
     assert seg.push(y) == []
+    (caption,) = seg.take_captions()
     open_utt = seg.open_utterance()
     assert open_utt is not None and not seg.pausing and open_utt.end_sample - open_utt.start_sample > 3.5 * 16000
-    return y
+    assert caption.start_sample == open_utt.start_sample and open_utt.end_sample - caption.end_sample > 2.3 * 16000
+    return y, (caption.start_sample, caption.end_sample)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +120,7 @@ def _ready(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def live(kafka_conf, speech_file, offline, dictation, tmp_path_factory):
+    dictation, _ = dictation
     tag = uuid.uuid4().hex[:8]
     t = {k: f"test.{tag}.{k}" for k in ("frames", "transcripts", "deadletter", "predictions", "features")}
     ensure_topics(kafka_conf, {n: 1 for n in t.values()})
@@ -217,6 +223,39 @@ def test_a_partial_transcript_precedes_the_final_of_an_open_utterance(live):
         assert p["id"] == f"{f['id']}/partial/{p['end_sample']}" and p["reason"] == "partial"
         assert p["start_sample"] == f["start_sample"] and p["end_sample"] <= f["end_sample"]
         assert p["session_id"] == f["session_id"] and p["words"] is None
+
+
+def test_a_pause_caption_comes_before_its_final_with_the_finals_text(live, dictation, offline):
+    """The dictation's first sentence is shorter than min_utterance_s: at its pause the utterance stays open to
+    pack more speech, and the transcriber publishes at once a pause caption of it (the partial whose bounds the
+    segmenter gives offline, schema-valid, the final's utterance id) before the final. (A periodic partial
+    follows it when the first transcriber gets a loop without finals before its kill: timing, not asserted.)
+    The meeting's sentences (2.5 s pauses) may get pause captions too, when the transcriber reads the pause
+    before the 2 s that close the utterance (timing: a busy or re-reading service reads both in one batch, and
+    the final alone covers it); then the final is the caption's very audio and has its text (reused)."""
+    recs = values(live["msgs"])
+    first_final = {}
+    for i, r in enumerate(recs):
+        if r["final"]:
+            first_final.setdefault(r["id"], (i, r))
+    (final,) = {r["id"]: r for r in _finals(recs, "dictation")}.values()
+    start, end = dictation[1]
+    pause = [(i, r) for i, r in enumerate(recs) if r["id"] == f"{final['id']}/partial/{end}"]
+    assert pause, ("no pause caption", [r for r in recs if not r["final"]])
+    i, c = pause[0]
+    validate(c, "transcript")
+    assert c["start_sample"] == start == final["start_sample"] and c["utterance_id"] == final["id"] and c["text"]
+    assert i < first_final[final["id"]][0], "the pause caption came after its final"
+    captions = [(i, r) for i, r in enumerate(recs) if not r["final"] and r["stream_id"] == "meeting"
+                and r["end_sample"] == first_final.get(r["utterance_id"], (0, {}))[1].get("end_sample")]
+    for i, c in captions:
+        validate(c, "transcript")
+        j, f = first_final[c["utterance_id"]]
+        assert i < j, ("the pause caption came after its final", c, f)
+        assert c["utterance_id"] == f["id"] and c["id"] == f"{f['id']}/partial/{f['end_sample']}"
+        assert c["text"] == f["text"] and c["reason"] == "partial" and c["words"] is None
+    assert {c["utterance_id"] for _, c in captions} <= {r["id"] for r in recs if r["final"]}
+    assert len({c["utterance_id"] for _, c in captions}) <= len(offline)
 
 
 def test_watch_shows_each_utterance_once_as_a_caption(live, offline):

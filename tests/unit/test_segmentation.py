@@ -6,6 +6,8 @@ advance; the real Silero VAD is checked on espeak-ng speech.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -134,6 +136,48 @@ def test_short_pauses_do_not_end_an_utterance_under_min_utterance_s_but_long_one
     ]
 
 
+def test_a_pause_that_keeps_a_short_utterance_open_gives_a_caption_of_it_so_far():
+    """Pause captions: at hangover_s of quiet inside an utterance kept open to pack more speech, the utterance so
+    far (to pad_s past the last speech) is queued; none where the pause closes the utterance at once; if no
+    speech follows, the final is exactly the caption's audio; the same captions for any chunking."""
+    cfg = SegmenterConfig(min_utterance_s=5.0, long_pause_s=2.0, max_utterance_s=20.0, min_speech_s=0.1)
+    S, short, long_ = tone(60), quiet(25), quiet(70)
+    y = np.concatenate([quiet(10), S, short, S, long_, S, short, S, short, S, short, S, short, S, long_, S,
+                        quiet(30)])
+    expected = [(10 * W - PAD, 70 * W + PAD, "pause"),    # 1.92 s + pad: kept open, captioned at the hangover
+                (225 * W - PAD, 285 * W + PAD, "pause"),
+                (395 * W - PAD, 455 * W + PAD, "pause"),
+                (565 * W - PAD, 625 * W + PAD, "pause"),  # the long pause then closes it: the same audio
+                (695 * W - PAD, 755 * W + PAD, "pause")]  # 0.96 s of quiet, then the stream's end closes it
+    for chunk in (511, 1600, 7919, y.size):
+        seg, finals, caps = Segmenter(cfg, vad=level_vad, captions=True), [], []
+        for k in range(0, y.size, chunk):
+            finals += seg.push(y[k:k + chunk])
+            caps += seg.take_captions()
+        finals += seg.flush("end")
+        assert bounds(caps) == expected, chunk
+        assert seg.take_captions() == []
+    assert bounds(finals) == bounds(segment(y, cfg, vad=level_vad))  # finals unchanged by captions
+    last, final = caps[3], finals[3]
+    assert (final.start_sample, final.end_sample) == (last.start_sample, last.end_sample)
+    assert np.array_equal(final.audio, last.audio) and np.array_equal(caps[0].audio, y[caps[0].start_sample:
+                                                                                          caps[0].end_sample])
+    assert Segmenter(cfg, vad=level_vad).captions is None  # off unless asked for: nothing accumulates
+    unpacked = Segmenter(dataclasses.replace(cfg, min_utterance_s=0.0), vad=level_vad, captions=True)
+    unpacked.push(y)
+    assert unpacked.take_captions() == []  # every pause closes an utterance: the final is the caption
+    # caption_pause_s shorter than the hangover: a caption at every such pause, also before a final that closes
+    # at the hangover (the same audio: the end is the pad past the last speech either way)
+    early = Segmenter(dataclasses.replace(cfg, caption_pause_s=0.3), vad=level_vad, captions=True)
+    finals = early.push(y) + early.flush("end")
+    assert bounds(finals) == bounds(segment(y, cfg, vad=level_vad))
+    assert bounds(early.take_captions()) == [
+        (10 * W - PAD, 70 * W + PAD, "pause"), (10 * W - PAD, 155 * W + PAD, "pause"),
+        (225 * W - PAD, 285 * W + PAD, "pause"), (225 * W - PAD, 370 * W + PAD, "pause"),
+        (395 * W - PAD, 455 * W + PAD, "pause"), (395 * W - PAD, 540 * W + PAD, "pause"),
+        (565 * W - PAD, 625 * W + PAD, "pause"), (695 * W - PAD, 755 * W + PAD, "pause")]
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"threshold": 0.0}, "threshold=0.0 must be in"),
     ({"neg_threshold": 0.6}, "neg_threshold=0.6 must be in"),
@@ -142,6 +186,8 @@ def test_short_pauses_do_not_end_an_utterance_under_min_utterance_s_but_long_one
     ({"max_utterance_s": 0.5}, "at least 1 second"),
     ({"min_utterance_s": 20.0}, "min_utterance_s=20.0 must be in"),
     ({"long_pause_s": 0.3}, "long_pause_s=0.3 must be >= hangover_s"),
+    ({"caption_pause_s": 0.1}, "caption_pause_s=0.1 must be in"),
+    ({"caption_pause_s": 0.6}, "caption_pause_s=0.6 must be in"),
 ])
 def test_bad_settings_name_the_value(kwargs, message):
     with pytest.raises(SegmenterError, match=message):

@@ -291,6 +291,82 @@ def test_a_partial_when_caught_up_is_published_outside_the_checkpoint():
     assert len(svc.producer.sent) == 1  # nothing new to show yet
 
 
+PACKED = SegmenterConfig(hangover_s=0.5, pad_s=0.2, max_utterance_s=20.0, min_speech_s=0.1, min_utterance_s=5.0,
+                         long_pause_s=2.0)
+
+
+class _PackedEngine(_Engine):
+    segmenter_config = PACKED
+
+
+class _TrackingCheckpoint(_Checkpoint):
+    def track(self):
+        return lambda err: None
+
+
+def _caption_service(lag_s: float = 0.0):
+    """A service with the bundle's packing (5 s, long pause 2 s) fed one 1.5 s sentence then 0.9 s of quiet: the
+    pause reached the hangover, the utterance stays open (too short), its caption is pending."""
+    from consumers.transcriber import TranscriberConfig, TranscriberService
+    engine = _PackedEngine()
+    svc = TranscriberService(TranscriberConfig(kafka={}, metrics_port=None, partial_every_s=0.0), asr=engine,
+                             vad=vad_factory)
+    svc.checkpoint, svc.producer = _TrackingCheckpoint(), _Producer()
+    svc.behind_s = lambda tp: lag_s
+    y = signal([(0.5, "quiet"), (1.5, "tone"), (3.0, "quiet")])
+    fs = frames(y, 1600)
+    finished = []
+    for k, f in enumerate(fs[:29]):  # to 2.9 s: 0.9 s of quiet after the sentence
+        svc._stream_partition["s"] = ("frames", 0)
+        finished += svc.streams.accept("s", f, now=0.0, tag=k)[1]
+    assert finished == [] and svc.streams.streams["s"].seg.in_utterance
+    return svc, engine, fs, finished
+
+
+def test_a_pause_caption_is_published_at_once_and_its_final_reuses_it():
+    import json
+    svc, engine, fs, _ = _caption_service()
+    svc._pause_captions()
+    (topic, key, value), = svc.producer.sent
+    cap = json.loads(value)
+    uid = f"s/{SESSION.hex()}/{cap['start_sample']}"
+    assert cap["final"] is False and cap["reason"] == "partial" and cap["utterance_id"] == uid
+    assert cap["id"] == f"{uid}/partial/{cap['end_sample']}" and cap["words"] is None
+    assert cap["end_sample"] == 63 * 512 + 3200  # the last speech window + pad: the final if no speech follows
+    assert len(engine.calls) == 1
+    svc._pause_captions()
+    assert len(svc.producer.sent) == 1  # once per pause
+    finished = []
+    for k, f in enumerate(fs[29:], start=29):  # the pause grows to 2 s: the final closes, the same audio
+        finished += svc.streams.accept("s", f, now=0.0, tag=k)[1]
+    assert [(f.utterance.start_sample, f.utterance.end_sample) for f in finished] == [
+        (cap["start_sample"], cap["end_sample"])]
+    svc._publish(finished)
+    final = json.loads(svc.producer.sent[-1][2])
+    assert final["id"] == uid and final["final"] is True and final["text"] == cap["text"]
+    assert len(engine.calls) == 1  # no second Whisper call for the same audio
+    assert svc.metrics.registry.get_sample_value("audiostream_pause_captions_reused_total",
+                                                 {"model": "transcription:test"}) == 1
+
+
+def test_a_pause_caption_is_skipped_while_behind_and_dropped_once_its_utterance_closed():
+    svc, engine, fs, _ = _caption_service(lag_s=1.0)  # behind, but less than the 1.5 s to the long pause
+    svc._pause_captions()
+    assert len(svc.producer.sent) == 1
+    svc, engine, fs, _ = _caption_service(lag_s=2.0)  # the frame that closes it may be unread already
+    svc._pause_captions()
+    assert svc.producer.sent == [] and engine.calls == []
+    assert svc.metrics.registry.get_sample_value("audiostream_partial_transcripts_skipped_total",
+                                                 {"reason": "pause_lag"}) == 1
+    svc, engine, fs, _ = _caption_service()
+    finished = []
+    for k, f in enumerate(fs[29:], start=29):  # the final closes before the caption was served
+        finished += svc.streams.accept("s", f, now=0.0, tag=k)[1]
+    svc._publish(finished)
+    svc._pause_captions()
+    assert len(engine.calls) == 1 and len(svc.producer.sent) == 1  # the final only: it covers the caption
+
+
 def _caption(uid_start: int, end: int, text: str, final: bool, stream: str = "s"):
     import json
 
@@ -328,9 +404,27 @@ def test_watch_shows_a_partial_as_an_updating_line_replaced_by_the_final():
 def test_the_one_core_replay_of_bench_transcribe_queues_first_come_first_served():
     """bench --transcribe's load-independent latency: utterances that close together wait for each other."""
     from consumers.bench_transcribe import one_core_replay
-    engine = {"_utterances": [(2.0, 2.5, 1.0), (2.2, 2.6, 1.0), (6.0, 6.5, 0.5)], "_vad_rtf": 0.0}
+    engine = {"_utterances": [(2.0, 2.5, 1.0), (2.2, 2.6, 1.0), (6.0, 6.5, 0.5)], "_vad_rtf": 0.0,
+              "_records": [(2.5, "final", 0, 2.0, 1.0), (2.6, "final", 1, 2.2, 1.0), (6.5, "final", 2, 6.0, 0.5)]}
     r = one_core_replay(engine, 10.0, streams=1, duration=10.0, warmup_s=0.0)
     assert r["finals"] == 3 and r["e2e_max_s"] == pytest.approx(2.3)  # 2.5 + 1 + 1 - 2.2: queued behind the first
     assert r["e2e_p50_s"] == pytest.approx(1.5) and r["core_busy"] == pytest.approx(0.25)
     two = one_core_replay({**engine, "_vad_rtf": 0.25}, 10.0, streams=2, duration=10.0, warmup_s=0.0)
     assert two["vad_share"] == 0.5 and two["finals"] > r["finals"]  # the VAD of both streams halves the core
+
+
+def test_the_one_core_replay_times_captions_per_speech_segment_by_the_first_record_covering_it():
+    """Caption latency: each segment (a pause caption's end, a final's end) is shown by the first record of its
+    utterance done that reaches it; a final that reuses its caption costs nothing but still queues."""
+    from consumers.bench_transcribe import one_core_replay
+    records = [(2.5, "final", 0, 2.0, 1.0),   # another utterance's final: busy 2.5-3.5
+               (2.6, "pause", 1, 2.1, 0.4),   # caption queued behind it: done 3.9
+               (4.1, "final", 1, 2.1, 0.0),   # its final, the caption's audio (reused): done 4.1
+               (7.0, "pause", 2, 6.5, 0.4),   # done 7.4
+               (8.0, "final", 2, 7.5, 0.5)]   # more speech packed after the caption: done 8.5
+    r = one_core_replay({"_utterances": [(2.0, 2.5, 1.0)], "_vad_rtf": 0.0, "_records": records}, 10.0,
+                        streams=1, duration=10.0, warmup_s=0.0)
+    assert r["finals"] == 3 and r["e2e_max_s"] == pytest.approx(2.0)  # 4.1 - 2.1
+    assert r["caption_segments"] == 4 and r["caption_max_s"] == pytest.approx(1.8)  # 3.9 - 2.1
+    assert sorted([r["caption_p50_s"], r["caption_max_s"]]) == [pytest.approx(1.25), pytest.approx(1.8)]
+    assert r["caption_pause_rule_p50_s"] == pytest.approx(0.5) and r["core_busy"] == pytest.approx(0.23)

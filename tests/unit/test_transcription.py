@@ -213,7 +213,7 @@ def test_normalisation_and_wer():
 def test_the_bundle_pins_the_segmentation_settings(transcriber, tmp_path):
     from streamproc.segmentation import SegmenterConfig
     assert transcriber.segmenter_config == SegmenterConfig(min_utterance_s=5.0, long_pause_s=2.0, hangover_s=0.5,
-                                                           vad_reset_s=1.024)
+                                                           vad_reset_s=1.024, caption_pause_s=0.3)
     d = bundle_with(tmp_path)
     meta = yaml.safe_load((d / "model.yaml").read_text())
     meta["segmentation"]["hangover"] = 1
