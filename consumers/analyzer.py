@@ -94,7 +94,8 @@ class AnalyzerConfig:
     consumer_overrides: dict = field(default_factory=dict)
     producer_overrides: dict = field(default_factory=dict)  # bench experiments (linger.ms, compression.type ...)
     expect_spec: WindowSpec | None = None  # refuse a bundle trained with any other window/feature spec
-    record_latencies: int = 0  # keep the last N window latencies (arrival -> acknowledged) for bench
+    record_latencies: int = 0  # keep the last N window latencies for bench: (arrival -> produced, -> acknowledged,
+    #                            capture -> acknowledged), seconds
     before_inference: Callable | None = None  # test hook: called with each batch's windows (e.g. a slow model)
     detector: dict = field(default_factory=dict)  # a multi-label bundle's Detector options (audiostream detect)
 
@@ -651,14 +652,17 @@ class Analyzer:
         if counter is None:
             counter = self._label_counters[label] = m.predictions.labels(m.model, label)
 
+        produced = time.monotonic()  # built as the prediction is handed to the producer
+
         def ack(msg):
             counter.inc()
             acked = time.monotonic()  # served by our poll, at most ~2 ms after Kafka's acknowledgement
             latency = acked - w.arrival
             m.window_latency.observe(latency)
+            e2e = max(0.0, (time.time_ns() - w.capture_time_ns) / 1e9)
+            m.e2e_latency.observe(e2e)
             if self.latencies is not None:
-                self.latencies.append(latency)
-            m.e2e_latency.observe(max(0.0, (time.time_ns() - w.capture_time_ns) / 1e9))
+                self.latencies.append((produced - w.arrival, latency, e2e))
         return ack
 
     def _deadletter(self, msg, exc: FrameError) -> None:

@@ -287,10 +287,20 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             raise errors[0]
         if loadgen.returncode != 0:
             raise RuntimeError(f"load generator failed: {load_err[-2000:]}")
-        lat = [x for x in analyzer.latencies]  # arrival -> acknowledged
+        parts = list(analyzer.latencies)  # (arrival -> produced, arrival -> acknowledged, capture -> acknowledged)
         # skip the warm-up: the first windows of every stream complete after 1 s
-        n_warm = int(len(lat) * min(0.5, warmup_s / max(duration, 1)))
-        lat = lat[n_warm:]
+        n_warm = int(len(parts) * min(0.5, warmup_s / max(duration, 1)))
+        parts = parts[n_warm:]
+        lat = [p[1] for p in parts]
+        # where the latency goes: the analyzer's own work (arrival -> handed to the producer), then the
+        # broker's acknowledgement (acks=all, to another process on this machine); and capture -> acknowledged
+        # adds the frames' time in the producer, the broker and the consumer's prefetch
+        split = {"latency_to_produce_p50_ms": percentile_ms([p[0] for p in parts], 50),
+                 "latency_to_produce_p99_ms": percentile_ms([p[0] for p in parts], 99),
+                 "ack_wait_p50_ms": percentile_ms([p[1] - p[0] for p in parts], 50),
+                 "ack_wait_p99_ms": percentile_ms([p[1] - p[0] for p in parts], 99),
+                 "capture_to_ack_p50_ms": percentile_ms([p[2] for p in parts], 50),
+                 "capture_to_ack_p99_ms": percentile_ms([p[2] for p in parts], 99)}
         half = [(t, lag) for t, lag, _, _ in samples if t >= duration / 2]
         slope = float(np.polyfit([t for t, _ in half], [lag for _, lag in half], 1)[0]) if len(half) >= 3 else 0.0
         input_rate = streams * 10.0  # frames per second
@@ -338,7 +348,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             "analyzer_cpu_busy": round(float(np.mean(busy)), 3) if busy else None,
             "streams_per_core": round(spc, 1) if spc else None,
             "served_streams_per_core": round(served, 1) if served else None, **vs_engine, **shape,
-            "latency_p50_ms": percentile_ms(lat, 50), "latency_p99_ms": percentile_ms(lat, 99),
+            "latency_p50_ms": percentile_ms(lat, 50), "latency_p99_ms": percentile_ms(lat, 99), **split,
             "bytes_per_stream": round(state), "model": analyzer.bundle.ref, "cpu": cpu_name(),
             "lag_samples": [[round(t, 1), lag] for t, lag, _, _ in samples],
         }
@@ -627,6 +637,11 @@ def table_rows(r: dict) -> list[tuple[str, str]]:
                  ("analyzer core busy", f"{r['analyzer_cpu_busy']:.0%}" if r["analyzer_cpu_busy"] else "-"),
                  ("latency p50 / p99", f"{r['latency_p50_ms']} / {r['latency_p99_ms']} ms "
                                        "(last frame arrives -> prediction acknowledged)"),
+                 ("  of which", f"analyzer p50 / p99 {r.get('latency_to_produce_p50_ms')} / "
+                                f"{r.get('latency_to_produce_p99_ms')} ms, waiting for Kafka's acknowledgement "
+                                f"{r.get('ack_wait_p50_ms')} / {r.get('ack_wait_p99_ms')} ms"),
+                 ("capture -> acknowledged", f"{r.get('capture_to_ack_p50_ms')} / {r.get('capture_to_ack_p99_ms')} ms "
+                                             "(adds the frames' way through Kafka to the analyzer)"),
                  ("streams per core", f"{r['streams_per_core'] or '-'} sustained, "
                                       f"{r.get('served_streams_per_core') or '-'} served (2nd half)")]
         if r.get("engine_streams_per_core"):
