@@ -86,7 +86,7 @@ class AnalyzerConfig:
     unavailable_timeout_s: float = _D["unavailable_timeout_s"]
     max_reorder: int = _D["max_reorder"]
     blas_threads: int = _D["blas_threads"]
-    batch_size: int = 1000
+    batch_size: int = _D["batch_size"]  # --max-batch
     poll_timeout: float = 0.02
     commit_interval_s: float = 1.0        # at-least-once: how often acknowledged progress is committed
     transaction_interval_s: float = 0.1   # exactly-once: how long one transaction collects batches

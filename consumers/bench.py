@@ -225,7 +225,8 @@ def bench_broker(bootstrap: str | None, kinds: tuple[str, ...], partitions: int)
 
 def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, model: str = DEFAULT_MODEL,
                 partitions: int = 6, warmup_s: float = 10.0, engine_seconds: float = 8.0, exactly_once: bool = False,
-                consumer_options: dict | None = None, producer_options: dict | None = None, progress=None) -> dict:
+                consumer_options: dict | None = None, producer_options: dict | None = None,
+                max_batch: int | None = None, progress=None) -> dict:
     from threadpoolctl import threadpool_limits
 
     from .analyzer import Analyzer, AnalyzerConfig
@@ -246,7 +247,8 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
                          predictions_topic=topics["predictions"], features_topic=topics["features"],
                          deadletter_topic=topics["deadletter"], group_id=f"bench-{tag}", metrics_port=None,
                          create_topics=False, record_latencies=10_000_000, exactly_once=exactly_once,
-                         consumer_overrides=dict(consumer_options or {}), producer_overrides=dict(producer_options or {}))
+                         consumer_overrides=dict(consumer_options or {}), producer_overrides=dict(producer_options or {}),
+                         **({"batch_size": max_batch} if max_batch else {}))
     loadgen = None
     try:
         os.sched_setaffinity(0, {analyzer_cpu})  # the analyzer process: one core (librdkafka threads too)
@@ -342,6 +344,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             "guarantee": "exactly-once" if exactly_once else "at-least-once",
             **({"consumer_options": consumer_options} if consumer_options else {}),
             **({"producer_options": producer_options} if producer_options else {}),
+            "max_batch": cfg.batch_size,
             "sustained": bool(sustained), "lag_trend_records_per_s": round(slope, 2),
             "max_lag_records": int(max((lag for _, lag, _, _ in samples), default=0)),
             "drain_seconds": round(drain_s, 2), "windows": windows, "windows_expected": expected,
@@ -501,6 +504,8 @@ def add_parser(sub):
                    help="kafka mode: a librdkafka setting for the analyzer's consumer (e.g. fetch.min.bytes=65536)")
     p.add_argument("--producer-option", action="append", default=[], metavar="KEY=VALUE",
                    help="kafka mode: a librdkafka setting for the analyzer's producer (e.g. linger.ms=5)")
+    p.add_argument("--max-batch", type=int, default=None, metavar="FRAMES",
+                   help="kafka mode: the analyzer's --max-batch (frames per step; the latency / throughput trade)")
     p.add_argument("--analyzers", type=int, default=0,
                    help="kafka mode: N `audiostream analyze` processes in one consumer group, one per CPU (consumer-"
                         "group scaling: compare 1 and 2 back to back)")
@@ -554,7 +559,7 @@ def run(args) -> int:
         result = kafka_bench(streams=streams, duration=args.duration, bootstrap=args.bootstrap_servers,
                              model=args.model, partitions=args.partitions, engine_seconds=args.engine_seconds,
                              exactly_once=args.exactly_once, consumer_options=_options(args.consumer_option),
-                             producer_options=_options(args.producer_option),
+                             producer_options=_options(args.producer_option), max_batch=args.max_batch,
                              progress=lambda d, t, lag: bar.update(d, f"lag {lag}"))
     else:
         streams = args.streams or 2000
