@@ -1,7 +1,10 @@
 # The two commands (README.md): `make demo` and `make test`.
 # Both install everything they need first (deploy/setup.sh is idempotent).
 VENV ?= .venv
-PYTEST_ARGS ?= --durations=25  # the slowest tests in every CI log: what to trim when the suite grows
+# Two pytest-xdist workers, one test file each at a time (--dist loadfile keeps a module's shared broker
+# or cluster in one worker): most integration tests wait on real-time audio and brokers, so the second
+# worker fills the idle core. --durations: the slowest tests in every CI log, what to trim as it grows.
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
 .PHONY: setup demo test bench
 setup:

@@ -86,7 +86,7 @@ class AnalyzerConfig:
     unavailable_timeout_s: float = _D["unavailable_timeout_s"]
     max_reorder: int = _D["max_reorder"]
     blas_threads: int = _D["blas_threads"]
-    batch_size: int = 1000
+    batch_size: int = _D["batch_size"]  # --max-batch
     poll_timeout: float = 0.02
     commit_interval_s: float = 1.0        # at-least-once: how often acknowledged progress is committed
     transaction_interval_s: float = 0.1   # exactly-once: how long one transaction collects batches
@@ -94,7 +94,8 @@ class AnalyzerConfig:
     consumer_overrides: dict = field(default_factory=dict)
     producer_overrides: dict = field(default_factory=dict)  # bench experiments (linger.ms, compression.type ...)
     expect_spec: WindowSpec | None = None  # refuse a bundle trained with any other window/feature spec
-    record_latencies: int = 0  # keep the last N window latencies (arrival -> acknowledged) for bench
+    record_latencies: int = 0  # keep the last N window latencies for bench: (arrival -> produced, -> acknowledged,
+    #                            capture -> acknowledged), seconds
     before_inference: Callable | None = None  # test hook: called with each batch's windows (e.g. a slow model)
     detector: dict = field(default_factory=dict)  # a multi-label bundle's Detector options (audiostream detect)
 
@@ -651,14 +652,19 @@ class Analyzer:
         if counter is None:
             counter = self._label_counters[label] = m.predictions.labels(m.model, label)
 
+        produced = time.monotonic()  # built as the prediction is handed to the producer
+
         def ack(msg):
             counter.inc()
-            acked = time.monotonic()  # served by our poll, at most ~2 ms after Kafka's acknowledgement
-            latency = acked - w.arrival
+            noticed = time.monotonic()  # when our poll serves this callback: after any batch in progress
+            to_kafka = msg.latency()    # librdkafka: produce() -> the broker's acknowledgement
+            late = max(0.0, noticed - (produced + to_kafka)) if to_kafka is not None else 0.0
+            latency = noticed - late - w.arrival
             m.window_latency.observe(latency)
+            e2e = max(0.0, (time.time_ns() - w.capture_time_ns) / 1e9 - late)
+            m.e2e_latency.observe(e2e)
             if self.latencies is not None:
-                self.latencies.append(latency)
-            m.e2e_latency.observe(max(0.0, (time.time_ns() - w.capture_time_ns) / 1e9))
+                self.latencies.append((produced - w.arrival, latency, e2e, late))
         return ack
 
     def _deadletter(self, msg, exc: FrameError) -> None:

@@ -225,7 +225,8 @@ def bench_broker(bootstrap: str | None, kinds: tuple[str, ...], partitions: int)
 
 def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, model: str = DEFAULT_MODEL,
                 partitions: int = 6, warmup_s: float = 10.0, engine_seconds: float = 8.0, exactly_once: bool = False,
-                consumer_options: dict | None = None, producer_options: dict | None = None, progress=None) -> dict:
+                consumer_options: dict | None = None, producer_options: dict | None = None,
+                max_batch: int | None = None, progress=None) -> dict:
     from threadpoolctl import threadpool_limits
 
     from .analyzer import Analyzer, AnalyzerConfig
@@ -246,7 +247,8 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
                          predictions_topic=topics["predictions"], features_topic=topics["features"],
                          deadletter_topic=topics["deadletter"], group_id=f"bench-{tag}", metrics_port=None,
                          create_topics=False, record_latencies=10_000_000, exactly_once=exactly_once,
-                         consumer_overrides=dict(consumer_options or {}), producer_overrides=dict(producer_options or {}))
+                         consumer_overrides=dict(consumer_options or {}), producer_overrides=dict(producer_options or {}),
+                         **({"batch_size": max_batch} if max_batch else {}))
     loadgen = None
     try:
         os.sched_setaffinity(0, {analyzer_cpu})  # the analyzer process: one core (librdkafka threads too)
@@ -287,10 +289,24 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             raise errors[0]
         if loadgen.returncode != 0:
             raise RuntimeError(f"load generator failed: {load_err[-2000:]}")
-        lat = [x for x in analyzer.latencies]  # arrival -> acknowledged
+        # (arrival -> produced, arrival -> acknowledged, capture -> acknowledged, acknowledgement -> noticed)
+        parts = list(analyzer.latencies)
         # skip the warm-up: the first windows of every stream complete after 1 s
-        n_warm = int(len(lat) * min(0.5, warmup_s / max(duration, 1)))
-        lat = lat[n_warm:]
+        n_warm = int(len(parts) * min(0.5, warmup_s / max(duration, 1)))
+        parts = parts[n_warm:]
+        lat = [p[1] for p in parts]
+        # where the latency goes: the analyzer's own work (arrival -> handed to the producer), then the
+        # broker's acknowledgement (acks=all, to another process on this machine); and capture -> acknowledged
+        # adds the frames' time in the producer, the broker and the consumer's prefetch
+        split = {"latency_to_produce_p50_ms": percentile_ms([p[0] for p in parts], 50),
+                 "latency_to_produce_p99_ms": percentile_ms([p[0] for p in parts], 99),
+                 "ack_wait_p50_ms": percentile_ms([p[1] - p[0] for p in parts], 50),
+                 "ack_wait_p99_ms": percentile_ms([p[1] - p[0] for p in parts], 99),
+                 "capture_to_ack_p50_ms": percentile_ms([p[2] for p in parts], 50),
+                 "capture_to_ack_p99_ms": percentile_ms([p[2] for p in parts], 99),
+                 # the acknowledgement reaches the analyzer's code at its next poll, after the batch in progress
+                 "ack_noticed_after_p50_ms": percentile_ms([p[3] for p in parts], 50),
+                 "ack_noticed_after_p99_ms": percentile_ms([p[3] for p in parts], 99)}
         half = [(t, lag) for t, lag, _, _ in samples if t >= duration / 2]
         slope = float(np.polyfit([t for t, _ in half], [lag for _, lag in half], 1)[0]) if len(half) >= 3 else 0.0
         input_rate = streams * 10.0  # frames per second
@@ -332,13 +348,14 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             "guarantee": "exactly-once" if exactly_once else "at-least-once",
             **({"consumer_options": consumer_options} if consumer_options else {}),
             **({"producer_options": producer_options} if producer_options else {}),
+            "max_batch": cfg.batch_size,
             "sustained": bool(sustained), "lag_trend_records_per_s": round(slope, 2),
             "max_lag_records": int(max((lag for _, lag, _, _ in samples), default=0)),
             "drain_seconds": round(drain_s, 2), "windows": windows, "windows_expected": expected,
             "analyzer_cpu_busy": round(float(np.mean(busy)), 3) if busy else None,
             "streams_per_core": round(spc, 1) if spc else None,
             "served_streams_per_core": round(served, 1) if served else None, **vs_engine, **shape,
-            "latency_p50_ms": percentile_ms(lat, 50), "latency_p99_ms": percentile_ms(lat, 99),
+            "latency_p50_ms": percentile_ms(lat, 50), "latency_p99_ms": percentile_ms(lat, 99), **split,
             "bytes_per_stream": round(state), "model": analyzer.bundle.ref, "cpu": cpu_name(),
             "lag_samples": [[round(t, 1), lag] for t, lag, _, _ in samples],
         }
@@ -491,6 +508,8 @@ def add_parser(sub):
                    help="kafka mode: a librdkafka setting for the analyzer's consumer (e.g. fetch.min.bytes=65536)")
     p.add_argument("--producer-option", action="append", default=[], metavar="KEY=VALUE",
                    help="kafka mode: a librdkafka setting for the analyzer's producer (e.g. linger.ms=5)")
+    p.add_argument("--max-batch", type=int, default=None, metavar="FRAMES",
+                   help="kafka mode: the analyzer's --max-batch (frames per step; the latency / throughput trade)")
     p.add_argument("--analyzers", type=int, default=0,
                    help="kafka mode: N `audiostream analyze` processes in one consumer group, one per CPU (consumer-"
                         "group scaling: compare 1 and 2 back to back)")
@@ -544,7 +563,7 @@ def run(args) -> int:
         result = kafka_bench(streams=streams, duration=args.duration, bootstrap=args.bootstrap_servers,
                              model=args.model, partitions=args.partitions, engine_seconds=args.engine_seconds,
                              exactly_once=args.exactly_once, consumer_options=_options(args.consumer_option),
-                             producer_options=_options(args.producer_option),
+                             producer_options=_options(args.producer_option), max_batch=args.max_batch,
                              progress=lambda d, t, lag: bar.update(d, f"lag {lag}"))
     else:
         streams = args.streams or 2000
@@ -627,6 +646,13 @@ def table_rows(r: dict) -> list[tuple[str, str]]:
                  ("analyzer core busy", f"{r['analyzer_cpu_busy']:.0%}" if r["analyzer_cpu_busy"] else "-"),
                  ("latency p50 / p99", f"{r['latency_p50_ms']} / {r['latency_p99_ms']} ms "
                                        "(last frame arrives -> prediction acknowledged)"),
+                 ("  of which", f"analyzer p50 / p99 {r.get('latency_to_produce_p50_ms')} / "
+                                f"{r.get('latency_to_produce_p99_ms')} ms, waiting for Kafka's acknowledgement "
+                                f"{r.get('ack_wait_p50_ms')} / {r.get('ack_wait_p99_ms')} ms (noticed by the "
+                                f"analyzer {r.get('ack_noticed_after_p50_ms')} / {r.get('ack_noticed_after_p99_ms')} "
+                                "ms later)"),
+                 ("capture -> acknowledged", f"{r.get('capture_to_ack_p50_ms')} / {r.get('capture_to_ack_p99_ms')} ms "
+                                             "(adds the frames' way through Kafka to the analyzer)"),
                  ("streams per core", f"{r['streams_per_core'] or '-'} sustained, "
                                       f"{r.get('served_streams_per_core') or '-'} served (2nd half)")]
         if r.get("engine_streams_per_core"):

@@ -77,6 +77,9 @@ ANALYZER_SETTINGS: tuple[Setting, ...] = (
             "exit non-zero if Kafka stays unreachable (or outputs unacknowledged) this long", metavar="SECONDS"),
     Setting("max_reorder", int, 4, "--max-reorder",
             "frames held back per stream to put a reordering right before calling it a gap", metavar="FRAMES"),
+    Setting("batch_size", int, 1000, "--max-batch",
+            "most frames taken from Kafka per step: smaller batches cut window latency when the analyzer is "
+            "near its capacity, at some cost in streams per core (docs/performance.md)", metavar="FRAMES"),
     Setting("blas_threads", int, 1, "--blas-threads",
             "threads BLAS (numpy's matmuls) may use in this process; one analyzer is sized as one core, "
             "scale with replicas", metavar="N"),
@@ -209,6 +212,10 @@ def resolve(*, config_file: str | None = None, kafka_properties: dict | None = N
         if v is not None:
             analyzer[k] = _coerce(k, v, ANALYZER_KEYS[k][0], "flag")
             sources["analyzer." + k] = "flag"
+    for k in ("batch_size", "blas_threads", "max_reorder"):
+        if analyzer[k] < (0 if k == "max_reorder" else 1):
+            raise ConfigError(f"analyzer.{k}={analyzer[k]} ({sources.get('analyzer.' + k, 'default')}) must be "
+                              f"{'0 or more' if k == 'max_reorder' else 'at least 1'}")
     if analyzer["auto_offset_reset"] not in ("earliest", "latest"):
         raise ConfigError(f"analyzer.auto_offset_reset={analyzer['auto_offset_reset']!r} must be earliest or latest")
     return Settings(kafka, analyzer, sources)

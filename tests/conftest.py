@@ -10,6 +10,22 @@ settings.register_profile("audiostream", derandomize=not os.environ.get("AUDIOST
 settings.load_profile("audiostream")
 
 
+WORKER_BROKERS = {}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist, on the controller: which broker a worker's integration tests ran against."""
+    broker = getattr(node, "workeroutput", {}).get("audiostream_broker")
+    if broker:
+        WORKER_BROKERS[node.gateway.id] = broker
+
+
+def pytest_terminal_summary(terminalreporter):
+    for worker, broker in sorted(WORKER_BROKERS.items()):
+        terminalreporter.write_line(f"integration tests on {worker} ran against: {broker}")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

@@ -347,11 +347,15 @@ class LocalCluster:
         self.node(node_id).stop(timeout, remove=False)
 
     def leader(self, topic: str, partition: int = 0, timeout: float = 10.0) -> int:
-        """The node id leading ``topic[partition]`` now."""
+        """The node id leading ``topic[partition]`` now; -1 while the broker asked does not know the partition
+        yet (a new topic reaches each broker's metadata on its own time)."""
         from confluent_kafka.admin import AdminClient
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         md = admin.list_topics(topic, timeout=timeout)
-        return md.topics[topic].partitions[partition].leader
+        found = md.topics.get(topic)
+        if found is None or found.error is not None or partition not in found.partitions:
+            return -1
+        return found.partitions[partition].leader
 
     def controller(self, timeout: float = 60.0) -> int:
         """The node id of the active KRaft controller (the quorum leader), from Kafka's own

@@ -57,8 +57,16 @@ def kafka_conf():
         broker.stop()
 
 
+def pytest_sessionfinish(session):
+    """Under pytest-xdist (``make test`` runs two workers) each worker has its own session broker: hand what
+    it ran against to the controller, whose terminal summary (tests/conftest.py) prints it."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and BROKER_INFO:
+        workeroutput["audiostream_broker"] = BROKER_INFO["broker"]
+
+
 def pytest_terminal_summary(terminalreporter):
-    if BROKER_INFO:
+    if BROKER_INFO and not hasattr(terminalreporter.config, "workeroutput"):
         terminalreporter.write_line(f"integration tests ran against: {BROKER_INFO['broker']}")
 
 

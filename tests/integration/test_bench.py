@@ -53,3 +53,9 @@ def test_kafka_bench_json(kafka_conf):
     assert r["kafka_vs_engine_basis"] in ("sustained", "served (not sustained)")
     kafka_spc = r["streams_per_core"] if r["kafka_vs_engine_basis"] == "sustained" else r["served_streams_per_core"]
     assert r["kafka_vs_engine"] == pytest.approx(kafka_spc / r["engine_streams_per_core"], rel=0.01)
+    # the latency split: the analyzer's part and the wait for Kafka's acknowledgement, each no more than the whole;
+    # capture -> acknowledged includes the frames' way to the analyzer, so no less than arrival -> acknowledged
+    assert 0 <= r["latency_to_produce_p50_ms"] <= r["latency_p50_ms"]
+    assert 0 <= r["ack_wait_p50_ms"] <= r["latency_p50_ms"]
+    assert r["capture_to_ack_p50_ms"] >= r["latency_p50_ms"]
+    assert r["ack_noticed_after_p99_ms"] >= 0  # librdkafka gave each record's own time to the acknowledgement

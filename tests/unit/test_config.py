@@ -1,4 +1,5 @@
 """One config format: flags > environment > file > defaults; bad keys named; secrets masked."""
+import re
 import subprocess
 import sys
 
@@ -127,3 +128,33 @@ def test_an_analyzer_runs_blas_on_the_threads_its_setting_allows():
         assert a.config.blas_threads == 1 and blas() == {1}
         Analyzer(AnalyzerConfig(kafka={"bootstrap.servers": "127.0.0.1:1"}, metrics_port=None, blas_threads=2))
         assert blas() == {2}
+
+
+def analyze_args(argv):
+    import argparse
+
+    from consumers.analyzer import add_parser
+    root = argparse.ArgumentParser()
+    add_parser(root.add_subparsers())
+    return root.parse_args(argv)
+
+
+def _config(args):
+    from consumers.analyzer import config_from_args
+    return config_from_args(args)
+
+
+@pytest.mark.parametrize("flag,value,msg", [("--max-batch", "0", "analyzer.batch_size=0 (flag) must be at least 1"),
+                                            ("--blas-threads", "0", "analyzer.blas_threads=0 (flag) must be at least 1"),
+                                            ("--max-reorder", "-1", "analyzer.max_reorder=-1 (flag) must be 0 or more")])
+def test_counts_out_of_range_are_refused_naming_the_setting(flag, value, msg):
+    args = analyze_args(["analyze", flag, value, "-b", "h:1"])
+    with pytest.raises(ConfigError, match=re.escape(msg)):
+        _config(args)
+
+
+def test_max_batch_reaches_the_analyzer(monkeypatch):
+    assert _config(analyze_args(["analyze", "-b", "h:1"])).batch_size == 1000
+    monkeypatch.setenv("AUDIOSTREAM_ANALYZER_BATCH_SIZE", "250")
+    assert _config(analyze_args(["analyze", "-b", "h:1"])).batch_size == 250
+    assert _config(analyze_args(["analyze", "--max-batch", "100", "-b", "h:1"])).batch_size == 100
