@@ -169,6 +169,11 @@ class TranscriberMetrics:
         self.e2e_latency = Histogram("audiostream_transcript_end_to_end_latency_seconds",
                                      "From an utterance's last sample (producer's capture clock) to its transcript "
                                      "acknowledged by Kafka", registry=r, buckets=TRANSCRIPT_LATENCY_BUCKETS)
+        self.caption_latency = Histogram("audiostream_caption_latency_seconds",
+                                         "From the end of a stretch of speech (producer's capture clock) to the first "
+                                         "transcript record showing it acknowledged by Kafka: a pause caption, a "
+                                         "periodic partial or the final, whichever came first", registry=r,
+                                         buckets=TRANSCRIPT_LATENCY_BUCKETS)
         self.replayed = Counter("audiostream_utterances_replayed_total",
                                 "Utterances rebuilt after a restart or rebalance whose transcripts were already "
                                 "published (not published again)", registry=r)

@@ -611,9 +611,8 @@ class TranscriberService:
             if sid not in self.streams.streams:
                 self._stream_partition.pop(sid, None)  # ended
         self._count_sequence_events()
-        if self.caption_latencies is not None:
-            for f in self.streams.pending_captions:  # before any final's acknowledgement can cover them
-                self._segment(f)
+        for f in self.streams.pending_captions:  # before any final's acknowledgement can cover them
+            self._segment(f)
         self._publish(finished)
         if c.pause_captions:
             self._pause_captions()
@@ -643,8 +642,7 @@ class TranscriberService:
                 continue
             u = f.utterance
             self._finals_made = True
-            if self.caption_latencies is not None:
-                self._segment(f)
+            self._segment(f)
             cached = self._caption_cache.get(f.stream_id)
             if cached is not None and cached[:2] == (f.session_id, u.start_sample):
                 del self._caption_cache[f.stream_id]
@@ -745,8 +743,6 @@ class TranscriberService:
         """An acknowledgement callback part: the segments of ``rec``'s utterance it covers (end <= its end) get their
         caption latency: segment end (capture clock) -> this record acknowledged, with its pause-rule part (segment
         end -> the sample that triggered this record, stream time) and service part (that frame read -> acked)."""
-        if self.caption_latencies is None:
-            return lambda msg: None
         produced_mono, produced_ns = time.monotonic(), time.time_ns()
         key = (rec["session_id"], rec["start_sample"])
 
@@ -761,8 +757,10 @@ class TranscriberService:
                 if seg[:2] == key and seg[2] <= rec["end_sample"]:
                     e2e = max(0.0, (produced_ns + delay * 1e9 - seg[3]) / 1e9)
                     wait = None if trigger_sample is None else (trigger_sample - seg[2]) / SAMPLE_RATE
-                    self.caption_latencies.append((kind, e2e, wait, produced_mono + delay - arrival,
-                                                   produced_mono + delay))
+                    self.metrics.caption_latency.observe(e2e)
+                    if self.caption_latencies is not None:
+                        self.caption_latencies.append((kind, e2e, wait, produced_mono + delay - arrival,
+                                                       produced_mono + delay))
                 else:
                     keep.append(seg)
             segs[:] = keep

@@ -304,6 +304,8 @@ def test_the_metrics_the_alert_rules_use_are_served(live, offline):
     published_by_second = len(offline) - len({r["id"] for r in live["before"]})
     assert total("audiostream_transcripts_total") >= published_by_second > 0
     assert total("audiostream_transcript_latency_seconds_count") >= published_by_second
+    # every stretch of speech the second instance noted got a caption latency when a record first showed it
+    assert total("audiostream_caption_latency_seconds_count") > 0
     assert total("audiostream_transcribed_audio_seconds_total") > 0
     assert total("audiostream_transcription_cpu_seconds_total") > 0
 
