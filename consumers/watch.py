@@ -14,8 +14,8 @@ Live captions: ``watch --topic audio.transcripts`` (or ``--captions`` for a topi
 another name) prints one line per utterance as the transcriber publishes it:
 stream, start-end in stream seconds, text (a repeat after a transcriber restart,
 same id, is shown once). On a terminal, a partial transcript of an utterance still
-open (``"final": false``) is shown as a line that updates in place and is replaced
-by the final one; elsewhere (a pipe, a log) only finals are printed, ``--json``
+open (``"final": false``) is shown as a line that updates in place (one per stream
+talking, at the bottom) and is replaced by the final one; elsewhere (a pipe, a log) only finals are printed, ``--json``
 prints every record.
 
 Genre and mood: the table also reads the music tagger's topic (``--tags-topic``, default
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import signal
+import shutil
 import sys
 import threading
 import time
@@ -100,17 +101,21 @@ class Caption:
 
 class CaptionView:
     """Captions on a text stream. Finals: one line each, each utterance once. Partials (on a terminal, ``tty``):
-    one line at the bottom, rewritten in place as an utterance grows and replaced by its final line; a partial
-    that arrives after its final (or for an utterance already shown) is ignored. Without ``tty`` partials are
-    not shown (a pipe or a log gets the finals only)."""
+    a block at the bottom with one line per stream whose utterance is open (the newest ``max_live`` streams),
+    each rewritten in place as its utterance grows and replaced by its final line; a partial that arrives after
+    its final (or for an utterance already shown) is ignored. Without ``tty`` partials are not shown (a pipe or a
+    log gets the finals only)."""
 
-    CLEAR = "\r\033[K"
+    CLEAR = "\r\033[K"   # to the line's start, erase it
+    UP = "\033[1A"        # the cursor one line up
 
-    def __init__(self, out, *, tty: bool, remember: int = 10000):
+    def __init__(self, out, *, tty: bool, remember: int = 10000, max_live: int = 8, width: int | None = None):
         import collections
-        self.out, self.tty, self.remember = out, tty, remember
+        self.out, self.tty, self.remember, self.max_live = out, tty, remember, max_live
+        self.width = width  # a terminal's columns: a partial line is cut to fit, so erasing it erases one row
         self.done: collections.OrderedDict = collections.OrderedDict()  # utterance ids shown as finals
-        self.live: Caption | None = None  # the partial on the bottom line
+        self.live: collections.OrderedDict = collections.OrderedDict()  # stream id -> its open utterance's partial
+        self.shown = 0  # rows of the partials block now on the screen
 
     def add(self, c: Caption) -> bool:
         """Show ``c``; True when it was a new final line."""
@@ -119,23 +124,39 @@ class CaptionView:
             return False  # a repeat (at-least-once) or a partial overtaken by its final
         if not c.final:
             if self.tty:
-                self.live = c
-                self.out.write(self.CLEAR + format_caption(c) + " ...")
+                self.live.pop(c.stream_id, None)
+                self.live[c.stream_id] = c  # the stream's newest partial, at the bottom
+                while len(self.live) > self.max_live:
+                    self.live.popitem(last=False)
+                self._erase()
+                self._draw()
                 self.out.flush()
             return False
         self.done[uid] = None
         if len(self.done) > self.remember:
             self.done.popitem(last=False)
-        if self.tty and self.live is not None:
-            self.out.write(self.CLEAR)
+        live = self.live.get(c.stream_id)
+        if live is not None and live.utterance_id == uid:
+            del self.live[c.stream_id]
+        self._erase()
         self.out.write(format_caption(c) + "\n")
-        if self.live is not None:
-            if self.live.utterance_id == uid:
-                self.live = None
-            elif self.tty:  # another stream's utterance is still open: its partial goes back on the bottom line
-                self.out.write(format_caption(self.live) + " ...")
+        self._draw()
         self.out.flush()
         return True
+
+    def _erase(self) -> None:
+        if self.shown:
+            self.out.write(self.CLEAR + (self.UP + self.CLEAR) * (self.shown - 1))
+            self.shown = 0
+
+    def _draw(self) -> None:
+        if not self.tty or not self.live:
+            return
+        lines = [format_caption(p) + " ..." for p in self.live.values()]
+        if self.width:
+            lines = [ln if len(ln) < self.width else ln[:self.width - 2] + "~" for ln in lines]
+        self.out.write("\n".join(lines))
+        self.shown = len(lines)
 
 
 def format_detections(d: dict) -> str:
@@ -348,7 +369,8 @@ def run_captions(args, kafka: dict, stop: threading.Event) -> int:
     update the bottom line on a terminal (:class:`CaptionView`). ``--max`` counts final transcripts."""
     import collections
     seen: collections.OrderedDict = collections.OrderedDict()
-    view = CaptionView(sys.stdout, tty=sys.stdout.isatty())
+    tty = sys.stdout.isatty()
+    view = CaptionView(sys.stdout, tty=tty, width=shutil.get_terminal_size().columns if tty else None)
     n = 0
     for c in subscribe(topic=args.topic, from_beginning=args.from_beginning, kafka=kafka, stop=stop,
                        idle_timeout=args.idle_timeout, parse=Caption.from_json):

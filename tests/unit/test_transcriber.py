@@ -389,16 +389,33 @@ def test_watch_shows_a_partial_as_an_updating_line_replaced_by_the_final():
         _caption(0, 56000, "The birch canoe slid.", True)
     b1 = _caption(16000, 40000, "glue the", False, stream="t")
     assert [view.add(c) for c in (a1, a2, b1, fa, a2, fa)] == [False, False, False, True, False, False]
-    clear = CaptionView.CLEAR
-    assert out.getvalue() == (clear + format_caption(a1) + " ..." + clear + format_caption(a2) + " ..."
-                              + clear + format_caption(b1) + " ..."
-                              + clear + format_caption(fa) + "\n" + format_caption(b1) + " ...")
+    clear, up = CaptionView.CLEAR, CaptionView.UP
+    assert out.getvalue() == (format_caption(a1) + " ..."
+                              + clear + format_caption(a2) + " ..."
+                              # two streams talking: one line each, the block redrawn
+                              + clear + format_caption(a2) + " ...\n" + format_caption(b1) + " ..."
+                              # a's final above, b's partial stays
+                              + clear + up + clear + format_caption(fa) + "\n" + format_caption(b1) + " ...")
     # a pipe or a log: the finals only, each once
     out = io.StringIO()
     view = CaptionView(out, tty=False)
     for c in (a1, a2, b1, fa, fa):
         view.add(c)
     assert out.getvalue() == format_caption(fa) + "\n"
+
+
+def test_watch_keeps_the_newest_streams_partials_each_cut_to_the_terminal():
+    import io
+
+    from consumers.watch import CaptionView
+    out = io.StringIO()
+    view = CaptionView(out, tty=True, max_live=2, width=40)
+    for i, sid in enumerate(("s1", "s2", "s3", "s2")):
+        view.add(_caption(0, 16000 * (i + 1), "a long sentence that goes on and on " * 2, False, stream=sid))
+    assert list(view.live) == ["s3", "s2"]  # s1 dropped from the block, s2 moved to the bottom
+    last_block = out.getvalue().rsplit(CaptionView.CLEAR, 1)[1].split("\n")
+    assert len(last_block) == 2 and all(len(ln) <= 39 and ln.endswith("~") for ln in last_block)
+    assert last_block[0].startswith("s3") and last_block[1].startswith("s2")
 
 
 def test_the_one_core_replay_of_bench_transcribe_queues_first_come_first_served():
