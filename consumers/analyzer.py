@@ -606,10 +606,15 @@ class Analyzer:
                 log.error("output to %s not delivered: %s", msg.topic(), err.str())
             elif on_ok is not None:
                 on_ok(msg)
-        try:  # the common case without the helper's call; a full local queue waits in produce()
-            self.producer.produce(topic, value=value, key=key, on_delivery=delivered, headers=headers)
-        except BufferError:
-            produce(self.producer, topic, value, key, on_delivery=delivered, headers=headers)
+        try:
+            try:  # the common case without the helper's call; a full local queue waits in produce()
+                self.producer.produce(topic, value=value, key=key, on_delivery=delivered, headers=headers)
+            except BufferError:
+                produce(self.producer, topic, value, key, on_delivery=delivered, headers=headers)
+        except KafkaException as exc:  # exactly-once: the open transaction already failed (the checkpoint rewinds)
+            if not self.checkpoint.refused(exc, delivered_to_checkpoint):
+                raise
+            self.metrics.delivery_errors.labels(topic).inc()
 
     def _infer(self, windows: list[Window]) -> np.ndarray:
         c, m, b = self.config, self.metrics, self.bundle

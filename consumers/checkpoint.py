@@ -23,7 +23,8 @@ of a batch must not make part of its outputs visible while the offsets point bef
 
 Exactly-once tells apart the errors a transaction survives from those the analyzer does not: an
 *abortable* one (an output refused during a leader failover, a commit the coordinator answered with
-an abortable error) aborts the transaction and **rewinds**: every partition read since the last
+an abortable error; ``produce()`` itself refused because such an error already failed the open transaction,
+``refused``) aborts the transaction and **rewinds**: every partition read since the last
 commit is sought back to that commit (``resume_at``: its offset and done marker) and ``on_rewind``
 drops the streams on it, so their state is rebuilt from the log exactly as after a crash, and the
 aborted outputs are published again in a later transaction. A *retriable* commit error retries the
@@ -43,7 +44,7 @@ import threading
 import time
 from typing import Callable
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 log = logging.getLogger("audiostream.checkpoint")
 
@@ -146,6 +147,11 @@ class Checkpoint:
                 with self._lock:
                     self._delivery_failures += 1
         return delivered
+
+    def refused(self, exc: KafkaException, delivered: Callable) -> bool:
+        """``produce()`` raised ``exc`` for an output tracked by ``delivered`` (from ``track``): True if that is a
+        refused output this checkpoint recovers from (counted as one), False if the caller must raise it."""
+        return False
 
     def store(self, high: dict[TP, int], low: dict[TP, int] | None = None) -> None:
         """The current batch processed every record up to ``high[tp]`` (from ``low[tp]``, which says where a
@@ -325,6 +331,18 @@ class ExactlyOnce(Checkpoint):
                 with self._lock:
                     self._delivery_failures += 1
         return delivered
+
+    def refused(self, exc: KafkaException, delivered: Callable) -> bool:
+        """An output of the open transaction refused in ``produce()`` itself: once an earlier output was refused
+        asynchronously (or a sequence gap needs an epoch bump), librdkafka moves the transaction from
+        InTransaction to AbortableError and refuses every further ``produce()`` with _STATE ("Erroneous state"),
+        typically in the middle of a batch. That is the same refusal, not a crash: counted against this
+        transaction, which the next ``tick`` aborts and rewinds."""
+        err = exc.args[0] if exc.args else None
+        if err is None or err.code() != KafkaError._STATE or not self.txn_open or self.failed:
+            return False
+        delivered(err)
+        return True
 
     def tick(self, now: float) -> None:
         failed = self._take_delivery_failures()

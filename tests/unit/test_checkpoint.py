@@ -301,3 +301,61 @@ def test_exactly_once_abortable_error_while_revoking_rewinds_only_the_kept_parti
     batch(cp, 0.0, {TP0: 9, TP1: 2}, outputs=1, low={TP0: 5, TP1: 0})
     cp.revoke({TP0})
     assert consumer.seeks == [(TP1, 0)] and rewound == [{TP1}] and failures == [] and TP0 not in cp.assigned
+
+
+def test_exactly_once_produce_refused_in_a_failed_transaction_rewinds_instead_of_crashing():
+    """An output refused asynchronously moves librdkafka's transaction to AbortableError, and every produce() of the
+    batch still running raises _STATE ("Erroneous state"). The analyzer hands that exception to the checkpoint:
+    counted as a refused output of the open transaction, aborted and rewound at the next tick (it crashed the
+    analyzer before: issue #19, 0 of 44 windows); any other produce error is the caller's to raise."""
+    cp, consumer, producer, clock, failures, outcomes, rewound = make_rewinding()
+    state = KafkaException(KafkaError(KafkaError._STATE, "Unable to produce message: Local: Erroneous state"))
+    cp.begin(0.0)
+    first = cp.track()
+    first(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER))      # the async refusal (served later, or not yet)
+    assert cp.refused(state, cp.track()) and cp.refused(state, cp.track())
+    assert not cp.refused(KafkaException(KafkaError(KafkaError._INVALID_ARG, "bad")), cp.track())
+    cp.store({TP0: 9}, {TP0: 0})
+    cp.end(0.0)
+    cp.tick(0.1)
+    assert producer.calls == ["begin", "abort"] and failures == [] and outcomes == ["aborted"]
+    assert consumer.seeks == [(TP0, 0)] and rewound == [{TP0}]
+    at_least_once, *_ = make(AtLeastOnce)
+    at_least_once.begin(0.0)
+    assert not at_least_once.refused(state, at_least_once.track())   # no transaction: an error to raise
+
+
+def test_the_analyzer_hands_a_produce_refused_mid_batch_to_the_checkpoint_and_keeps_running():
+    """The analyzer's side of the test above, with the analyzer's own output path: the producer starts refusing
+    produce() with _STATE in the middle of a batch; the batch completes, the next tick aborts and rewinds."""
+    from consumers.analyzer import Analyzer, AnalyzerConfig
+    from streamproc import wire
+
+    from .test_analyzer_moves import Msg, frames
+
+    class FailingProducer(Producer):
+        def __init__(self, accept):
+            super().__init__()
+            self.accept, self.out = accept, []
+
+        def produce(self, topic, value=None, key=None, on_delivery=None, headers=None):
+            if len(self.out) >= self.accept:
+                raise KafkaException(KafkaError(KafkaError._STATE, "Unable to produce message: Local: Erroneous state"))
+            self.out.append(topic)
+
+        def poll(self, timeout=0):
+            return 0
+
+    a = Analyzer(AnalyzerConfig(kafka={}, metrics_port=None, frames_topic="f", predictions_topic="p",
+                                features_topic="x", deadletter_topic="d", exactly_once=True))
+    a.producer, a.consumer = FailingProducer(accept=2), Consumer()
+    a.checkpoint = ExactlyOnce(a.consumer, a.producer, needs=a._partition_needs, on_fail=a._fail,
+                               on_rewind=a._rewind, interval_s=1.0, unavailable_timeout_s=10.0)
+    a.checkpoint.assign([TopicPartition("f", 0, 0)])
+    f = frames(wire.new_session_id(), range(40))
+    a.process_batch([Msg("f", 0, i, b"s", f[i]) for i in range(40)])   # 4 s: several windows, each two outputs
+    assert len(a.producer.out) == 2 and a._fatal is None
+    a.checkpoint.tick(0.1)
+    assert a.producer.calls == ["begin", "abort"] and a.consumer.seeks == [(("f", 0), 0)]
+    assert a.metrics.registry.get_sample_value("audiostream_transaction_rewinds_total") == 1
+    assert a._fatal is None and not a.checkpoint.failed and "s" not in a.engine.streams
