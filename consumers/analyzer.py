@@ -243,7 +243,8 @@ class Analyzer:
             pconf["transactional.id"] = f"audiostream-{c.group_id}-{self.instance}"
             pconf["transaction.timeout.ms"] = pconf["message.timeout.ms"]  # librdkafka: must be >= the message timeout
         pconf.update(c.producer_overrides)
-        self.producer = Producer(producer_config(c.kafka, **pconf))
+        self._producer_conf = producer_config(c.kafka, **pconf)
+        self.producer = Producer(self._producer_conf)
         if c.exactly_once:
             try:
                 self.producer.init_transactions(30)
@@ -254,10 +255,17 @@ class Analyzer:
             c.exactly_once, self.consumer, self.producer, needs=self._partition_needs, on_fail=self._fail,
             on_commit=lambda outcome: self.metrics.commits.labels(outcome).inc(), on_rewind=self._rewind,
             interval_s=c.transaction_interval_s if c.exactly_once else c.commit_interval_s,
-            unavailable_timeout_s=c.unavailable_timeout_s)
+            unavailable_timeout_s=c.unavailable_timeout_s, make_producer=self._replacement_producer)
         self.consumer.subscribe([c.frames_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         self._started = True
+
+    def _replacement_producer(self) -> Producer:
+        """Exactly-once: the checkpoint gave up on a producer whose transaction could not be aborted; outputs go
+        to this new one (same transactional.id; the checkpoint initialises it, which fences the old one)."""
+        self.metrics.producer_replacements.inc()
+        self.producer = Producer(self._producer_conf)
+        return self.producer
 
     def _on_kafka_error(self, err) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -607,10 +615,15 @@ class Analyzer:
                 log.error("output to %s not delivered: %s", msg.topic(), err.str())
             elif on_ok is not None:
                 on_ok(msg)
-        try:  # the common case without the helper's call; a full local queue waits in produce()
-            self.producer.produce(topic, value=value, key=key, on_delivery=delivered, headers=headers)
-        except BufferError:
-            produce(self.producer, topic, value, key, on_delivery=delivered, headers=headers)
+        try:
+            try:  # the common case without the helper's call; a full local queue waits in produce()
+                self.producer.produce(topic, value=value, key=key, on_delivery=delivered, headers=headers)
+            except BufferError:
+                produce(self.producer, topic, value, key, on_delivery=delivered, headers=headers)
+        except KafkaException as exc:  # exactly-once: the open transaction already failed (the checkpoint rewinds)
+            if not self.checkpoint.refused(exc, delivered_to_checkpoint):
+                raise
+            self.metrics.delivery_errors.labels(topic).inc()
 
     def _infer(self, windows: list[Window]) -> np.ndarray:
         c, m, b = self.config, self.metrics, self.bundle

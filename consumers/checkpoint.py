@@ -23,7 +23,8 @@ of a batch must not make part of its outputs visible while the offsets point bef
 
 Exactly-once tells apart the errors a transaction survives from those the analyzer does not: an
 *abortable* one (an output refused during a leader failover, a commit the coordinator answered with
-an abortable error) aborts the transaction and **rewinds**: every partition read since the last
+an abortable error; ``produce()`` itself refused because such an error already failed the open transaction,
+``refused``) aborts the transaction and **rewinds**: every partition read since the last
 commit is sought back to that commit (``resume_at``: its offset and done marker) and ``on_rewind``
 drops the streams on it, so their state is rebuilt from the log exactly as after a crash, and the
 aborted outputs are published again in a later transaction. A *retriable* commit error retries the
@@ -31,8 +32,15 @@ commit. A *fatal* one (a fenced producer, another instance with the same transac
 as does a rewind without an ``on_rewind`` hook or rewinds that make no progress for
 ``unavailable_timeout_s``.
 
-No I/O of its own: the Kafka consumer and producer are passed in, so the unit tests drive it
-with small fakes (tests/unit/test_checkpoint.py).
+An abort that does not complete within ``abort_timeout_s`` (librdkafka cannot finish it: e.g. the epoch
+bump an OUT_OF_ORDER_SEQUENCE_NUMBER requires, KIP-360, or an abort sent while the transaction coordinator
+moves, librdkafka#3779), or fails with a non-fatal error, **replaces the producer**: the wedged one is purged
+and dropped, ``make_producer`` builds a new one with the same ``transactional.id``, and its
+``init_transactions`` fences the old epoch and has the coordinator abort the old transaction; then the
+rewind goes on as usual. Without ``make_producer`` such an abort stops, as before.
+
+No I/O of its own: the Kafka consumer and producer (and the factory of replacement producers) are
+passed in, so the unit tests drive it with small fakes (tests/unit/test_checkpoint.py).
 """
 from __future__ import annotations
 
@@ -43,7 +51,7 @@ import threading
 import time
 from typing import Callable
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 log = logging.getLogger("audiostream.checkpoint")
 
@@ -146,6 +154,11 @@ class Checkpoint:
                 with self._lock:
                     self._delivery_failures += 1
         return delivered
+
+    def refused(self, exc: KafkaException, delivered: Callable) -> bool:
+        """``produce()`` raised ``exc`` for an output tracked by ``delivered`` (from ``track``): True if that is a
+        refused output this checkpoint recovers from (counted as one), False if the caller must raise it."""
+        return False
 
     def store(self, high: dict[TP, int], low: dict[TP, int] | None = None) -> None:
         """The current batch processed every record up to ``high[tp]`` (from ``low[tp]``, which says where a
@@ -299,8 +312,14 @@ class AtLeastOnce(Checkpoint):
 class ExactlyOnce(Checkpoint):
     exactly_once = True
 
-    def __init__(self, consumer, producer, **kw):
+    def __init__(self, consumer, producer, *, make_producer: Callable[[], object] | None = None,
+                 abort_timeout_s: float = 10.0, **kw):
         super().__init__(consumer, producer, **kw)
+        # a new, not yet initialised producer with the same transactional.id, to replace one whose transaction
+        # cannot be aborted; whoever produces outputs must use it from then on (the analyzer's factory sees to it)
+        self.make_producer = make_producer
+        self.abort_timeout_s = abort_timeout_s   # how long an abort may take before the producer is replaced
+        self.producer_replacements = 0
         self.txn_open = False
         self.txn_started = 0.0
         self.generation = 0                 # which transaction an output belongs to (late reports of aborted ones)
@@ -325,6 +344,18 @@ class ExactlyOnce(Checkpoint):
                 with self._lock:
                     self._delivery_failures += 1
         return delivered
+
+    def refused(self, exc: KafkaException, delivered: Callable) -> bool:
+        """An output of the open transaction refused in ``produce()`` itself: once an earlier output was refused
+        asynchronously (or a sequence gap needs an epoch bump), librdkafka moves the transaction from
+        InTransaction to AbortableError and refuses every further ``produce()`` with _STATE ("Erroneous state"),
+        typically in the middle of a batch. That is the same refusal, not a crash: counted against this
+        transaction, which the next ``tick`` aborts and rewinds."""
+        err = exc.args[0] if exc.args else None
+        if err is None or err.code() != KafkaError._STATE or not self.txn_open or self.failed:
+            return False
+        delivered(err)
+        return True
 
     def tick(self, now: float) -> None:
         failed = self._take_delivery_failures()
@@ -372,25 +403,72 @@ class ExactlyOnce(Checkpoint):
                 self.resume_at[tp] = mark
         return True
 
-    def abort(self) -> bool:
+    def abort(self, replace: bool = False) -> bool:
         """Abort the open transaction (its outputs never become visible); True once the producer can begin
         another. A failed abort leaves the same outcome for read_committed readers, so it is not an error of
-        its own, but the producer cannot go on (``recover`` stops)."""
+        its own, but the producer cannot go on: with ``replace`` (and a ``make_producer``) an abort that fails
+        without a fatal error, or takes longer than ``abort_timeout_s``, replaces the producer (True if the new
+        one is ready); else ``recover`` stops. A fatal error (fenced: another instance has our transactional id)
+        never replaces: the new producer would fence that instance in turn."""
         if not self.txn_open:
             return True
         self.generation += 1  # reports of this transaction's outputs arriving from now on are not held against any
-        deadline = self.clock() + self.unavailable_timeout_s
+        replaceable = replace and self.make_producer is not None
+        budget = min(self.abort_timeout_s, self.unavailable_timeout_s) if replaceable else self.unavailable_timeout_s
+        started = self.clock()
         while True:
+            left = started + budget - self.clock()
             try:
-                self.producer.abort_transaction(30)
+                self.producer.abort_transaction(max(0.1, min(30.0, left)))
                 self.txn_open = False
                 return True
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
-                if err is not None and err.retriable() and not err.fatal() and self.clock() < deadline:
-                    continue
+                what = err.str() if err is not None else str(exc)
+                fatal = err is not None and err.fatal()
+                if err is not None and err.retriable() and not fatal and self.clock() - started < budget:
+                    continue  # librdkafka: call it again, the abort goes on in the background
                 self.txn_open = False
+                if not replaceable or fatal:
+                    log.error("abort_transaction failed: %s", what)
+                    return False
+                return self._replace_producer(f"the transaction could not be aborted within "
+                                              f"{self.clock() - started:.1f}s ({what})")
+
+    def _replace_producer(self, why: str) -> bool:
+        """Drop the producer (its queue purged: nothing of it is produced again) and take a new one with the
+        same transactional.id from ``make_producer``: its ``init_transactions`` bumps the epoch on the coordinator,
+        which fences the old producer and aborts its open transaction. True once the new one can begin a
+        transaction; False (the caller stops) if it cannot be initialised within ``unavailable_timeout_s``."""
+        log.warning("%s: replacing the transactional producer with a new one of the same transactional.id (it "
+                    "fences the old one and the coordinator aborts the old transaction; counted in "
+                    "audiostream_transactional_producer_replacements_total). If this recurs, look at the transaction "
+                    "coordinator: the __transaction_state partition leaders and their brokers' logs", why)
+        try:
+            self.producer.purge(in_queue=True, in_flight=True, blocking=False)
+        except (KafkaException, RuntimeError) as exc:  # a producer in a fatal state may refuse; it is dropped anyway
+            log.info("purging the old producer: %s", exc)
+        self.producer = None  # (the old one is destroyed once the analyzer lets go of it too: make_producer)
+        self.producer_replacements += 1
+        started = self.clock()
+        producer = self.make_producer()
+        while True:
+            left = started + self.unavailable_timeout_s - self.clock()
+            try:
+                producer.init_transactions(max(0.1, min(30.0, left)))
+                break
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if err is not None and err.retriable() and not err.fatal() and self.clock() - started < \
+                        self.unavailable_timeout_s:
+                    continue
+                self.producer = producer
+                log.error("the new transactional producer could not be initialised: %s",
+                          err.str() if err is not None else exc)
                 return False
+        self.producer = producer
+        log.warning("new transactional producer ready after %.1fs", self.clock() - started)
+        return True
 
     def recover(self, why: str, keep_out: set = frozenset()) -> None:
         """An abortable error: abort the transaction, seek every partition read since the last commit back to
@@ -399,8 +477,9 @@ class ExactlyOnce(Checkpoint):
         failed, nothing can rebuild the state, or no commit succeeded for ``unavailable_timeout_s``."""
         if self.failed:
             return
-        if not self.abort():
-            self._stop(f"{why}; the transaction could not be aborted")
+        if not self.abort(replace=True):
+            self._stop(f"{why}; the transaction could not be aborted"
+                       + (", nor a new producer initialised" if self.make_producer is not None else ""))
             return
         if self.on_rewind is None:  # a caller that cannot rebuild its state: the fail-stop contract it was written for
             self._stop(f"{why}; transaction aborted")
@@ -456,5 +535,8 @@ class ExactlyOnce(Checkpoint):
                 self.abort()
 
 
-def for_mode(exactly_once: bool, consumer, producer, *, interval_s: float, **kw) -> Checkpoint:
-    return (ExactlyOnce if exactly_once else AtLeastOnce)(consumer, producer, interval_s=interval_s, **kw)
+def for_mode(exactly_once: bool, consumer, producer, *, interval_s: float, make_producer=None, **kw) -> Checkpoint:
+    """The checkpoint of a delivery mode; ``make_producer`` (exactly-once only) builds a replacement producer."""
+    if exactly_once:
+        return ExactlyOnce(consumer, producer, interval_s=interval_s, make_producer=make_producer, **kw)
+    return AtLeastOnce(consumer, producer, interval_s=interval_s, **kw)

@@ -81,6 +81,10 @@ class AnalyzerMetrics:
         self.rewinds = Counter("audiostream_transaction_rewinds_total",
                                "Exactly-once: transactions aborted on an abortable error, their partitions re-read "
                                "from the last commit and their streams rebuilt", registry=r)
+        self.producer_replacements = Counter(
+            "audiostream_transactional_producer_replacements_total",
+            "Exactly-once: producers replaced by a new one with the same transactional.id because a transaction "
+            "could not be aborted (the new one fences the old and aborts its transaction)", registry=r)
         self.stream_moves = Counter("audiostream_stream_moves_total",
                                     "Streams continued on a partition without their earlier frames (partitions "
                                     "added, or first seen mid-session): state restarted, first window flagged",

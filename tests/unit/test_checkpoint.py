@@ -28,11 +28,14 @@ class Consumer:
 
 
 class Producer:
-    def __init__(self, commit_error=None, commit_errors=()):
+    def __init__(self, commit_error=None, commit_errors=(), abort_errors=(), init_errors=(), clock=None):
         self.calls = []
         self.sent = []
         self.commit_error = commit_error
         self.commit_errors = list(commit_errors)  # raised once each, in order, before commit_error
+        self.abort_errors = list(abort_errors)    # (error, seconds the call blocks before raising it), in order
+        self.init_errors = list(init_errors)
+        self.clock = clock
 
     def begin_transaction(self):
         self.calls.append("begin")
@@ -50,7 +53,21 @@ class Producer:
         self.calls.append("commit")
 
     def abort_transaction(self, timeout):
+        if self.abort_errors:
+            err, blocks_s = self.abort_errors.pop(0)
+            self.calls.append("abort?")
+            self.clock.t += min(blocks_s, timeout)
+            raise KafkaException(err)
         self.calls.append("abort")
+
+    def init_transactions(self, timeout):
+        if self.init_errors:
+            self.calls.append("init?")
+            raise KafkaException(self.init_errors.pop(0))
+        self.calls.append("init")
+
+    def purge(self, in_queue, in_flight, blocking):
+        self.calls.append("purge")
 
     def flush(self, timeout):
         return 0
@@ -65,9 +82,11 @@ class Clock:
 
 
 def make(kind, needs=None, **kw):
-    consumer, producer, clock, failures, outcomes = Consumer(), kw.pop("producer", None) or Producer(), Clock(), [], []
+    consumer, producer = Consumer(), kw.pop("producer", None) or Producer()
+    clock, failures, outcomes = kw.pop("clock", None) or Clock(), [], []
+    kw.setdefault("unavailable_timeout_s", 10.0)
     cp = kind(consumer, producer, needs=lambda tps: dict(needs or {}), on_fail=failures.append,
-              on_commit=outcomes.append, interval_s=1.0, unavailable_timeout_s=10.0, clock=clock, **kw)
+              on_commit=outcomes.append, interval_s=1.0, clock=clock, **kw)
     cp.assign([TopicPartition(*TP0, -1001), TopicPartition(*TP1, -1001)])
     return cp, consumer, producer, clock, failures, outcomes
 
@@ -301,3 +320,140 @@ def test_exactly_once_abortable_error_while_revoking_rewinds_only_the_kept_parti
     batch(cp, 0.0, {TP0: 9, TP1: 2}, outputs=1, low={TP0: 5, TP1: 0})
     cp.revoke({TP0})
     assert consumer.seeks == [(TP1, 0)] and rewound == [{TP1}] and failures == [] and TP0 not in cp.assigned
+
+
+TIMED_OUT = KafkaError(KafkaError._TIMED_OUT, "Failed to flush all outstanding messages within the API timeout",
+                       retriable=True)
+
+
+def make_replacing(old, **kw):
+    """A rewinding exactly-once checkpoint whose producer can be replaced: ``made`` lists the new producers."""
+    made = []
+
+    def make_producer():
+        made.append(Producer())
+        return made[-1]
+    cp, consumer, producer, clock, failures, outcomes, rewound = make_rewinding(
+        producer=old, clock=old.clock, make_producer=make_producer, unavailable_timeout_s=120.0, **kw)
+    return cp, consumer, clock, failures, outcomes, rewound, made
+
+
+def test_exactly_once_abort_that_cannot_complete_replaces_the_producer_and_rewinds():
+    """An abort that keeps timing out (librdkafka cannot finish the epoch bump an OUT_OF_ORDER_SEQUENCE_NUMBER
+    requires) is given up after abort_timeout_s, not --unavailable-timeout: the producer is purged and replaced by
+    one with the same transactional.id (initialised: it fences the old one), the partitions are rewound, and the
+    next transaction goes through the new producer."""
+    clock = Clock()
+    old = Producer(abort_errors=[(TIMED_OUT, 30.0)] * 20, clock=clock)
+    cp, consumer, clock, failures, outcomes, rewound, made = make_replacing(old)
+    acks = batch(cp, 0.0, {TP0: 9}, outputs=1, low={TP0: 0})
+    acks[0](KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER))
+    cp.tick(0.1)
+    assert failures == [] and not cp.failed
+    assert clock.t <= 0.1 + cp.abort_timeout_s < cp.unavailable_timeout_s   # the loop was held 10 s, not 120 s
+    assert old.calls == ["begin", "abort?", "purge"] and len(made) == 1 and made[0].calls == ["init"]
+    assert cp.producer is made[0] and cp.producer_replacements == 1
+    assert outcomes == ["aborted"] and consumer.seeks == [(TP0, 0)] and rewound == [{TP0}]
+    batch(cp, clock.t, {TP0: 9}, outputs=1, low={TP0: 0})        # re-read on the new producer, committed
+    clock.t += 1.0
+    cp.tick(clock.t)
+    assert made[0].calls == ["init", "begin", "commit"] and old.calls == ["begin", "abort?", "purge"]
+    assert outcomes == ["aborted", "ok"] and failures == []
+
+
+def test_exactly_once_abort_refused_in_an_erroneous_state_replaces_the_producer():
+    state = KafkaError(KafkaError._STATE, "Operation not valid in state AbortableError")   # neither retriable nor fatal
+    old = Producer(abort_errors=[(state, 0.0)], clock=Clock())
+    cp, consumer, clock, failures, outcomes, rewound, made = make_replacing(old)
+    acks = batch(cp, 0.0, {TP0: 3}, outputs=1, low={TP0: 0})
+    acks[0](KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+    cp.tick(0.1)
+    assert failures == [] and len(made) == 1 and cp.producer is made[0] and rewound == [{TP0}]
+
+
+def test_exactly_once_fenced_abort_or_a_new_producer_that_cannot_start_stops():
+    fenced = KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
+    old = Producer(abort_errors=[(fenced, 0.0)], clock=Clock())
+    cp, consumer, clock, failures, outcomes, rewound, made = make_replacing(old)
+    acks = batch(cp, 0.0, {TP0: 3}, outputs=1, low={TP0: 0})
+    acks[0](KafkaError(KafkaError.NOT_ENOUGH_REPLICAS))
+    cp.tick(0.1)
+    # another instance owns our transactional.id: a new producer would fence it in turn
+    assert made == [] and failures and "could not be aborted" in failures[0] and rewound == [] and cp.failed
+
+    old = Producer(abort_errors=[(TIMED_OUT, 30.0)] * 20, clock=Clock())
+    cp, consumer, clock, failures, outcomes, rewound, made = make_replacing(old)
+    refused = KafkaError(KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "not authorised", fatal=True)
+    cp.make_producer = lambda: made.append(Producer(init_errors=[refused])) or made[-1]
+    acks = batch(cp, 0.0, {TP0: 3}, outputs=1, low={TP0: 0})
+    acks[0](KafkaError(KafkaError.NOT_ENOUGH_REPLICAS))
+    cp.tick(0.1)
+    assert made[0].calls == ["init?"] and failures and "nor a new producer initialised" in failures[0]
+
+
+def test_exactly_once_without_a_producer_factory_a_wedged_abort_stops_after_the_unavailable_timeout():
+    old = Producer(abort_errors=[(TIMED_OUT, 30.0)] * 20, clock=Clock())
+    cp, consumer, _p, clock, failures, _o, rewound = make_rewinding(producer=old, clock=old.clock,
+                                                                    unavailable_timeout_s=120.0)
+    acks = batch(cp, 0.0, {TP0: 3}, outputs=1, low={TP0: 0})
+    acks[0](KafkaError(KafkaError.NOT_ENOUGH_REPLICAS))
+    cp.tick(0.1)
+    assert clock.t >= 120.0 and failures and "could not be aborted" in failures[0] and rewound == []
+
+
+def test_exactly_once_produce_refused_in_a_failed_transaction_rewinds_instead_of_crashing():
+    """An output refused asynchronously moves librdkafka's transaction to AbortableError, and every produce() of the
+    batch still running raises _STATE ("Erroneous state"). The analyzer hands that exception to the checkpoint:
+    counted as a refused output of the open transaction, aborted and rewound at the next tick (it crashed the
+    analyzer before: issue #19, 0 of 44 windows); any other produce error is the caller's to raise."""
+    cp, consumer, producer, clock, failures, outcomes, rewound = make_rewinding()
+    state = KafkaException(KafkaError(KafkaError._STATE, "Unable to produce message: Local: Erroneous state"))
+    cp.begin(0.0)
+    first = cp.track()
+    first(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER))      # the async refusal (served later, or not yet)
+    assert cp.refused(state, cp.track()) and cp.refused(state, cp.track())
+    assert not cp.refused(KafkaException(KafkaError(KafkaError._INVALID_ARG, "bad")), cp.track())
+    cp.store({TP0: 9}, {TP0: 0})
+    cp.end(0.0)
+    cp.tick(0.1)
+    assert producer.calls == ["begin", "abort"] and failures == [] and outcomes == ["aborted"]
+    assert consumer.seeks == [(TP0, 0)] and rewound == [{TP0}]
+    at_least_once, *_ = make(AtLeastOnce)
+    at_least_once.begin(0.0)
+    assert not at_least_once.refused(state, at_least_once.track())   # no transaction: an error to raise
+
+
+def test_the_analyzer_hands_a_produce_refused_mid_batch_to_the_checkpoint_and_keeps_running():
+    """The analyzer's side of the test above, with the analyzer's own output path: the producer starts refusing
+    produce() with _STATE in the middle of a batch; the batch completes, the next tick aborts and rewinds."""
+    from consumers.analyzer import Analyzer, AnalyzerConfig
+    from streamproc import wire
+
+    from .test_analyzer_moves import Msg, frames
+
+    class FailingProducer(Producer):
+        def __init__(self, accept):
+            super().__init__()
+            self.accept, self.out = accept, []
+
+        def produce(self, topic, value=None, key=None, on_delivery=None, headers=None):
+            if len(self.out) >= self.accept:
+                raise KafkaException(KafkaError(KafkaError._STATE, "Unable to produce message: Local: Erroneous state"))
+            self.out.append(topic)
+
+        def poll(self, timeout=0):
+            return 0
+
+    a = Analyzer(AnalyzerConfig(kafka={}, metrics_port=None, frames_topic="f", predictions_topic="p",
+                                features_topic="x", deadletter_topic="d", exactly_once=True))
+    a.producer, a.consumer = FailingProducer(accept=2), Consumer()
+    a.checkpoint = ExactlyOnce(a.consumer, a.producer, needs=a._partition_needs, on_fail=a._fail,
+                               on_rewind=a._rewind, interval_s=1.0, unavailable_timeout_s=10.0)
+    a.checkpoint.assign([TopicPartition("f", 0, 0)])
+    f = frames(wire.new_session_id(), range(40))
+    a.process_batch([Msg("f", 0, i, b"s", f[i]) for i in range(40)])   # 4 s: several windows, each two outputs
+    assert len(a.producer.out) == 2 and a._fatal is None
+    a.checkpoint.tick(0.1)
+    assert a.producer.calls == ["begin", "abort"] and a.consumer.seeks == [(("f", 0), 0)]
+    assert a.metrics.registry.get_sample_value("audiostream_transaction_rewinds_total") == 1
+    assert a._fatal is None and not a.checkpoint.failed and "s" not in a.engine.streams
