@@ -44,7 +44,7 @@ from streamproc.windowing import WindowSpec
 from streamproc.config import ANALYZER_SETTINGS, add_analyzer_arguments, analyzer_flags
 from streamproc.settings import DEFAULT_MODEL, add_kafka_arguments, masked  # noqa: F401 (demo, bench import it)
 
-from .checkpoint import Checkpoint, for_mode
+from .checkpoint import Checkpoint, fetch_committed, for_mode
 from .metrics import AnalyzerMetrics
 
 log = logging.getLogger("audiostream.analyzer")
@@ -287,7 +287,7 @@ class Analyzer:
     def _on_assign(self, consumer, partitions) -> None:
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
         try:  # the previous owner's commit: where to re-read from, and how far outputs were published
-            committed = consumer.committed(partitions, timeout=30)
+            committed = fetch_committed(consumer, partitions, self.config.unavailable_timeout_s)
         except KafkaException as exc:
             raise OutputDeliveryError(f"cannot read committed offsets on assignment: {exc}") from None
         for (topic, partition), (offset, done) in self.checkpoint.assign(committed).items():

@@ -59,6 +59,30 @@ COMMIT_METADATA_VERSION = 1
 TP = tuple  # (topic, partition)
 
 
+# coordinator answers that mean "ask again": the group coordinator moving (a leader election, a broker restart)
+# or still loading its partition of __consumer_offsets
+_COORDINATOR_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                       KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REQUEST_TIMED_OUT,
+                       KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._WAIT_COORD}
+
+
+def fetch_committed(consumer, partitions, timeout_s: float, *, clock=time.monotonic, sleep=time.sleep) -> list:
+    """``consumer.committed(partitions)`` on assignment, asked again while the group coordinator moves (seen in a
+    cluster test: NOT_COORDINATOR right after a leader kill), for up to ``timeout_s``; then, or on any other
+    error, the KafkaException is raised."""
+    deadline = clock() + timeout_s
+    while True:
+        try:
+            return consumer.committed(partitions, timeout=max(1.0, min(30.0, deadline - clock())))
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            code = err.code() if isinstance(err, KafkaError) else None
+            if code not in _COORDINATOR_MOVING or clock() >= deadline:
+                raise
+            log.warning("reading committed offsets on assignment: %s; asking again", err.str())
+            sleep(0.5)
+
+
 def commit_metadata(done: int) -> str:
     """Offset-commit metadata: every window completed by a record below ``done`` was published."""
     return json.dumps({"v": COMMIT_METADATA_VERSION, "done": done}, separators=(",", ":"))

@@ -59,7 +59,7 @@ from streamproc.transcribe import add_segmentation_arguments, segmentation_overr
 from streamproc.settings import (TOPIC_DEADLETTER, TOPIC_FRAMES, TOPIC_TRANSCRIPTS, add_kafka_arguments,
                                  masked)
 
-from .checkpoint import Checkpoint, for_mode
+from .checkpoint import Checkpoint, fetch_committed, for_mode
 from .metrics import TranscriberMetrics
 
 log = logging.getLogger("audiostream.transcriber")
@@ -436,7 +436,7 @@ class TranscriberService:
     def _on_assign(self, consumer, partitions) -> None:
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])
         try:
-            committed = consumer.committed(partitions, timeout=30)
+            committed = fetch_committed(consumer, partitions, self.config.unavailable_timeout_s)
         except KafkaException as exc:
             raise OutputDeliveryError(f"cannot read committed offsets on assignment: {exc}") from None
         for (topic, partition), (offset, done) in self.checkpoint.assign(committed).items():

@@ -457,3 +457,36 @@ def test_the_analyzer_hands_a_produce_refused_mid_batch_to_the_checkpoint_and_ke
     assert a.producer.calls == ["begin", "abort"] and a.consumer.seeks == [(("f", 0), 0)]
     assert a.metrics.registry.get_sample_value("audiostream_transaction_rewinds_total") == 1
     assert a._fatal is None and not a.checkpoint.failed and "s" not in a.engine.streams
+
+
+def test_committed_offsets_are_asked_again_while_the_coordinator_moves():
+    """NOT_COORDINATOR on assignment (a leader kill moved the group coordinator) is asked again, not fatal;
+    another error, or a coordinator still moving after the timeout, is raised."""
+    from consumers.checkpoint import fetch_committed
+    now = [0.0]
+
+    class Answers:
+        def __init__(self, *answers):
+            self.answers, self.calls = list(answers), 0
+
+        def committed(self, partitions, timeout):
+            self.calls += 1
+            a = self.answers.pop(0) if self.answers else KafkaError(KafkaError.NOT_COORDINATOR)
+            if isinstance(a, KafkaError):
+                raise KafkaException(a)
+            return a
+
+    def sleep(s):
+        now[0] += s
+    tps = [TopicPartition("frames", 0, 42)]
+    moving = Answers(KafkaError(KafkaError.NOT_COORDINATOR), KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS), tps)
+    assert fetch_committed(moving, tps, 120, clock=lambda: now[0], sleep=sleep) == tps and moving.calls == 3
+    refused = Answers(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))
+    with pytest.raises(KafkaException):
+        fetch_committed(refused, tps, 120, clock=lambda: now[0], sleep=sleep)
+    assert refused.calls == 1
+    now[0] = 0.0
+    never = Answers()
+    with pytest.raises(KafkaException):
+        fetch_committed(never, tps, 10, clock=lambda: now[0], sleep=sleep)
+    assert never.calls == 21 and now[0] == pytest.approx(10.0)  # every 0.5 s until the 10 s are up
