@@ -289,8 +289,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             raise errors[0]
         if loadgen.returncode != 0:
             raise RuntimeError(f"load generator failed: {load_err[-2000:]}")
-        # (arrival -> produced, arrival -> acknowledged, capture -> acknowledged, acknowledgement -> noticed)
-        parts = list(analyzer.latencies)
+        parts = list(analyzer.latencies)  # (arrival -> produced, arrival -> acknowledged, capture -> acknowledged)
         # skip the warm-up: the first windows of every stream complete after 1 s
         n_warm = int(len(parts) * min(0.5, warmup_s / max(duration, 1)))
         parts = parts[n_warm:]
@@ -303,10 +302,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
                  "ack_wait_p50_ms": percentile_ms([p[1] - p[0] for p in parts], 50),
                  "ack_wait_p99_ms": percentile_ms([p[1] - p[0] for p in parts], 99),
                  "capture_to_ack_p50_ms": percentile_ms([p[2] for p in parts], 50),
-                 "capture_to_ack_p99_ms": percentile_ms([p[2] for p in parts], 99),
-                 # the acknowledgement reaches the analyzer's code at its next poll, after the batch in progress
-                 "ack_noticed_after_p50_ms": percentile_ms([p[3] for p in parts], 50),
-                 "ack_noticed_after_p99_ms": percentile_ms([p[3] for p in parts], 99)}
+                 "capture_to_ack_p99_ms": percentile_ms([p[2] for p in parts], 99)}
         half = [(t, lag) for t, lag, _, _ in samples if t >= duration / 2]
         slope = float(np.polyfit([t for t, _ in half], [lag for _, lag in half], 1)[0]) if len(half) >= 3 else 0.0
         input_rate = streams * 10.0  # frames per second
@@ -648,9 +644,7 @@ def table_rows(r: dict) -> list[tuple[str, str]]:
                                        "(last frame arrives -> prediction acknowledged)"),
                  ("  of which", f"analyzer p50 / p99 {r.get('latency_to_produce_p50_ms')} / "
                                 f"{r.get('latency_to_produce_p99_ms')} ms, waiting for Kafka's acknowledgement "
-                                f"{r.get('ack_wait_p50_ms')} / {r.get('ack_wait_p99_ms')} ms (noticed by the "
-                                f"analyzer {r.get('ack_noticed_after_p50_ms')} / {r.get('ack_noticed_after_p99_ms')} "
-                                "ms later)"),
+                                f"{r.get('ack_wait_p50_ms')} / {r.get('ack_wait_p99_ms')} ms"),
                  ("capture -> acknowledged", f"{r.get('capture_to_ack_p50_ms')} / {r.get('capture_to_ack_p99_ms')} ms "
                                              "(adds the frames' way through Kafka to the analyzer)"),
                  ("streams per core", f"{r['streams_per_core'] or '-'} sustained, "

@@ -58,4 +58,3 @@ def test_kafka_bench_json(kafka_conf):
     assert 0 <= r["latency_to_produce_p50_ms"] <= r["latency_p50_ms"]
     assert 0 <= r["ack_wait_p50_ms"] <= r["latency_p50_ms"]
     assert r["capture_to_ack_p50_ms"] >= r["latency_p50_ms"]
-    assert r["ack_noticed_after_p99_ms"] >= 0  # librdkafka gave each record's own time to the acknowledgement
