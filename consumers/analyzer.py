@@ -45,6 +45,7 @@ from streamproc.config import ANALYZER_SETTINGS, add_analyzer_arguments, analyze
 from streamproc.settings import DEFAULT_MODEL, add_kafka_arguments, masked  # noqa: F401 (demo, bench import it)
 
 from .checkpoint import Checkpoint, fetch_committed, for_mode
+from .service import KafkaService
 from .metrics import AnalyzerMetrics
 
 log = logging.getLogger("audiostream.analyzer")
@@ -135,8 +136,12 @@ def limit_blas_threads(n: int) -> None:
         threadpool_limits(n, user_api="blas")
 
 
-class Analyzer:
+class Analyzer(KafkaService):
     """Build with a config, then ``run()`` until ``stop()`` (or SIGTERM in the CLI)."""
+
+    service_name = "analyzer"
+    ready_stale_s = 30.0
+    live_stale_s = 60.0
 
     def __init__(self, config: AnalyzerConfig, registry=None):
         self.config = config
@@ -176,48 +181,10 @@ class Analyzer:
         limit_blas_threads(config.blas_threads)  # last: every BLAS the model and engine loaded is limited too
 
     # -- lifecycle ----------------------------------------------------------------
-    def stop(self) -> None:
-        self._stop.set()
-
     @property
     def assigned(self) -> set[tuple[str, int]]:
         """The (topic, partition)s this analyzer owns right now."""
         return set(self.checkpoint.assigned) if self.checkpoint is not None else set()
-
-    @property
-    def ready(self) -> bool:
-        """Subscribed, the cluster reachable, the loop turning."""
-        return (self._started and self._down_since is None and self._fatal is None and not self._stop.is_set()
-                and time.monotonic() - self.last_loop < 30)
-
-    def run_in_background(self, on_error=None) -> threading.Thread:
-        """``run()`` in a daemon thread; an exception it raises is kept in ``thread.errors``
-        (and passed to ``on_error``) for the caller to surface."""
-        errors: list[BaseException] = []
-
-        def target():
-            try:
-                self.run()
-            except BaseException as exc:
-                errors.append(exc)
-                if on_error is not None:
-                    on_error(exc)
-
-        thread = threading.Thread(target=target, name=f"analyzer-{self.instance}", daemon=True)
-        thread.errors = errors
-        thread.start()
-        return thread
-
-    def start_metrics_server(self) -> int | None:
-        """/metrics, /healthz (the loop is turning) and /ready (consuming, cluster reachable)."""
-        if self.config.metrics_port is None:
-            return None
-        from .health import serve
-        self._http = serve(self.config.metrics_addr, self.config.metrics_port, self.metrics.registry,
-                           ready=lambda: self.ready,
-                           live=lambda: self._fatal is None and time.monotonic() - self.last_loop < 60)
-        self.metrics_port = self._http.server_port
-        return self.metrics_port
 
     def _connect(self) -> None:
         c = self.config
@@ -225,18 +192,8 @@ class Analyzer:
         if c.create_topics:
             ensure_topics(c.kafka, {t: c.partitions for t in (c.frames_topic, c.predictions_topic, c.features_topic,
                                                               c.deadletter_topic) if t})
-        # defaults a user's settings (-X, config file) may change, then what the delivery guarantees rest on
-        cconf = {"session.timeout.ms": 45000, "max.poll.interval.ms": 300000, "fetch.wait.max.ms": 20,
-                 "queued.max.messages.kbytes": c.queued_max_kbytes, "client.id": f"audiostream-analyzer-{self.instance}"}
-        cconf.update(c.kafka)
-        cconf.update({"group.id": c.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
-                      "auto.offset.reset": c.auto_offset_reset, "allow.auto.create.topics": False,
-                      "isolation.level": "read_committed", "error_cb": self._on_kafka_error,
-                      "on_commit": self._on_commit})
-        if c.instance_id:  # static membership: a restart with the same id takes its partitions back at once
-            cconf["group.instance.id"] = c.instance_id
-        cconf.update(c.consumer_overrides)
-        self.consumer = Consumer(client_logging(cconf))
+        self.consumer = Consumer(client_logging(self._consumer_conf(
+            {"queued.max.messages.kbytes": c.queued_max_kbytes})))  # (defaults a user's settings may change)
         pconf = {"linger.ms": 2, "socket.nagle.disable": True, "client.id": f"audiostream-analyzer-{self.instance}",
                  "message.timeout.ms": int(c.unavailable_timeout_s * 1000) + 5000, "error_cb": self._on_kafka_error}
         if c.exactly_once:
@@ -266,23 +223,6 @@ class Analyzer:
         self.metrics.producer_replacements.inc()
         self.producer = Producer(self._producer_conf)
         return self.producer
-
-    def _on_kafka_error(self, err) -> None:
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            if self._down_since is None:
-                self._down_since = time.monotonic()
-                self.metrics.kafka_up.set(0)
-                log.warning("Kafka unreachable (%s); not ready until it is back", err.str())
-        elif err.fatal():
-            self._fail(f"fatal Kafka error: {err.str()}")
-        else:
-            log.info("kafka: %s", err.str())
-
-    def _kafka_back(self) -> None:
-        if self._down_since is not None:
-            log.warning("Kafka reachable again after %.1f s", time.monotonic() - self._down_since)
-            self._down_since = None
-            self.metrics.kafka_up.set(1)
 
     def _on_assign(self, consumer, partitions) -> None:
         log.info("assigned %s", [f"{p.topic}[{p.partition}]" for p in partitions])

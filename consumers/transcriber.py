@@ -60,6 +60,7 @@ from streamproc.settings import (TOPIC_DEADLETTER, TOPIC_FRAMES, TOPIC_TRANSCRIP
                                  masked)
 
 from .checkpoint import Checkpoint, fetch_committed, for_mode
+from .service import KafkaService
 from .metrics import TranscriberMetrics
 
 log = logging.getLogger("audiostream.transcriber")
@@ -309,8 +310,12 @@ class SpeechStreams:
 
 # -- the service -------------------------------------------------------------------------------------------------
 
-class TranscriberService:
+class TranscriberService(KafkaService):
     """Build with a config, then ``run()`` until ``stop()`` (or SIGTERM in the CLI)."""
+
+    service_name = "transcriber"
+    ready_stale_s = 60.0    # a Whisper call takes seconds: the loop turns less often
+    live_stale_s = 120.0
 
     def __init__(self, config: TranscriberConfig, registry=None, *, asr=None, vad=None):
         from streamproc.transcription import Transcriber
@@ -357,55 +362,13 @@ class TranscriberService:
         self._segment_last: dict[str, tuple] = {}  # per stream, the latest pause caption's segment
 
     # -- lifecycle (the analyzer's) ---------------------------------------------------
-    def stop(self) -> None:
-        self._stop.set()
-
-    @property
-    def ready(self) -> bool:
-        return (self._started and self._down_since is None and self._fatal is None and not self._stop.is_set()
-                and time.monotonic() - self.last_loop < 60)
-
-    def run_in_background(self) -> threading.Thread:
-        errors: list[BaseException] = []
-
-        def target():
-            try:
-                self.run()
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=target, name=f"transcriber-{self.instance}", daemon=True)
-        thread.errors = errors
-        thread.start()
-        return thread
-
-    def start_metrics_server(self) -> int | None:
-        if self.config.metrics_port is None:
-            return None
-        from .health import serve
-        self._http = serve(self.config.metrics_addr, self.config.metrics_port, self.metrics.registry,
-                           ready=lambda: self.ready,
-                           live=lambda: self._fatal is None and time.monotonic() - self.last_loop < 120)
-        self.metrics_port = self._http.server_port
-        return self.metrics_port
-
     def _connect(self) -> None:
         c = self.config
         check_reachable(c.kafka)
         if c.create_topics:
             ensure_topics(c.kafka, {c.frames_topic: c.partitions, c.transcripts_topic: c.partitions,
                                     c.deadletter_topic: c.partitions})
-        cconf = {"session.timeout.ms": 45000, "max.poll.interval.ms": 300000, "fetch.wait.max.ms": 20,
-                 "client.id": f"audiostream-transcriber-{self.instance}"}
-        cconf.update(c.kafka)
-        cconf.update({"group.id": c.group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
-                      "auto.offset.reset": c.auto_offset_reset, "allow.auto.create.topics": False,
-                      "isolation.level": "read_committed", "error_cb": self._on_kafka_error,
-                      "on_commit": self._on_commit})
-        if c.instance_id:
-            cconf["group.instance.id"] = c.instance_id
-        cconf.update(c.consumer_overrides)
-        self.consumer = Consumer(client_logging(cconf))
+        self.consumer = Consumer(client_logging(self._consumer_conf()))
         self.producer = Producer(producer_config(
             c.kafka, **{"linger.ms": 2, "socket.nagle.disable": True,
                         "client.id": f"audiostream-transcriber-{self.instance}",
@@ -417,17 +380,6 @@ class TranscriberService:
         self.consumer.subscribe([c.frames_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         self._started = True
-
-    def _on_kafka_error(self, err) -> None:
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            if self._down_since is None:
-                self._down_since = time.monotonic()
-                self.metrics.kafka_up.set(0)
-                log.warning("Kafka unreachable (%s); not ready until it is back", err.str())
-        elif err.fatal():
-            self._fail(f"fatal Kafka error: {err.str()}")
-        else:
-            log.info("kafka: %s", err.str())
 
     def _on_commit(self, err, partitions) -> None:
         failed = err is not None or any(p.error is not None for p in partitions)
@@ -511,12 +463,6 @@ class TranscriberService:
             self._close()
         if self._fatal:
             raise OutputDeliveryError(self._fatal)
-
-    def _kafka_back(self) -> None:
-        if self._down_since is not None:
-            log.warning("Kafka reachable again after %.1f s", time.monotonic() - self._down_since)
-            self._down_since = None
-            self.metrics.kafka_up.set(1)
 
     def _housekeeping(self, now: float) -> None:
         c, cp = self.config, self.checkpoint
