@@ -689,24 +689,21 @@ class TranscriberService(KafkaService):
         """An acknowledgement callback part: the segments of ``rec``'s utterance it covers (end <= its end) get their
         caption latency: segment end (capture clock) -> this record acknowledged, with its pause-rule part (segment
         end -> the sample that triggered this record, stream time) and service part (that frame read -> acked)."""
-        produced_mono, produced_ns = time.monotonic(), time.time_ns()
         key = (rec["session_id"], rec["start_sample"])
 
         def cover(msg):
-            delay = msg.latency() if hasattr(msg, "latency") else None
-            delay = time.monotonic() - produced_mono if delay is None else max(0.0, float(delay))
+            acked_mono, acked_ns = time.monotonic(), time.time_ns()  # (see _ack: when this callback is served)
             segs = self._segments.get(rec["stream_id"])
             if not segs:
                 return
             keep = []
             for seg in segs:
                 if seg[:2] == key and seg[2] <= rec["end_sample"]:
-                    e2e = max(0.0, (produced_ns + delay * 1e9 - seg[3]) / 1e9)
+                    e2e = max(0.0, (acked_ns - seg[3]) / 1e9)
                     wait = None if trigger_sample is None else (trigger_sample - seg[2]) / SAMPLE_RATE
                     self.metrics.caption_latency.observe(e2e)
                     if self.caption_latencies is not None:
-                        self.caption_latencies.append((kind, e2e, wait, produced_mono + delay - arrival,
-                                                       produced_mono + delay))
+                        self.caption_latencies.append((kind, e2e, wait, acked_mono - arrival, acked_mono))
                 else:
                     keep.append(seg)
             segs[:] = keep
@@ -782,23 +779,22 @@ class TranscriberService(KafkaService):
             return
 
     def _ack(self, f: Finished, rec: dict):
-        """The delivery callback of a final transcript. Its latencies end when Kafka acknowledged it: produce() time
-        plus the message's own delivery latency, not when this callback runs (the service's thread serves
-        callbacks between Whisper calls, so a batch's first final would otherwise count the calls after it)."""
+        """The delivery callback of a final transcript. Its latencies end when this callback is served: after
+        Kafka's acknowledgement, at the service's next poll, so a final published before other Whisper calls of the
+        same loop counts them too (an upper bound). librdkafka's ``Message.latency()`` cannot tell the
+        acknowledgement's own time: it is computed when called (``rd_clock() - enqueue time``), i.e. now."""
         m = self.metrics
-        produced_mono, produced_ns = time.monotonic(), time.time_ns()
         cover = self._cover(rec, "final", f.close_sample, f.arrival)
 
         def ack(msg):
             cover(msg)
-            delay = msg.latency() if hasattr(msg, "latency") else None
-            delay = time.monotonic() - produced_mono if delay is None else max(0.0, float(delay))
-            latency = produced_mono + delay - f.arrival
+            acked_mono, acked_ns = time.monotonic(), time.time_ns()
+            latency = acked_mono - f.arrival
             m.transcripts.labels(m.model).inc()
             m.latency.observe(latency)
             e2e = None
             if f.end_capture_ns is not None:
-                e2e = max(0.0, (produced_ns + delay * 1e9 - f.end_capture_ns) / 1e9)
+                e2e = max(0.0, (acked_ns - f.end_capture_ns) / 1e9)
                 m.e2e_latency.observe(e2e)
             if self.latencies is not None:
                 wait = None if f.close_sample is None else (f.close_sample - f.utterance.end_sample) / SAMPLE_RATE
