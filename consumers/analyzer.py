@@ -194,8 +194,7 @@ class Analyzer(KafkaService):
                                                               c.deadletter_topic) if t})
         self.consumer = Consumer(client_logging(self._consumer_conf(
             {"queued.max.messages.kbytes": c.queued_max_kbytes})))  # (defaults a user's settings may change)
-        pconf = {"linger.ms": 2, "socket.nagle.disable": True, "client.id": f"audiostream-analyzer-{self.instance}",
-                 "message.timeout.ms": int(c.unavailable_timeout_s * 1000) + 5000, "error_cb": self._on_kafka_error}
+        pconf = self._producer_defaults()
         if c.exactly_once:
             pconf["transactional.id"] = f"audiostream-{c.group_id}-{self.instance}"
             pconf["transaction.timeout.ms"] = pconf["message.timeout.ms"]  # librdkafka: must be >= the message timeout

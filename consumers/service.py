@@ -81,6 +81,14 @@ class KafkaService:
         conf.update(c.consumer_overrides)
         return conf
 
+    def _producer_defaults(self) -> dict:
+        """The outputs' producer settings before the caller's own: low linger (latency), and a delivery timeout
+        past ``--unavailable-timeout`` so the service, not librdkafka, decides when Kafka was away too long."""
+        return {"linger.ms": 2, "socket.nagle.disable": True,
+                "client.id": f"audiostream-{self.service_name}-{self.instance}",
+                "message.timeout.ms": int(self.config.unavailable_timeout_s * 1000) + 5000,
+                "error_cb": self._on_kafka_error}
+
     def _on_kafka_error(self, err) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             if self._down_since is None:

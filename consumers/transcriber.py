@@ -369,11 +369,7 @@ class TranscriberService(KafkaService):
             ensure_topics(c.kafka, {c.frames_topic: c.partitions, c.transcripts_topic: c.partitions,
                                     c.deadletter_topic: c.partitions})
         self.consumer = Consumer(client_logging(self._consumer_conf()))
-        self.producer = Producer(producer_config(
-            c.kafka, **{"linger.ms": 2, "socket.nagle.disable": True,
-                        "client.id": f"audiostream-transcriber-{self.instance}",
-                        "message.timeout.ms": int(c.unavailable_timeout_s * 1000) + 5000,
-                        "error_cb": self._on_kafka_error}))
+        self.producer = Producer(producer_config(c.kafka, **self._producer_defaults()))
         self.checkpoint = for_mode(False, self.consumer, self.producer, needs=self._partition_needs,
                                    on_fail=self._fail, interval_s=c.commit_interval_s,
                                    unavailable_timeout_s=c.unavailable_timeout_s)
