@@ -181,19 +181,22 @@ def windows_done(analyzer) -> float:
     return m.registry.get_sample_value("audiostream_windows_analyzed_total", {"model": m.model}) or 0.0
 
 
+def _stat_cpu(stat: str) -> tuple[str, float]:
+    """A /proc/.../stat line: (the process or thread name, its user + system CPU seconds)."""
+    fields = stat[stat.rindex(")") + 2:].split()
+    return stat[stat.index("(") + 1:stat.rindex(")")], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def thread_cpu() -> dict[str, float]:
     """CPU seconds so far of this process's threads, by kind: librdkafka's (``rdk:*``) and the rest."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {"librdkafka": 0.0, "python": 0.0}
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/stat") as f:
-                stat = f.read()
+                name, seconds = _stat_cpu(f.read())
         except OSError:
             continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        out["librdkafka" if name.startswith("rdk:") else "python"] += (int(fields[11]) + int(fields[12])) / tick
+        out["librdkafka" if name.startswith("rdk:") else "python"] += seconds
     return out
 
 
@@ -370,22 +373,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _scrape(port: int, name: str) -> float:
-    """The sum of one metric's samples on an analyzer's /metrics (0 when unreachable or absent)."""
+def _metric_lines(port: int, name: str) -> list[str]:
+    """The sample lines of one metric on an analyzer's /metrics (none when unreachable or absent)."""
     import urllib.request
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
-        return 0.0
-    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
-               if ln.startswith(name) and (ln[len(name)] in " {"))
+        return []
+    return [ln for ln in text.splitlines() if ln.startswith(name) and ln[len(name)] in " {"]
+
+
+def _scrape(port: int, name: str) -> float:
+    """The sum of one metric's samples on an analyzer's /metrics (0 when unreachable or absent)."""
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in _metric_lines(port, name))
+
+
+def _scrape_count(port: int, name: str) -> int:
+    """How many samples (label sets) of one metric an analyzer's /metrics has."""
+    return sum(1 for ln in _metric_lines(port, name) if ln[len(name)] == "{")
 
 
 def _proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _stat_cpu(f.read())[1]
 
 
 def group_bench(*, streams: int, duration: float, analyzers: int, bootstrap: str | None = None,
@@ -474,16 +484,6 @@ def group_bench(*, streams: int, duration: float, analyzers: int, bootstrap: str
         "served_streams_per_core": round(sum(got) / windows_per_stream_s / cpu_s, 1) if cpu_s else None,
         "model": bundle.ref, "cpu": cpu_name(), "machine_load": os.getloadavg(),
     }
-
-
-def _scrape_count(port: int, name: str) -> int:
-    """How many samples (label sets) of one metric an analyzer's /metrics has."""
-    import urllib.request
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return 0
-    return sum(1 for ln in text.splitlines() if ln.startswith(name + "{"))
 
 
 # -- CLI ------------------------------------------------------------------------------

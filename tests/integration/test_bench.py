@@ -58,3 +58,15 @@ def test_kafka_bench_json(kafka_conf):
     assert 0 <= r["latency_to_produce_p50_ms"] <= r["latency_p50_ms"]
     assert 0 <= r["ack_wait_p50_ms"] <= r["latency_p50_ms"]
     assert r["capture_to_ack_p50_ms"] >= r["latency_p50_ms"]
+
+
+def test_kafka_group_bench_json(kafka_conf):
+    """bench --kafka --analyzers N: real `audiostream analyze` processes in one group; every window is counted."""
+    p = subprocess.run(cli("bench", "--kafka", "--analyzers", "1", "--streams", "10", "--duration", "4", "--json",
+                           "--bootstrap-servers", kafka_conf["bootstrap.servers"]),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout)
+    assert r["mode"] == "kafka-group" and r["analyzers"] == 1 and len(r["analyzer_cpu_busy"]) == 1
+    assert r["windows"] == r["windows_expected"] > 0  # the group predicted every window of every stream
+    assert r["windows_per_s"] > 0 and r["served_streams_per_core"] > 0
