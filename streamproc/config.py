@@ -36,7 +36,8 @@ from .settings import (DEFAULT_BOOTSTRAP, DEFAULT_MODEL, TOPIC_DEADLETTER, TOPIC
 class Setting:
     """One analyzer setting, defined once: its name is the key of the config file's ``analyzer:``
     section, of ``AUDIOSTREAM_ANALYZER_<NAME>`` and of ``consumers.analyzer.AnalyzerConfig``; ``flag``
-    is the ``analyze`` option (its help shows ``default``). A bool's flag sets ``flag_sets``."""
+    is the ``analyze`` option (its help shows ``default``). A bool's flag sets ``flag_sets``. A count with a
+    ``minimum`` is refused below it, wherever it was set, naming the setting and its source."""
 
     name: str
     type: type
@@ -46,6 +47,7 @@ class Setting:
     metavar: str | None = None
     choices: tuple | None = None
     flag_sets: bool = True
+    minimum: int | None = None
 
 
 ANALYZER_SETTINGS: tuple[Setting, ...] = (
@@ -76,13 +78,15 @@ ANALYZER_SETTINGS: tuple[Setting, ...] = (
     Setting("unavailable_timeout_s", float, 120.0, "--unavailable-timeout",
             "exit non-zero if Kafka stays unreachable (or outputs unacknowledged) this long", metavar="SECONDS"),
     Setting("max_reorder", int, 4, "--max-reorder",
-            "frames held back per stream to put a reordering right before calling it a gap", metavar="FRAMES"),
+            "frames held back per stream to put a reordering right before calling it a gap", metavar="FRAMES",
+            minimum=0),
     Setting("batch_size", int, 1000, "--max-batch",
             "most frames taken from Kafka per step: smaller batches cut window latency when the analyzer is "
-            "near its capacity, at some cost in streams per core (docs/performance.md)", metavar="FRAMES"),
+            "near its capacity, at some cost in streams per core (docs/performance.md)", metavar="FRAMES",
+            minimum=1),
     Setting("blas_threads", int, 1, "--blas-threads",
             "threads BLAS (numpy's matmuls) may use in this process; one analyzer is sized as one core, "
-            "scale with replicas", metavar="N"),
+            "scale with replicas", metavar="N", minimum=1),
 )
 # analyzer settings: key -> (type, default), derived from ANALYZER_SETTINGS
 ANALYZER_KEYS: dict[str, tuple[type, object]] = {s.name: (s.type, s.default) for s in ANALYZER_SETTINGS}
@@ -212,10 +216,10 @@ def resolve(*, config_file: str | None = None, kafka_properties: dict | None = N
         if v is not None:
             analyzer[k] = _coerce(k, v, ANALYZER_KEYS[k][0], "flag")
             sources["analyzer." + k] = "flag"
-    for k in ("batch_size", "blas_threads", "max_reorder"):
-        if analyzer[k] < (0 if k == "max_reorder" else 1):
-            raise ConfigError(f"analyzer.{k}={analyzer[k]} ({sources.get('analyzer.' + k, 'default')}) must be "
-                              f"{'0 or more' if k == 'max_reorder' else 'at least 1'}")
+    for st in ANALYZER_SETTINGS:
+        if st.minimum is not None and analyzer[st.name] < st.minimum:
+            raise ConfigError(f"analyzer.{st.name}={analyzer[st.name]} ({sources.get('analyzer.' + st.name, 'default')})"
+                              f" must be {'0 or more' if st.minimum == 0 else f'at least {st.minimum}'}")
     if analyzer["auto_offset_reset"] not in ("earliest", "latest"):
         raise ConfigError(f"analyzer.auto_offset_reset={analyzer['auto_offset_reset']!r} must be earliest or latest")
     return Settings(kafka, analyzer, sources)
