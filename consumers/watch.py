@@ -386,7 +386,7 @@ def run_captions(args, kafka: dict, stop: threading.Event) -> int:
             n += view.add(c)
         if args.max is not None and n >= args.max:
             break
-    if view.live is not None and view.tty:
+    if view.shown:  # a block of partials is on the screen, its last line open: end it
         sys.stdout.write("\n")
     return 0
 

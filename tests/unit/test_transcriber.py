@@ -396,6 +396,10 @@ def test_watch_shows_a_partial_as_an_updating_line_replaced_by_the_final():
                               + clear + format_caption(a2) + " ...\n" + format_caption(b1) + " ..."
                               # a's final above, b's partial stays
                               + clear + up + clear + format_caption(fa) + "\n" + format_caption(b1) + " ...")
+    assert view.shown == 1  # b's line is open at the bottom (watch ends it with a newline on exit)
+    view = CaptionView(io.StringIO(), tty=True)
+    view.add(b1), view.add(_caption(16000, 48000, "glue the sheet", True, stream="t"))
+    assert view.shown == 0 and not view.live  # every utterance final: nothing left open on the screen
     # a pipe or a log: the finals only, each once
     out = io.StringIO()
     view = CaptionView(out, tty=False)
@@ -412,7 +416,7 @@ def test_watch_keeps_the_newest_streams_partials_each_cut_to_the_terminal():
     view = CaptionView(out, tty=True, max_live=2, width=40)
     for i, sid in enumerate(("s1", "s2", "s3", "s2")):
         view.add(_caption(0, 16000 * (i + 1), "a long sentence that goes on and on " * 2, False, stream=sid))
-    assert list(view.live) == ["s3", "s2"]  # s1 dropped from the block, s2 moved to the bottom
+    assert list(view.live) == ["s3", "s2"] and view.shown == 2  # s1 dropped from the block, s2 moved to the bottom
     last_block = out.getvalue().rsplit(CaptionView.CLEAR, 1)[1].split("\n")
     assert len(last_block) == 2 and all(len(ln) <= 39 and ln.endswith("~") for ln in last_block)
     assert last_block[0].startswith("s3") and last_block[1].startswith("s2")
