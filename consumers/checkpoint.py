@@ -39,6 +39,13 @@ and dropped, ``make_producer`` builds a new one with the same ``transactional.id
 ``init_transactions`` fences the old epoch and has the coordinator abort the old transaction; then the
 rewind goes on as usual. Without ``make_producer`` such an abort stops, as before.
 
+``send_offsets_to_transaction`` is bounded the same way, by ``offsets_timeout_s``: librdkafka can block in it far
+past the timeout it is given while the group coordinator it has cached is down (its coordinator requests never
+check their timeout, librdkafka#5456; a coordinator dropped from the metadata is never asked again, #5511). The
+call runs in a thread of its own; given up, the transaction was not committed, so the producer is replaced
+(the hung call keeps the old one until it returns, fenced) and the partitions rewound. A commit_transaction
+is never given up this way: it may have committed, and a rewind after it would publish twice.
+
 No I/O of its own: the Kafka consumer and producer (and the factory of replacement producers) are
 passed in, so the unit tests drive it with small fakes (tests/unit/test_checkpoint.py).
 """
@@ -333,16 +340,24 @@ class AtLeastOnce(Checkpoint):
         self.flush_and_commit()
 
 
+class TransactionCallHung(Exception):
+    """A transactional call did not return within its bound (librdkafka#5456): the producer is unusable."""
+
+
 class ExactlyOnce(Checkpoint):
     exactly_once = True
 
     def __init__(self, consumer, producer, *, make_producer: Callable[[], object] | None = None,
-                 abort_timeout_s: float = 10.0, **kw):
+                 abort_timeout_s: float = 10.0, offsets_timeout_s: float = 20.0, **kw):
         super().__init__(consumer, producer, **kw)
         # a new, not yet initialised producer with the same transactional.id, to replace one whose transaction
         # cannot be aborted; whoever produces outputs must use it from then on (the analyzer's factory sees to it)
         self.make_producer = make_producer
         self.abort_timeout_s = abort_timeout_s   # how long an abort may take before the producer is replaced
+        # how long the input offsets may take to join the transaction (all retries) before it is given up; without
+        # make_producer, --unavailable-timeout. Above a group coordinator's failover (the broker session timeout,
+        # 9 s by default, then loading its __consumer_offsets partition)
+        self.offsets_timeout_s = offsets_timeout_s
         self.producer_replacements = 0
         self.txn_open = False
         self.txn_started = 0.0
@@ -390,30 +405,47 @@ class ExactlyOnce(Checkpoint):
 
     def commit(self, keep_out: set = frozenset()) -> bool:
         """This transaction's outputs and its input offsets become visible together. On an abortable
-        error the transaction is aborted and the partitions read (but ``keep_out``) rewound."""
+        error the transaction is aborted and the partitions read (but ``keep_out``) rewound; so is it when the
+        offsets cannot join it within ``offsets_timeout_s`` and the producer can be replaced."""
         if not self.txn_open or self.failed:
             return False
         marks = self.marks()
         offsets = self.offsets(marks)
-        deadline = self.clock() + self.unavailable_timeout_s
+        replaceable = self.make_producer is not None
+        started = self.clock()
+        deadline = started + self.unavailable_timeout_s
+        offsets_deadline = started + (min(self.offsets_timeout_s, self.unavailable_timeout_s) if replaceable
+                                      else self.unavailable_timeout_s)
         step = "send_offsets_to_transaction"
         while True:
             try:
                 if offsets and step == "send_offsets_to_transaction":
-                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+                    self._send_offsets(offsets, max(0.1, min(30.0, offsets_deadline - self.clock())))
                 step = "commit_transaction"
                 self.producer.commit_transaction(max(30.0, self.unavailable_timeout_s))
                 break
+            except TransactionCallHung as exc:
+                self.on_commit("failed")
+                if replaceable:
+                    self.recover(f"transaction not committed ({exc})", keep_out=keep_out, hung=True)
+                else:
+                    self.txn_open = False  # (the producer cannot be called while the call hangs)
+                    self._stop(f"transaction not committed ({exc}); it is aborted when its timeout expires")
+                return False
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 what = err.str() if err is not None else str(exc)
-                if err is not None and err.retriable() and not err.fatal() and not err.txn_requires_abort() \
-                        and self.clock() < deadline:
+                retriable = err is not None and err.retriable() and not err.fatal() and not err.txn_requires_abort()
+                if retriable and self.clock() < (offsets_deadline if step == "send_offsets_to_transaction"
+                                                 else deadline):
                     log.warning("%s: %s; retrying", step, what)  # librdkafka: call it again
                     time.sleep(0.1)
                     continue
                 self.on_commit("failed")
-                if err is not None and err.txn_requires_abort() and not err.fatal():
+                # the offsets never joined the transaction: nothing of it can have been committed, so abort and rewind
+                # (a commit_transaction that timed out may have committed: a rewind after it would publish twice)
+                if err is not None and not err.fatal() and (
+                        err.txn_requires_abort() or (retriable and replaceable and step != "commit_transaction")):
                     self.recover(f"transaction not committed ({what})", keep_out=keep_out)
                 else:
                     self.abort()
@@ -426,6 +458,28 @@ class ExactlyOnce(Checkpoint):
             if tp in self.assigned:
                 self.resume_at[tp] = mark
         return True
+
+    def _send_offsets(self, offsets: list, timeout_s: float) -> None:
+        """``send_offsets_to_transaction(offsets, ..., timeout_s)`` in a thread of its own, given up (raising
+        TransactionCallHung) if it has not returned a second after ``timeout_s``: librdkafka waits for the group
+        coordinator it has cached without ever checking the timeout (librdkafka#5456, #5511; seen in the two
+        leader kills test, stuck for minutes). Its own errors are raised as they are."""
+        producer, meta = self.producer, self.consumer.consumer_group_metadata()
+        outcome: list = []
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                producer.send_offsets_to_transaction(offsets, meta, timeout_s)
+            except BaseException as exc:  # handed to the caller
+                outcome.append(exc)
+            finally:
+                done.set()
+        threading.Thread(target=call, name="send-offsets", daemon=True).start()
+        if not done.wait(timeout_s + 1.0):
+            raise TransactionCallHung(f"send_offsets_to_transaction did not return within {timeout_s:.0f}s")
+        if outcome:
+            raise outcome[0]
 
     def abort(self, replace: bool = False) -> bool:
         """Abort the open transaction (its outputs never become visible); True once the producer can begin
@@ -494,14 +548,21 @@ class ExactlyOnce(Checkpoint):
         log.warning("new transactional producer ready after %.1fs", self.clock() - started)
         return True
 
-    def recover(self, why: str, keep_out: set = frozenset()) -> None:
+    def recover(self, why: str, keep_out: set = frozenset(), hung: bool = False) -> None:
         """An abortable error: abort the transaction, seek every partition read since the last commit back to
         it (``resume_at``), forget how far it was read, and have ``on_rewind`` drop the streams on it, so that
         state is rebuilt from the log and the aborted outputs are published again. Stops instead if the abort
-        failed, nothing can rebuild the state, or no commit succeeded for ``unavailable_timeout_s``."""
+        failed, nothing can rebuild the state, or no commit succeeded for ``unavailable_timeout_s``. ``hung``: the
+        producer is inside a call that does not return, so it is replaced at once (no abort can be called on it)."""
         if self.failed:
             return
-        if not self.abort(replace=True):
+        if hung:
+            self.generation += 1
+            self.txn_open = False
+            aborted = self._replace_producer(why)
+        else:
+            aborted = self.abort(replace=True)
+        if not aborted:
             self._stop(f"{why}; the transaction could not be aborted"
                        + (", nor a new producer initialised" if self.make_producer is not None else ""))
             return

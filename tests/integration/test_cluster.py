@@ -182,11 +182,28 @@ def stop_pair(pair) -> None:
         assert not th.is_alive() and not th.errors, th.errors
 
 
+def group_coordinator(conf: dict, group: str) -> int:
+    """The node coordinating ``group`` (its __consumer_offsets partition's leader), once the group has members."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+    admin = AdminClient(conf)
+
+    def described():
+        try:
+            d = admin.describe_consumer_groups([group])[group].result(10)
+        except KafkaException:  # (NOT_COORDINATOR while the group is being created)
+            return None
+        return d.coordinator.id if d.members else None
+    return wait_for(described, 60, f"group {group} to have members")
+
+
 def test_analyzer_delivers_every_window_through_two_leader_kills(cluster):
     """Six streams replay into two analyzers (at-least-once and exactly-once, one run for both) while the leader
-    of a frames partition, then (once it is back) the leader of a predictions partition, are SIGKILLed: every
-    expected window is predicted by each (after dedupe); a read_committed reader of the exactly-once one sees
-    none twice. An abortable transactional error on the way rewinds instead of stopping."""
+    of a frames partition, then (once it is back) the leader of a predictions partition (the exactly-once
+    group's coordinator where it leads one), are SIGKILLed, the second kept down while six more streams are
+    sent and to the end: every expected window is predicted by each (after dedupe); a read_committed reader of
+    the exactly-once one sees none twice. An abortable transactional error on the way rewinds instead of
+    stopping, and so does an offsets call that hangs on the dead coordinator (librdkafka#5456)."""
     from .test_reliability import Streams, classify, read_predictions
     conf = {"bootstrap.servers": cluster.bootstrap_servers}
     tag = uuid.uuid4().hex[:6]
@@ -205,19 +222,31 @@ def test_analyzer_delivers_every_window_through_two_leader_kills(cluster):
         cluster.restart(first)
         eos_predictions = pair[True][2]["predictions"]
         wait_for(lambda: full_isr(cluster, eos_predictions, 3), 120, "the first victim back in every ISR")
-        second = cluster.leader(eos_predictions, 0)
+        # the second victim leads a predictions partition and, where one does, is the exactly-once group's
+        # coordinator too: kept down, it once held send_offsets_to_transaction for minutes (librdkafka#5456)
+        leaders = {cluster.leader(eos_predictions, p) for p in range(3)}
+        coordinator = group_coordinator(conf, pair[True][0].config.group_id)
+        second = coordinator if coordinator in leaders else cluster.leader(eos_predictions, 0)
+        print(f"second victim: node {second} (exactly-once group coordinator: node {coordinator}); "
+              f"{sum(s.is_alive() for s in senders)} of 6 streams still sending")
         cluster.kill(second)
+        # six more streams, sent with the second victim down: transactions must commit without it
+        after = Streams(6, 6.0)
+        senders += after.produce(conf, frames, speed=2.0)
+        expected = streams.expected | after.expected
         for s in senders:
             s.join(180)
-        results = senders[0].results
-        assert len(results) == 6 and all(r.failed == 0 and r.delivered == r.frames for r in results), results
+        results = senders[0].results + senders[6].results
+        assert len(results) == 12 and all(r.failed == 0 and r.delivered == r.frames for r in results), results
         try:
             for eos, (a, _th, t) in pair.items():
-                preds = read_predictions(conf, t["predictions"], streams.expected, timeout=240, read_committed=eos)
-                report = classify(preds, streams.expected)
+                preds = read_predictions(conf, t["predictions"], expected, timeout=240, read_committed=eos)
+                report = classify(preds, expected)
                 rewinds = a.metrics.registry.get_sample_value("audiostream_transaction_rewinds_total")
+                replaced = a.metrics.registry.get_sample_value(
+                    "audiostream_transactional_producer_replacements_total")
                 mode = "exactly-once" if eos else "at-least-once"
-                print(f"two leader kills, {mode}: {report}, rewinds {rewinds:.0f}")
+                print(f"two leader kills, {mode}: {report}, rewinds {rewinds:.0f}, producers replaced {replaced:.0f}")
                 assert report["missing"] == 0 and report["unexpected"] == 0, report
                 if eos:
                     assert report["duplicates"] == 0, report

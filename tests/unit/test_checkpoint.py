@@ -3,6 +3,8 @@ failure commits nothing (consumers/checkpoint.py). Kafka clients are replaced by
 the checkpoint makes; the real-broker behaviour is proved in tests/integration/test_reliability.py."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -28,8 +30,11 @@ class Consumer:
 
 
 class Producer:
-    def __init__(self, commit_error=None, commit_errors=(), abort_errors=(), init_errors=(), clock=None):
+    def __init__(self, commit_error=None, commit_errors=(), abort_errors=(), init_errors=(), clock=None,
+                 offsets_errors=(), offsets_hang: threading.Event | None = None):
         self.calls = []
+        self.offsets_errors = list(offsets_errors)  # (error, seconds the call takes before raising it), in order
+        self.offsets_hang = offsets_hang  # set: send_offsets_to_transaction blocks until it is set (librdkafka#5456)
         self.sent = []
         self.commit_error = commit_error
         self.commit_errors = list(commit_errors)  # raised once each, in order, before commit_error
@@ -42,11 +47,22 @@ class Producer:
 
     def send_offsets_to_transaction(self, offsets, meta, timeout):
         assert meta == "group-metadata"
+        if self.offsets_hang is not None:
+            self.calls.append("send_offsets...")
+            self.offsets_hang.wait()
+            raise KafkaException(KafkaError(KafkaError._FENCED, "fenced by the new producer", fatal=True))
+        if self.offsets_errors:
+            err, takes_s = self.offsets_errors.pop(0)
+            self.calls.append("send_offsets?")
+            self.clock.t += min(takes_s, timeout)
+            raise KafkaException(err)
         self.sent.append({(o.topic, o.partition): (o.offset, parse_commit_metadata(o.metadata)) for o in offsets})
 
     def commit_transaction(self, timeout):
         if self.commit_errors:
             self.calls.append("commit?")
+            if self.clock is not None:
+                self.clock.t += 1.0   # each attempt takes a second
             raise KafkaException(self.commit_errors.pop(0))
         if self.commit_error is not None:
             raise KafkaException(self.commit_error)
@@ -490,3 +506,70 @@ def test_committed_offsets_are_asked_again_while_the_coordinator_moves():
     with pytest.raises(KafkaException):
         fetch_committed(never, tps, 10, clock=lambda: now[0], sleep=sleep)
     assert never.calls == 21 and now[0] == pytest.approx(10.0)  # every 0.5 s until the 10 s are up
+
+
+def test_exactly_once_offsets_call_that_hangs_is_given_up_and_the_producer_replaced():
+    """librdkafka can block in send_offsets_to_transaction for as long as its cached group coordinator is down,
+    whatever the timeout it was given (librdkafka#5456, #5511; seen in the two leader kills cluster test). After
+    offsets_timeout_s (+1 s) the call is left to hang in its thread; its transaction was not committed, so the
+    producer is replaced without calling it again (purged; the new one fences it) and the partitions rewound."""
+    hang = threading.Event()
+    old = Producer(offsets_hang=hang, clock=Clock())
+    cp, consumer, clock, failures, outcomes, rewound, made = make_replacing(old, offsets_timeout_s=0.2)
+    try:
+        batch(cp, 0.0, {TP0: 9}, outputs=1, low={TP0: 0})
+        cp.tick(1.0)
+        assert failures == [] and not cp.failed
+        assert old.calls == ["begin", "send_offsets...", "purge"] and len(made) == 1 and made[0].calls == ["init"]
+        assert cp.producer is made[0] and cp.producer_replacements == 1
+        assert outcomes == ["failed", "aborted"] and consumer.seeks == [(TP0, 0)] and rewound == [{TP0}]
+        batch(cp, 1.1, {TP0: 9}, outputs=1, low={TP0: 0})   # re-read, and committed through the new producer
+        clock.t = 2.2
+        cp.tick(2.2)
+        assert made[0].calls == ["init", "begin", "commit"] and made[0].sent == [{TP0: (10, 10)}]
+        assert outcomes == ["failed", "aborted", "ok"] and failures == []
+    finally:
+        hang.set()   # the old call returns, fenced: nothing reads it
+
+
+def test_exactly_once_offsets_call_that_hangs_without_a_producer_factory_stops():
+    hang = threading.Event()
+    old = Producer(offsets_hang=hang, clock=Clock())
+    cp, consumer, _p, clock, failures, outcomes, rewound = make_rewinding(producer=old, clock=old.clock,
+                                                                          offsets_timeout_s=0.2)
+    cp.unavailable_timeout_s = 0.2   # without a factory the bound is --unavailable-timeout
+    try:
+        batch(cp, 0.0, {TP0: 9}, outputs=1, low={TP0: 0})
+        cp.tick(1.0)
+        assert cp.failed and failures and "did not return" in failures[0] and rewound == []
+        assert old.calls == ["begin", "send_offsets..."]   # no abort called into the hung producer
+    finally:
+        hang.set()
+
+
+def test_exactly_once_offsets_that_keep_timing_out_rewind_after_offsets_timeout_not_unavailable_timeout():
+    """send_offsets_to_transaction answering a retriable timeout again and again (its group coordinator moving)
+    is retried for offsets_timeout_s, then the transaction is aborted and the partitions rewound: nothing of it
+    was committed. Before, it was retried for --unavailable-timeout (120 s) and then stopped the analyzer."""
+    clock = Clock()
+    old = Producer(offsets_errors=[(TIMED_OUT, 30.0)] * 20, clock=clock)
+    cp, consumer, clock, failures, outcomes, rewound, made = make_replacing(old)
+    batch(cp, 0.0, {TP0: 9}, outputs=1, low={TP0: 0})
+    cp.tick(1.0)
+    assert failures == [] and not cp.failed and clock.t <= 1.0 + cp.offsets_timeout_s < cp.unavailable_timeout_s
+    assert old.calls[0] == "begin" and old.calls[-1] == "abort" and "commit" not in old.calls and made == []
+    assert outcomes == ["failed", "aborted"] and consumer.seeks == [(TP0, 0)] and rewound == [{TP0}]
+
+
+def test_exactly_once_commit_transaction_that_times_out_is_never_rewound():
+    """A commit_transaction that keeps timing out may have committed on the coordinator: it is retried for
+    --unavailable-timeout and then stops (a restart reads the committed offsets), never rewound, which would
+    publish the transaction's outputs a second time."""
+    clock = Clock()
+    old = Producer(commit_errors=[TIMED_OUT] * 100, clock=clock)
+    cp, consumer, clock, failures, outcomes, rewound, made = make_replacing(old)
+    cp.unavailable_timeout_s = 3.5   # three retries of a second each
+    batch(cp, 0.0, {TP0: 9}, outputs=1, low={TP0: 0})
+    cp.tick(1.0)
+    assert old.calls.count("commit?") == 4 and old.calls[-1] == "abort"
+    assert rewound == [] and made == [] and cp.failed and failures and "not committed" in failures[0]
