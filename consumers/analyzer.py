@@ -446,10 +446,15 @@ class Analyzer(KafkaService):
         if audio_samples:
             m.audio_seconds.inc(sum(n / sr for sr, n in audio_samples.items()))
 
+        # serve the acknowledgements of earlier batches' outputs that arrived meanwhile (here and after the
+        # features): otherwise they wait for this whole batch, and its offsets for the next commit after that
+        poll = self.producer.poll
+        poll(0)
         t0 = time.perf_counter()
         ready = self.engine.step(now)
         if ready:
             m.feature_seconds.observe(time.perf_counter() - t0)
+        poll(0)
         shape = self.batch_shape
         shape[0] += 1
         shape[1] += len(msgs)
