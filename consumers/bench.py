@@ -75,7 +75,8 @@ def rss_bytes() -> int:
 
 # -- engine mode ----------------------------------------------------------------------
 def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, hop_length: int | None = None,
-                 naive_windows: int = 60, warmup_s: float = 2.0, cpu: int | None = None, progress=None) -> dict:
+                 naive_windows: int = 60, warmup_s: float = 2.0, cpu: int | None = None, frame_ms: int = 100,
+                 progress=None) -> dict:
     from threadpoolctl import threadpool_limits
 
     cpu = pin_to_one_cpu(cpu)
@@ -86,12 +87,13 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
         engine = Engine(spec, logmel=bundle.logmel, waveform=bundle.waveform)
         freeze_heap()  # as the analyzer does (like for like with bench --kafka)
         sr = spec.sr
-        n = sr // 10
+        n = sr * frame_ms // 1000   # samples per frame (100 ms: what producers send by default)
+        per_s = 1000 / frame_ms     # frames per stream-second
         pool = clip_pool(sr)
         sessions = [wire.new_session_id() for _ in range(streams)]
         ids = [f"bench-{i:05d}" for i in range(streams)]
-        ticks = int(seconds * 10)
-        warm = int(warmup_s * 10)
+        ticks = int(seconds * per_s)
+        warm = int(warmup_s * per_s)
         cpu_s = wall_s = 0.0
         latencies = []
         windows = 0
@@ -126,7 +128,7 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
                 latencies += [w1 - w.arrival for w in ready]  # its last frame accepted -> scores computed
             if progress:
                 progress(tick + 1, ticks)
-        audio_s = (ticks - warm) / 10  # every stream is live for all timed ticks (warm-up > hop_ticks)
+        audio_s = (ticks - warm) / per_s  # every stream is live for all timed ticks (warm-up > hop_ticks)
         bytes_per_stream = engine.state_bytes() / max(1, len(engine.streams))
         rss_per_stream = (rss_bytes() - rss0) / streams
 
@@ -148,7 +150,7 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
         "latency_p99_ms": percentile_ms(latencies, 99), "bytes_per_stream": round(bytes_per_stream),
         "rss_growth_per_stream": round(rss_per_stream), "model": bundle.ref,
         "window_spec": {"sr": sr, "window_length": spec.window_length, "hop": spec.hop, "n_fft": spec.n_fft,
-                        "hop_length": spec.hop_length}, "cpu": cpu_name(), "pinned_cpu": cpu,
+                        "hop_length": spec.hop_length}, "frame_ms": frame_ms, "cpu": cpu_name(), "pinned_cpu": cpu,
     }
 
 
@@ -229,7 +231,7 @@ def bench_broker(bootstrap: str | None, kinds: tuple[str, ...], partitions: int)
 def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, model: str = DEFAULT_MODEL,
                 partitions: int = 6, warmup_s: float = 10.0, engine_seconds: float = 8.0, exactly_once: bool = False,
                 consumer_options: dict | None = None, producer_options: dict | None = None,
-                max_batch: int | None = None, progress=None) -> dict:
+                max_batch: int | None = None, frame_ms: int = 100, progress=None) -> dict:
     from threadpoolctl import threadpool_limits
 
     from .analyzer import Analyzer, AnalyzerConfig
@@ -243,7 +245,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
     if engine_seconds:  # the bar, in the same run: the engine alone on the analyzer's CPU, same streams
         try:
             engine = engine_bench(streams=streams, seconds=engine_seconds, model=model, cpu=analyzer_cpu,
-                                  naive_windows=0)
+                                  naive_windows=0, frame_ms=frame_ms)
         finally:
             os.sched_setaffinity(0, set(cpus))
     cfg = AnalyzerConfig(kafka=conf, model=model, frames_topic=topics["frames"],
@@ -265,7 +267,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
                 time.sleep(0.1)  # start the load once the analyzer owns its partitions (no artificial backlog)
             cmd = [sys.executable, "-m", "streamproc.cli", "loadgen", "-b", bootstrap, "--topic", topics["frames"],
                    "--streams", str(streams), "--duration", str(duration), "--cpu", str(loadgen_cpu),
-                   "--prefix", f"bench{tag}"]
+                   "--prefix", f"bench{tag}", "--frame-ms", str(frame_ms)]
             t0 = time.monotonic()
             loadgen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             samples = []  # (t, total lag, predictions so far, cpu seconds so far)
@@ -308,12 +310,13 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
                  "capture_to_ack_p99_ms": percentile_ms([p[2] for p in parts], 99)}
         half = [(t, lag) for t, lag, _, _ in samples if t >= duration / 2]
         slope = float(np.polyfit([t for t, _ in half], [lag for _, lag in half], 1)[0]) if len(half) >= 3 else 0.0
-        input_rate = streams * 10.0  # frames per second
+        input_rate = streams * 1000 / frame_ms  # frames per second
         windows = int(windows_done(analyzer))
-        # the load generator starts stream i (i % 5) frames late (see producers.loadgen.generate)
-        ticks = int(duration * 10)
-        expected = sum(len(analyzer.spec.window_bounds((ticks - i % 5) * analyzer.spec.sr // 10))
-                       for i in range(streams))
+        # the load generator starts stream i (i % k) frames late, k = 500 ms of frames (producers.loadgen.generate)
+        ticks = int(duration * 1000 / frame_ms)
+        stagger = max(1, round(500 / frame_ms))
+        n = analyzer.spec.sr * frame_ms // 1000
+        expected = sum(len(analyzer.spec.window_bounds((ticks - i % stagger) * n)) for i in range(streams))
         busy = [(b[3] - a[3]) / (b[0] - a[0]) for a, b in zip(samples, samples[1:])][len(samples) // 2:]
         sustained = slope < 0.01 * input_rate and drain_s < 5.0 and windows >= 0.98 * expected
         # streams served per CPU second over the second half (windows/s / windows per stream-second / busy):
@@ -347,7 +350,7 @@ def kafka_bench(*, streams: int, duration: float, bootstrap: str | None = None, 
             "guarantee": "exactly-once" if exactly_once else "at-least-once",
             **({"consumer_options": consumer_options} if consumer_options else {}),
             **({"producer_options": producer_options} if producer_options else {}),
-            "max_batch": cfg.batch_size,
+            "max_batch": cfg.batch_size, "frame_ms": frame_ms,
             "sustained": bool(sustained), "lag_trend_records_per_s": round(slope, 2),
             "max_lag_records": int(max((lag for _, lag, _, _ in samples), default=0)),
             "drain_seconds": round(drain_s, 2), "windows": windows, "windows_expected": expected,
@@ -504,6 +507,9 @@ def add_parser(sub):
                    help="kafka mode: a librdkafka setting for the analyzer's consumer (e.g. fetch.min.bytes=65536)")
     p.add_argument("--producer-option", action="append", default=[], metavar="KEY=VALUE",
                    help="kafka mode: a librdkafka setting for the analyzer's producer (e.g. linger.ms=5)")
+    p.add_argument("--frame-ms", type=int, default=100, choices=(20, 50, 100, 200, 250, 500),
+                   help="engine and kafka modes: frame length the streams are sent in (fewer, larger records; the "
+                        "edge adds a frame of latency)")
     p.add_argument("--max-batch", type=int, default=None, metavar="FRAMES",
                    help="kafka mode: the analyzer's --max-batch (frames per step; the latency / throughput trade)")
     p.add_argument("--analyzers", type=int, default=0,
@@ -560,12 +566,12 @@ def run(args) -> int:
                              model=args.model, partitions=args.partitions, engine_seconds=args.engine_seconds,
                              exactly_once=args.exactly_once, consumer_options=_options(args.consumer_option),
                              producer_options=_options(args.producer_option), max_batch=args.max_batch,
-                             progress=lambda d, t, lag: bar.update(d, f"lag {lag}"))
+                             frame_ms=args.frame_ms, progress=lambda d, t, lag: bar.update(d, f"lag {lag}"))
     else:
         streams = args.streams or 2000
-        bar = Progress(f"bench: {streams} streams", int(args.seconds * 10), enabled=not quiet)
+        bar = Progress(f"bench: {streams} streams", int(args.seconds * 1000 / args.frame_ms), enabled=not quiet)
         result = engine_bench(streams=streams, seconds=args.seconds, model=args.model, hop_length=args.hop_length,
-                              cpu=args.cpu, progress=lambda d, t: bar.update(d))
+                              cpu=args.cpu, frame_ms=args.frame_ms, progress=lambda d, t: bar.update(d))
     if args.json:
         print(json.dumps(result))
         return 0
