@@ -110,6 +110,22 @@ def _transcriber(kafka_conf, t: dict, group: str, port: int, log_path):
                             stdout=log, stderr=subprocess.STDOUT)
 
 
+def _prometheus(target_port: int, workdir):
+    """Debian's Prometheus scraping the transcriber every second as the job the dashboards and alert rules name,
+    with the project's alert rules loaded."""
+    from .test_prometheus import _tool
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+              "rule_files": [str(REPO / "deploy" / "prometheus" / "alerts.yml")],
+              "scrape_configs": [{"job_name": "audiostream-transcriber",
+                                  "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}]}
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    proc = subprocess.Popen([_tool("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, port
+
+
 def _ready(port: int) -> bool:
     import httpx
     try:
@@ -139,7 +155,7 @@ def live(kafka_conf, speech_file, offline, dictation, tmp_path_factory):
     batch = subprocess.Popen(cli("batch", str(speech_file), "--out", str(out), "--transcribe", "--workers", "1",
                                  "-q"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = _transcriber(kafka_conf, t, group, port_a, logs / "a.log")
-    second = producer = None
+    second = producer = prom = None
     try:
         wait_for(lambda: _ready(port_a) or first.poll() is not None, 120, "the first transcriber to be ready")
         assert first.poll() is None, (logs / "a.log").read_text()[-3000:]
@@ -159,6 +175,7 @@ def live(kafka_conf, speech_file, offline, dictation, tmp_path_factory):
         before = _finals(values(consume(kafka_conf, t["transcripts"], until=_count_finals(2), timeout=30,
                                         settle=1.0)))
         second = _transcriber(kafka_conf, t, group, port_b, logs / "b.log")
+        prom, prom_port = _prometheus(port_b, logs)  # scrapes the second one for the speech dashboard's test
         wanted = {r["start_sample"] for r in offline}
 
         def complete(ms):
@@ -175,9 +192,9 @@ def live(kafka_conf, speech_file, offline, dictation, tmp_path_factory):
                                capture_output=True, text=True, timeout=120)
         assert watch.returncode == 0, watch.stderr
         yield {"msgs": msgs, "before": before, "metrics": metrics, "dead": dead, "logs": logs,
-               "captions": watch.stdout.splitlines(), "topics": t, "batch": (batch, out)}
+               "captions": watch.stdout.splitlines(), "topics": t, "batch": (batch, out), "prometheus": prom_port}
     finally:
-        for p in (first, second, producer, batch):
+        for p in (first, second, producer, batch, prom):
             if p is not None and p.poll() is None:
                 p.terminate()
                 p.wait(30)
@@ -308,6 +325,41 @@ def test_the_metrics_the_alert_rules_use_are_served(live, offline):
     assert total("audiostream_caption_latency_seconds_count") > 0
     assert total("audiostream_transcribed_audio_seconds_total") > 0
     assert total("audiostream_transcription_cpu_seconds_total") > 0
+
+
+def test_every_speech_dashboard_panel_has_data_in_prometheus(live):
+    """deploy/grafana/dashboards/audiostream-speech.json: every query of every panel parses and returns data
+    in a real Prometheus scraping the transcriber of the live run (the operator's view of captions, latency,
+    recogniser load, partials and dead letters)."""
+    from .test_prometheus import query
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "audiostream-speech.json").read_text())
+    exprs = [(p["title"], tgt["expr"]) for p in dashboard["panels"] for tgt in p["targets"]]
+    assert len(dashboard["panels"]) >= 10 and len(exprs) >= 20
+    port = live["prometheus"]
+    # rate() panels need two scrapes inside their range: wait for data, not a fixed time
+    try:
+        wait_for(lambda: all(query(port, expr).get("data", {}).get("result") for _, expr in exprs), 90,
+                 "every speech panel to have data", step=1.0)
+    except AssertionError:
+        pass  # the loop below names the panel without data
+    for title, expr in exprs:
+        res = query(port, expr)
+        assert res["status"] == "success" and res["data"]["result"], (title, expr, res)
+    ready = query(port, dashboard["panels"][0]["targets"][0]["expr"])["data"]["result"]
+    assert float(ready[0]["value"][1]) == 1.0   # the second transcriber, consuming
+    # the transcriber's alert rules, evaluated by the same Prometheus on the live metrics: healthy, none firing
+    import urllib.request
+
+    def transcriber_rules():
+        groups = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10).read())
+        return [r for g in groups["data"]["groups"] if g["name"] == "audiostream-transcriber" for r in g["rules"]]
+    rules = wait_for(lambda: (lambda rs: rs if rs and all(not r.get("lastEvaluation", "0001").startswith("0001")
+                                                          for r in rs) else None)(transcriber_rules()),
+                     60, "the transcriber's alert rules to be evaluated", step=0.5)
+    assert len(rules) == 3 and all(r["health"] == "ok" for r in rules), rules
+    down = next(r for r in rules if r["name"] == "AudiostreamTranscriberDown")
+    assert query(port, down["query"])["data"]["result"] == []   # scraped: up is 1, the rule's condition is false
+    assert query(port, 'up{job="audiostream-transcriber"}')["data"]["result"][0]["value"][1] == "1"
 
 
 def test_batch_and_the_http_api_give_the_same_answers(live, speech_file, offline):
