@@ -352,6 +352,7 @@ class Analyzer(KafkaService):
         if self._http is not None:
             self._http.shutdown()
             self._http = None
+        self._close_producer()
 
     def _on_commit(self, err, partitions) -> None:
         failed = err is not None or any(p.error is not None for p in partitions)

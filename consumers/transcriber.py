@@ -508,6 +508,7 @@ class TranscriberService(KafkaService):
         if self._http is not None:
             self._http.shutdown()
             self._http = None
+        self._close_producer()
 
     # -- the work -------------------------------------------------------------------
     def process_batch(self, msgs) -> None:

@@ -121,3 +121,6 @@ def start_analyzer(kafka_conf):
         th.join(20)
         assert not th.is_alive(), "analyzer did not stop within 20 s"
         assert not th.errors, th.errors
+        if a.producer is not None:  # destroyed by run() itself, not left to the interpreter's exit
+            with pytest.raises(RuntimeError, match="closed"):
+                a.producer.poll(0)
