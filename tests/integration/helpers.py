@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -125,3 +129,42 @@ def wait_for(predicate, timeout: float, what: str, step: float = 0.2):
             return value
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# -- a real Prometheus (Debian's package) ---------------------------------------------------------------------
+def prometheus_tool(name: str) -> str:
+    """The path of ``prometheus`` or ``promtool``."""
+    path = shutil.which(name)
+    assert path, f"{name} is missing: deploy/setup.sh installs Debian's prometheus package"
+    return path
+
+
+def start_prometheus(config: dict, workdir: Path) -> tuple[subprocess.Popen, int]:
+    """Prometheus with ``config`` (written to workdir/prometheus.yml, its TSDB in workdir/tsdb) on a free port."""
+    import yaml
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    proc = subprocess.Popen([prometheus_tool("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, port
+
+
+def query(port: int, expr: str) -> dict:
+    """Prometheus's answer to an instant query (its error answer too)."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        return json.loads(urllib.request.urlopen(url, timeout=10).read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+def alert_rules(port: int, group: str | None = None) -> list[dict]:
+    """The rules Prometheus has loaded (those of ``group`` only, if given), with health and last evaluation."""
+    groups = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10).read())
+    return [r for g in groups["data"]["groups"] if group in (None, g["name"]) for r in g["rules"]]
+
+
+def all_evaluated(rules: list[dict]) -> bool:
+    """Every rule has been evaluated at least once (Prometheus reports year 1 before that)."""
+    return all(not r.get("lastEvaluation", "0001").startswith("0001") for r in rules)

@@ -3,12 +3,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import socket
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,42 +13,24 @@ import soundfile as sf
 import yaml
 
 from .fakemic import PulseMic
-from .helpers import cli, consume
+from .helpers import (all_evaluated, alert_rules, cli, consume, free_port, prometheus_tool, query,
+                      start_prometheus)
 
 pytestmark = pytest.mark.integration
 PROM_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 
 
-def _tool(name):
-    path = shutil.which(name)
-    assert path, f"{name} is missing: deploy/setup.sh installs Debian's prometheus package"
-    return path
-
-
 def test_promtool_checks_and_unit_tests_the_rules():
-    r = subprocess.run([_tool("promtool"), "check", "rules", str(PROM_DIR / "alerts.yml")], capture_output=True,
+    promtool = prometheus_tool("promtool")
+    r = subprocess.run([promtool, "check", "rules", str(PROM_DIR / "alerts.yml")], capture_output=True,
                        text=True)
     assert r.returncode == 0 and "SUCCESS: 16 rules found" in r.stdout + r.stderr, r.stdout + r.stderr
-    r = subprocess.run([_tool("promtool"), "test", "rules", "alerts.test.yml"], cwd=PROM_DIR, capture_output=True,
+    r = subprocess.run([promtool, "test", "rules", "alerts.test.yml"], cwd=PROM_DIR, capture_output=True,
                        text=True)
     assert r.returncode == 0 and "SUCCESS" in r.stdout + r.stderr, r.stdout + r.stderr
-    r = subprocess.run([_tool("promtool"), "check", "config", "prometheus.yml"], cwd=PROM_DIR, capture_output=True,
+    r = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=PROM_DIR, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def query(port: int, expr: str) -> dict:
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    try:
-        return json.loads(urllib.request.urlopen(url, timeout=10).read())
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read())
 
 
 def test_every_alert_expression_evaluates_on_a_live_system(kafka_conf, topics, start_analyzer, tmp_path):
@@ -76,11 +54,7 @@ def test_every_alert_expression_evaluates_on_a_live_system(kafka_conf, topics, s
                 {"job_name": "audiostream-producer", "static_configs": [{"targets": [f"127.0.0.1:{producer_port}"]}]},
             ],
         }
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = free_port()
-        prom = subprocess.Popen([_tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        prom, port = start_prometheus(config, tmp_path)
         # something for every metric to show: a file replay (predictions, features, latencies) and a bad frame
         wav = tmp_path / "tone.wav"
         sf.write(wav, (0.3 * np.sin(2 * np.pi * 440 * np.arange(3 * 16000) / 16000)).astype(np.float32), 16000)
@@ -102,14 +76,10 @@ def test_every_alert_expression_evaluates_on_a_live_system(kafka_conf, topics, s
                 break
             time.sleep(0.5)
 
-        def loaded_rules():
-            groups = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10).read())
-            return [r for g in groups["data"]["groups"] for r in g["rules"]]
         deadline = time.monotonic() + 60  # wait for every rule to have been evaluated, not a fixed time
-        while time.monotonic() < deadline and not all(
-                not r.get("lastEvaluation", "0001").startswith("0001") for r in loaded_rules()):
+        while time.monotonic() < deadline and not all_evaluated(alert_rules(port)):
             time.sleep(0.5)
-        loaded = loaded_rules()
+        loaded = alert_rules(port)
         assert len(loaded) == 16 and all(r["health"] == "ok" for r in loaded), loaded
 
         alerts = yaml.safe_load(rules.read_text())["groups"][0]["rules"]

@@ -34,8 +34,8 @@ from streamproc.kafka import ensure_topics
 from tests.speech import HARVARD, stream_of
 
 from .conftest import REPO
-from .helpers import (cli, consume, deadletter_header_object, free_port, running_serve, sse_items, validate, values,
-                      wait_for)
+from .helpers import (all_evaluated, alert_rules, cli, consume, deadletter_header_object, free_port, query,
+                      running_serve, sse_items, start_prometheus, validate, values, wait_for)
 
 SENTENCES = HARVARD[:4]
 BOUNDS = ("start_sample", "end_sample", "text", "reason")
@@ -113,17 +113,11 @@ def _transcriber(kafka_conf, t: dict, group: str, port: int, log_path):
 def _prometheus(target_port: int, workdir):
     """Debian's Prometheus scraping the transcriber every second as the job the dashboards and alert rules name,
     with the project's alert rules loaded."""
-    from .test_prometheus import _tool
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "rule_files": [str(REPO / "deploy" / "prometheus" / "alerts.yml")],
-              "scrape_configs": [{"job_name": "audiostream-transcriber",
-                                  "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}]}
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    proc = subprocess.Popen([_tool("prometheus"), f"--config.file={workdir / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return proc, port
+    return start_prometheus({"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                             "rule_files": [str(REPO / "deploy" / "prometheus" / "alerts.yml")],
+                             "scrape_configs": [{"job_name": "audiostream-transcriber",
+                                                 "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}]},
+                            workdir)
 
 
 def _ready(port: int) -> bool:
@@ -331,7 +325,6 @@ def test_every_speech_dashboard_panel_has_data_in_prometheus(live):
     """deploy/grafana/dashboards/audiostream-speech.json: every query of every panel parses and returns data
     in a real Prometheus scraping the transcriber of the live run (the operator's view of captions, latency,
     recogniser load, partials and dead letters)."""
-    from .test_prometheus import query
     dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "audiostream-speech.json").read_text())
     exprs = [(p["title"], tgt["expr"]) for p in dashboard["panels"] for tgt in p["targets"]]
     assert len(dashboard["panels"]) >= 10 and len(exprs) >= 20
@@ -347,15 +340,11 @@ def test_every_speech_dashboard_panel_has_data_in_prometheus(live):
         assert res["status"] == "success" and res["data"]["result"], (title, expr, res)
     ready = query(port, dashboard["panels"][0]["targets"][0]["expr"])["data"]["result"]
     assert float(ready[0]["value"][1]) == 1.0   # the second transcriber, consuming
-    # the transcriber's alert rules, evaluated by the same Prometheus on the live metrics: healthy, none firing
-    import urllib.request
-
-    def transcriber_rules():
-        groups = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=10).read())
-        return [r for g in groups["data"]["groups"] if g["name"] == "audiostream-transcriber" for r in g["rules"]]
-    rules = wait_for(lambda: (lambda rs: rs if rs and all(not r.get("lastEvaluation", "0001").startswith("0001")
-                                                          for r in rs) else None)(transcriber_rules()),
-                     60, "the transcriber's alert rules to be evaluated", step=0.5)
+    # the transcriber's alert rules, evaluated by the same Prometheus on the live metrics: healthy, Down false
+    def evaluated():
+        rules = alert_rules(port, "audiostream-transcriber")
+        return rules if rules and all_evaluated(rules) else None
+    rules = wait_for(evaluated, 60, "the transcriber's alert rules to be evaluated", step=0.5)
     assert len(rules) == 3 and all(r["health"] == "ok" for r in rules), rules
     down = next(r for r in rules if r["name"] == "AudiostreamTranscriberDown")
     assert query(port, down["query"])["data"]["result"] == []   # scraped: up is 1, the rule's condition is false
