@@ -139,9 +139,7 @@ def limit_blas_threads(n: int) -> None:
 class Analyzer(KafkaService):
     """Build with a config, then ``run()`` until ``stop()`` (or SIGTERM in the CLI)."""
 
-    service_name = "analyzer"
-    ready_stale_s = 30.0
-    live_stale_s = 60.0
+    service_name = "analyzer"   # (the loop's staleness bounds for /ready and /healthz: KafkaService's)
 
     def __init__(self, config: AnalyzerConfig, registry=None):
         self.config = config

@@ -3,7 +3,7 @@
 
 ``KafkaService`` is a mixin for a class that has ``config`` (``kafka``, ``group_id``, ``auto_offset_reset``,
 ``instance_id``, ``consumer_overrides``, ``metrics_port``, ``metrics_addr``), ``metrics`` (with ``registry`` and
-``kafka_up``), ``instance``, ``_stop`` (an Event), ``_started``, ``_down_since``, ``_fatal``, ``last_loop``,
+``kafka_up``), ``instance``, ``producer`` (None until connected), ``_stop`` (an Event), ``_started``, ``_down_since``, ``_fatal``, ``last_loop``,
 ``_fail(what)``, ``_on_commit(err, partitions)`` and ``run()``. It gives the lifecycle (``stop``, ``ready``,
 ``run_in_background``), /metrics with /healthz and /ready, the reaction to the Kafka client's errors (cluster
 down and back, fatal errors), and the consumer's configuration, whose delivery settings (no auto commit,
@@ -106,7 +106,7 @@ class KafkaService:
         one of its broker threads once crashed the exiting process (SIGSEGV after a clean stop). Records still
         unacknowledged now were not committed (a restart re-reads them), so they are purged first:
         ``Producer.close()`` would otherwise wait for them without limit."""
-        producer = getattr(self, "producer", None)
+        producer = self.producer
         if producer is None:
             return
         try:
