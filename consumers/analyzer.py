@@ -46,7 +46,7 @@ from streamproc.settings import DEFAULT_MODEL, add_kafka_arguments, masked  # no
 
 from .checkpoint import Checkpoint, fetch_committed, for_mode
 from .service import KafkaService
-from .metrics import AnalyzerMetrics
+from .metrics import AnalyzerMetrics, observe_many
 
 log = logging.getLogger("audiostream.analyzer")
 
@@ -170,6 +170,10 @@ class Analyzer(KafkaService):
         self._fatal: str | None = None
         self._fatal_type: type = OutputDeliveryError
         self._features = records.FeaturesEncoder(self.spec)
+        self._predictions = records.PredictionEncoder(self.bundle.labels, task=self.bundle.task,
+                                                      version=self.bundle.version, analyzer=self.instance)
+        self._tracked = self._delivered = None  # the current batch's delivery callbacks (checkpoint's, ours)
+        self._acked: list = []  # ((window, label), produced, acknowledged): predictions counted by _count_acks
         self.latencies = collections.deque(maxlen=config.record_latencies) if config.record_latencies else None
         self.last_lag: dict[tuple[str, int], int] = {}
         self.batch_shape = [0, 0, 0]  # batches processed, records in them, windows their Engine.step returned (bench)
@@ -283,6 +287,7 @@ class Analyzer(KafkaService):
                 elif self.engine.holding:  # frames held for a reorder are released on time, traffic or not
                     self.process_batch([])
                 self.producer.poll(0)  # delivery callbacks
+                self._count_acks()
                 self.checkpoint.tick(now)
                 now = time.monotonic()  # a slow batch may have taken seconds: lag and eviction must not wait
                 if now - last_house > 1.0:
@@ -344,6 +349,7 @@ class Analyzer(KafkaService):
     def _close(self) -> None:
         if self.checkpoint is not None:
             self.checkpoint.close()  # commits what is due, or after a failure aborts and commits nothing
+        self._count_acks()
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
@@ -382,11 +388,12 @@ class Analyzer(KafkaService):
         low: dict[tuple[str, int], int] = {}
         cp.begin(now)
         # the per-record path is the analyzer's cost floor (10 000 records/s at 1000 streams): no metric
-        # label look-ups, no repeated key validation; counters move once per batch
+        # label look-ups, no repeated key validation, no method call that can be a dict look-up; counters move
+        # once per batch. Every frame it accepts has the model's sample rate (the others are dead-lettered).
         counted: dict[str, list] = {}  # topic -> [records, bytes]
-        audio_samples: dict[int, int] = {}  # sample rate -> samples accepted
+        accepted = 0  # samples of audio accepted
         sids, spec_sr, accept, where = self._sids, self.spec.sr, self.engine.accept, self._stream_partition
-        streams = self.engine.streams
+        streams, replay_until = self.engine.streams, cp.replay_until  # (the previous owners' done markers)
         decode, max_bytes, max_s = wire.decode, c.max_frame_bytes, c.max_frame_seconds
         for msg in msgs:
             err = msg.error()
@@ -402,7 +409,7 @@ class Analyzer(KafkaService):
                     high[tp] = offset
             else:
                 high[tp] = low[tp] = offset
-            replay = cp.replaying(tp, offset)  # already processed (and published) by a previous owner
+            replay = cp.replaying(tp, offset) if replay_until else False  # processed (and published) by a previous owner
             value = msg.value()
             if not replay:
                 n = counted.get(topic)
@@ -428,22 +435,22 @@ class Analyzer(KafkaService):
                     self._deadletter(msg, exc)
                 continue
             if where.get(sid) == tp and sid in streams:  # the common case: a stream continuing where it was
-                moved = False
+                res = accept(sid, frame, now, offset)
             else:
                 moved = self._moved(sid, tp, frame, replay)
                 if moved is None:
                     continue  # an older frame from the partition the stream left: superseded
-            res = accept(sid, frame, now, tag=offset)
-            where[sid] = tp
-            if moved:
-                self._flag_first_window(sid)
+                res = accept(sid, frame, now, offset)
+                where[sid] = tp
+                if moved:
+                    self._flag_first_window(sid)
             if not replay and res.status not in ("duplicate", "late"):
-                audio_samples[frame.sample_rate] = audio_samples.get(frame.sample_rate, 0) + frame.n_frames
+                accepted += frame.samples.shape[0]
         for topic, (n, nbytes) in counted.items():
             m.frames.labels(topic).inc(n)
             m.frame_bytes.labels(topic).inc(nbytes)
-        if audio_samples:
-            m.audio_seconds.inc(sum(n / sr for sr, n in audio_samples.items()))
+        if accepted:
+            m.audio_seconds.inc(accepted / spec_sr)
 
         # serve the acknowledgements of earlier batches' outputs that arrived meanwhile (here and after the
         # features): otherwise they wait for this whole batch, and its offsets for the next commit after that
@@ -509,17 +516,21 @@ class Analyzer(KafkaService):
             fresh.append(ev)
             if isinstance(ev, Window):
                 windows.append(ev)
-        if windows:  # what every window's records need, for the whole batch in a few numpy/orjson calls
+        if windows:  # every window's records, for the whole batch in a few numpy/orjson calls
             scores = self._infer(windows)
             finite = np.isfinite(scores).all(axis=1).tolist()
-            commons = [records.window_fields(w) for w in windows]
-            gated = (self.bundle.is_gated(np.array([w.metrics["rms_dbfs"] for w in windows], np.float64)).tolist()
-                     if self.detector is None else None)
-            feats = self._features.encode_many(windows, commons) if self.config.features_topic else None
+            heads = [records.window_head(w) for w in windows]  # the fields both records of a window share
+            feats = self._features.encode_many(windows, heads) if self.config.features_topic else None
+            preds = labels = None
+            if self.detector is None:
+                gated = self.bundle.is_gated(np.array([w.metrics["rms_dbfs"] for w in windows], np.float64)).tolist()
+                preds, labels = self._predictions.encode_many(windows, np.where(np.isfinite(scores), scores, 0.0),
+                                                              now=time.monotonic(), gated=gated, heads=heads)
         i = 0
         for ev in fresh:
             if isinstance(ev, Window):
-                self._publish_window(ev, scores[i], finite[i], commons[i], gated and gated[i], feats and feats[i])
+                self._publish_window(ev, scores[i], finite[i], feats and feats[i], preds and preds[i],
+                                     labels and labels[i])
                 i += 1
             elif isinstance(ev, Gap):
                 self._gap(ev)
@@ -547,26 +558,72 @@ class Analyzer(KafkaService):
             self.checkpoint.fail()
         self._stop.set()
 
-    def _emit(self, topic: str, value: bytes | None, key: bytes | None, headers=None, on_ok=None) -> None:
-        """Produce one output record, tracked by the checkpoint for the current batch."""
-        delivered_to_checkpoint = self.checkpoint.track()
-
-        def delivered(err, msg):
-            delivered_to_checkpoint(err)
-            if err is not None:
-                self.metrics.delivery_errors.labels(msg.topic()).inc()
-                log.error("output to %s not delivered: %s", msg.topic(), err.str())
-            elif on_ok is not None:
-                on_ok(msg)
+    def _emit(self, topic: str, value: bytes | None, key: bytes | None, headers=None, ack: tuple | None = None) -> None:
+        """Produce one output record, tracked by the checkpoint for the current batch; ``ack``: (window, label) of a
+        prediction, whose acknowledgement is counted and timed (``_count_acks``)."""
+        to_checkpoint = self.checkpoint.track()
+        if to_checkpoint is not self._tracked:  # a new batch: one delivery callback for all its records
+            self._tracked, self._delivered = to_checkpoint, self._delivery_callback(to_checkpoint)
+        delivered = self._delivered if ack is None else self._ack_callback(self._delivered, ack)
         try:
             try:  # the common case without the helper's call; a full local queue waits in produce()
                 self.producer.produce(topic, value=value, key=key, on_delivery=delivered, headers=headers)
             except BufferError:
                 produce(self.producer, topic, value, key, on_delivery=delivered, headers=headers)
         except KafkaException as exc:  # exactly-once: the open transaction already failed (the checkpoint rewinds)
-            if not self.checkpoint.refused(exc, delivered_to_checkpoint):
+            if not self.checkpoint.refused(exc, to_checkpoint):
                 raise
             self.metrics.delivery_errors.labels(topic).inc()
+
+    def _delivery_callback(self, to_checkpoint):
+        """Kafka's report on one output record of a batch, ``(err, msg)``: the checkpoint's count, failures logged."""
+        errors = self.metrics.delivery_errors
+
+        def delivered(err, msg):
+            to_checkpoint(err)
+            if err is not None:
+                errors.labels(msg.topic()).inc()
+                log.error("output to %s not delivered: %s", msg.topic(), err.str())
+        return delivered
+
+    def _ack_callback(self, delivered, ack: tuple):
+        """A prediction's report: as ``delivered``, and once acknowledged, noted for ``_count_acks`` (the only work
+        here: the callbacks of a thousand streams run 2000 times a second)."""
+        acked, clock = self._acked, time.monotonic
+        produced = clock()  # the prediction handed to the producer
+
+        def ack_delivered(err, msg):
+            delivered(err, msg)
+            if err is None:
+                acked.append((ack, produced, clock()))  # served by our poll, at most ~2 ms after Kafka's ack
+        return ack_delivered
+
+    def _count_acks(self) -> None:
+        """The predictions acknowledged since the last call, counted by label and timed, in bulk: from the window's
+        last frame arriving (``audiostream_window_processing_seconds``) and from its capture on the producer's
+        clock (``audiostream_end_to_end_latency_seconds``)."""
+        if not self._acked:
+            return
+        done = self._acked[:]
+        self._acked.clear()  # (the callbacks run in our own poll: nothing is appended meanwhile)
+        m = self.metrics
+        for label, n in collections.Counter(label for (_w, label), _p, _a in done).items():
+            counter = self._label_counters.get(label)
+            if counter is None:
+                counter = self._label_counters[label] = m.predictions.labels(m.model, label)
+            counter.inc(n)
+        arrival = np.array([w.arrival for (w, _l), _p, _a in done])
+        produced = np.array([p for _ack, p, _a in done])
+        acked = np.array([a for _ack, _p, a in done])
+        # capture -> acknowledged: the acknowledgement's wall-clock time from its monotonic one
+        wall, mono = time.time_ns(), time.monotonic()
+        capture = np.array([w.capture_time_ns for (w, _l), _p, _a in done], dtype=np.float64)
+        e2e = np.maximum(0.0, (wall - capture) / 1e9 - (mono - acked))
+        latency = acked - arrival
+        observe_many(m.window_latency, latency)
+        observe_many(m.e2e_latency, e2e)
+        if self.latencies is not None:
+            self.latencies.extend(zip((produced - arrival).tolist(), latency.tolist(), e2e.tolist()))
 
     def _infer(self, windows: list[Window]) -> np.ndarray:
         c, m, b = self.config, self.metrics, self.bundle
@@ -579,8 +636,9 @@ class Analyzer(KafkaService):
         m.windows.labels(m.model).inc(len(windows))
         return scores
 
-    def _publish_window(self, w: Window, s: np.ndarray, finite: bool, common: dict, gated: bool | None,
-                        features: bytes | None) -> None:
+    def _publish_window(self, w: Window, s: np.ndarray, finite: bool, features: bytes | None,
+                        prediction: bytes | None, label: str | None) -> None:
+        """A window's records: its features, then its prediction (``PredictionEncoder``'s) or detections."""
         c, m, b = self.config, self.metrics, self.bundle
         key = w.stream_id.encode()
         if features is not None:
@@ -593,33 +651,10 @@ class Analyzer(KafkaService):
             d = self.detector
             found = d.found(d.confidences(s))
             rec = records.detection(w, found, task=b.task, version=b.version, analyzer=self.instance,
-                                    latency_s=time.monotonic() - w.arrival, threshold=d.threshold, filters=d.filters,
-                                    common=common)
-            self._emit(c.predictions_topic, records.dumps(rec), key,
-                       on_ok=self._prediction_ack(w, found[0][0] if found else "none"))
+                                    latency_s=time.monotonic() - w.arrival, threshold=d.threshold, filters=d.filters)
+            self._emit(c.predictions_topic, records.dumps(rec), key, ack=(w, found[0][0] if found else "none"))
             return
-        pred = records.prediction(w, s, b.labels, task=b.task, version=b.version, analyzer=self.instance,
-                                  latency_s=time.monotonic() - w.arrival, gated=gated, common=common)
-        self._emit(c.predictions_topic, records.dumps(pred), key, on_ok=self._prediction_ack(w, pred["label"]))
-
-    def _prediction_ack(self, w: Window, label: str):
-        m = self.metrics
-        counter = self._label_counters.get(label)
-        if counter is None:
-            counter = self._label_counters[label] = m.predictions.labels(m.model, label)
-
-        produced = time.monotonic()  # built as the prediction is handed to the producer
-
-        def ack(msg):
-            counter.inc()
-            acked = time.monotonic()  # served by our poll, at most ~2 ms after Kafka's acknowledgement
-            latency = acked - w.arrival
-            m.window_latency.observe(latency)
-            e2e = max(0.0, (time.time_ns() - w.capture_time_ns) / 1e9)
-            m.e2e_latency.observe(e2e)
-            if self.latencies is not None:
-                self.latencies.append((produced - w.arrival, latency, e2e))
-        return ack
+        self._emit(c.predictions_topic, prediction, key, ack=(w, label))
 
     def _deadletter(self, msg, exc: FrameError) -> None:
         self.metrics.deadletter.labels(exc.reason).inc()

@@ -172,13 +172,17 @@ class Checkpoint:
     # -- batches --------------------------------------------------------------------------
     def begin(self, now: float) -> Batch:
         self._batch = Batch(now)
+        self._delivered = self._delivery_callback(self._batch)
         return self._batch
 
     def track(self) -> Callable:
-        """Count one output record of the current batch; returns its delivery callback ``(err) -> None``."""
-        batch = self._batch
-        batch.pending += 1
+        """Count one output record of the current batch; returns its delivery callback ``(err) -> None``, to be
+        called once for it. Every output of a batch gets the same callback object (one closure per batch, not
+        per record: the analyzer publishes thousands of records a second)."""
+        self._batch.pending += 1
+        return self._delivered
 
+    def _delivery_callback(self, batch: Batch) -> Callable:
         def delivered(err) -> None:
             batch.pending -= 1
             if err is not None:
@@ -373,9 +377,10 @@ class ExactlyOnce(Checkpoint):
             self.generation += 1
         return super().begin(now)
 
-    def track(self) -> Callable:
-        """Count one output of the open transaction; a refusal reported after that transaction was
-        aborted (librdkafka reports the purged outputs) is not held against the next one."""
+    def _delivery_callback(self, batch: Batch) -> Callable:
+        """Outputs of the open transaction (``track`` counts none: the commit waits for all of them); a refusal
+        reported after that transaction was aborted (librdkafka reports the purged outputs) is not held against
+        the next one."""
         generation = self.generation
 
         def delivered(err) -> None:
@@ -383,6 +388,9 @@ class ExactlyOnce(Checkpoint):
                 with self._lock:
                     self._delivery_failures += 1
         return delivered
+
+    def track(self) -> Callable:
+        return self._delivered
 
     def refused(self, exc: KafkaException, delivered: Callable) -> bool:
         """An output of the open transaction refused in ``produce()`` itself: once an earlier output was refused

@@ -6,6 +6,7 @@ never a label: per-stream detail goes to the ``audio.features`` topic.
 """
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 import streamproc
@@ -17,6 +18,25 @@ DEADLETTER_REASONS = ("empty", "too_short", "bad_magic", "unsupported_version", 
 SEQUENCE_EVENTS = ("duplicate", "late", "gap", "resync", "new_session", "producer_gap", "reordered")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def observe_many(histogram: Histogram, values) -> None:
+    """``histogram.observe(v)`` for each of ``values`` (a numpy array), with one bucket search for all of them:
+    the analyzer times thousands of windows a second, and an observation each cost ~1.5 us. The counts go where
+    ``Histogram.observe`` puts them (a bucket per upper bound, non-cumulative, and the sum); a
+    prometheus-client without those attributes gets the observations one by one."""
+    if not len(values):
+        return
+    bounds, buckets, total = (getattr(histogram, a, None) for a in ("_upper_bounds", "_buckets", "_sum"))
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for v in values.tolist():
+            histogram.observe(v)
+        return
+    index, counts = np.unique(np.searchsorted(bounds, values, side="left"), return_counts=True)  # first bound >= v
+    for i, n in zip(index.tolist(), counts.tolist()):
+        if i < len(buckets):  # (a NaN sorts past +Inf: observe() counts it in no bucket either)
+            buckets[i].inc(n)
+    total.inc(float(values.sum()))
 
 
 class AnalyzerMetrics:

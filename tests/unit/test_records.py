@@ -102,3 +102,34 @@ def test_features_records_of_a_batch_are_the_same_bytes_as_one_by_one(spec, rng,
     ws[-1].vector[20] = np.float32(0.1)
     assert enc.encode_many(ws) == [enc.encode(w) for w in ws]
     assert enc.encode_many([]) == []
+
+
+@pytest.mark.parametrize("n", [1, 9])
+def test_prediction_records_of_a_batch_are_the_same_bytes_as_one_by_one(spec, rng, n):
+    """PredictionEncoder (the analyzer's batch path) writes exactly dumps(prediction(...)): whatever the scores,
+    ties, gating and capture times (a millisecond before, at and after a whole second)."""
+    labels = ["music", "speech", "noise", "silence"]
+    enc = records.PredictionEncoder(labels, task="soundtype", version="3", analyzer="a1")
+    second = 1_764_000_001_000_000_000
+    captures = [second - 1, second, second + 999_999_999, 123, second - 1_000_000]
+    ws = [window(spec, rng, index=i, start=8000 * i, end=8000 * i + 16000, arrival=10.0 + i / 7,
+                 capture_time_ns=captures[i % len(captures)], gap=bool(i % 2), padded=i == 3,
+                 metrics={"rms_dbfs": -20.5 - i, "tempo_bpm": None}) for i in range(n)]
+    scores = rng.random((n, len(labels))).astype(np.float32)
+    scores[0, :2] = 0.5  # a tie: the first label, as np.argmax of one row
+    gated = [i % 3 == 0 for i in range(n)]
+    out, names = enc.encode_many(ws, scores, now=12.3456789, gated=gated)
+    one_by_one = [records.prediction(w, s, labels, task="soundtype", version="3", analyzer="a1",
+                                     latency_s=12.3456789 - w.arrival, gated=g) for w, s, g in zip(ws, scores, gated)]
+    assert out == [records.dumps(p) for p in one_by_one]
+    assert names == [p["label"] for p in one_by_one]
+    heads = [records.window_head(w) for w in ws]
+    assert enc.encode_many(ws, scores, now=12.3456789, gated=gated, heads=heads)[0] == out
+
+
+def test_iso_time_with_its_cache_writes_what_it_writes_without(rng):
+    seconds: dict = {}
+    for ns in [0, 999_999_999, 1_000_000_000, 1_764_000_000_999_999_999, 1_764_000_001_000_000_000,
+               *rng.integers(1_700_000_000 * 10**9, 1_800_000_000 * 10**9, 200).tolist()]:
+        assert records.iso_time(ns, seconds) == records.iso_time(ns)
+    assert len(seconds) <= 64
