@@ -173,7 +173,7 @@ class Analyzer(KafkaService):
         self._predictions = records.PredictionEncoder(self.bundle.labels, task=self.bundle.task,
                                                       version=self.bundle.version, analyzer=self.instance)
         self._tracked = self._delivered = None  # the current batch's delivery callbacks (checkpoint's, ours)
-        self._acked: list = []  # ((window, label), produced, acknowledged): predictions counted by _count_acks
+        self._acked: list = []  # (label, arrival, capture ns, produced, acknowledged): for _count_acks
         self.latencies = collections.deque(maxlen=config.record_latencies) if config.record_latencies else None
         self.last_lag: dict[tuple[str, int], int] = {}
         self.batch_shape = [0, 0, 0]  # batches processed, records in them, windows their Engine.step returned (bench)
@@ -505,17 +505,18 @@ class Analyzer(KafkaService):
         gap markers; count every sequence fact. Events of records a previous owner already processed
         (a replay after a restart or rebalance) only rebuild state."""
         m, cp = self.metrics, self.checkpoint
-        fresh = []
-        windows = []
-        for ev in events:
-            tp = self._stream_partition.get(ev.stream_id)
-            if ev.tag is not None and tp is not None and cp.replaying(tp, ev.tag):
-                if isinstance(ev, Window):
-                    m.replayed.inc()
-                continue
-            fresh.append(ev)
-            if isinstance(ev, Window):
-                windows.append(ev)
+        if cp.replay_until:  # a previous owner's outputs are still ahead on some partition
+            fresh = []
+            for ev in events:
+                tp = self._stream_partition.get(ev.stream_id)
+                if ev.tag is not None and tp is not None and cp.replaying(tp, ev.tag):
+                    if isinstance(ev, Window):
+                        m.replayed.inc()
+                    continue
+                fresh.append(ev)
+        else:
+            fresh = events
+        windows = [ev for ev in fresh if isinstance(ev, Window)]
         if windows:  # every window's records, for the whole batch in a few numpy/orjson calls
             scores = self._infer(windows)
             finite = np.isfinite(scores).all(axis=1).tolist()
@@ -590,12 +591,13 @@ class Analyzer(KafkaService):
         """A prediction's report: as ``delivered``, and once acknowledged, noted for ``_count_acks`` (the only work
         here: the callbacks of a thousand streams run 2000 times a second)."""
         acked, clock = self._acked, time.monotonic
-        produced = clock()  # the prediction handed to the producer
+        w, label = ack
+        noted = (w.arrival, w.capture_time_ns, clock())  # ... and the prediction handed to the producer now
 
         def ack_delivered(err, msg):
             delivered(err, msg)
             if err is None:
-                acked.append((ack, produced, clock()))  # served by our poll, at most ~2 ms after Kafka's ack
+                acked.append((label, *noted, clock()))  # served by our poll, at most ~2 ms after Kafka's ack
         return ack_delivered
 
     def _count_acks(self) -> None:
@@ -604,20 +606,17 @@ class Analyzer(KafkaService):
         clock (``audiostream_end_to_end_latency_seconds``)."""
         if not self._acked:
             return
-        done = self._acked[:]
+        done = self._acked[:]  # (label, arrival, capture ns, produced, acknowledged)
         self._acked.clear()  # (the callbacks run in our own poll: nothing is appended meanwhile)
         m = self.metrics
-        for label, n in collections.Counter(label for (_w, label), _p, _a in done).items():
+        for label, n in collections.Counter(d[0] for d in done).items():
             counter = self._label_counters.get(label)
             if counter is None:
                 counter = self._label_counters[label] = m.predictions.labels(m.model, label)
             counter.inc(n)
-        arrival = np.array([w.arrival for (w, _l), _p, _a in done])
-        produced = np.array([p for _ack, p, _a in done])
-        acked = np.array([a for _ack, _p, a in done])
+        arrival, capture, produced, acked = np.array([d[1:] for d in done], dtype=np.float64).T
         # capture -> acknowledged: the acknowledgement's wall-clock time from its monotonic one
         wall, mono = time.time_ns(), time.monotonic()
-        capture = np.array([w.capture_time_ns for (w, _l), _p, _a in done], dtype=np.float64)
         e2e = np.maximum(0.0, (wall - capture) / 1e9 - (mono - acked))
         latency = acked - arrival
         observe_many(m.window_latency, latency)

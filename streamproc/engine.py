@@ -228,10 +228,10 @@ class StreamState:
     def needed_tag(self, need_sample: int):
         """The oldest tag a re-reader needs: the record holding ``need_sample`` or any held-back record."""
         i = bisect.bisect_right(self.mark_end, need_sample)
-        tags = [t for _f, t, _a in self.held.values()]
-        if i < len(self.mark_info):
-            tags.append(self.mark_info[i][0])
-        tags = [t for t in tags if t is not None]
+        tag = self.mark_info[i][0] if i < len(self.mark_info) else None
+        if not self.held:  # the common case (the analyzer asks for every stream twice a commit interval)
+            return tag
+        tags = [t for t in [t for _f, t, _a in self.held.values()] + [tag] if t is not None]
         return min(tags) if tags else None
 
 
