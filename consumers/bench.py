@@ -416,12 +416,17 @@ def _proc_cpu(pid: int) -> float:
 
 
 def group_bench(*, streams: int, duration: float, analyzers: int, bootstrap: str | None = None,
-                model: str = DEFAULT_MODEL, partitions: int = 6, progress=None) -> dict:
+                model: str = DEFAULT_MODEL, partitions: int = 6, backlog: bool = False, progress=None) -> dict:
     """Consumer-group scaling: ``analyzers`` ``audiostream analyze`` processes in one group, analyzer i pinned to
     CPU i (mod the CPUs we may use); the load generator and the broker are not pinned (they share every core).
     Reported: per analyzer its core busy, and for the group the windows predicted per second and per analyzer
     CPU second over the second half (served streams per core = windows per CPU second / windows per
-    stream-second). Compare ``--analyzers 1`` and ``2`` run back to back."""
+    stream-second). Compare ``--analyzers 1`` and ``2`` run back to back.
+
+    ``backlog``: the load generator runs first and is done before the analyzers start; they then catch up on
+    ``duration`` seconds of every stream, and the rates are taken while the group has predicted 20% to 80% of
+    the expected windows. The group's own scaling, without a load generator on the same cores at the same time
+    (on a 2-core machine the live load needs most of a core at 3000 streams)."""
 
     broker, conf, topics, tag = bench_broker(bootstrap, ("frames", "predictions", "features", "deadletter"),
                                              partitions)
@@ -429,48 +434,70 @@ def group_bench(*, streams: int, duration: float, analyzers: int, bootstrap: str
     cpus = sorted(os.sched_getaffinity(0))
     bundle = ModelBundle.load(model)
     windows_per_stream_s = bundle.spec.sr / bundle.spec.hop
+    ticks = int(duration * 10)
+    expected = sum(len(bundle.spec.window_bounds((ticks - i % 5) * bundle.spec.sr // 10)) for i in range(streams))
     procs, ports, loadgen = [], [], None
+    load_cmd = [sys.executable, "-m", "streamproc.cli", "loadgen", "-b", bootstrap, "--topic", topics["frames"],
+                "--streams", str(streams), "--duration", str(duration), "--prefix", f"bench{tag}"]
+
+    def load_done(proc) -> None:
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            raise RuntimeError(f"load generator failed: {err[-2000:]}")
+
+    def sample(t0: float) -> tuple:
+        return (time.monotonic() - t0, [_scrape(p, "audiostream_windows_analyzed_total") for p in ports],
+                [_proc_cpu(p.pid) for p in procs])
     try:
+        if backlog:  # every frame in the topic before any analyzer starts
+            loadgen = subprocess.Popen(load_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            load_done(loadgen)
         for i in range(analyzers):
             port = _free_port()
             cmd = [sys.executable, "-m", "streamproc.cli", "analyze", "-b", bootstrap, "--model", model,
                    "--group-id", f"bench-{tag}", "--frames-topic", topics["frames"],
                    "--predictions-topic", topics["predictions"], "--features-topic", topics["features"],
                    "--deadletter-topic", topics["deadletter"], "--metrics-port", str(port), "--no-create-topics",
-                   "--instance-id", f"bench-{tag}-{i}"]
+                   "--instance-id", f"bench-{tag}-{i}"]  # (a new group reads from the earliest offset)
             cpu = cpus[i % len(cpus)]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                           preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu}),
                                           env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}))
             ports.append(port)
+        t0 = time.monotonic()
+        samples = [sample(t0)] if backlog else []  # (t, [windows per analyzer], [cpu seconds per analyzer])
         deadline = time.monotonic() + 90
-        # the load starts once every partition has an owner (each owner reports its lag per partition)
-        while time.monotonic() < deadline and sum(
+        # the load starts once every partition has an owner (each owner reports its lag per partition); a
+        # backlog is counted from the analyzers' start (a small one may be gone before then)
+        while not backlog and time.monotonic() < deadline and sum(
                 _scrape_count(p, "audiostream_consumer_lag_records") for p in ports) < partitions:
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError("an analyzer exited before the load started")
             time.sleep(0.5)
-        cmd = [sys.executable, "-m", "streamproc.cli", "loadgen", "-b", bootstrap, "--topic", topics["frames"],
-               "--streams", str(streams), "--duration", str(duration), "--prefix", f"bench{tag}"]
-        t0 = time.monotonic()
-        loadgen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        samples = []  # (t, [windows per analyzer], [cpu seconds per analyzer])
-        while loadgen.poll() is None:
-            time.sleep(1.0)
-            samples.append((time.monotonic() - t0, [_scrape(p, "audiostream_windows_analyzed_total") for p in ports],
-                            [_proc_cpu(p.pid) for p in procs]))
-            if progress:
-                progress(min(int(samples[-1][0]), int(duration)), int(duration))
-        load_err = loadgen.stderr.read()
-        if loadgen.returncode != 0:
-            raise RuntimeError(f"load generator failed: {load_err[-2000:]}")
-        ticks = int(duration * 10)
-        expected = sum(len(bundle.spec.window_bounds((ticks - i % 5) * bundle.spec.sr // 10)) for i in range(streams))
-        drain0 = time.monotonic()
-        while time.monotonic() - drain0 < 60 and sum(_scrape(p, "audiostream_windows_analyzed_total")
-                                                       for p in ports) < expected:
-            time.sleep(0.5)
-        drain_s = time.monotonic() - drain0
+        if backlog:
+            while time.monotonic() - t0 < 600 and (len(samples) < 2 or sum(samples[-1][1]) < expected):
+                time.sleep(0.5)
+                samples.append(sample(t0))
+                if progress:
+                    progress(min(int(100 * sum(samples[-1][1]) / expected), 100), 100)
+            drain_s = 0.0
+            within = [x for x in samples if 0.2 * expected <= sum(x[1]) <= 0.8 * expected]
+            a, b = (within[0], within[-1]) if len(within) >= 2 else (samples[0], samples[-1])
+        else:
+            t0 = time.monotonic()
+            loadgen = subprocess.Popen(load_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            while loadgen.poll() is None:
+                time.sleep(1.0)
+                samples.append(sample(t0))
+                if progress:
+                    progress(min(int(samples[-1][0]), int(duration)), int(duration))
+            load_done(loadgen)
+            drain0 = time.monotonic()
+            while time.monotonic() - drain0 < 60 and sum(_scrape(p, "audiostream_windows_analyzed_total")
+                                                           for p in ports) < expected:
+                time.sleep(0.5)
+            drain_s = time.monotonic() - drain0
+            a, b = samples[len(samples) // 2], samples[-1]
         windows = int(sum(_scrape(p, "audiostream_windows_analyzed_total") for p in ports))
     finally:
         for p in procs:
@@ -485,7 +512,6 @@ def group_bench(*, streams: int, duration: float, analyzers: int, bootstrap: str
             loadgen.kill()
         if broker is not None:
             broker.stop()
-    a, b = samples[len(samples) // 2], samples[-1]
     span = b[0] - a[0]
     busy = [(cb - ca) / span for ca, cb in zip(a[2], b[2])]
     got = [(wb - wa) for wa, wb in zip(a[1], b[1])]
@@ -493,8 +519,11 @@ def group_bench(*, streams: int, duration: float, analyzers: int, bootstrap: str
     return {
         "mode": "kafka-group", "streams": streams, "duration_s": duration, "partitions": partitions,
         "analyzers": analyzers, "analyzer_cpus": [cpus[i % len(cpus)] for i in range(analyzers)],
+        "load": "backlog (produced before the analyzers started)" if backlog else "live",
         "loadgen_and_broker": "not pinned (share every core)", "windows": windows, "windows_expected": expected,
-        "sustained": windows >= 0.98 * expected and drain_s < 5.0, "drain_seconds": round(drain_s, 2),
+        "sustained": None if backlog else windows >= 0.98 * expected and drain_s < 5.0,
+        "drain_seconds": None if backlog else round(drain_s, 2),
+        "catch_up_seconds": round(samples[-1][0], 2) if backlog else None,
         "analyzer_cpu_busy": [round(x, 3) for x in busy],
         "windows_per_s": round(sum(got) / span, 1),
         "windows_per_s_by_analyzer": [round(g / span, 1) for g in got],
@@ -532,6 +561,9 @@ def add_parser(sub):
     p.add_argument("--analyzers", type=int, default=0,
                    help="kafka mode: N `audiostream analyze` processes in one consumer group, one per CPU (consumer-"
                         "group scaling: compare 1 and 2 back to back)")
+    p.add_argument("--backlog", action="store_true",
+                   help="kafka mode, --analyzers: produce --duration seconds of load first, then time the group "
+                        "catching up (its scaling without the load generator beside it)")
     p.add_argument("--partitions", type=int, default=6)
     p.add_argument("--model", action="append", default=None,
                    help=f"bundle (default {DEFAULT_MODEL}); give it twice to compare two models side by side")
@@ -569,11 +601,15 @@ def run(args) -> int:
     args.model = models[0]
     if args.kafka and args.analyzers:
         streams = args.streams or 1000
-        bar = Progress(f"bench --kafka --analyzers {args.analyzers}: {streams} streams", int(args.duration),
-                       enabled=not quiet)
+        if args.backlog and not quiet:
+            print(f"producing {args.duration:g} s of {streams} streams first (the load generator, real time)",
+                  file=sys.stderr)
+        bar = Progress(f"bench --kafka --analyzers {args.analyzers}: {streams} streams"
+                       + (", % of the backlog predicted" if args.backlog else ""),
+                       100 if args.backlog else int(args.duration), enabled=not quiet)
         result = group_bench(streams=streams, duration=args.duration, analyzers=args.analyzers,
                              bootstrap=args.bootstrap_servers, model=args.model, partitions=args.partitions,
-                             progress=lambda d, t: bar.update(d))
+                             backlog=args.backlog, progress=lambda d, t: bar.update(d))
         print(json.dumps(result) if args.json else "\n".join(f"{k:<28} {v}" for k, v in result.items()))
         return 0
     if args.kafka:

@@ -21,6 +21,8 @@ def test_engine_bench_json():
     assert r["mode"] == "engine" and r["streams"] == 40
     assert r["windows"] > 0 and r["streams_per_core"] > 0 and r["speedup_vs_naive"] > 0
     assert r["latency_p50_ms"] is not None and r["bytes_per_stream"] > 0
+    # timed in steady state: after every stream's tempo context (tests/unit/test_bench_engine.py)
+    assert r["warmup_seconds"] >= 9.0 and r["audio_seconds_per_stream"] == 3.5
 
 
 def test_engine_bench_table_of_two_models_side_by_side(tmp_path):
@@ -64,13 +66,17 @@ def test_kafka_bench_json(kafka_conf, frame_ms):
     assert r["capture_to_ack_p50_ms"] >= r["latency_p50_ms"]
 
 
-def test_kafka_group_bench_json(kafka_conf):
-    """bench --kafka --analyzers N: real `audiostream analyze` processes in one group; every window is counted."""
+@pytest.mark.parametrize("backlog", [False, True])
+def test_kafka_group_bench_json(kafka_conf, backlog):
+    """bench --kafka --analyzers N: real `audiostream analyze` processes in one group; every window is counted.
+    --backlog: the load is produced first, and the group's catch-up is what is timed."""
     p = subprocess.run(cli("bench", "--kafka", "--analyzers", "1", "--streams", "10", "--duration", "4", "--json",
-                           "--bootstrap-servers", kafka_conf["bootstrap.servers"]),
+                           "--bootstrap-servers", kafka_conf["bootstrap.servers"], *(["--backlog"] if backlog else [])),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads(p.stdout)
     assert r["mode"] == "kafka-group" and r["analyzers"] == 1 and len(r["analyzer_cpu_busy"]) == 1
     assert r["windows"] == r["windows_expected"] > 0  # the group predicted every window of every stream
     assert r["windows_per_s"] > 0 and r["served_streams_per_core"] > 0
+    assert r["load"].startswith("backlog") == backlog
+    assert (r["catch_up_seconds"] is not None and r["catch_up_seconds"] > 0) == backlog
