@@ -140,6 +140,7 @@ class Checkpoint:
         self.resume_at: dict[TP, tuple[int, int]] = {}  # the last commit (offset, done), or the first record read
         self.failed = False
         self._batch: Batch | None = None
+        self._delivered: Callable | None = None  # the current batch's delivery callback (begin, track)
         self._lock = threading.Lock()
         self._delivery_failures = 0
 
