@@ -519,13 +519,14 @@ class Analyzer(KafkaService):
         windows = [ev for ev in fresh if isinstance(ev, Window)]
         if windows:  # every window's records, for the whole batch in a few numpy/orjson calls
             scores = self._infer(windows)
-            finite = np.isfinite(scores).all(axis=1).tolist()
+            ok = np.isfinite(scores)
+            finite = ok.all(axis=1).tolist()
             heads = [records.window_head(w) for w in windows]  # the fields both records of a window share
             feats = self._features.encode_many(windows, heads) if self.config.features_topic else None
             preds = labels = None
             if self.detector is None:
                 gated = self.bundle.is_gated(np.array([w.metrics["rms_dbfs"] for w in windows], np.float64)).tolist()
-                preds, labels = self._predictions.encode_many(windows, np.where(np.isfinite(scores), scores, 0.0),
+                preds, labels = self._predictions.encode_many(windows, np.where(ok, scores, 0.0),
                                                               now=time.monotonic(), gated=gated, heads=heads)
         i = 0
         for ev in fresh:

@@ -154,7 +154,8 @@ def engine_bench(*, streams: int, seconds: float, model: str = DEFAULT_MODEL, ho
     streams_per_core = streams * audio_s / cpu_s if cpu_s else 0.0
     naive_streams_per_core = 1.0 / (naive_cpu_per_window * windows_per_stream_second) if naive_cpu_per_window else None
     return {
-        "mode": "engine", "streams": streams, "audio_seconds_per_stream": audio_s, "warmup_seconds": round(warm / per_s, 2), "cpu_seconds": round(cpu_s, 3),
+        "mode": "engine", "streams": streams, "audio_seconds_per_stream": audio_s,
+        "warmup_seconds": round(warm / per_s, 2), "cpu_seconds": round(cpu_s, 3),
         "wall_seconds": round(wall_s, 3), "real_time_factor": round(cpu_s / audio_s, 4) if audio_s else None,
         "streams_per_core": round(streams_per_core, 1),
         "naive_streams_per_core": round(naive_streams_per_core, 1) if naive_streams_per_core else None,
@@ -480,7 +481,6 @@ def group_bench(*, streams: int, duration: float, analyzers: int, bootstrap: str
                 samples.append(sample(t0))
                 if progress:
                     progress(min(int(100 * sum(samples[-1][1]) / expected), 100), 100)
-            drain_s = 0.0
             within = [x for x in samples if 0.2 * expected <= sum(x[1]) <= 0.8 * expected]
             a, b = (within[0], within[-1]) if len(within) >= 2 else (samples[0], samples[-1])
         else:

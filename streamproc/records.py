@@ -84,11 +84,11 @@ def window_head(w) -> bytes:
 
 
 def prediction(w, scores, labels, *, task: str, version: str, analyzer: str, latency_s: float,
-               gated: bool = False, common: dict | None = None) -> dict:
+               gated: bool = False) -> dict:
     """The ``audio.predictions`` record of window ``w`` with the model's (finite, already gated) ``scores``;
     ``gated``: the window is silence by level (docs/predictions.md)."""
     best = int(np.argmax(scores))
-    return {"schema": PREDICTION_SCHEMA, **(common or window_fields(w)), "label": labels[best],
+    return {"schema": PREDICTION_SCHEMA, **window_fields(w), "label": labels[best],
             "confidence": round(float(scores[best]), 6),
             "scores": {lab: round(float(v), 6) for lab, v in zip(labels, scores)},
             "model": {"task": task, "version": version}, "rms_dbfs": w.metrics["rms_dbfs"], "gated": gated,
@@ -134,7 +134,7 @@ class PredictionEncoder:
 
 
 def detection(w, found: list[tuple[str, float]], *, task: str, version: str, analyzer: str, latency_s: float,
-              threshold: float, filters: dict, common: dict | None = None) -> dict:
+              threshold: float, filters: dict) -> dict:
     """The ``audio.detections`` record of window ``w``: every class at or above ``threshold`` that the
     ``filters`` allow, as (label, confidence) best first; an empty list is published too, so every
     window is accounted for. A BirdNET label is ``Scientific name_Common name``."""
@@ -143,7 +143,7 @@ def detection(w, found: list[tuple[str, float]], *, task: str, version: str, ana
         sci, sep, common_name = label.partition("_")
         dets.append({"label": label, "scientific_name": sci if sep else None,
                      "common_name": common_name if sep else label, "confidence": round(float(conf), 6)})
-    return {"schema": DETECTION_SCHEMA, **(common or window_fields(w)), "detections": dets,
+    return {"schema": DETECTION_SCHEMA, **window_fields(w), "detections": dets,
             "model": {"task": task, "version": version}, "threshold": threshold, "filters": filters,
             "rms_dbfs": w.metrics["rms_dbfs"], "capture_time": iso_time(w.capture_time_ns),
             "latency_ms": round(latency_s * 1000, 3), "analyzer": analyzer}
@@ -172,6 +172,7 @@ class FeaturesEncoder:
         self.template = "{" + ", ".join(parts) + "}"
         # encode_many: the features object's keys, as orjson writes them between the vector's values
         self._prefixes = [(b"," if j else b"{") + b'"' + k.encode() + b'":' for j, (k, _s) in enumerate(self.slices)]
+        self._open = dumps({"schema": FEATURES_SCHEMA, "type": "window"})[:-1] + b","  # before window_head
 
     def encode_many(self, windows: list, heads: list[bytes] | None = None) -> list[bytes]:
         """``[encode(w) ...]``, the same bytes, with the vectors of all ``windows`` written by one orjson call per
@@ -189,16 +190,15 @@ class FeaturesEncoder:
                            else text[1:-1].split(b","))
         parts: list = [None] * (2 * len(self.slices) + 1)
         parts[0::2] = self._prefixes + [b"}"]
-        out = []
-        opening = dumps({"schema": FEATURES_SCHEMA, "type": "window"})[:-1] + b","
+        out, opening = [], self._open
         for w, head, values in zip(windows, heads, zip(*columns)):
             parts[1::2] = values
             out.append(b"".join((opening, head, b',"metrics":', dumps(w.metrics), b',"features":', b"".join(parts),
                                  b"}")))
         return out
 
-    def encode(self, w, common: dict | None = None) -> bytes:
-        rec = {"schema": FEATURES_SCHEMA, "type": "window", **(common or window_fields(w)), "metrics": w.metrics}
+    def encode(self, w) -> bytes:
+        rec = {"schema": FEATURES_SCHEMA, "type": "window", **window_fields(w), "metrics": w.metrics}
         if _orjson is not None:
             v = np.asarray(w.vector, dtype=np.float32)
             rec["features"] = {k: v[s] for k, s in self.slices}
