@@ -596,6 +596,9 @@ def run(args) -> int:
     if len(models) > 2 or (len(models) > 1 and args.kafka):
         from streamproc.errors import AudiostreamError
         raise AudiostreamError("bench compares at most two --model values, in engine mode")
+    if args.backlog and not (args.kafka and args.analyzers):
+        from streamproc.errors import AudiostreamError
+        raise AudiostreamError("--backlog times a consumer group catching up: give it with --kafka --analyzers N")
     if len(models) == 2:
         return _compare(args, models, quiet)
     args.model = models[0]

@@ -30,3 +30,10 @@ def test_help_is_plain_text_with_defaults(name):
     for action in sub._actions:  # an option with a value and help names its default
         if action.option_strings and action.help and action.default not in (None, False, [], "==SUPPRESS=="):
             assert "default" in formatter._get_help_string(action).lower(), (name, action.dest)
+
+
+def test_bench_backlog_without_a_group_is_refused_saying_what_it_needs():
+    r = run("bench", "--backlog", "--streams", "10")
+    assert r.returncode != 0
+    assert "--backlog times a consumer group catching up: give it with --kafka --analyzers N" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
