@@ -86,6 +86,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# G1 with Kafka's own pause target (kafka-run-class.sh sets MaxGCPauseMillis=20) and regions of 8 MiB. At a
+# 512 MiB heap G1 picks 1 MiB regions, so every buffer over 512 KiB is a humongous allocation, and each one can
+# start a young collection: under `bench --kafka --streams 1000` (a load generator producing a 1000-frame tick
+# every 100 ms, in requests of up to 1 MB) the broker paused 118-325 times, for 0.6-1.4 s, in 30 s of load;
+# with these options ~30 times, for 0.15-0.2 s (docs/performance.md, sitting 10).
+G1_OPTIONS = ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:G1HeapRegionSize=8m")
+
+
 def java_bin() -> str:
     home = os.environ.get("JAVA_HOME")
     if home and Path(home, "bin", "java").exists():
@@ -198,7 +206,7 @@ class LocalKafka:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         java, cp = java_bin(), self._classpath()
-        base = [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        base = [java, f"-Xmx{self.heap}", "-Xms128m", *G1_OPTIONS, "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={LOG4J}", "-cp", cp]
         if not (self.workdir / "data" / "meta.properties").exists():
             cluster_id = self.cluster_id or new_cluster_id()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from consumers.local_broker import load_local_kafka
+
 pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "local_kafka.py"
 
@@ -55,6 +57,11 @@ def test_detached_start_outlives_its_command_until_stop(tmp_path):
     try:
         time.sleep(1)
         assert alive(pid)  # the 'start' command has exited; the broker keeps running
+        # ... in a JVM with the collector settings that keep its pauses short under a load generator's
+        # megabyte requests (1 MiB regions made each a humongous allocation: docs/performance.md, sitting 10)
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        missing = [o for o in load_local_kafka().G1_OPTIONS if o not in args]
+        assert not missing and "-XX:G1HeapRegionSize=8m" in args, f"broker JVM started without {missing}: {args}"
     finally:
         subprocess.run([sys.executable, str(SCRIPT), "stop", "--dir", str(d)], timeout=60)
     assert wait_dead(pid)
