@@ -501,8 +501,8 @@ class Analyzer(KafkaService):
             st.gaps.append((boundary, boundary + 1))
 
     def _handle(self, events: list) -> None:
-        """Publish the engine's events in their order (one inference call for all windows): windows,
-        gap markers; count every sequence fact. Events of records a previous owner already processed
+        """Publish the engine's events (one inference call for all windows): the windows' predictions, then their
+        features and the gap markers in the events' order; count every sequence fact. Events of records a previous owner already processed
         (a replay after a restart or rebalance) only rebuild state."""
         m, cp = self.metrics, self.checkpoint
         if cp.replay_until:  # a previous owner's outputs are still ahead on some partition
@@ -517,22 +517,30 @@ class Analyzer(KafkaService):
         else:
             fresh = events
         windows = [ev for ev in fresh if isinstance(ev, Window)]
+        feats = None
         if windows:  # every window's records, for the whole batch in a few numpy/orjson calls
             scores = self._infer(windows)
             ok = np.isfinite(scores)
             finite = ok.all(axis=1).tolist()
             heads = [records.window_head(w) for w in windows]  # the fields both records of a window share
-            feats = self._features.encode_many(windows, heads) if self.config.features_topic else None
+            keys = [w.stream_id.encode() for w in windows]
             preds = labels = None
             if self.detector is None:
                 gated = self.bundle.is_gated(np.array([w.metrics["rms_dbfs"] for w in windows], np.float64)).tolist()
                 preds, labels = self._predictions.encode_many(windows, np.where(ok, scores, 0.0),
                                                               now=time.monotonic(), gated=gated, heads=heads)
+            # the batch's predictions first, then its features: librdkafka sends one request per partition and the
+            # broker serves a connection's requests one at a time, so the predictions' requests, queued first, are
+            # acknowledged first (per key, each topic's records keep their order)
+            for i, w in enumerate(windows):
+                self._publish_prediction(w, keys[i], scores[i], finite[i], preds and preds[i], labels and labels[i])
+            if self.config.features_topic:
+                feats = self._features.encode_many(windows, heads)
         i = 0
         for ev in fresh:
             if isinstance(ev, Window):
-                self._publish_window(ev, scores[i], finite[i], feats and feats[i], preds and preds[i],
-                                     labels and labels[i])
+                if feats is not None:
+                    self._emit(self.config.features_topic, feats[i], keys[i])
                 i += 1
             elif isinstance(ev, Gap):
                 self._gap(ev)
@@ -636,13 +644,10 @@ class Analyzer(KafkaService):
         m.windows.labels(m.model).inc(len(windows))
         return scores
 
-    def _publish_window(self, w: Window, s: np.ndarray, finite: bool, features: bytes | None,
-                        prediction: bytes | None, label: str | None) -> None:
-        """A window's records: its features, then its prediction (``PredictionEncoder``'s) or detections."""
+    def _publish_prediction(self, w: Window, key: bytes, s: np.ndarray, finite: bool, prediction: bytes | None,
+                            label: str | None) -> None:
+        """A window's prediction (``PredictionEncoder``'s) or detections; none for non-finite scores."""
         c, m, b = self.config, self.metrics, self.bundle
-        key = w.stream_id.encode()
-        if features is not None:
-            self._emit(c.features_topic, features, key)
         if not finite:
             m.invalid_outputs.labels(m.model).inc()
             log.error("model %s returned non-finite scores for window %s; not published", b.ref, w.window_id)
