@@ -502,8 +502,8 @@ class Analyzer(KafkaService):
 
     def _handle(self, events: list) -> None:
         """Publish the engine's events (one inference call for all windows): the windows' predictions, then their
-        features and the gap markers in the events' order; count every sequence fact. Events of records a previous owner already processed
-        (a replay after a restart or rebalance) only rebuild state."""
+        features and the gap markers in the events' order; count every sequence fact. Events of records a previous
+        owner already processed (a replay after a restart or rebalance) only rebuild state."""
         m, cp = self.metrics, self.checkpoint
         if cp.replay_until:  # a previous owner's outputs are still ahead on some partition
             fresh = []
@@ -529,9 +529,9 @@ class Analyzer(KafkaService):
                 gated = self.bundle.is_gated(np.array([w.metrics["rms_dbfs"] for w in windows], np.float64)).tolist()
                 preds, labels = self._predictions.encode_many(windows, np.where(ok, scores, 0.0),
                                                               now=time.monotonic(), gated=gated, heads=heads)
-            # the batch's predictions first, then its features: librdkafka sends one request per partition and the
-            # broker serves a connection's requests one at a time, so the predictions' requests, queued first, are
-            # acknowledged first (per key, each topic's records keep their order)
+            # the batch's predictions first, then its features: the predictions reach the producer without waiting
+            # for the features' encoding (per key, each topic's records keep their order; nothing orders the two
+            # topics). Which partition's request librdkafka sends first stays its own choice (docs/performance.md)
             for i, w in enumerate(windows):
                 self._publish_prediction(w, keys[i], scores[i], finite[i], preds and preds[i], labels and labels[i])
             if self.config.features_topic:
